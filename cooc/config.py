@@ -1,0 +1,77 @@
+"""Configuration of the co-occurrence stage (the ``cooc:`` section of an experiment config).
+
+Every field is documented in docs/cooc.md. Defaults suit a TopK SAE (a latent fires when its
+activation is > 0); ``threshold: 1.5`` reproduces the reference method's binarisation.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from sources.config import Section
+
+
+class SizeTargetSpec(Section):
+    """Parameters of the reference method's size-targeted global Jaccard cut."""
+
+    min_size: int = Field(150, ge=2)
+    """Smallest accepted size of the largest connected component."""
+    max_size: int = Field(200, ge=2)
+    """Largest accepted size of the largest connected component."""
+    iterations: int = Field(40, ge=1)
+    """Bisection steps on the Jaccard threshold in [0, 1]."""
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.min_size > self.max_size:
+            raise ValueError(f"size_target.min_size ({self.min_size}) must be <= max_size ({self.max_size})")
+        return self
+
+
+class CoocConfig(Section):
+    """Counting, scoring and grouping of co-occurring SAE latents."""
+
+    # --- counting -------------------------------------------------------------------------
+    threshold: float = Field(0.0, ge=0)
+    """A latent fires at a token when its activation is > threshold (+ θ, see use_sae_threshold).
+    0.0 suits TopK/ReLU SAEs; the reference method used 1.5."""
+    use_sae_threshold: bool = True
+    """Add the SAE's own per-latent JumpReLU threshold θ to ``threshold`` where the SAE has one."""
+    d_sae: int | None = Field(None, ge=1)
+    """Expected SAE width; when given, inputs of another width are refused (else taken from the input)."""
+    chunk_tokens: int = Field(4096, ge=1)
+    """Tokens per counting chunk when reading a file (stream batches are counted as they come)."""
+    max_tokens: int | None = Field(None, ge=1)
+    """Stop counting after this many (unmasked) tokens."""
+    prune_below: int = Field(0, ge=0)
+    """If > 0, every ``prune_every`` chunks drop stored pairs whose running count is below this.
+    Bounds memory when distinct pairs exceed it, at the price of undercounting (see docs/cooc.md)."""
+    prune_every: int = Field(64, ge=1)
+    """Chunks between pruning passes (only used when prune_below > 0)."""
+
+    # --- scoring --------------------------------------------------------------------------
+    min_occurrences: int = Field(10, ge=1)
+    """Latents firing fewer times are not tested; the test family is all pairs of the others."""
+    alpha: float = Field(0.05, gt=0, lt=1)
+    """False discovery rate for Benjamini-Hochberg over that family."""
+
+    # --- groups ---------------------------------------------------------------------------
+    method: Literal["significant", "size_target"] = "significant"
+    """significant: FDR-controlled edges + effect-size floors, components split above max_group_size.
+    size_target: the reference method's single global Jaccard cut (largest component in [min, max])."""
+    min_count: int = Field(5, ge=1)
+    """Edge needs at least this many co-occurrences."""
+    min_jaccard: float = Field(0.05, ge=0, le=1)
+    """Edge needs Jaccard >= this."""
+    min_npmi: float = Field(0.1, ge=-1, le=1)
+    """Edge needs NPMI >= this."""
+    max_group_size: int = Field(64, ge=2)
+    """Components larger than this are split (Louvain, then stricter local Jaccard cuts), never merged."""
+    size_target: SizeTargetSpec = SizeTargetSpec()
+    """Parameters of method: size_target."""
+
+    # --- outputs --------------------------------------------------------------------------
+    write_pairs: Literal["tested", "edges", "none"] = "tested"
+    """Rows of pairs.parquet: every stored tested pair, only edges, or no file."""

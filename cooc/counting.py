@@ -1,0 +1,278 @@
+"""Exact, streaming co-occurrence counts of binarised SAE latents.
+
+A latent fires at a token when its activation is > ``threshold + θ_F`` (θ_F the SAE's own
+JumpReLU threshold, 0 where it has none). For every chunk of tokens the binary matrix
+``B_TF`` gives the upper triangle of ``Bᵀ B`` by sparse matrix products (scipy CSR @ CSR), so
+the work is Σ_tokens L0² and never d_sae². Pair counts are stored sparse: the latent range
+is split into row shards (balanced for the upper triangle) and each shard keeps a short stack
+of canonical CSR "runs" that are added together whenever the newer run is at least half the
+size of the older one (a log-structured merge). Memory is therefore ~8 bytes per *distinct*
+co-occurring pair (int32 column + int32 count) plus one shard's merge buffer; time is
+Σ L0² plus O(pairs · log chunks) for merging.
+
+Counters built on separate chunks or processes combine exactly with :meth:`merge` or ``+``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from sources.errors import ConfigError
+
+_INT32_MAX = np.iinfo(np.int32).max
+
+
+def check_csr(latents, d_sae: int | None, field: str = "activations") -> sp.csr_matrix:
+    """Return ``latents`` as a canonical scipy CSR matrix, or raise ConfigError naming the problem."""
+    if not sp.issparse(latents):
+        raise ConfigError(field, f"expected a scipy sparse CSR matrix [n_tokens, d_sae], got {type(latents).__name__}")
+    if latents.format != "csr":
+        raise ConfigError(field, f"expected a CSR matrix, got {latents.format.upper()}; convert it with .tocsr()")
+    if latents.ndim != 2:
+        raise ConfigError(field, f"expected a 2-d matrix [n_tokens, d_sae], got shape {latents.shape}")
+    if d_sae is not None and latents.shape[1] != d_sae:
+        raise ConfigError(field, f"has {latents.shape[1]} latent columns but the SAE width is d_sae={d_sae}")
+    if not np.issubdtype(latents.dtype, np.number) or np.issubdtype(latents.dtype, np.complexfloating):
+        raise ConfigError(field, f"activations must be real numbers, got dtype {latents.dtype}")
+    if latents.nnz and not np.all(np.isfinite(latents.data)):
+        raise ConfigError(field, "activations contain NaN or infinity")
+    latents = sp.csr_matrix(latents)
+    if not latents.has_canonical_format:
+        latents = latents.copy()
+        latents.sum_duplicates()
+    return latents
+
+
+def check_theta(theta_F, d_sae: int) -> np.ndarray | None:
+    """Validate the per-latent JumpReLU thresholds θ_F (None: the SAE has none)."""
+    if theta_F is None:
+        return None
+    theta_F = np.asarray(theta_F, dtype=np.float64)
+    if theta_F.shape != (d_sae,):
+        raise ConfigError("sae", f"JumpReLU thresholds have shape {theta_F.shape}, expected ({d_sae},)")
+    if not np.all(np.isfinite(theta_F)) or np.any(theta_F < 0):
+        raise ConfigError("sae", "JumpReLU thresholds must be finite and >= 0")
+    return theta_F
+
+
+def binarise(latents_TF: sp.csr_matrix, threshold: float, theta_F: np.ndarray | None = None,
+             keep_T: np.ndarray | None = None) -> sp.csr_matrix:
+    """Binary int32 CSR ``B_TF``: 1 where activation > threshold + θ_F; rows with keep_T False removed."""
+    if keep_T is not None:
+        keep_T = np.asarray(keep_T, dtype=bool)
+        if keep_T.shape != (latents_TF.shape[0],):
+            raise ConfigError("mask", f"mask has shape {keep_T.shape}, expected ({latents_TF.shape[0]},)")
+        latents_TF = latents_TF[keep_T]
+    cut = threshold if theta_F is None else threshold + theta_F[latents_TF.indices]
+    fires = latents_TF.data > cut
+    row_T = np.repeat(np.arange(latents_TF.shape[0]), np.diff(latents_TF.indptr))
+    per_row_T = np.bincount(row_T[fires], minlength=latents_TF.shape[0])
+    indptr = np.concatenate([[0], np.cumsum(per_row_T)]).astype(latents_TF.indices.dtype)
+    indices = latents_TF.indices[fires]
+    data = np.ones(indices.shape[0], dtype=np.int32)
+    return sp.csr_matrix((data, indices, indptr), shape=latents_TF.shape)
+
+
+def shard_bounds(d_sae: int, n_shards: int) -> np.ndarray:
+    """Row boundaries splitting the upper triangle of a d_sae² matrix into equal-area shards."""
+    s = np.arange(n_shards + 1) / n_shards
+    bounds = np.round(d_sae * (1.0 - np.sqrt(1.0 - s))).astype(np.int64)
+    bounds[-1] = d_sae
+    return np.unique(bounds)
+
+
+def _upper(prod: sp.csr_matrix) -> sp.csr_matrix:
+    """Keep entries strictly above the diagonal of a shard product (local col > local row)."""
+    rows = np.repeat(np.arange(prod.shape[0]), np.diff(prod.indptr))
+    keep = prod.indices > rows
+    per_row = np.bincount(rows[keep], minlength=prod.shape[0])
+    indptr = np.concatenate([[0], np.cumsum(per_row)])
+    out = sp.csr_matrix((prod.data[keep], prod.indices[keep], indptr), shape=prod.shape)
+    out.sort_indices()
+    return out
+
+
+def _prune(run: sp.csr_matrix, below: int) -> sp.csr_matrix:
+    run = run.copy()
+    run.data[run.data < below] = 0
+    run.eliminate_zeros()
+    return run
+
+
+@dataclass
+class UpperPairs:
+    """Stored pairs i < j with their co-occurrence counts, sorted by (i, j)."""
+
+    i: np.ndarray
+    j: np.ndarray
+    count: np.ndarray
+
+
+class CooccurrenceCounter:
+    """Streaming exact co-occurrence counter (sklearn-style: ``update`` then read ``*_`` attributes).
+
+    ``threshold``: absolute firing threshold (fires when activation > threshold + θ_F).
+    ``theta_F``: per-latent JumpReLU thresholds or None. ``prune_below``/``prune_every``: optional
+    lossy mode that drops pairs with a running count below ``prune_below`` every ``prune_every``
+    updates (counts of the kept pairs then are lower bounds). ``n_shards``: row shards of the
+    pair store (default d_sae // 4096, at most 64).
+    """
+
+    def __init__(self, d_sae: int, threshold: float = 0.0, theta_F=None, prune_below: int = 0,
+                 prune_every: int = 64, n_shards: int | None = None):
+        if not isinstance(d_sae, (int, np.integer)) or d_sae < 1:
+            raise ConfigError("cooc.d_sae", f"must be a positive integer, got {d_sae!r}")
+        if not np.isfinite(threshold) or threshold < 0:
+            raise ConfigError("cooc.threshold", f"must be a finite number >= 0, got {threshold!r}")
+        if prune_below < 0 or prune_every < 1:
+            raise ConfigError("cooc.prune_below", "prune_below must be >= 0 and prune_every >= 1")
+        self.d_sae = int(d_sae)
+        self.threshold = float(threshold)
+        self.theta_F = check_theta(theta_F, self.d_sae)
+        self.prune_below = int(prune_below)
+        self.prune_every = int(prune_every)
+        n_shards = n_shards or max(1, min(64, self.d_sae // 4096))
+        self.bounds_ = shard_bounds(self.d_sae, n_shards)
+        self._runs: list[list[sp.csr_matrix]] = [[] for _ in range(len(self.bounds_) - 1)]
+        self._dtype = np.int32
+        self.n_tokens_ = 0
+        self.n_updates_ = 0
+        self.n_pruned_ = 0
+        self.occ_F = np.zeros(self.d_sae, dtype=np.int64)
+
+    # ----------------------------------------------------------------------------- counting
+    def update(self, latents_TF, keep_T=None) -> "CooccurrenceCounter":
+        """Count one chunk: CSR activations [tokens, d_sae]; ``keep_T`` optionally masks rows out."""
+        latents_TF = check_csr(latents_TF, self.d_sae)
+        B_TF = binarise(latents_TF, self.threshold, self.theta_F, keep_T)
+        self._count_binary(B_TF)
+        return self
+
+    def _count_binary(self, B_TF: sp.csr_matrix) -> None:
+        self._grow_dtype(self.n_tokens_ + B_TF.shape[0])
+        self.n_tokens_ += B_TF.shape[0]
+        self.n_updates_ += 1
+        self.occ_F += np.bincount(B_TF.indices, minlength=self.d_sae)
+        if B_TF.nnz:
+            B_TF = B_TF.astype(self._dtype)
+            Bc = B_TF.tocsc()
+            Bt_FT = sp.csr_matrix((Bc.data, Bc.indices, Bc.indptr), shape=(self.d_sae, B_TF.shape[0]))
+            for s in range(len(self._runs)):
+                r0, r1 = int(self.bounds_[s]), int(self.bounds_[s + 1])
+                left = Bt_FT[r0:r1]
+                if left.nnz == 0:
+                    continue
+                right = B_TF[:, r0:] if r0 else B_TF
+                prod = _upper(sp.csr_matrix(left @ right))
+                if prod.nnz:
+                    self._push(s, prod)
+        if self.prune_below > 0 and self.n_updates_ % self.prune_every == 0:
+            self.prune(self.prune_below)
+
+    def _grow_dtype(self, n_tokens: int) -> None:
+        if self._dtype == np.int32 and n_tokens > _INT32_MAX:
+            self._dtype = np.int64
+            self._runs = [[r.astype(np.int64) for r in runs] for runs in self._runs]
+
+    def _push(self, s: int, run: sp.csr_matrix) -> None:
+        runs = self._runs[s]
+        runs.append(run)
+        while len(runs) >= 2 and runs[-2].nnz <= 2 * runs[-1].nnz:
+            newer = runs.pop()
+            older = runs.pop()
+            runs.append(sp.csr_matrix(older + newer))
+
+    def _consolidate(self, s: int) -> sp.csr_matrix | None:
+        runs = self._runs[s]
+        while len(runs) >= 2:
+            newer = runs.pop()
+            older = runs.pop()
+            runs.append(sp.csr_matrix(older + newer))
+        return runs[0] if runs else None
+
+    def prune(self, below: int) -> "CooccurrenceCounter":
+        """Drop stored pairs whose running count is < ``below`` (lossy; counts become lower bounds)."""
+        for s in range(len(self._runs)):
+            run = self._consolidate(s)
+            if run is not None:
+                before = run.nnz
+                run = _prune(run, below)
+                self.n_pruned_ += before - run.nnz
+                self._runs[s] = [run] if run.nnz else []
+        return self
+
+    # ------------------------------------------------------------------------------ merging
+    def merge(self, other: "CooccurrenceCounter") -> "CooccurrenceCounter":
+        """Add another counter's counts into this one (exact: counts are sums over tokens)."""
+        if not isinstance(other, CooccurrenceCounter):
+            raise TypeError(f"cannot merge a {type(other).__name__} into a CooccurrenceCounter")
+        same = (other.d_sae == self.d_sae and other.threshold == self.threshold
+                and np.array_equal(other.bounds_, self.bounds_)
+                and (other.theta_F is None) == (self.theta_F is None)
+                and (self.theta_F is None or np.array_equal(other.theta_F, self.theta_F)))
+        if not same:
+            raise ConfigError("cooc", "cannot merge counters with different d_sae, thresholds or shards")
+        self._grow_dtype(self.n_tokens_ + other.n_tokens_)
+        for s, theirs in enumerate(other._runs):
+            runs = sorted(self._runs[s] + [r.astype(self._dtype) for r in theirs], key=lambda r: -r.nnz)
+            self._runs[s] = []
+            for run in runs:
+                self._push(s, run)
+        self.n_tokens_ += other.n_tokens_
+        self.n_updates_ += other.n_updates_
+        self.n_pruned_ += other.n_pruned_
+        self.occ_F += other.occ_F
+        return self
+
+    def __add__(self, other: "CooccurrenceCounter") -> "CooccurrenceCounter":
+        return copy.deepcopy(self).merge(other)
+
+    # ------------------------------------------------------------------------------ results
+    @property
+    def n_pairs_(self) -> int:
+        """Stored (distinct, i < j) pairs, counting duplicates across unmerged runs."""
+        return sum(r.nnz for runs in self._runs for r in runs)
+
+    @property
+    def nbytes_(self) -> int:
+        """Bytes held by the pair store."""
+        return sum(r.data.nbytes + r.indices.nbytes + r.indptr.nbytes for runs in self._runs for r in runs)
+
+    def upper_pairs(self) -> UpperPairs:
+        """All stored pairs i < j with count >= 1, sorted by (i, j)."""
+        i_parts, j_parts, c_parts = [], [], []
+        for s in range(len(self._runs)):
+            run = self._consolidate(s)
+            if run is None:
+                continue
+            r0 = int(self.bounds_[s])
+            i_parts.append(r0 + np.repeat(np.arange(run.shape[0], dtype=np.int64), np.diff(run.indptr)))
+            j_parts.append(r0 + run.indices.astype(np.int64))
+            c_parts.append(run.data.astype(np.int64))
+        if not i_parts:
+            empty = np.zeros(0, dtype=np.int64)
+            return UpperPairs(empty, empty.copy(), empty.copy())
+        return UpperPairs(np.concatenate(i_parts), np.concatenate(j_parts), np.concatenate(c_parts))
+
+    @property
+    def counts_(self) -> sp.csr_matrix:
+        """Symmetric int64 CSR [d_sae, d_sae]: off-diagonal pair counts, diagonal = occurrences."""
+        pairs = self.upper_pairs()
+        return symmetric(pairs.i, pairs.j, pairs.count, self.occ_F, self.d_sae)
+
+
+def symmetric(i: np.ndarray, j: np.ndarray, values: np.ndarray, diag_F: np.ndarray | None, d: int) -> sp.csr_matrix:
+    """Symmetric CSR from upper-triangle entries (i < j) and an optional diagonal."""
+    rows, cols, vals = [i, j], [j, i], [values, values]
+    if diag_F is not None:
+        nz = np.flatnonzero(diag_F)
+        rows.append(nz)
+        cols.append(nz)
+        vals.append(np.asarray(diag_F)[nz].astype(values.dtype, copy=False))
+    mat = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(d, d))
+    mat.sum_duplicates()
+    return mat

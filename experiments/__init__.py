@@ -1,0 +1,1 @@
+"""Experiment drivers: YAML configs and the ``python -m experiments.<stage>`` entry points."""

@@ -1,0 +1,32 @@
+"""The experiment config: one YAML file, one pydantic model, one section per stage.
+
+``experiments/configs/default.yaml`` is what ``python -m experiments.steer`` runs with no arguments.
+Each section's model lives with the code that uses it (``sources.config``, ``cooc.config``, ...);
+this module only composes them, so the YAML schema and the code cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from cooc.config import CoocConfig
+from sources.config import ActivationsSpec, DataSpec, HookSpec, ModelSpec, SAESpec, Section, StreamSpec
+
+
+class ExperimentConfig(Section):
+    seed: int = 0
+    """Seed for every random choice (controls, splits, bootstrap)."""
+    out: str = "runs/default"
+    """Output folder; --out overrides it."""
+    model: ModelSpec = ModelSpec()
+    hook: HookSpec = HookSpec()
+    sae: SAESpec = SAESpec()
+    data: DataSpec = DataSpec()
+    stream: StreamSpec = StreamSpec()
+    activations: ActivationsSpec = ActivationsSpec()
+    cooc: CoocConfig = Field(default_factory=CoocConfig)
+
+
+def config_schema() -> dict:
+    """JSON schema of the experiment config (rendered into docs/config.md)."""
+    return ExperimentConfig.model_json_schema()

@@ -1,0 +1,123 @@
+"""Typed configuration of the shared layer: which model, which hook, which SAE, which corpus.
+
+Each section is a pydantic model with ``extra="forbid"`` so a misspelt key is an error that
+names the key. Stage packages (``cooc``, ``probes``, ...) define their own sections; the
+experiment config in :mod:`experiments.config` composes them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Site = Literal["resid_pre", "resid_post", "mlp_out", "attn_out"]
+DType = Literal["float32", "bfloat16"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class HookSpec(Section):
+    layer: int = Field(15, ge=0)
+    """Transformer block index (0-based)."""
+    site: Site = "resid_post"
+    """Which stream at that block: resid_pre, resid_post, mlp_out or attn_out."""
+
+
+class ModelSpec(Section):
+    name: str = "smollm2-135m"
+    """Built-in offline alias (smollm2-135m, gemma3-270m), a Hugging Face id, a local directory or a .gguf file."""
+    dtype: DType = "float32"
+    """Computation dtype of the language model."""
+    device: Device = "auto"
+    """auto picks cuda when available, else cpu."""
+
+
+class TrainSpec(Section):
+    architecture: Literal["topk", "batchtopk", "relu", "jumprelu"] = "topk"
+    d_sae: int = Field(4096, ge=1)
+    k: int = Field(32, ge=1)
+    """Active latents per token for topk/batchtopk."""
+    l1_coefficient: float = Field(5.0, ge=0)
+    """Sparsity penalty for relu/jumprelu."""
+    training_tokens: int = Field(1_000_000, ge=1)
+    batch_size: int = Field(4096, ge=1)
+    lr: float = Field(4e-4, gt=0)
+    seed: int = 0
+
+
+class SAESpec(Section):
+    """Exactly one of ``builtin``, ``release``, ``path`` or ``train``."""
+
+    builtin: str | None = "default"
+    """Alias of an SAE shipped with the project (``default``: SmolLM2-135M layer 15 resid_post)."""
+    release: str | None = None
+    """sae_lens pretrained release, e.g. gpt2-small-res-jb (needs ``id``; needs the Hub)."""
+    id: str | None = None
+    """sae_lens SAE id within the release, e.g. blocks.8.hook_resid_pre."""
+    path: str | None = None
+    """Directory in sae_lens disk format (cfg.json + sae_weights.safetensors)."""
+    train: TrainSpec | None = None
+    """Train an SAE on the configured model/hook/corpus (see python -m experiments.train_sae)."""
+    check_hook: bool = True
+    """Refuse an SAE whose recorded hook differs from the configured one."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_source(cls, data):
+        if isinstance(data, dict):
+            given = [k for k in ("builtin", "release", "path", "train") if data.get(k) is not None]
+            if len(given) > 1 and "builtin" in given:
+                # an explicit other source overrides the default builtin alias
+                data = {**data, "builtin": None}
+                given.remove("builtin")
+            if len(given) > 1:
+                raise ValueError(f"give exactly one SAE source, got {given}")
+            if not given and "builtin" in data:
+                raise ValueError("give one SAE source: builtin, release (+ id), path or train")
+            if "release" in given and not data.get("id"):
+                raise ValueError("sae.release needs sae.id (the SAE id within the release)")
+        return data
+
+
+class DataSpec(Section):
+    source: Literal["builtin", "text", "jsonl", "hf_disk", "hub"] = "builtin"
+    """builtin corpus alias, plain text file(s), JSONL file(s), a dataset saved with save_to_disk, or a Hub dataset."""
+    name: str = "default"
+    """Built-in corpus alias or Hub dataset name."""
+    path: str | None = None
+    """File, glob or directory for text/jsonl/hf_disk."""
+    text_field: str = "text"
+    split: str = "train"
+    context_len: int = Field(128, ge=2)
+    """Tokens per context, BOS included."""
+    max_tokens: int = Field(200_000, ge=1)
+    """Stop after this many tokens (all positions, masked ones included)."""
+    holdout_every: int = Field(0, ge=0)
+    """If > 0, every n-th document is held out from this stream (used for evaluation splits)."""
+
+
+class StreamSpec(Section):
+    batch_size: int = Field(16, ge=1)
+    """Contexts per forward pass."""
+    cache: bool = False
+    """Write activations to an on-disk cache that later runs reuse and interrupted runs resume."""
+    progress: bool = True
+
+
+class ActivationsSpec(Section):
+    source: Literal["stream", "file"] = "stream"
+    """stream: run model + SAE over the corpus; file: read precomputed latent activations."""
+    path: str | None = None
+    """For source: file, a .npz holding a scipy sparse CSR matrix [n_tokens, d_sae] of float activations."""
+
+    @model_validator(mode="after")
+    def _path_for_file(self):
+        if self.source == "file" and not self.path:
+            raise ValueError("activations.source: file needs activations.path (a .npz scipy CSR matrix)")
+        return self

@@ -1,0 +1,159 @@
+"""Corpora: documents from a built-in package, text/JSONL files or a Hugging Face dataset,
+tokenised into fixed-length contexts that never cross a document boundary.
+
+Each context starts with BOS, holds up to ``context_len - 1`` tokens of one document, and is
+right-padded; BOS, PAD and EOS positions are masked (``mask_L`` False) so no stage ever counts
+or probes them. Keeping one document per context lets probes cross-validate grouped by document.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from sources.config import DataSpec
+from sources.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Context:
+    index: int
+    """Position of this context in the stream (0, 1, 2, ...)."""
+    doc_index: int
+    doc_id: str
+    tokens_L: np.ndarray
+    """int64 token ids, BOS first, PAD at the end."""
+    mask_L: np.ndarray
+    """True where the token is real document content (not BOS/PAD/EOS)."""
+    spans_L2: np.ndarray
+    """Character span of each token in the document text; -1 for BOS/PAD."""
+
+
+def _expand(path: str, field: str = "data.path") -> list[Path]:
+    p = Path(path).expanduser()
+    if p.is_dir():
+        files = sorted(x for x in p.rglob("*") if x.is_file() and not x.name.startswith("."))
+    elif any(ch in path for ch in "*?["):
+        files = [Path(x) for x in sorted(glob.glob(str(p), recursive=True))]
+    else:
+        files = [p] if p.exists() else []
+    if not files:
+        raise ConfigError(field, f"{path} matches no file; give an existing file, directory or glob")
+    return files
+
+
+def iter_documents(spec: DataSpec) -> Iterator[tuple[str, str]]:
+    """Yield ``(doc_id, text)`` in a deterministic order."""
+    if spec.source == "builtin":
+        from sources.builtin_corpus import BUILTIN_CORPORA
+
+        if spec.name not in BUILTIN_CORPORA:
+            raise ConfigError("data.name", f"unknown built-in corpus {spec.name!r}; available: {', '.join(BUILTIN_CORPORA)}")
+        yield from BUILTIN_CORPORA[spec.name].documents()
+    elif spec.source in ("text", "jsonl"):
+        if not spec.path:
+            raise ConfigError("data.path", f"data.source: {spec.source} needs data.path (file, directory or glob)")
+        for f in _expand(spec.path):
+            if spec.source == "text":
+                yield f.name, _read_text(f)
+            else:
+                yield from _iter_jsonl(f, spec.text_field)
+    elif spec.source in ("hf_disk", "hub"):
+        yield from _iter_hf(spec)
+    else:  # pragma: no cover - pydantic restricts the values
+        raise ConfigError("data.source", f"unknown source {spec.source!r}")
+
+
+def _read_text(f: Path) -> str:
+    try:
+        return f.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError("data.path", f"{f} is not UTF-8 text") from None
+
+
+def _iter_jsonl(f: Path, text_field: str) -> Iterator[tuple[str, str]]:
+    with open(f, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError("data.path", f"{f}:{lineno} is not valid JSON ({exc.msg})") from None
+            if not isinstance(obj, dict) or text_field not in obj:
+                raise ConfigError("data.text_field", f"{f}:{lineno} has no field {text_field!r}; set data.text_field to the text's key")
+            yield str(obj.get("id", f"{f.name}:{lineno}")), str(obj[text_field])
+
+
+def _iter_hf(spec: DataSpec) -> Iterator[tuple[str, str]]:
+    import datasets
+
+    if spec.source == "hf_disk":
+        if not spec.path or not Path(spec.path).expanduser().exists():
+            raise ConfigError("data.path", f"data.source: hf_disk needs data.path of a dataset saved with save_to_disk (got {spec.path!r})")
+        ds = datasets.load_from_disk(str(Path(spec.path).expanduser()))
+        if isinstance(ds, datasets.DatasetDict):
+            if spec.split not in ds:
+                raise ConfigError("data.split", f"split {spec.split!r} not in dataset; available: {', '.join(ds)}")
+            ds = ds[spec.split]
+    else:
+        try:
+            ds = datasets.load_dataset(spec.name, split=spec.split, streaming=True)
+        except Exception as exc:  # network, missing dataset, bad split: all user-facing
+            raise ConfigError("data.name", f"could not load Hub dataset {spec.name!r} split {spec.split!r} ({type(exc).__name__}); "
+                              "the Hub must be reachable, or use data.source: builtin/text/jsonl/hf_disk") from None
+    for i, row in enumerate(ds):
+        if spec.text_field not in row:
+            raise ConfigError("data.text_field", f"dataset rows have no field {spec.text_field!r}; available: {', '.join(row)}")
+        yield str(row.get("id", i)), str(row[spec.text_field])
+
+
+def special_ids(tokenizer) -> tuple[int, int, set[int]]:
+    """(bos_id, pad_id, ids to mask). Models without a BOS token start contexts with EOS, as GPT-2 does."""
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    masked = {i for i in (bos, pad, tokenizer.eos_token_id) if i is not None}
+    return bos, pad, masked
+
+
+def iter_contexts(spec: DataSpec, tokenizer, min_tokens: int = 8) -> Iterator[Context]:
+    """Tokenise documents into contexts of ``spec.context_len`` until ``spec.max_tokens`` positions.
+
+    A document's trailing piece shorter than ``min_tokens`` content tokens is dropped (unless it is the
+    whole document). Documents held out by ``holdout_every`` are skipped.
+    """
+    bos, pad, masked = special_ids(tokenizer)
+    body = spec.context_len - 1
+    emitted = 0
+    index = 0
+    for doc_index, (doc_id, text) in enumerate(iter_documents(spec)):
+        if spec.holdout_every and doc_index % spec.holdout_every == spec.holdout_every - 1:
+            continue
+        if not text.strip():
+            continue
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = np.asarray(enc["input_ids"], dtype=np.int64)
+        spans = np.asarray(enc["offset_mapping"], dtype=np.int32).reshape(-1, 2)
+        for start in range(0, len(ids), body):
+            piece = ids[start:start + body]
+            if len(piece) < min_tokens and start > 0:
+                break
+            tokens = np.full(spec.context_len, pad, dtype=np.int64)
+            tokens[0] = bos
+            tokens[1:1 + len(piece)] = piece
+            mask = np.zeros(spec.context_len, dtype=bool)
+            mask[1:1 + len(piece)] = ~np.isin(piece, list(masked))
+            sp = np.full((spec.context_len, 2), -1, dtype=np.int32)
+            sp[1:1 + len(piece)] = spans[start:start + body]
+            yield Context(index, doc_index, doc_id, tokens, mask, sp)
+            index += 1
+            emitted += spec.context_len
+            if emitted >= spec.max_tokens:
+                return
+    if index == 0:
+        raise ConfigError("data", "the corpus yielded no tokens; check data.path / data.name and that documents are not empty")

@@ -1,0 +1,43 @@
+"""User-facing errors: one message naming the field, the bad value and the fix.
+
+Every stage raises :class:`ConfigError` for bad input; the command-line entry points
+in ``experiments`` turn it into a single line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+EXIT_USAGE = 2
+
+
+class ConfigError(Exception):
+    """Bad configuration or input, reported without a traceback.
+
+    ``field`` is the dotted config path (``sae.path``, ``hook.layer``) or the input
+    it concerns; ``message`` says what is wrong and what is allowed.
+    """
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+def format_validation_error(exc) -> ConfigError:
+    """Turn a pydantic ValidationError into one ConfigError naming the first bad field."""
+    errors = exc.errors()
+    first = errors[0]
+    loc = ".".join(str(p) for p in first.get("loc", ()) if not isinstance(p, int) or True)
+    loc = loc or "config"
+    kind = first.get("type", "")
+    value = first.get("input")
+    if kind == "extra_forbidden":
+        msg = "unknown key; remove it or check its spelling (see the allowed keys in docs/config.md)"
+    elif kind == "missing":
+        msg = "required field is missing"
+    else:
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        msg = f"{first.get('msg', 'invalid value')} (got {shown})"
+    more = f" [and {len(errors) - 1} more problem(s)]" if len(errors) > 1 else ""
+    return ConfigError(loc, msg + more)

@@ -1,0 +1,96 @@
+"""Writing outputs safely: every file goes to a temporary path in the same folder and is renamed.
+
+A reader therefore sees either the old file or the complete new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from sources.errors import ConfigError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, field: str = "out") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes), dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise _os_error(field, path, exc) from None
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise _os_error(field, path, exc) from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _os_error(field: str, path: Path, exc: OSError) -> ConfigError:
+    if exc.errno == errno.ENOSPC:
+        return ConfigError(field, f"no space left on device while writing {path}; free space or choose another --out")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return ConfigError(field, f"cannot write {path} ({exc.strerror}); choose a writable --out folder")
+    return ConfigError(field, f"cannot write {path}: {exc.strerror or exc}")
+
+
+def write_text(path: str | os.PathLike, text: str, field: str = "out") -> None:
+    with atomic_path(path, field) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | os.PathLike, obj: Any, field: str = "out") -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", field)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def stable_hash(obj: Any, n: int = 16) -> str:
+    """Content hash of a JSON-serialisable object (key order does not matter)."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]
+
+
+def file_hash(path: str | os.PathLike, n: int = 16) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:n]
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "nnsight", "sae-lens", "transformers", "numpy", "scipy", "scikit-learn",
+                 "statsmodels", "networkx", "pandas", "pydantic"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        return res.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None

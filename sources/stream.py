@@ -1,0 +1,140 @@
+"""The activation stream: contexts -> model forward truncated at the hook -> activations (and SAE latents).
+
+The forward pass stops right after the hooked module (nnsight ``tracer.stop()``), so no layer past
+the hook is computed. With ``stream.cache: true`` every batch is written to an on-disk cache keyed by
+a content hash of (model, hook, corpus spec, batch size); a later run reuses finished batches and an
+interrupted run resumes after the last finished one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from tqdm.auto import tqdm
+
+from sources import sites
+from sources.config import DataSpec, HookSpec, StreamSpec
+from sources.corpora import Context, iter_contexts
+from sources.files import atomic_path, read_json, stable_hash, write_json
+from sources.models import LoadedModel, cache_root
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ActivationBatch:
+    acts_BLD: torch.Tensor
+    """Activations at the hook, in the model's dtype, on the model's device."""
+    mask_BL: torch.Tensor
+    """True where the position is document content (BOS/PAD/EOS are False)."""
+    tokens_BL: torch.Tensor
+    contexts: list[Context]
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.mask_BL.sum())
+
+    def masked_acts_ND(self) -> torch.Tensor:
+        return self.acts_BLD[self.mask_BL.to(self.acts_BLD.device)]
+
+
+@dataclass
+class LatentBatch:
+    latents: sp.csr_matrix
+    """SAE latent activations of the unmasked positions, float32 [n_tokens, d_sae]."""
+    context_index_N: np.ndarray
+    position_N: np.ndarray
+
+    @property
+    def n_tokens(self) -> int:
+        return self.latents.shape[0]
+
+
+def batched(it: Iterable, n: int) -> Iterator[list]:
+    it = iter(it)
+    while chunk := list(islice(it, n)):
+        yield chunk
+
+
+@torch.no_grad()
+def hook_activations(model: LoadedModel, tokens_BL: torch.Tensor, hook: HookSpec) -> torch.Tensor:
+    """Run the model on ``tokens_BL`` up to the hook and return the activations there [B, L, D]."""
+    where = model.site(hook.layer, hook.site)
+    envoy = model.envoy(where.module)
+    with model.lm.trace(tokens_BL.to(model.device)) as tracer:
+        if where.io == "input":
+            saved = envoy.input.save()
+        else:
+            saved = envoy.output.save()
+        tracer.stop()
+    return sites.first_tensor(saved)
+
+
+def n_batches(data: DataSpec, stream: StreamSpec) -> int:
+    return -(-(-(-data.max_tokens // data.context_len)) // stream.batch_size)
+
+
+def cache_dir_for(model: LoadedModel, hook: HookSpec, data: DataSpec, stream: StreamSpec) -> Path:
+    key = stable_hash({"model": model.identity, "hook": hook.model_dump(), "data": data.model_dump(),
+                       "batch_size": stream.batch_size, "version": 1})
+    return cache_root() / "activations" / key
+
+
+def iter_activation_batches(model: LoadedModel, data: DataSpec, hook: HookSpec, stream: StreamSpec,
+                            progress: bool = True) -> Iterator[ActivationBatch]:
+    """Stream activations batch by batch, through the on-disk cache when ``stream.cache`` is set."""
+    cache = cache_dir_for(model, hook, data, stream) if stream.cache else None
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        write_json(cache / "spec.json", {"model": model.identity, "hook": hook.model_dump(), "data": data.model_dump()})
+    bar = tqdm(total=data.max_tokens, unit="tok", desc=f"stream L{hook.layer}.{hook.site}", disable=not (progress and stream.progress),
+               mininterval=2.0)
+    for b, contexts in enumerate(batched(iter_contexts(data, model.tokenizer), stream.batch_size)):
+        tokens_BL = torch.from_numpy(np.stack([c.tokens_L for c in contexts]))
+        mask_BL = torch.from_numpy(np.stack([c.mask_L for c in contexts]))
+        shard = cache / f"batch_{b:06d}.pt" if cache is not None else None
+        if shard is not None and shard.exists():
+            acts = torch.load(shard, map_location=model.device)["acts"]
+        else:
+            acts = hook_activations(model, tokens_BL, hook)
+            if shard is not None:
+                with atomic_path(shard, "stream.cache") as tmp:
+                    torch.save({"acts": acts.cpu()}, tmp)
+        bar.update(tokens_BL.numel())
+        yield ActivationBatch(acts, mask_BL, tokens_BL, contexts)
+    bar.close()
+
+
+def encode_latents(sae, acts_ND: torch.Tensor) -> torch.Tensor:
+    """SAE latent activations [N, d_sae] (float32) for activations [N, d_in]."""
+    with torch.no_grad():
+        x = acts_ND.to(device=sae.W_dec.device, dtype=sae.W_dec.dtype)
+        return sae.encode(x).float()
+
+
+def to_csr(latents_NF: torch.Tensor) -> sp.csr_matrix:
+    """Dense latent activations -> scipy CSR holding the nonzero entries."""
+    dense = latents_NF.detach().cpu()
+    idx = dense.nonzero(as_tuple=False)
+    rows = idx[:, 0].numpy()
+    cols = idx[:, 1].numpy()
+    vals = dense[idx[:, 0], idx[:, 1]].numpy().astype(np.float32)
+    return sp.csr_matrix((vals, (rows, cols)), shape=tuple(dense.shape))
+
+
+def iter_latents(model: LoadedModel, sae, data: DataSpec, hook: HookSpec, stream: StreamSpec,
+                 progress: bool = True) -> Iterator[LatentBatch]:
+    """SAE latents of every unmasked position, as sparse batches."""
+    for batch in iter_activation_batches(model, data, hook, stream, progress):
+        mask = batch.mask_BL
+        b_idx, pos = mask.nonzero(as_tuple=True)
+        ctx_index = np.array([c.index for c in batch.contexts])[b_idx.numpy()]
+        latents = encode_latents(sae, batch.masked_acts_ND())
+        yield LatentBatch(to_csr(latents), ctx_index, pos.numpy())
