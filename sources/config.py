@@ -100,6 +100,8 @@ class DataSpec(Section):
     """Stop after this many tokens (all positions, masked ones included)."""
     holdout_every: int = Field(0, ge=0)
     """If > 0, every n-th document is held out from this stream (used for evaluation splits)."""
+    holdout_only: bool = False
+    """With holdout_every > 0: yield only the held-out documents instead of skipping them (evaluation split)."""
 
 
 class StreamSpec(Section):

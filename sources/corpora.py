@@ -125,15 +125,18 @@ def iter_contexts(spec: DataSpec, tokenizer, min_tokens: int = 8) -> Iterator[Co
     """Tokenise documents into contexts of ``spec.context_len`` until ``spec.max_tokens`` positions.
 
     A document's trailing piece shorter than ``min_tokens`` content tokens is dropped (unless it is the
-    whole document). Documents held out by ``holdout_every`` are skipped.
+    whole document). Documents held out by ``holdout_every`` are skipped, or with ``holdout_only``
+    they are the only ones yielded.
     """
     bos, pad, masked = special_ids(tokenizer)
     body = spec.context_len - 1
     emitted = 0
     index = 0
     for doc_index, (doc_id, text) in enumerate(iter_documents(spec)):
-        if spec.holdout_every and doc_index % spec.holdout_every == spec.holdout_every - 1:
-            continue
+        if spec.holdout_every:
+            held_out = doc_index % spec.holdout_every == spec.holdout_every - 1
+            if held_out != spec.holdout_only:
+                continue
         if not text.strip():
             continue
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)

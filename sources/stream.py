@@ -138,3 +138,19 @@ def iter_latents(model: LoadedModel, sae, data: DataSpec, hook: HookSpec, stream
         ctx_index = np.array([c.index for c in batch.contexts])[b_idx.numpy()]
         latents = encode_latents(sae, batch.masked_acts_ND())
         yield LatentBatch(to_csr(latents), ctx_index, pos.numpy())
+
+
+def iter_latent_batches(cfg, progress: bool = True) -> Iterator[LatentBatch]:
+    """SAE latents over the corpus of an experiment config (model, hook, sae, data, stream sections)."""
+    from sources.session import open_session
+
+    s = open_session(cfg, progress)
+    yield from iter_latents(s.model, s.sae, cfg.data, cfg.hook, cfg.stream, progress)
+
+
+def sae_thresholds(cfg) -> np.ndarray | None:
+    """Per-latent JumpReLU threshold θ of the config's SAE, or None."""
+    from sources.saes import sae_threshold_F
+    from sources.session import open_session
+
+    return sae_threshold_F(open_session(cfg).sae)

@@ -1,0 +1,78 @@
+"""One output folder = one run: its manifest records the config, versions, seed and completed stages.
+
+A stage is recorded as complete only after all its files are written (each atomically), together with
+a key hashing exactly the config sections it depends on. A rerun skips a stage whose key is unchanged
+and recomputes it otherwise; ``--fresh`` recomputes everything. An interrupted run therefore never
+looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from sources.errors import ConfigError
+from sources.files import git_commit, package_versions, read_json, stable_hash, write_json
+
+
+@dataclass
+class Run:
+    out: Path
+    config: dict
+    fresh: bool = False
+    manifest: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.out = Path(self.out)
+        path = self.out / "manifest.json"
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError("out", f"{self.out} exists and is not a folder; choose another --out")
+        old = {}
+        if path.exists() and not self.fresh:
+            try:
+                old = read_json(path)
+            except (json.JSONDecodeError, OSError):
+                old = {}
+        self.manifest = {
+            "config": self.config,
+            "config_hash": stable_hash(self.config),
+            "seed": self.config.get("seed"),
+            "versions": package_versions(),
+            "python": platform.python_version(),
+            "git_commit": git_commit(),
+            "stages": old.get("stages", {}),
+            "complete": False,
+        }
+        self._write()
+
+    def _write(self) -> None:
+        write_json(self.out / "manifest.json", self.manifest, field="out")
+
+    def stage_key(self, *sections: str) -> str:
+        return stable_hash({s: self.config.get(s) for s in sections})
+
+    def is_done(self, stage: str, key: str) -> bool:
+        rec = self.manifest["stages"].get(stage)
+        return bool(rec and rec.get("key") == key and rec.get("complete"))
+
+    @contextmanager
+    def stage(self, stage: str, key: str) -> Iterator[Path]:
+        """Run a stage's body; mark it complete (with wall time) only if the body returns normally."""
+        folder = self.out / stage
+        folder.mkdir(parents=True, exist_ok=True)
+        self.manifest["stages"][stage] = {"key": key, "complete": False}
+        self._write()
+        start = time.perf_counter()
+        yield folder
+        self.manifest["stages"][stage] = {"key": key, "complete": True, "wall_s": round(time.perf_counter() - start, 2),
+                                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self._write()
+
+    def finish(self, stages: list[str]) -> None:
+        self.manifest["complete"] = all(self.manifest["stages"].get(s, {}).get("complete") for s in stages)
+        self._write()
