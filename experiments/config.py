@@ -10,6 +10,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from cooc.config import CoocConfig
+from probes.config import ProbesConfig
 from sources.config import ActivationsSpec, DataSpec, HookSpec, ModelSpec, SAESpec, Section, StreamSpec
 
 
@@ -25,6 +26,7 @@ class ExperimentConfig(Section):
     stream: StreamSpec = StreamSpec()
     activations: ActivationsSpec = ActivationsSpec()
     cooc: CoocConfig = Field(default_factory=CoocConfig)
+    probes: ProbesConfig = Field(default_factory=ProbesConfig)
 
 
 def config_schema() -> dict:

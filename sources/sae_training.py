@@ -31,7 +31,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 DEFAULT_EVAL_TOKENS = 16_384
 """Positions (all, masked included) of held-out contexts the quality metrics are measured on."""
 NORM_ESTIMATE_TOKENS = 32_768
-"""Rows sae_lens uses to estimate the activation scaling factor before training."""
+"""Rows sae_lens uses to estimate the activation scaling factor before training (at most 5% of the steps)."""
 
 
 def _buffer_rows(batch_size: int, d_in: int) -> int:
@@ -154,12 +154,13 @@ def sae_metadata(model: LoadedModel, hook: HookSpec, data: DataSpec):
 
 def train_sae(train: TrainSpec, model: LoadedModel, hook: HookSpec, data: DataSpec, stream: StreamSpec,
               out_dir: Path, progress: bool = True, *, config: dict | None = None,
-              eval_model: LoadedModel | None = None, eval_tokens: int = DEFAULT_EVAL_TOKENS) -> SAEQuality:
+              eval_model: LoadedModel | Callable[[], LoadedModel] | None = None, eval_tokens: int = DEFAULT_EVAL_TOKENS) -> SAEQuality:
     """Train an SAE per ``train`` at ``hook`` of ``model`` on ``data`` and save it to ``out_dir``.
 
     ``config`` is the full experiment config to record in ``train_config.json`` (default: the sections
-    given here). ``eval_model`` is the model the held-out quality is measured with (default: ``model``;
-    pass the float32 model when training streams a bfloat16 one). Returns that quality.
+    given here). ``eval_model`` is the model the held-out quality is measured with, or a function that
+    loads it after training (default: ``model``; pass the float32 model when training streams a
+    bfloat16 one). Returns that quality.
     """
     from sae_lens import SAE
     from sae_lens.config import LoggingConfig, SAETrainerConfig
@@ -184,7 +185,7 @@ def train_sae(train: TrainSpec, model: LoadedModel, hook: HookSpec, data: DataSp
         lr_warm_up_steps=warm,
         lr_decay_steps=decay,
         device=device,
-        n_batches_for_norm_estimate=max(1, NORM_ESTIMATE_TOKENS // train.batch_size),
+        n_batches_for_norm_estimate=max(1, min(NORM_ESTIMATE_TOKENS // train.batch_size, n_steps // 20)),
         dead_feature_window=max(1, min(1000, n_steps // 10)),
         feature_sampling_window=max(1, min(2000, n_steps // 5)),
         logger=LoggingConfig(log_to_wandb=False),
@@ -193,7 +194,9 @@ def train_sae(train: TrainSpec, model: LoadedModel, hook: HookSpec, data: DataSp
     provider = shuffled_activation_batches(model, hook, training_data(data), stream, train.batch_size,
                                            seed=train.seed, progress=progress, stats=stats)
     trainer = trainer_module.SAETrainer(trainer_cfg, sae, provider)
-    quiet = contextlib.nullcontext() if progress else _quiet_trainer(trainer_module)
+    from sae_lens.training import activation_scaler as scaler_module
+
+    quiet = contextlib.nullcontext() if progress else _quiet_bars(trainer_module, scaler_module)
     with quiet:
         trainer.fit()
     provider.close()
@@ -206,11 +209,16 @@ def train_sae(train: TrainSpec, model: LoadedModel, hook: HookSpec, data: DataSp
     inference = SAE.load_from_disk(tmp, device=device)
     inference.eval()
     t1 = time.time()
-    quality = evaluate_sae(inference, eval_model or model, hook, heldout_data(data, eval_tokens), stream, progress=progress)
+    if eval_model is None:
+        eval_model = model
+    elif not isinstance(eval_model, LoadedModel):
+        eval_model = eval_model()
+    quality = evaluate_sae(inference, eval_model, hook, heldout_data(data, eval_tokens), stream, progress=progress)
     eval_s = time.time() - t1
-    log.info("held-out quality:\n%s", quality.table())
+    log.info("held-out quality: EV %.3f, L0 %.1f, dead %.3f, CE loss recovered %.3f (%d tokens, %.0f s)",
+             quality.explained_variance, quality.l0, quality.dead_fraction, quality.ce_loss_recovered, quality.n_tokens, eval_s)
 
-    eval_dtype = (eval_model or model).identity.get("dtype")
+    eval_dtype = eval_model.identity.get("dtype")
     write_json(tmp / "quality.json", {**quality.to_dict(), "eval_model_dtype": eval_dtype,
                                       "eval_data": heldout_data(data, eval_tokens).model_dump()})
     write_json(tmp / "train_config.json", config if config is not None else {
@@ -222,7 +230,7 @@ def train_sae(train: TrainSpec, model: LoadedModel, hook: HookSpec, data: DataSp
         "training_tokens": trainer.n_training_samples,
         "steps": trainer.n_training_steps,
         "unique_training_tokens": stats.get("unique_tokens"),
-        "epochs_started": stats.get("epochs"),
+        "stream_passes_completed": stats.get("epochs"),
         "lr_warm_up_steps": warm,
         "lr_decay_steps": decay,
         "train_wall_s": round(train_s, 1),
@@ -236,14 +244,16 @@ def train_sae(train: TrainSpec, model: LoadedModel, hook: HookSpec, data: DataSp
 
 
 @contextlib.contextmanager
-def _quiet_trainer(trainer_module):
-    """Silence SAETrainer's progress bar (it has no switch for it)."""
-    original = trainer_module.tqdm
-    trainer_module.tqdm = functools.partial(original, disable=True)
+def _quiet_bars(*modules):
+    """Silence the progress bars of sae_lens's trainer and scaler (they have no switch for it)."""
+    originals = [m.tqdm for m in modules]
+    for m, original in zip(modules, originals):
+        m.tqdm = functools.partial(original, disable=True)
     try:
         yield
     finally:
-        trainer_module.tqdm = original
+        for m, original in zip(modules, originals):
+            m.tqdm = original
 
 
 def _replace_dir(tmp: Path, out_dir: Path) -> None:

@@ -1,0 +1,121 @@
+"""``run_cooc``: count, score, group and write — the call shared by experiments.cooc and the pipeline."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from tqdm.auto import tqdm
+
+from cooc.config import CoocConfig
+from cooc.counting import CooccurrenceCounter, check_csr
+from cooc.groups import Group, GroupFinder, groups_frame
+from cooc.outputs import write_outputs
+from cooc.scoring import score_pairs
+from sources.errors import ConfigError
+from sources.files import git_commit, package_versions
+
+
+@dataclass
+class CoocResult:
+    """What one co-occurrence run produced (the same content as the files under OUT/cooc/)."""
+
+    n_tokens: int
+    d_sae: int
+    occ_F: np.ndarray = field(repr=False)
+    pairs: pd.DataFrame = field(repr=False)
+    """Scored tested pairs with an ``edge`` column (all of them, whatever cooc.write_pairs says)."""
+    groups: list[Group] = field(repr=False)
+    groups_table: pd.DataFrame = field(repr=False)
+    counter: CooccurrenceCounter = field(repr=False)
+    cut: float | None
+    """Jaccard threshold chosen by method: size_target (None for significant)."""
+    wall_s: float
+    files: dict[str, str]
+    manifest: dict = field(repr=False)
+
+
+def _as_csr(batch: Any) -> sp.csr_matrix:
+    """Accept a CSR matrix or an object with ``.latents`` (sources.stream.LatentBatch)."""
+    return batch.latents if hasattr(batch, "latents") else batch
+
+
+def count(latent_batches: Iterable[Any], d_sae: int | None, cfg: CoocConfig, theta_F=None,
+          progress: bool = True) -> CooccurrenceCounter:
+    """Stream batches through a :class:`CooccurrenceCounter` (stops at cfg.max_tokens)."""
+    counter = None
+    width = cfg.d_sae if d_sae is None else d_sae
+    if cfg.d_sae is not None and d_sae is not None and cfg.d_sae != d_sae:
+        raise ConfigError("cooc.d_sae", f"is {cfg.d_sae} but the SAE has d_sae={d_sae}")
+    bar = tqdm(latent_batches, desc="cooc: counting", unit="chunk", disable=not progress)
+    for batch in bar:
+        acts = check_csr(_as_csr(batch), width)
+        if counter is None:
+            width = acts.shape[1]
+            theta = theta_F if cfg.use_sae_threshold else None
+            counter = CooccurrenceCounter(width, cfg.threshold, theta, cfg.prune_below, cfg.prune_every)
+        if cfg.max_tokens is not None:
+            left = cfg.max_tokens - counter.n_tokens_
+            if left <= 0:
+                break
+            acts = acts[:left]
+        counter.update(acts)
+        bar.set_postfix(tokens=counter.n_tokens_, pairs=counter.n_pairs_, refresh=False)
+    bar.close()
+    if counter is None or counter.n_tokens_ == 0:
+        raise ConfigError("activations", "no tokens were counted (empty input, or every position masked)")
+    return counter
+
+
+def run_cooc(latent_batches: Iterable[Any], d_sae: int | None, cfg: CoocConfig, out_dir: str | Path | None,
+             progress: bool = True, seed: int = 0, theta_F=None, extra: dict | None = None) -> CoocResult:
+    """Count co-occurrences over ``latent_batches`` (CSR [tokens, d_sae] or LatentBatch), score
+    the pairs, find groups and, when ``out_dir`` is given, write OUT/cooc/ files into it.
+
+    ``theta_F``: the SAE's JumpReLU thresholds (added to cfg.threshold when cfg.use_sae_threshold).
+    ``extra``: more entries for manifest.json (input description, experiment config, cache key).
+    """
+    start = time.time()
+    counter = count(latent_batches, d_sae, cfg, theta_F, progress)
+    scored = score_pairs(counter, min_occurrences=cfg.min_occurrences)
+    finder = GroupFinder.from_config(cfg, seed).fit(scored)
+    scored["edge"] = finder.edge_mask_
+    table = groups_frame(finder.groups_)
+    wall = time.time() - start
+    manifest = {
+        "stage": "cooc",
+        "n_tokens": int(counter.n_tokens_),
+        "d_sae": int(counter.d_sae),
+        "threshold": counter.threshold,
+        "sae_threshold_used": counter.theta_F is not None,
+        "firing_rule": "activation > threshold" + (" + theta (JumpReLU)" if counter.theta_F is not None else ""),
+        "n_active_latents": int((counter.occ_F > 0).sum()),
+        "n_tested_latents": int(scored.attrs["n_tested"]),
+        "n_pairs_stored": int(counter.n_pairs_),
+        "n_pairs_tested_stored": int(len(scored)),
+        "family_size": int(scored.attrs["family_size"]),
+        "n_pairs_pruned": int(counter.n_pruned_),
+        "n_edges": int(finder.edge_mask_.sum()),
+        "n_groups": len(finder.groups_),
+        "method": cfg.method,
+        "size_target_cut": finder.cut_,
+        "size_target_converged": finder.converged_ if cfg.method == "size_target" else None,
+        "largest_component": int(finder.largest_component_),
+        "config": cfg.model_dump(),
+        "seed": seed,
+        "wall_time_s": round(wall, 3),
+        "packages": package_versions(),
+        "git_commit": git_commit(),
+        **(extra or {}),
+    }
+    files: dict[str, str] = {}
+    if out_dir is not None:
+        to_write = {"tested": scored, "edges": scored[scored["edge"]], "none": None}[cfg.write_pairs]
+        files = write_outputs(out_dir, counter.occ_F, counter.upper_pairs(), to_write, table, manifest)
+    return CoocResult(int(counter.n_tokens_), int(counter.d_sae), counter.occ_F, scored, finder.groups_, table,
+                      counter, finder.cut_, wall, files, manifest)

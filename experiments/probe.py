@@ -1,0 +1,61 @@
+"""Probe latent groups: ``python -m experiments.probe [CONFIG.yaml] [--set k=v ...] [--out DIR] [--fresh]``.
+
+Needs the co-occurrence stage's outputs in the same output folder (``OUT/cooc``); writes ``OUT/probes``
+(results.csv, groups.csv, examples.csv, summary.json, figures/). See docs/probes.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from experiments.cli import build_config, entry_point, parser
+from experiments.config import ExperimentConfig
+from experiments.run import Run
+from probes.inputs import COOC_HINT
+from sources.errors import ConfigError
+from sources.files import stable_hash
+
+log = logging.getLogger("experiments.probe")
+
+STAGE = "probes"
+SECTIONS = ("seed", "model", "hook", "sae", "data", "cooc", "probes")
+
+
+def probe_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, force: bool = False) -> Path:
+    """Run (or reuse) the probe stage of ``run``; returns its folder ``run.out / "probes"``.
+
+    Requires a finished cooc stage in the same run (ConfigError otherwise, which the CLIs turn into
+    exit code 2). The stage is reused when neither the config sections it depends on nor the cooc
+    stage changed; ``force`` recomputes it.
+    """
+    cooc_dir = run.out / "cooc"
+    cooc_rec = run.manifest["stages"].get("cooc", {})
+    if not cooc_rec.get("complete"):
+        raise ConfigError("cooc", f"{run.out} has no finished co-occurrence stage; {COOC_HINT}")
+    key = stable_hash({"sections": run.stage_key(*SECTIONS), "cooc": cooc_rec.get("key")})
+    if not force and run.is_done(STAGE, key):
+        log.info("probes: up to date in %s (use --fresh to recompute)", run.out / STAGE)
+        return run.out / STAGE
+    from probes.stage import run_probes
+
+    with run.stage(STAGE, key) as folder:
+        run_probes(cfg, cooc_dir, folder, progress)
+    return folder
+
+
+@entry_point
+def main(argv: list[str] | None = None) -> None:
+    args = parser("python -m experiments.probe", __doc__.splitlines()[0]).parse_args(argv)
+    cfg = build_config(ExperimentConfig, args.config, args.overrides)
+    out = Path(args.out or cfg.out)
+    if not (out / "manifest.json").exists():
+        raise ConfigError("out", f"{out} holds no run (no manifest.json); {COOC_HINT}")
+    run = Run(out, cfg.model_dump(mode="json"))
+    folder = probe_stage(cfg, run, progress=not args.quiet, force=args.fresh)
+    log.info("done: %s", folder / "results.csv")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Configuration of the interventions stage (the ``interventions:`` section of an experiment config).
+
+Every field is documented in docs/interventions.md. Defaults are sized for the CPU default run
+(SmolLM2-135M, a few groups, about a thousand evaluation tokens per group); raise ``max_tokens``,
+``top_n``, ``n_controls`` and ``max_members`` on a GPU.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from sources.config import Section
+
+Mode = Literal["zero", "mean", "clamp", "project_out", "mean_project"]
+"""Ablation modes. SAE-latent modes (zero, mean, clamp) edit latents and keep the SAE error term;
+subspace modes (project_out, mean_project) edit the residual stream directly."""
+
+LATENT_MODES = ("zero", "mean", "clamp")
+SUBSPACE_MODES = ("project_out", "mean_project")
+MODES = LATENT_MODES + SUBSPACE_MODES
+
+Effect = Literal["kl_per_norm", "ce_per_norm", "kl", "ce"]
+SteerDirection = Literal["pc1", "decoder_mean", "decoder_top"]
+
+
+class SteeringConfig(Section):
+    """Steering dose-response: add alpha * v along a unit direction v of each group."""
+
+    enabled: bool = True
+    alphas: list[float] = Field(default_factory=lambda: [-4.0, -1.0, 1.0, 4.0])
+    """The alpha grid (0 is allowed: it must reproduce the clean model and is checked by the tests)."""
+    units: Literal["group_norm", "resid_norm", "absolute"] = "group_norm"
+    """alpha is in units of the group's mean reconstruction norm at its firing tokens (group_norm),
+    of the mean residual norm at the hook (resid_norm), or absolute."""
+    directions: list[SteerDirection] = Field(default_factory=lambda: ["pc1"])
+    """pc1: first principal direction of the group's reconstructions sum_i a_i W_dec[i] at its firing tokens;
+    decoder_mean: normalised activation-weighted mean of the members' decoder rows;
+    decoder_top: decoder row of the member writing the most norm."""
+    positions: Literal["all", "fires"] = "all"
+    """Steer at every content token, or only where the group fires."""
+    n_random: int = Field(2, ge=0)
+    """Random unit directions (same alpha, hence same norm) per alpha as the steering control."""
+
+    @field_validator("alphas")
+    @classmethod
+    def _grid_not_empty(cls, v):
+        if not v:
+            raise ValueError("the alpha grid is empty; give at least one value, e.g. [-4, -1, 1, 4], "
+                             "or set interventions.steering.enabled: false")
+        return v
+
+    @field_validator("directions")
+    @classmethod
+    def _directions_not_empty(cls, v):
+        if not v:
+            raise ValueError("give at least one steering direction (pc1, decoder_mean, decoder_top)")
+        return list(dict.fromkeys(v))
+
+
+class InterventionsConfig(Section):
+    """Ablation and steering of co-occurrence groups vs single latents vs matched controls."""
+
+    enabled: bool = True
+    """Run the stage in python -m experiments.steer."""
+    groups: Literal["auto"] | list[str] = "auto"
+    """auto: the top_n groups of OUT/cooc/groups.csv ranked by rank_by; or explicit group ids (e.g. [g1a2b3c4d5e])."""
+    top_n: int = Field(3, ge=1)
+    """How many groups with groups: auto."""
+    rank_by: str = "group_size"
+    """Numeric column of groups.csv to rank groups by (descending) with groups: auto."""
+    min_size: int = Field(2, ge=2)
+    """With groups: auto, only groups with at least this many members."""
+    modes: list[Mode] = Field(default_factory=lambda: ["zero", "mean", "project_out"])
+    """Ablation modes to run (zero, mean, clamp, project_out, mean_project); the first is the verdict's primary mode."""
+    clamp_value: float = 5.0
+    """Value the clamp mode sets every edited latent to, in clamp_units."""
+    clamp_units: Literal["mean_activation", "absolute"] = "mean_activation"
+    """mean_activation: clamp_value times the latent's mean activation over the tokens where it fires."""
+    max_members: int = Field(5, ge=1)
+    """Single-latent arms per group: the members writing the most norm at the group's tokens."""
+    n_controls: int = Field(3, ge=1)
+    """Random latent groups (size and firing-frequency matched) and random norm-matched directions per mode."""
+    pool_tokens: int = Field(40_000, ge=1)
+    """Tokens of the (cached) activation stream scanned for contexts where each group fires, firing
+    rates and mean activations. Held-out documents are used when data.holdout_every > 0."""
+    max_tokens: int = Field(1024, ge=1)
+    """Evaluation tokens per group (whole contexts in which the group fires)."""
+    min_docs: int = Field(5, ge=2)
+    """Fewer evaluation documents than this: the group gets no verdict (insufficient data)."""
+    batch_size: int = Field(16, ge=1)
+    """Sequences per forward pass (arms x contexts stacked along the batch dimension)."""
+    seed: int | None = None
+    """Seed for context sampling, controls and the bootstrap; None uses the experiment's seed."""
+    alpha: float = Field(0.05, gt=0, lt=1)
+    """Significance level: BH false discovery rate and 1 - confidence of the intervals."""
+    n_boot: int = Field(1000, ge=100)
+    """Bootstrap replicates (resampling whole documents)."""
+    primary_effect: Effect = "kl_per_norm"
+    """Effect on which the verdict is decided (at the group's firing tokens, in the first mode)."""
+    read_layer: int | None = Field(None, ge=0)
+    """If set, also measure the relative change of the residual stream (resid_post) at this later layer."""
+    steering: SteeringConfig = Field(default_factory=SteeringConfig)
+
+    @field_validator("modes")
+    @classmethod
+    def _modes_not_empty(cls, v):
+        if not v:
+            raise ValueError(f"give at least one mode ({', '.join(MODES)})")
+        return list(dict.fromkeys(v))
+
+    @field_validator("groups")
+    @classmethod
+    def _ids_not_empty(cls, v):
+        if isinstance(v, list) and not v:
+            raise ValueError("the list of group ids is empty; give ids from OUT/cooc/groups.csv or auto")
+        return v
+
+    @model_validator(mode="after")
+    def _clamp_needs_value(self):
+        if "clamp" in self.modes and self.clamp_units == "mean_activation" and self.clamp_value < 0:
+            raise ValueError("clamp_value must be >= 0 with clamp_units: mean_activation")
+        return self

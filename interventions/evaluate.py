@@ -1,0 +1,461 @@
+"""Evaluating one group: arms, controls, batched forwards, per-token effects, per-document sums.
+
+The pipeline for a group ``G`` with members ``m_1..m_k``:
+
+1. :func:`scan_pool` reads the (cached) activation stream once for all groups: firing counts and mean
+   firing activations of every latent, the mean residual, and the contexts where each group fires
+   (any member active), plus the members' activations there (for the steering directions).
+2. :func:`plan_arms` lists the arms of each mode: the whole group, each of the ``max_members`` members
+   writing the most norm, ``n_controls`` random latent groups matched on size and firing frequency
+   (:func:`subspaces.matched_groups`) and ``n_controls`` random directions norm-matched to the group's edit;
+   and the steering arms (each direction and the random directions, at every alpha).
+3. :func:`evaluate_group` runs clean passes and batched multi-arm passes over the group's evaluation
+   contexts and reduces per-token effects to per-document sums (:mod:`interventions.stats`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from interventions import edits as E
+from interventions.config import LATENT_MODES, InterventionsConfig
+from interventions.forward import evaluable_positions, multi_arm_logits, next_token_logprobs, token_effects
+from interventions.stats import DocSums, doc_sums, statistic
+from sources import sites
+from sources.config import DataSpec, HookSpec, StreamSpec
+from sources.corpora import Context
+from sources.models import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    group_id: str
+    members: tuple[int, ...]
+    structure: str = ""
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+
+# ----------------------------------------------------------------------------------- pool scan
+
+@dataclass
+class Pool:
+    """What one pass over the activation stream tells every group's evaluation."""
+
+    n_tokens: int
+    count_F: np.ndarray
+    """Firing counts per latent (content tokens of the pool)."""
+    mean_act_F: np.ndarray
+    """Mean activation per latent over the tokens where it fires (0 if it never fires)."""
+    mu_D: torch.Tensor
+    """Mean residual at the hook over content tokens."""
+    resid_norm: float
+    """Mean residual norm at the hook."""
+    contexts: dict[int, Context] = field(default_factory=dict)
+    group_contexts: dict[str, list[int]] = field(default_factory=dict)
+    group_acts: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    """Members' activations [n, k] at tokens where the group fires (at most ``max_rows`` rows)."""
+
+
+def fires_any(f_K: torch.Tensor, thr_K: torch.Tensor) -> torch.Tensor:
+    return (f_K > thr_K).any(-1)
+
+
+@torch.no_grad()
+def scan_pool(model: LoadedModel, sae, data: DataSpec, hook: HookSpec, stream: StreamSpec, groups: list[GroupSpec],
+              threshold_F: np.ndarray, pool_tokens: int, progress: bool = True, max_rows: int = 20_000) -> Pool:
+    """One pass over at most ``pool_tokens`` tokens of the activation stream (through its cache)."""
+    from sources.stream import iter_activation_batches
+
+    F = int(sae.cfg.d_sae)
+    thr = torch.as_tensor(threshold_F, dtype=torch.float32)
+    count = torch.zeros(F, dtype=torch.float64)
+    act_sum = torch.zeros(F, dtype=torch.float64)
+    mu = torch.zeros(model.d_model, dtype=torch.float64)
+    norm_sum, n_tok, seen = 0.0, 0, 0
+    pool = Pool(0, np.zeros(F), np.zeros(F), torch.zeros(model.d_model), 0.0)
+    idx = {g.group_id: torch.as_tensor(g.members, dtype=torch.long) for g in groups}
+    for g in groups:
+        pool.group_contexts[g.group_id] = []
+        pool.group_acts[g.group_id] = []
+    rows_kept = {g.group_id: 0 for g in groups}
+    for batch in iter_activation_batches(model, data, hook, stream, progress=progress):
+        mask = batch.mask_BL
+        b_idx, _ = mask.nonzero(as_tuple=True)
+        x = batch.masked_acts_ND().float().cpu()
+        f = E.encode(sae, x).cpu()
+        fire = f > thr
+        count += fire.sum(0).double()
+        act_sum += (f * fire).sum(0).double()
+        mu += x.sum(0).double()
+        norm_sum += float(x.norm(dim=-1).sum())
+        n_tok += x.shape[0]
+        for g in groups:
+            gi = idx[g.group_id]
+            fg = fire[:, gi].any(-1)
+            if not fg.any():
+                continue
+            for b in torch.unique(b_idx[fg]).tolist():
+                ctx = batch.contexts[b]
+                pool.contexts[ctx.index] = ctx
+                pool.group_contexts[g.group_id].append(ctx.index)
+            room = max_rows - rows_kept[g.group_id]
+            if room > 0:
+                acts = f[fg][:, gi][:room].numpy()
+                pool.group_acts[g.group_id].append(acts)
+                rows_kept[g.group_id] += acts.shape[0]
+        seen += batch.tokens_BL.numel()
+        if seen >= pool_tokens:
+            break
+    pool.n_tokens = n_tok
+    pool.count_F = count.numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pool.mean_act_F = np.where(count.numpy() > 0, act_sum.numpy() / count.numpy(), 0.0)
+    pool.mu_D = (mu / max(n_tok, 1)).float()
+    pool.resid_norm = norm_sum / max(n_tok, 1)
+    return pool
+
+
+# ----------------------------------------------------------------------------------- arms
+
+@dataclass
+class Arm:
+    name: str
+    """group | member:<latent> | random_group:<r> | random_direction:<r> | steer:<direction> | steer:random:<r>"""
+    kind: str
+    """group, member, random_group, random_direction, steer, steer_random"""
+    mode: str
+    """An ablation mode, or steer."""
+    latents: tuple[int, ...] = ()
+    alpha: float | None = None
+    """Steering coefficient in the configured units (None for ablations)."""
+    scale: float = 1.0
+    """Residual-norm size of one alpha unit."""
+    vector: torch.Tensor | None = None
+    basis: torch.Tensor | None = None
+
+    @property
+    def own_target(self) -> bool:
+        """Random latent groups act (and are scored) where they themselves fire; every other arm at the group's tokens."""
+        return self.kind == "random_group"
+
+
+@dataclass
+class Plan:
+    group: GroupSpec
+    arms: list[Arm]
+    tested_members: tuple[int, ...]
+    random_groups: list[tuple[int, ...]]
+    steer_directions: dict[str, torch.Tensor]
+    group_norm: float
+
+
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    n = v.norm()
+    return v / n if n > 0 else v
+
+
+def steering_directions(group: GroupSpec, pool: Pool, W_eff: torch.Tensor, which: list[str]) -> tuple[dict[str, torch.Tensor], float]:
+    """Unit steering directions of a group and its mean reconstruction norm at its firing tokens."""
+    from subspaces import reconstruction_pca
+
+    members = list(group.members)
+    Wg = W_eff[members].cpu()
+    acts = np.concatenate(pool.group_acts[group.group_id]) if pool.group_acts[group.group_id] else np.zeros((0, len(members)))
+    recon = torch.from_numpy(acts).float() @ Wg
+    group_norm = float(recon.norm(dim=-1).mean()) if len(recon) else float(Wg.norm(dim=-1).mean())
+    weights = torch.as_tensor(pool.mean_act_F[members], dtype=torch.float32)
+    written = weights * Wg.norm(dim=-1)
+    out = {}
+    for d in which:
+        if d == "pc1":
+            if acts.shape[0] >= 2:
+                try:
+                    res = reconstruction_pca(acts, Wg.numpy(), list(range(len(members))), n_components=1)
+                    out[d] = torch.from_numpy(res.subspace.basis_DK[:, 0]).float()
+                    continue
+                except ValueError:
+                    pass
+            log.info("group %s: too few firing tokens for pc1; using decoder_mean", group.group_id)
+            out[d] = _unit((weights[:, None] * Wg).sum(0))
+        elif d == "decoder_mean":
+            out[d] = _unit((weights[:, None] * Wg).sum(0))
+        elif d == "decoder_top":
+            out[d] = _unit(Wg[int(written.argmax())])
+    return out, group_norm
+
+
+def plan_arms(group: GroupSpec, pool: Pool, W_eff: torch.Tensor, occ_F: np.ndarray, icfg: InterventionsConfig,
+              rng: np.random.Generator) -> Plan:
+    """Every arm of the group's comparisons (see the module docstring)."""
+    from subspaces import matched_groups
+
+    members = list(group.members)
+    written = pool.mean_act_F[members] * pool.count_F[members] * W_eff[members].norm(dim=-1).cpu().numpy()
+    order = np.argsort(-written, kind="stable")
+    tested = tuple(int(members[i]) for i in order[: icfg.max_members])
+    controls = matched_groups(members, occ_F, icfg.n_controls, seed=rng)
+    random_groups = [tuple(c.latents) for c in controls]
+    d_model = W_eff.shape[1]
+    directions = [E.random_unit_vector(d_model, rng) for _ in range(icfg.n_controls)]
+
+    arms: list[Arm] = []
+    for mode in icfg.modes:
+        sub = mode not in LATENT_MODES
+
+        def basis(lat):
+            return E.decoder_basis(W_eff, lat) if sub else None
+
+        arms.append(Arm("group", "group", mode, tuple(members), basis=basis(members)))
+        arms += [Arm(f"member:{m}", "member", mode, (m,), basis=basis([m])) for m in tested]
+        arms += [Arm(f"random_group:{r}", "random_group", mode, rg, basis=basis(rg)) for r, rg in enumerate(random_groups)]
+        arms += [Arm(f"random_direction:{r}", "random_direction", mode, tuple(members), vector=u)
+                 for r, u in enumerate(directions)]
+    steer_dirs, group_norm = {}, 0.0
+    st = icfg.steering
+    if st.enabled:
+        steer_dirs, group_norm = steering_directions(group, pool, W_eff, st.directions)
+        unit = {"group_norm": group_norm, "resid_norm": pool.resid_norm, "absolute": 1.0}[st.units]
+        rand = [E.random_unit_vector(d_model, rng) for _ in range(st.n_random)]
+        for a in st.alphas:
+            arms += [Arm(f"steer:{d}", "steer", "steer", tuple(members), alpha=a, scale=unit, vector=v)
+                     for d, v in steer_dirs.items()]
+            arms += [Arm(f"steer:random:{r}", "steer_random", "steer", (), alpha=a, scale=unit, vector=u)
+                     for r, u in enumerate(rand)]
+    return Plan(group, arms, tested, random_groups, steer_dirs, group_norm)
+
+
+# ----------------------------------------------------------------------------------- evaluation
+
+@dataclass
+class Chunk:
+    """Clean state of a batch of evaluation contexts."""
+
+    tokens: torch.Tensor
+    x: torch.Tensor
+    f: torch.Tensor
+    content: torch.Tensor
+    group_fires: torch.Tensor
+    clean_lp: torch.Tensor
+    clean_read: torch.Tensor | None
+    docs: np.ndarray
+    cache: dict = field(default_factory=dict)
+
+
+class Evaluator:
+    """Arms' deltas on a chunk and the per-token records of their effects."""
+
+    def __init__(self, model: LoadedModel, sae, hook: HookSpec, pool: Pool, threshold_F: np.ndarray,
+                 icfg: InterventionsConfig):
+        self.model, self.sae, self.hook, self.pool, self.icfg = model, sae, hook, pool, icfg
+        self.W = E.effective_decoder(sae).to(model.device)
+        self.thr = torch.as_tensor(threshold_F, dtype=torch.float32, device=model.device)
+        self.mean_act = torch.as_tensor(pool.mean_act_F, dtype=torch.float32, device=model.device)
+
+    # -- clean pass
+    @torch.no_grad()
+    def clean_chunk(self, contexts: list[Context], docs: np.ndarray, members: tuple[int, ...]) -> Chunk:
+        tokens = torch.from_numpy(np.stack([c.tokens_L for c in contexts]))
+        content = torch.from_numpy(np.stack([c.mask_L for c in contexts])).to(self.model.device)
+        x, logits, read = clean_pass(self.model, self.hook, tokens, self.icfg.read_layer)
+        x = x.float()
+        f = E.encode(self.sae, x)
+        gi = torch.as_tensor(members, device=f.device)
+        gf = fires_any(f[..., gi], self.thr[gi]) & content
+        return Chunk(tokens, x, f, content, gf, next_token_logprobs(logits), read, docs)
+
+    def target(self, arm: Arm, ch: Chunk) -> torch.Tensor:
+        if arm.own_target:
+            gi = torch.as_tensor(arm.latents, device=ch.f.device)
+            return fires_any(ch.f[..., gi], self.thr[gi]) & ch.content
+        return ch.group_fires
+
+    def delta(self, arm: Arm, ch: Chunk) -> torch.Tensor:
+        key = (arm.name, arm.mode, arm.alpha)
+        if key in ch.cache:
+            return ch.cache[key]
+        pos = self.target(arm, ch)
+        if arm.kind == "random_direction":
+            ref = self.delta(Arm("group", "group", arm.mode, arm.latents, basis=self._group_basis(arm, ch)), ch)
+            d = E.norm_matched_delta(ref, arm.vector)
+        elif arm.kind in ("steer", "steer_random"):
+            where = ch.content if self.icfg.steering.positions == "all" else ch.group_fires
+            d = E.steer_delta(ch.x, arm.vector, arm.alpha * arm.scale, where)
+        elif arm.mode in LATENT_MODES:
+            lat = list(arm.latents)
+            clamp = None
+            if arm.mode == "clamp":
+                base = self.mean_act[lat] if self.icfg.clamp_units == "mean_activation" else torch.ones(len(lat), device=self.W.device)
+                clamp = self.icfg.clamp_value * base
+            d = E.latent_delta(self.sae, ch.x, lat, arm.mode, f=ch.f, mean_K=self.mean_act[lat], clamp_K=clamp,
+                               positions=pos, W_eff=self.W)
+        elif arm.mode == "project_out":
+            d = E.project_out_delta(ch.x, arm.basis, pos)
+        elif arm.mode == "mean_project":
+            d = E.mean_project_delta(ch.x, arm.basis, self.pool.mu_D, pos)
+        else:  # pragma: no cover - config validation prevents it
+            raise ValueError(arm.mode)
+        ch.cache[key] = d
+        return d
+
+    def _group_basis(self, arm: Arm, ch: Chunk):
+        if arm.mode in LATENT_MODES:
+            return None
+        key = ("basis", arm.latents)
+        if key not in ch.cache:
+            ch.cache[key] = E.decoder_basis(self.W, arm.latents)
+        return ch.cache[key]
+
+
+@torch.no_grad()
+def clean_pass(model: LoadedModel, hook: HookSpec, tokens_BL: torch.Tensor, read_layer: int | None = None):
+    """One unedited pass: activations at the hook [B, L, D], logits [B, L, V] (float32) and, with
+    ``read_layer``, the residual (resid_post) there [B, L, D] (float32)."""
+    if read_layer is None:
+        from sources.patching import clean_logits_and_site
+
+        x, logits = clean_logits_and_site(model, tokens_BL, hook)
+        return x, logits, None
+    where = model.site(hook.layer, hook.site)
+    rw = model.site(read_layer, "resid_post")
+    envoy = model.envoy(where.module)
+    with model.lm.trace(tokens_BL.to(model.device)):
+        acts = (envoy.input if where.io == "input" else envoy.output).save()
+        read = model.envoy(rw.module).output.save()
+        out = model.lm.output.save()
+    logits = out.logits if hasattr(out, "logits") else sites.first_tensor(out)
+    return sites.first_tensor(acts), logits.float(), sites.first_tensor(read).float()
+
+
+@dataclass
+class Records:
+    """Per-token records of one arm over all chunks (scored tokens only)."""
+
+    doc: list = field(default_factory=list)
+    target: list = field(default_factory=list)
+    ce: list = field(default_factory=list)
+    kl: list = field(default_factory=list)
+    norm: list = field(default_factory=list)
+    read: list = field(default_factory=list)
+
+    def sums(self, n_docs: int) -> DocSums:
+        cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)  # noqa: E731
+        eff = {"ce": cat(self.ce), "kl": cat(self.kl)}
+        if self.read:
+            eff["read"] = cat(self.read)
+        return doc_sums(cat(self.doc).astype(np.int64), n_docs, cat(self.target).astype(bool), eff, cat(self.norm))
+
+
+@dataclass
+class GroupEval:
+    plan: Plan
+    n_docs: int
+    doc_ids: list[str]
+    sums: dict[tuple[str, str, float | None], DocSums]
+    """(arm name, mode, alpha) -> per-document sums."""
+    n_tokens_fires: int
+    n_contexts: int
+
+
+def choose_contexts(pool: Pool, group: GroupSpec, max_tokens: int, context_len: int, rng: np.random.Generator) -> list[Context]:
+    """A seeded sample of the pool's contexts in which the group fires, about ``max_tokens`` tokens in all."""
+    ids = sorted(set(pool.group_contexts.get(group.group_id, [])))
+    n = max(1, math.ceil(max_tokens / context_len))
+    if len(ids) > n:
+        ids = sorted(rng.choice(ids, size=n, replace=False).tolist())
+    return [pool.contexts[i] for i in ids]
+
+
+@torch.no_grad()
+def evaluate_group(model: LoadedModel, sae, hook: HookSpec, plan: Plan, contexts: list[Context], ev: Evaluator,
+                   progress: bool = True) -> GroupEval:
+    """Run every arm of ``plan`` on ``contexts`` (batched) and reduce to per-document sums."""
+    icfg = ev.icfg
+    doc_keys = sorted({c.doc_index for c in contexts})
+    doc_of = {d: i for i, d in enumerate(doc_keys)}
+    doc_ids = {c.doc_index: c.doc_id for c in contexts}
+    n_docs = len(doc_keys)
+    arms = plan.arms
+    records = {(a.name, a.mode, a.alpha): Records() for a in arms}
+    cb = max(1, min(icfg.batch_size, len(contexts)))
+    per_fwd = max(1, icfg.batch_size // cb)
+    n_fwd = math.ceil(len(contexts) / cb) * math.ceil(len(arms) / per_fwd)
+    bar = tqdm(total=n_fwd, desc=f"interventions {plan.group.group_id}", unit="fwd", disable=not progress, mininterval=2.0)
+    n_fires = 0
+    for c0 in range(0, len(contexts), cb):
+        ctxs = contexts[c0:c0 + cb]
+        docs = np.array([doc_of[c.doc_index] for c in ctxs])
+        ch = ev.clean_chunk(ctxs, docs, plan.group.members)
+        scored = evaluable_positions(ch.content)
+        n_fires += int((scored & ch.group_fires).sum())
+        b_idx, t_idx = scored.nonzero(as_tuple=True)
+        doc_T = docs[b_idx.cpu().numpy()]
+        for a0 in range(0, len(arms), per_fwd):
+            sub = arms[a0:a0 + per_fwd]
+            deltas = [ev.delta(a, ch) for a in sub]
+            fns = [(lambda x, d=d: x + d.to(x.dtype)) for d in deltas]
+            logits, read = multi_arm_logits(model, hook, ch.tokens, fns, icfg.read_layer)
+            for i, (arm, d) in enumerate(zip(sub, deltas)):
+                dce, kl = token_effects(ch.clean_lp, logits[i], ch.tokens)
+                rec = records[(arm.name, arm.mode, arm.alpha)]
+                rec.doc.append(doc_T)
+                rec.target.append(ev.target(arm, ch)[b_idx, t_idx].cpu().numpy())
+                rec.ce.append(dce[b_idx, t_idx].cpu().numpy())
+                rec.kl.append(kl[b_idx, t_idx].cpu().numpy())
+                rec.norm.append(d.norm(dim=-1)[b_idx, t_idx].cpu().numpy())
+                if read is not None:
+                    change = (read[i] - ch.clean_read).norm(dim=-1) / ch.clean_read.norm(dim=-1).clamp_min(1e-12)
+                    rec.read.append(change[b_idx, t_idx].cpu().numpy())
+            del logits, read
+            bar.update(1)
+        ch.cache.clear()
+    bar.close()
+    sums = {k: r.sums(n_docs) for k, r in records.items()}
+    return GroupEval(plan, n_docs, [doc_ids[d] for d in doc_keys], sums, n_fires, len(contexts))
+
+
+# ----------------------------------------------------------------------------------- derived arms
+
+def pooled(sums: dict, names: list[str], mode: str, alpha=None) -> DocSums | None:
+    parts = [sums[(n, mode, alpha)] for n in names if (n, mode, alpha) in sums]
+    if not parts:
+        return None
+    out = parts[0]
+    for p in parts[1:]:
+        out = out + p
+    return out
+
+
+def best_single(sums: dict, members: tuple[int, ...], mode: str, effect: str, n_docs: int,
+                rng: np.random.Generator) -> tuple[DocSums | None, str]:
+    """Cross-fitted best single member: documents are split in two halves; on each half the arm is the member
+    whose effect (``effect`` at the group's tokens) is largest on the *other* half, so the choice never sees
+    the documents it is scored on. Returns the combined sums and which members were chosen."""
+    cand = [(m, sums[(f"member:{m}", mode, None)]) for m in members if (f"member:{m}", mode, None) in sums]
+    if not cand:
+        return None, ""
+    fold = np.zeros(n_docs, dtype=bool)
+    fold[rng.permutation(n_docs)[: n_docs // 2]] = True
+    chosen = []
+    out = None
+    for half in (fold, ~fold):
+        other = (~half).astype(float)[None, :]
+        vals = np.array([statistic(s, effect, "fires", other)[0] for _, s in cand])
+        if not np.isfinite(vals).any():  # the other half has no scored token: choose on all documents
+            vals = np.array([statistic(s, effect, "fires", np.ones((1, n_docs)))[0] for _, s in cand])
+        k = int(np.nanargmax(np.where(np.isfinite(vals), vals, -np.inf))) if np.isfinite(vals).any() else 0
+        chosen.append(cand[k][0])
+        part = cand[k][1].subset(half)
+        out = part if out is None else out + part
+    label = str(chosen[0]) if chosen[0] == chosen[1] else f"{chosen[0]}|{chosen[1]}"
+    return out, label

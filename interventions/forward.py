@@ -1,0 +1,108 @@
+"""Many intervention arms in one forward pass, and the per-token effects of each arm.
+
+:func:`multi_arm_logits` stacks arms along the batch dimension: the token batch ``[B, L]`` is repeated
+``A`` times and arm ``a``'s edit is applied to rows ``a*B .. (a+1)*B`` at the hook, so one forward pass
+evaluates ``A`` arms on ``B`` contexts. It is built on :func:`sources.patching.replace_site` (the single
+place that writes into an nnsight trace). Rows never interact in a transformer forward pass, so the result
+equals running the arms one by one (the tests check it).
+
+:func:`token_effects` turns clean and edited logits into per-position effects on the next-token
+prediction: the change in cross-entropy and the KL divergence KL(clean || edited).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from sources import sites
+from sources.config import HookSpec
+from sources.errors import ConfigError
+from sources.models import LoadedModel
+from sources.patching import replace_site
+
+EditFn = Callable[[torch.Tensor], torch.Tensor]
+
+_SITE_ORDER = {"resid_pre": 0, "attn_out": 1, "mlp_out": 2, "resid_post": 3}
+
+
+def check_read_layer(model: LoadedModel, hook: HookSpec, read_layer: int | None,
+                     field: str = "interventions.read_layer") -> None:
+    """A read-out layer must exist and come after the hook in the forward pass (its resid_post is read)."""
+    if read_layer is None:
+        return
+    if not 0 <= read_layer < model.n_layers:
+        raise ConfigError(field, f"layer {read_layer} does not exist: {model.name} has layers 0..{model.n_layers - 1}")
+    if (read_layer, _SITE_ORDER["resid_post"]) <= (hook.layer, _SITE_ORDER[hook.site]):
+        raise ConfigError(field, f"layer {read_layer} (resid_post) is not after the hook (layer {hook.layer}, {hook.site}); "
+                                 "an intervention cannot change what is computed before it; choose a read_layer "
+                                 f"in {hook.layer + (1 if hook.site == 'resid_post' else 0)}..{model.n_layers - 1}")
+
+
+def _stack(fns: Sequence[EditFn], n_rows: int) -> EditFn:
+    def stacked(x: torch.Tensor) -> torch.Tensor:
+        parts = [fn(x[a * n_rows:(a + 1) * n_rows]) for a, fn in enumerate(fns)]
+        return torch.cat(parts, dim=0)
+
+    return stacked
+
+
+@torch.no_grad()
+def multi_arm_logits(model: LoadedModel, hook: HookSpec, tokens_BL: torch.Tensor, edits: Sequence[EditFn],
+                     read_layer: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits ``[A, B, L, V]`` (float32) of ``A = len(edits)`` arms in one forward pass.
+
+    ``edits[a]`` is an ``EditFn`` (``x [B, L, D] -> x'``) applied at ``hook`` to arm ``a``'s copy of the batch.
+    With ``read_layer``, also returns the residual stream (resid_post) at that layer, ``[A, B, L, D]`` float32.
+    """
+    A, B = len(edits), tokens_BL.shape[0]
+    if A == 0:
+        raise ValueError("multi_arm_logits needs at least one arm")
+    check_read_layer(model, hook, read_layer)
+    where = model.site(hook.layer, hook.site)
+    big = tokens_BL.to(model.device).repeat(A, 1)
+    read = None
+    with model.lm.trace(big):
+        replace_site(model, where, _stack(edits, B))
+        if read_layer is not None:
+            rw = model.site(read_layer, "resid_post")
+            read = model.envoy(rw.module).output.save()
+        out = model.lm.output.save()
+    logits = out.logits if hasattr(out, "logits") else sites.first_tensor(out)
+    logits = logits.float().view(A, B, *logits.shape[1:])
+    if read is not None:
+        read = sites.first_tensor(read).float().view(A, B, *tokens_BL.shape[1:], -1)
+    return logits, read
+
+
+def next_token_logprobs(logits_BLV: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(logits_BLV.float(), dim=-1)
+
+
+@torch.no_grad()
+def token_effects(clean_logprobs_BLV: torch.Tensor, logits_BLV: torch.Tensor,
+                  tokens_BL: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position effects ``[B, L]`` of an edit on the next-token prediction.
+
+    ``dce[b, t] = CE_edit - CE_clean`` of predicting ``tokens[b, t+1]`` from position ``t`` and
+    ``kl[b, t] = KL(p_clean(.|t) || p_edit(.|t))``, both in nats; the last position is 0 (no next token).
+    """
+    lp_c = clean_logprobs_BLV.float()
+    lp_e = next_token_logprobs(logits_BLV)
+    tgt = tokens_BL[:, 1:].to(lp_c.device).unsqueeze(-1)
+    ce_c = -lp_c[:, :-1].gather(-1, tgt).squeeze(-1)
+    ce_e = -lp_e[:, :-1].gather(-1, tgt).squeeze(-1)
+    kl = (lp_c.exp() * (lp_c - lp_e)).sum(-1).clamp_min(0.0)
+    dce = torch.zeros(tokens_BL.shape, dtype=torch.float32, device=lp_c.device)
+    dce[:, :-1] = ce_e - ce_c
+    kl[:, -1] = 0.0
+    return dce, kl
+
+
+def evaluable_positions(mask_BL: torch.Tensor) -> torch.Tensor:
+    """Positions whose next-token prediction is scored: content token followed by a content token."""
+    m = mask_BL.bool()
+    out = torch.zeros_like(m)
+    out[:, :-1] = m[:, :-1] & m[:, 1:]
+    return out

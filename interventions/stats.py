@@ -1,0 +1,266 @@
+"""Statistics of intervention effects: per-document sums, document bootstrap, BH, verdicts.
+
+Unit of resampling: the **document**. Tokens of one document are not independent (an edit at one
+position changes later predictions of the same context), so every estimate is computed from
+per-document sums and every interval resamples whole documents.
+
+For an arm and a scope (``fires``: the arm's target tokens, ``other``: every other scored token)
+the per-document sums are ``n`` (scored tokens), ``ce`` / ``kl`` / ``read`` (summed per-token effects)
+and ``norm`` (summed edit norm ``||delta_t||`` over the target tokens). Statistics:
+
+- ``ce``, ``kl``, ``read``: mean per-token effect in the scope, ``sum_d S_d / sum_d n_d``;
+- ``*_per_norm``: that divided by the mean edit norm on the target tokens,
+  ``(sum S / sum n_scope) / (sum norm / sum n_fires)`` -- effect per unit of removed residual norm.
+
+A comparison ``arm - comparator`` uses the same bootstrap weights for both (paired at the document
+level; per token when both are measured on the same tokens). Bootstrap weights are multinomial counts
+over documents (:func:`stats.cluster_bootstrap_weights`); the interval is the percentile interval at level
+``1 - alpha`` (:func:`stats.percentile_ci`). The p-value is two-sided, from a t statistic
+``estimate / se`` on ``n_docs - 1`` degrees of freedom, where ``se`` is the bootstrap standard error
+inflated by ``sqrt(n_docs / (n_docs - 1))`` (the plug-in bootstrap variance is biased low by that factor).
+With the few documents a CPU run affords, this studentised p-value keeps its nominal level where the
+shifted-percentile bootstrap p-value does not (measured: 10% false positives at 5 documents, 7.8% at 8;
+the t version 4-5%). The effect size is ``estimate / (se * sqrt(n_docs))`` (a document-level standardised
+mean difference). Benjamini-Hochberg (:func:`stats.bh_adjust`) is applied over all comparisons of a run
+(rows whose comparator is not ``clean``) and, as a separate family, over all arm-vs-clean rows, so that
+the always-significant "KL > 0" rows cannot loosen the thresholds of the comparisons.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from stats import bh_adjust, cluster_bootstrap_weights, percentile_ci
+
+SCOPES = ("fires", "other")
+BASE_EFFECTS = ("ce", "kl", "read")
+EFFECTS_COLUMNS = ["group_id", "arm", "comparator", "mode", "alpha", "effect", "scope", "estimate", "ci_low",
+                   "ci_high", "p_value", "p_adj", "effect_size", "se", "n", "n_docs"]
+
+
+# ----------------------------------------------------------------------------------- document sums
+
+@dataclass
+class DocSums:
+    """Per-document sums of one arm: ``values[(quantity, scope)] -> float64 [n_docs]``."""
+
+    n_docs: int
+    values: dict = field(default_factory=dict)
+
+    def get(self, quantity: str, scope: str) -> np.ndarray:
+        return self.values.get((quantity, scope), np.zeros(self.n_docs))
+
+    def has(self, quantity: str) -> bool:
+        return any(q == quantity for q, _ in self.values)
+
+    def __add__(self, other: "DocSums") -> "DocSums":
+        if self.n_docs != other.n_docs:
+            raise ValueError("cannot pool sums over different documents")
+        keys = set(self.values) | set(other.values)
+        return DocSums(self.n_docs, {k: self.get(*k) + other.get(*k) for k in keys})
+
+    def subset(self, docs: np.ndarray) -> "DocSums":
+        """Sums with every document outside ``docs`` (bool [n_docs]) set to 0."""
+        keep = docs.astype(float)
+        return DocSums(self.n_docs, {k: v * keep for k, v in self.values.items()})
+
+    def combine(self, other: "DocSums", take_other: np.ndarray) -> "DocSums":
+        """This arm's sums on documents where ``take_other`` is False, ``other``'s where it is True."""
+        keys = set(self.values) | set(other.values)
+        return DocSums(self.n_docs, {k: np.where(take_other, other.get(*k), self.get(*k)) for k in keys})
+
+
+def doc_sums(doc_T: np.ndarray, n_docs: int, target_T: np.ndarray, effects: dict[str, np.ndarray],
+             norm_T: np.ndarray | None = None) -> DocSums:
+    """Per-document sums from per-token data of the scored tokens.
+
+    ``doc_T``: document index (0..n_docs-1) of every scored token; ``target_T``: whether it is one of
+    the arm's target tokens (scope ``fires``); ``effects``: per-token values (``ce``, ``kl``, ``read``);
+    ``norm_T``: the edit norm at the token.
+    """
+    doc_T = np.asarray(doc_T, dtype=np.int64)
+    target_T = np.asarray(target_T, dtype=bool)
+    out = {}
+    for scope, sel in (("fires", target_T), ("other", ~target_T)):
+        d = doc_T[sel]
+        out[("n", scope)] = np.bincount(d, minlength=n_docs).astype(np.float64)
+        for name, vals in effects.items():
+            out[(name, scope)] = np.bincount(d, weights=np.asarray(vals, dtype=np.float64)[sel], minlength=n_docs)
+    if norm_T is not None:
+        out[("norm", "fires")] = np.bincount(doc_T[target_T], weights=np.asarray(norm_T, dtype=np.float64)[target_T],
+                                             minlength=n_docs)
+    return DocSums(n_docs, out)
+
+
+# ----------------------------------------------------------------------------------- statistics
+
+def bootstrap_weights(n_docs: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Multinomial document counts ``[n_boot, n_docs]``: each row is one resample of whole documents."""
+    return cluster_bootstrap_weights(np.arange(n_docs), n_boot, rng)
+
+
+def statistic(s: DocSums, effect: str, scope: str, W: np.ndarray) -> np.ndarray:
+    """The statistic ``effect`` in ``scope`` for each row of document weights ``W [R, n_docs]``."""
+    per_norm = effect.endswith("_per_norm")
+    base = effect[: -len("_per_norm")] if per_norm else effect
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v = (W @ s.get(base, scope)) / (W @ s.get("n", scope))
+        if per_norm:
+            v = v / ((W @ s.get("norm", "fires")) / (W @ s.get("n", "fires")))
+    return v
+
+
+def summarize(est: float, boot: np.ndarray, n_docs: int, alpha: float) -> dict:
+    """Estimate, percentile CI, bootstrap SE, two-sided p (t on n_docs - 1 df) and effect size."""
+    boot = boot[np.isfinite(boot)]
+    out = {"estimate": est, "ci_low": np.nan, "ci_high": np.nan, "se": np.nan, "p_value": np.nan, "effect_size": np.nan}
+    if not np.isfinite(est) or boot.size < 10 or n_docs < 2:
+        return out
+    lo, hi = percentile_ci(boot, level=1 - alpha)
+    se = float(boot.std(ddof=1) * np.sqrt(n_docs / (n_docs - 1)))
+    out.update(ci_low=float(lo), ci_high=float(hi), se=se)
+    if se > 0:
+        t = est / se
+        out["p_value"] = float(2 * sps.t.sf(abs(t), df=n_docs - 1))
+        out["effect_size"] = float(est / (se * np.sqrt(n_docs)))
+    elif est == 0:
+        out["p_value"] = 1.0
+        out["effect_size"] = 0.0
+    return out
+
+
+def _n(s: DocSums, scope: str) -> tuple[int, int]:
+    n = s.get("n", scope)
+    return int(n.sum()), int((n > 0).sum())
+
+
+def effect_row(group_id: str, arm: str, comparator: str, mode: str, alpha_value, effect: str, scope: str,
+               s: DocSums, ref: DocSums | None, W: np.ndarray, alpha: float) -> dict:
+    """One row of effects.csv: ``arm`` (minus ``ref`` unless comparator is clean) for one effect and scope."""
+    ones = np.ones((1, s.n_docs))
+    est = statistic(s, effect, scope, ones)[0]
+    boot = statistic(s, effect, scope, W)
+    n, n_docs = _n(s, scope)
+    if ref is not None:
+        est = est - statistic(ref, effect, scope, ones)[0]
+        boot = boot - statistic(ref, effect, scope, W)
+        n_docs = int(((s.get("n", scope) + ref.get("n", scope)) > 0).sum())
+    row = {"group_id": group_id, "arm": arm, "comparator": comparator, "mode": mode,
+           "alpha": np.nan if alpha_value is None else float(alpha_value), "effect": effect, "scope": scope,
+           "n": n, "n_docs": n_docs}
+    row.update(summarize(float(est), boot, n_docs, alpha))
+    return row
+
+
+# ----------------------------------------------------------------------------------- multiple testing
+
+def adjust_run(effects: pd.DataFrame) -> pd.DataFrame:
+    """Fill ``p_adj``: BH over all comparisons of the run, and separately over all arm-vs-clean rows."""
+    effects = effects.copy()
+    effects["p_adj"] = np.nan
+    for is_cmp in (True, False):
+        sel = (effects["comparator"] != "clean") == is_cmp
+        if sel.any():
+            effects.loc[sel, "p_adj"] = bh_adjust(effects.loc[sel, "p_value"].to_numpy())
+    return effects[EFFECTS_COLUMNS]
+
+
+# ----------------------------------------------------------------------------------- verdicts
+
+COMPARATORS = ("best_single", "random_groups", "random_directions")
+VERDICT_COLUMNS = ["group_id", "group_size", "structure", "n_docs", "n_tokens_fires", "mode", "effect",
+                   "verdict", "beats_best_single", "beats_random_groups", "beats_random_directions",
+                   "group_estimate", "best_single_estimate", "ratio_vs_best_single",
+                   "diff_vs_best_single", "ci_low_vs_best_single", "ci_high_vs_best_single", "p_adj_vs_best_single",
+                   "diff_vs_random_groups", "p_adj_vs_random_groups",
+                   "diff_vs_random_directions", "p_adj_vs_random_directions",
+                   "best_single_latents", "beats_best_single_on", "collateral_kl", "steer_beats_random_alphas"]
+
+
+def outcome(row: pd.Series | None, alpha: float) -> str:
+    """beats / loses / tie for one comparison row (estimate = group - comparator).
+
+    beats: estimate > 0, BH-adjusted p < alpha and the whole (1 - alpha) interval above 0.
+    loses: the mirror image. tie: neither (no difference detected). n/a: not estimable.
+    """
+    if row is None or not np.isfinite(row["estimate"]) or not np.isfinite(row["p_adj"]):
+        return "n/a"
+    if row["p_adj"] < alpha and row["ci_low"] > 0:
+        return "beats"
+    if row["p_adj"] < alpha and row["ci_high"] < 0:
+        return "loses"
+    return "tie"
+
+
+def _one(df: pd.DataFrame, **eq) -> pd.Series | None:
+    sel = np.ones(len(df), dtype=bool)
+    for k, v in eq.items():
+        sel &= (df[k] == v).to_numpy()
+    hit = df[sel]
+    return None if hit.empty else hit.iloc[0]
+
+
+def group_verdict(effects: pd.DataFrame, group_id: str, mode: str, effect: str, alpha: float, info: dict,
+                  min_docs: int) -> dict:
+    """One row of verdicts.csv from the (BH-adjusted) effects of one group."""
+    g = effects[effects["group_id"] == group_id]
+    base = {"group_id": group_id, "mode": mode, "effect": effect, **{k: info.get(k) for k in
+            ("group_size", "structure", "n_docs", "n_tokens_fires", "best_single_latents")}}
+    own = _one(g, arm="group", comparator="clean", mode=mode, effect=effect, scope="fires")
+    best = _one(g, arm="best_single", comparator="clean", mode=mode, effect=effect, scope="fires")
+    coll = _one(g, arm="group", comparator="clean", mode=mode, effect="kl", scope="other")
+    base["group_estimate"] = np.nan if own is None else own["estimate"]
+    base["best_single_estimate"] = np.nan if best is None else best["estimate"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        base["ratio_vs_best_single"] = (base["group_estimate"] / base["best_single_estimate"]
+                                        if best is not None and best["estimate"] > 0 else np.nan)
+    base["collateral_kl"] = np.nan if coll is None else coll["estimate"]
+    outcomes = {}
+    enough = (info.get("n_docs") or 0) >= min_docs
+    for comp in COMPARATORS:
+        r = _one(g, arm="group", comparator=comp, mode=mode, effect=effect, scope="fires")
+        outcomes[comp] = outcome(r, alpha) if enough else "n/a"
+        base[f"beats_{comp}"] = outcomes[comp]
+        base[f"diff_vs_{comp}"] = np.nan if r is None else r["estimate"]
+        base[f"p_adj_vs_{comp}"] = np.nan if r is None else r["p_adj"]
+        if comp == "best_single":
+            base["ci_low_vs_best_single"] = np.nan if r is None else r["ci_low"]
+            base["ci_high_vs_best_single"] = np.nan if r is None else r["ci_high"]
+    wins = g[(g["arm"] == "group") & (g["comparator"] == "best_single") & (g["scope"] == "fires")]
+    base["beats_best_single_on"] = ";".join(f"{r.mode}/{r.effect}" for r in wins.itertuples()
+                                            if enough and outcome(pd.Series(r._asdict()), alpha) == "beats")
+    steer = g[(g["comparator"].astype(str).str.startswith("steer:random")) & (g["effect"] == "kl") & (g["scope"] == "fires")]
+    base["steer_beats_random_alphas"] = ";".join(
+        f"{r.arm.split(':', 1)[1]}@{r.alpha:g}" for r in steer.itertuples()
+        if enough and outcome(pd.Series(r._asdict()), alpha) == "beats")
+    base["verdict"] = verdict_text(outcomes, base, info.get("n_docs") or 0, min_docs)
+    return base
+
+
+def verdict_text(outcomes: dict, row: dict, n_docs: int, min_docs: int) -> str:
+    if n_docs < min_docs:
+        return f"insufficient data ({n_docs} documents < min_docs {min_docs})"
+    b = outcomes["best_single"]
+    controls = [outcomes["random_groups"], outcomes["random_directions"]]
+    if b == "beats" and all(c == "beats" for c in controls):
+        return "better unit: beats its best single latent and both matched controls"
+    if b == "beats":
+        return "beats its best single latent but not all matched controls"
+    if b == "loses":
+        return "worse than its best single latent"
+    if all(c == "beats" for c in controls):
+        return "beats matched controls but not its best single latent"
+    if b == "n/a":
+        return "not estimable"
+    return "no better than its best single latent"
+
+
+def verdicts_frame(effects: pd.DataFrame, infos: Iterable[dict], mode: str, effect: str, alpha: float,
+                   min_docs: int) -> pd.DataFrame:
+    rows = [group_verdict(effects, info["group_id"], mode, effect, alpha, info, min_docs) for info in infos]
+    return pd.DataFrame(rows, columns=VERDICT_COLUMNS)

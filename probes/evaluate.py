@@ -1,0 +1,336 @@
+"""Cross-validated probes of one target: a latent group against single latents, sparse probes and controls.
+
+For a target (labels ``y`` on a set of task tokens) and a group of latents (size k) the arms are
+
+==========================  ======================================================================  ==========
+arm                         features                                                                 dim
+==========================  ======================================================================  ==========
+``group_subspace``          coordinates of the residual stream in the orthonormalised span of the    k
+                            members' decoder vectors
+``group_latents``           the members' SAE activations                                             k
+``latent:<id>``             one member's SAE activation                                              1
+``best_single_latent``      the member activation with the highest univariate score, chosen on       1
+                            each training fold
+``best_single_direction``   the residual coordinate along one member's (unit) decoder vector,        1
+                            chosen on each training fold
+``ksparse``                 the k latents (of all d_sae) with the highest univariate score on each   k
+                            training fold
+``matched_latents``         activations of a random size- and firing-frequency-matched group         k
+``matched_subspace``        residual coordinates in that matched group's decoder span                 k
+``random_subspace``         residual coordinates in a Haar-random subspace of the same dimension      k
+``residual``                the full residual stream (ceiling; one per target, no group)              d_model
+==========================  ======================================================================  ==========
+
+Controls (``matched_*``, ``random_subspace``) are reported as the mean over ``n_controls`` draws.
+Every arm is a ridge regression (regression targets) or L2 logistic regression (binary targets) on
+features standardised on the training fold, fitted with the same regularisation, on the same
+document-grouped folds; metrics are computed on the pooled out-of-fold predictions. The univariate
+score used for choosing latents is the squared Pearson correlation with the target on the training
+fold (= in-fold R² of a one-feature least-squares fit; for 0/1 labels the squared point-biserial
+correlation), so the choice never sees held-out tokens.
+
+Intervals: document-level bootstrap of the out-of-fold predictions (the same replicates for every
+arm of a target, so differences are paired). Comparisons (:data:`COMPARISONS`) are one-sided paired
+tests of "the group arm is better", with p-values corrected by the caller (Benjamini–Hochberg over
+the whole run).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression, Ridge
+from threadpoolctl import threadpool_limits
+
+from stats import HIGHER_IS_BETTER, cluster_bootstrap_weights, grouped_folds, metrics_for, paired_test, percentile_ci, score
+from subspaces import Subspace, frequency_bins, matched_groups, random_subspaces
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["task", "group_id", "arm", "metric", "estimate", "ci_low", "ci_high", "p_value", "p_adj", "n",
+           "n_docs", "group_size", "row_type", "note"]
+
+COMPARISONS: list[tuple[str, str]] = [
+    ("group_subspace", "best_single_direction"),
+    ("group_latents", "best_single_latent"),
+    ("group_subspace", "matched_subspace"),
+    ("group_latents", "matched_latents"),
+    ("group_subspace", "random_subspace"),
+    ("group_latents", "ksparse"),
+]
+"""(A, B): one-sided test that arm A beats arm B; the row's arm is ``A-vs-B``."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    folds: int = 5
+    n_bootstrap: int = 1000
+    n_controls: int = 5
+    n_freq_bins: int = 10
+    ci_level: float = 0.95
+    regularisation: float = 1.0
+    seed: int = 0
+    member_arms: bool = True
+    """Report each member latent alone (``latent:<id>`` rows)."""
+
+    @classmethod
+    def from_config(cls, probes_cfg, seed: int) -> "Settings":
+        return cls(probes_cfg.folds, probes_cfg.n_bootstrap, probes_cfg.n_controls, probes_cfg.n_freq_bins, probes_cfg.ci_level,
+                   probes_cfg.regularisation, seed)
+
+
+@dataclass
+class Target:
+    """Labels for a subset of a dataset's rows."""
+
+    task: str
+    kind: str
+    """regression | classification (binary, y in {0, 1})"""
+    rows: np.ndarray
+    y: np.ndarray
+    classes: tuple[str, ...] = ()
+    """Class names for y = 0, 1."""
+
+
+# --- fitting -------------------------------------------------------------------------------------
+
+
+def univariate_scores(X, y) -> np.ndarray:
+    """Squared Pearson correlation of every column of ``X`` (dense or sparse) with ``y``; 0 for constant columns."""
+    y = np.asarray(y, dtype=np.float64)
+    yc = y - y.mean()
+    n = len(y)
+    if sp.issparse(X):
+        X = sp.csr_matrix(X)
+        mean = np.asarray(X.mean(0)).ravel()
+        sxy = np.asarray(X.T @ yc).ravel()
+        sxx = np.asarray(X.multiply(X).sum(0)).ravel() - n * mean ** 2
+    else:
+        X = np.asarray(X, dtype=np.float64)
+        mean = X.mean(0)
+        sxy = X.T @ yc
+        sxx = ((X - mean) ** 2).sum(0)
+    syy = float(yc @ yc)
+    ok = (sxx > 1e-12 * np.maximum(1.0, n * mean ** 2)) & (syy > 0)
+    out = np.zeros(X.shape[1])
+    out[ok] = sxy[ok] ** 2 / (sxx[ok] * syy)
+    return out
+
+
+def _dense(X) -> np.ndarray:
+    return X.toarray() if sp.issparse(X) else np.asarray(X)
+
+
+def fit_predict(X, y, folds, kind: str, select: int | None = None, regularisation: float = 1.0) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Out-of-fold predictions (regression: values; classification: P(y = 1)) and the columns chosen per fold."""
+    y = np.asarray(y, dtype=np.float64)
+    pred = np.full(len(y), np.nan)
+    chosen: list[np.ndarray] = []
+    X = X.tocsr() if sp.issparse(X) else np.asarray(X)
+    for tr, te in folds:
+        Xtr, Xte = X[tr], X[te]
+        if select is not None:
+            s = univariate_scores(Xtr, y[tr])
+            cols = np.argsort(-s, kind="stable")[:select]
+            chosen.append(cols)
+            Xtr, Xte = Xtr[:, cols], Xte[:, cols]
+        Xtr = _dense(Xtr).astype(np.float64)
+        Xte = _dense(Xte).astype(np.float64)
+        mu = Xtr.mean(0)
+        sd = Xtr.std(0)
+        sd[sd < 1e-12] = 1.0
+        Xtr = (Xtr - mu) / sd
+        Xte = (Xte - mu) / sd
+        if kind == "regression":
+            pred[te] = Ridge(alpha=regularisation).fit(Xtr, y[tr]).predict(Xte)
+        elif len(np.unique(y[tr])) < 2:
+            pred[te] = float(np.clip(y[tr].mean(), 1e-6, 1 - 1e-6))
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                m = LogisticRegression(C=1.0 / regularisation, max_iter=2000).fit(Xtr, y[tr].astype(int))
+            pred[te] = m.predict_proba(Xte)[:, 1]
+    return pred, chosen
+
+
+# --- evaluation of one target ---------------------------------------------------------------------
+
+
+@dataclass
+class ArmScores:
+    """Metric estimate and bootstrap replicates of one arm (or the mean over a control family)."""
+
+    est: dict[str, float]
+    samples: dict[str, np.ndarray]
+    note: str = ""
+
+
+@dataclass
+class TargetEvaluator:
+    """Everything needed to probe one target: its rows of the dataset, folds and bootstrap weights."""
+
+    target: Target
+    acts_ND: np.ndarray
+    latents_NF: sp.csr_matrix
+    docs_N: np.ndarray
+    settings: Settings
+    folds: list = field(init=False)
+    W_BN: np.ndarray = field(init=False)
+
+    def __post_init__(self):
+        t = self.target
+        self.y = np.asarray(t.y, dtype=np.float64)
+        self.acts = np.asarray(self.acts_ND)[t.rows]
+        self.lat = sp.csr_matrix(self.latents_NF)[t.rows]
+        self.docs = np.asarray(self.docs_N)[t.rows]
+        self.n = len(self.y)
+        self.n_docs = int(len(np.unique(self.docs)))
+        s = self.settings
+        self.metrics = metrics_for(t.kind)
+        self.folds = grouped_folds(self.docs, s.folds, s.seed, self.y if t.kind == "classification" else None)
+        rng = np.random.default_rng([s.seed, zlib.crc32(t.task.encode())])
+        self.W_BN = cluster_bootstrap_weights(self.docs, s.n_bootstrap, rng)
+
+    # one arm
+    def scores(self, pred: np.ndarray, note: str = "") -> ArmScores:
+        est, samples = {}, {}
+        for m in self.metrics:
+            est[m] = float(score(m, self.y, pred))
+            samples[m] = np.asarray(score(m, self.y, pred, self.W_BN), dtype=np.float64)
+        return ArmScores(est, samples, note)
+
+    def arm(self, X, select: int | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        return fit_predict(X, self.y, self.folds, self.target.kind, select, self.settings.regularisation)
+
+    def rows_for(self, arm: str, sc: ArmScores, group_id, group_size) -> list[dict]:
+        out = []
+        for m in self.metrics:
+            lo, hi = percentile_ci(sc.samples[m], self.settings.ci_level)
+            out.append(_row(self.target.task, group_id, arm, m, sc.est[m], lo, hi, np.nan, self.n, self.n_docs, group_size, "arm", sc.note))
+        return out
+
+    def ceiling_rows(self) -> list[dict]:
+        pred, _ = self.arm(self.acts)
+        return self.rows_for("residual", self.scores(pred, f"full residual stream, {self.acts.shape[1]} dims"), None, None)
+
+    def group_rows(self, group_id: int, members, W_dec_FD: np.ndarray, counts_F: np.ndarray,
+                   bins_F: np.ndarray | None = None) -> list[dict]:
+        """Every arm and comparison row of one group."""
+        s = self.settings
+        members = [int(i) for i in members]
+        k = len(members)
+        arms: dict[str, ArmScores] = {}
+        rows: list[dict] = []
+        W = np.asarray(W_dec_FD, dtype=np.float64)
+
+        sub = Subspace.from_decoder(W, members, name=f"group{group_id}")
+        pred, _ = self.arm(sub.coords(self.acts.astype(np.float64)))
+        arms["group_subspace"] = self.scores(pred, f"decoder span, dim {sub.dim}")
+        G = self.lat[:, members]
+        pred, _ = self.arm(G)
+        arms["group_latents"] = self.scores(pred, f"{k} member activations")
+        if s.member_arms:
+            for j, lat in enumerate(members):
+                pred, _ = self.arm(G[:, [j]])
+                rows += self.rows_for(f"latent:{lat}", self.scores(pred), group_id, k)
+        pred, chosen = self.arm(G, select=1)
+        arms["best_single_latent"] = self.scores(pred, _chosen_note(chosen, members))
+        dirs = W[members] / np.maximum(np.linalg.norm(W[members], axis=1, keepdims=True), 1e-12)
+        pred, chosen = self.arm(self.acts.astype(np.float64) @ dirs.T, select=1)
+        arms["best_single_direction"] = self.scores(pred, _chosen_note(chosen, members))
+        pred, chosen = self.arm(self.lat, select=k)
+        arms["ksparse"] = self.scores(pred, _ksparse_note(chosen, members))
+
+        ctrl_rng = np.random.default_rng([s.seed, int(group_id) & 0x7FFFFFFF, 1])
+        controls = matched_groups(members, counts_F, s.n_controls, s.n_freq_bins, ctrl_rng, bins_F=bins_F)
+        m_lat, m_sub = [], []
+        for c in controls:
+            pred, _ = self.arm(self.lat[:, list(c.latents)])
+            m_lat.append(self.scores(pred))
+            csub = Subspace.from_decoder(W, c.latents)
+            pred, _ = self.arm(csub.coords(self.acts.astype(np.float64)))
+            m_sub.append(self.scores(pred))
+        arms["matched_latents"] = _mean_scores(m_lat, f"mean of {len(controls)} frequency-matched groups")
+        arms["matched_subspace"] = _mean_scores(m_sub, f"mean of {len(controls)} frequency-matched decoder spans")
+        r_sub = []
+        for rs in random_subspaces(W.shape[1], sub.dim, s.n_controls, ctrl_rng):
+            pred, _ = self.arm(rs.coords(self.acts.astype(np.float64)))
+            r_sub.append(self.scores(pred))
+        arms["random_subspace"] = _mean_scores(r_sub, f"mean of {len(r_sub)} random {sub.dim}-dim subspaces")
+
+        for name, sc in arms.items():
+            rows += self.rows_for(name, sc, group_id, k)
+        for a, b in COMPARISONS:
+            for m in self.metrics:
+                c = paired_test(arms[a].est[m], arms[a].samples[m], arms[b].est[m], arms[b].samples[m],
+                                HIGHER_IS_BETTER[m], s.ci_level, n_clusters=self.n_docs)
+                note = "difference oriented so that > 0 means the first arm is better; one-sided p"
+                rows.append(_row(self.target.task, group_id, f"{a}-vs-{b}", m, c.estimate, c.ci_low, c.ci_high, c.p_value,
+                                 self.n, self.n_docs, k, "comparison", note))
+        return rows
+
+
+def _mean_scores(items: list[ArmScores], note: str) -> ArmScores:
+    metrics = items[0].est.keys()
+    est = {m: float(np.nanmean([it.est[m] for it in items])) if any(np.isfinite(it.est[m]) for it in items) else float("nan")
+           for m in metrics}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        samples = {m: np.nanmean(np.stack([it.samples[m] for it in items]), axis=0) for m in metrics}
+    return ArmScores(est, samples, note)
+
+
+def _chosen_note(chosen: list[np.ndarray], members: list[int]) -> str:
+    picks = [members[int(c[0])] for c in chosen]
+    vals, counts = np.unique(picks, return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    return "chosen: " + ", ".join(f"{vals[i]} ({counts[i]}/{len(picks)} folds)" for i in order)
+
+
+def _ksparse_note(chosen: list[np.ndarray], members: list[int]) -> str:
+    overlap = [len(set(int(x) for x in c) & set(members)) for c in chosen]
+    return f"members among the chosen latents per fold: {overlap}"
+
+
+def _row(task, group_id, arm, metric, estimate, lo, hi, p, n, n_docs, group_size, row_type, note) -> dict:
+    return {"task": task, "group_id": group_id, "arm": arm, "metric": metric, "estimate": estimate, "ci_low": lo, "ci_high": hi,
+            "p_value": p, "p_adj": np.nan, "n": n, "n_docs": n_docs, "group_size": group_size, "row_type": row_type, "note": note}
+
+
+def skipped_row(task: str, reason: str, n: int = 0, n_docs: int = 0) -> dict:
+    """A results row saying that a task (or target) was not evaluated, and why."""
+    return _row(task, None, "skipped", "", np.nan, np.nan, np.nan, np.nan, n, n_docs, None, "skipped", reason)
+
+
+def evaluate_target(target: Target, acts_ND, latents_NF, docs_N, groups: dict[int, tuple[int, ...]], W_dec_FD, counts_F,
+                    settings: Settings, ceiling: bool = True) -> list[dict]:
+    """All rows (arms and comparisons, p_adj still empty) of one target for the given groups.
+
+    BLAS runs single-threaded here: the many small fits are much faster that way, above all on a
+    machine whose cores are shared.
+    """
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _evaluate_target(target, acts_ND, latents_NF, docs_N, groups, W_dec_FD, counts_F, settings, ceiling)
+
+
+def _evaluate_target(target, acts_ND, latents_NF, docs_N, groups, W_dec_FD, counts_F, settings, ceiling) -> list[dict]:
+    try:
+        ev = TargetEvaluator(target, acts_ND, latents_NF, docs_N, settings)
+    except ValueError as exc:  # too few documents for the folds
+        return [skipped_row(target.task, str(exc), len(target.rows), int(len(np.unique(np.asarray(docs_N)[target.rows]))))]
+    bins = frequency_bins(counts_F, settings.n_freq_bins)
+    rows = ev.ceiling_rows() if ceiling else []
+    for gid, members in groups.items():
+        try:
+            rows += ev.group_rows(int(gid), members, W_dec_FD, counts_F, bins)
+        except ValueError as exc:  # e.g. a frequency bin too small for matched controls
+            row = skipped_row(target.task, f"group {gid}: {exc}", ev.n, ev.n_docs)
+            row["group_id"] = int(gid)
+            rows.append(row)
+    return rows

@@ -1,0 +1,186 @@
+"""The probe stage: build each task's dataset, pick groups, evaluate every arm, correct, write files.
+
+Outputs (all written atomically) under the stage folder (``OUT/probes``):
+
+``results.csv``   tidy results, one row per (task, group, arm, metric); see docs/probes.md for the columns
+``groups.csv``    enrichment of every candidate group on every task, with a ``selected`` flag
+``examples.csv``  every task token with its document, character span, token text and labels
+``summary.json``  dataset sizes, skipped targets and why, selected groups, wins at the FDR level, timings
+``figures/``      ``<task>_group<id>.png``: PCA of each probed group's reconstruction coloured by the labels
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from probes.dataset import build_probe_data, firing_threshold_F
+from probes.evaluate import COLUMNS, Settings, evaluate_target, skipped_row
+from probes.inputs import read_cooc
+from probes.plots import group_pca_figure
+from probes.selection import enrichment_table, select_groups
+from probes.targets import url_targets, word_sense_targets
+from sources.errors import ConfigError
+from sources.files import atomic_path, write_json
+from stats import bh_adjust
+
+log = logging.getLogger("probes")
+
+MAIN_METRIC = {"regression": "r2", "classification": "auroc"}
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path, "out") as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def run_probes(cfg, cooc_dir: str | Path, out_dir: str | Path, progress: bool = True, model=None, sae=None) -> pd.DataFrame:
+    """Run the probe stage for an experiment config; returns the results table (also written to ``out_dir``).
+
+    ``model``/``sae`` default to the config's session (``sources.session.open_session``).
+    """
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    pc = cfg.probes
+    cooc = read_cooc(cooc_dir)
+    if model is None or sae is None:
+        from sources.session import open_session
+
+        s = open_session(cfg, progress)
+        model, sae = s.model, s.sae
+    d_sae = int(sae.W_dec.shape[0])
+    if cooc.d_sae != d_sae:
+        raise ConfigError("cooc", f"{cooc.folder}/occurrences.npy has {cooc.d_sae} latents but the configured SAE has {d_sae}; "
+                          "the cooc outputs belong to another SAE: rerun `python -m experiments.cooc` with this config")
+    W_dec = sae.W_dec.detach().float().cpu().numpy()
+    thr = firing_threshold_F(cfg.cooc, sae, d_sae)
+    sizes = cooc.sizes()
+    if pc.groups == "auto":
+        cand = {g: m for g, m in cooc.members.items() if pc.min_group_size <= len(m) <= pc.max_group_size}
+    else:
+        unknown = [g for g in pc.groups if g not in cooc.members]
+        if unknown:
+            known = sorted(cooc.members)
+            shown = f"{known[0]}..{known[-1]}" if known else "none"
+            raise ConfigError("probes.groups", f"group id(s) {unknown} are not in {cooc.folder}/groups.csv (ids: {shown})")
+        cand = {g: cooc.members[g] for g in pc.groups}
+    settings = Settings.from_config(pc, cfg.seed)
+
+    rows: list[dict] = []
+    tables, example_frames = [], []
+    summary: dict = {"tasks": {}, "settings": settings.__dict__, "n_candidate_groups": len(cand), "cooc_tokens": cooc.n_tokens}
+    timings: dict[str, float] = {}
+    for family in pc.tasks:
+        t_task = time.perf_counter()
+        fam = summary["tasks"].setdefault(family, {})
+        data, report = build_probe_data(family, cfg, model, sae, cand, thr, progress)
+        fam.update(report)
+        timings[f"{family}_dataset_s"] = round(time.perf_counter() - t_task, 2)
+        if data is None or data.n == 0:
+            what = "URL" if family == "url_position" else "labelled ambiguous-word occurrence"
+            reason = (f"no {what} found in the scanned documents of the corpus ({report.get('candidate_documents', 0)} "
+                      f"candidate documents; data: {cfg.data.source}/{cfg.data.name}); see docs/probes.md")
+            rows.append(skipped_row(family, reason))
+            fam["skipped"] = reason
+            log.warning("probes: %s skipped: %s", family, reason)
+            continue
+
+        table = enrichment_table(data.group_ids, [sizes[int(g)] for g in data.group_ids], data.task_fires_G, data.other_fires_G,
+                                 data.n, data.n_other)
+        if pc.groups == "auto":
+            chosen = select_groups(table, pc.n_groups, pc.min_count, pc.min_group_size, pc.max_group_size)
+        else:
+            chosen = table.set_index("group_id").loc[list(pc.groups)].reset_index()
+        table.insert(0, "task", family)
+        table["selected"] = table["group_id"].isin(chosen["group_id"])
+        table["structure"] = [cooc.structure.get(int(g), "") for g in table["group_id"]]
+        tables.append(table)
+        probe_groups = {int(g): cand[int(g)] for g in chosen["group_id"]}
+        fam["selected_groups"] = chosen.to_dict(orient="records")
+        if not probe_groups:
+            reason = (f"no group fires on at least {pc.min_count} of the {data.n} task tokens (probes.min_count) within sizes "
+                      f"{pc.min_group_size}..{pc.max_group_size}; only the residual ceiling is reported")
+            rows.append(skipped_row(family, reason, data.n, int(data.examples['doc_index'].nunique())))
+            fam["no_groups"] = reason
+            log.warning("probes: %s: %s", family, reason)
+
+        rng = np.random.default_rng([int(cfg.seed), 7])
+        if family == "url_position":
+            targets, skipped = url_targets(data.examples)
+        else:
+            ws = pc.word_sense
+            lexicon = {w: e.model_dump() for w, e in ws.lexicon.items()}
+            targets, skipped = word_sense_targets(data.examples, lexicon, ws.min_per_class, pc.folds, ws.balance_resolved, rng)
+        for task, reason in skipped:
+            rows.append(skipped_row(task, reason))
+            log.info("probes: %s skipped: %s", task, reason)
+        fam["targets"] = [t.task for t in targets]
+        fam["skipped_targets"] = dict(skipped)
+        for t in targets:
+            t_eval = time.perf_counter()
+            rows += evaluate_target(t, data.acts_ND, data.latents_NF, data.doc_N, probe_groups, W_dec, cooc.counts_F, settings)
+            timings[f"{t.task}_eval_s"] = round(time.perf_counter() - t_eval, 2)
+
+        if pc.figures and probe_groups:
+            fam["figures"] = _figures(family, data, targets, probe_groups, W_dec, thr, out_dir / "figures")
+        ex = data.examples.copy()
+        ex.insert(0, "task", family)
+        example_frames.append(ex)
+        timings[f"{family}_total_s"] = round(time.perf_counter() - t_task, 2)
+
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    comp = (df["row_type"] == "comparison").to_numpy()
+    df.loc[comp, "p_adj"] = bh_adjust(df.loc[comp, "p_value"].to_numpy(np.float64))
+    df["group_id"] = df["group_id"].astype("Int64")
+    df["group_size"] = df["group_size"].astype("Int64")
+    _write_csv(df, out_dir / "results.csv")
+    _write_csv(pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["task", "group_id"]), out_dir / "groups.csv")
+    _write_csv(pd.concat(example_frames, ignore_index=True) if example_frames else pd.DataFrame(), out_dir / "examples.csv")
+    wins = df[comp & (df["p_adj"] < pc.alpha) & (df["estimate"] > 0)]
+    summary["alpha"] = pc.alpha
+    summary["n_comparisons"] = int(np.isfinite(df.loc[comp, "p_value"].to_numpy(np.float64)).sum())
+    summary["wins"] = wins.groupby("arm").size().to_dict() if len(wins) else {}
+    timings["total_s"] = round(time.perf_counter() - t0, 2)
+    summary["timings"] = timings
+    write_json(out_dir / "summary.json", summary)
+    _log_headline(df)
+    return df
+
+
+def _figures(family, data, targets, groups, W_dec, thr, folder: Path) -> dict:
+    ex = data.examples
+    if family == "url_position":
+        panels = [("characters since the URL started", ex["since_start"].to_numpy(), "continuous"),
+                  ("characters since the last '/'", ex["since_slash"].to_numpy(), "continuous")]
+    else:
+        sense_words = {t.task.split("/")[1] for t in targets if t.task.endswith("/sense")}
+        sense = [f"{w}:{s}" if w in sense_words else None for w, s in zip(ex["word"], ex["sense"])]
+        panels = [("sense resolved by the preceding text", np.where(ex["resolved"], "resolved", "unresolved"), "categorical"),
+                  ("ambiguous word", ex["word"].to_numpy(), "categorical")]
+        if any(s is not None for s in sense):
+            panels.append(("sense (words with a sense probe)", np.array(sense, dtype=object), "categorical"))
+    out = {}
+    for gid, members in groups.items():
+        path = folder / f"{family}_group{gid}.png"
+        info = group_pca_figure(path, f"{family}: group {gid} ({len(members)} latents), PCA of its reconstruction "
+                                f"on task tokens where it fires", data.latents_NF, W_dec, members, thr, panels)
+        if info is not None:
+            out[str(gid)] = {"path": str(path.name), **info}
+    return out
+
+
+def _log_headline(df: pd.DataFrame) -> None:
+    arms = ["residual", "group_subspace", "group_latents", "best_single_latent", "best_single_direction", "ksparse",
+            "matched_subspace", "matched_latents", "random_subspace"]
+    for task, sub in df[df["row_type"] == "arm"].groupby("task", sort=False):
+        metric = "r2" if (sub["metric"] == "r2").any() else "auroc"
+        s = sub[(sub["metric"] == metric) & sub["arm"].isin(arms)]
+        for gid, g in s.groupby(s["group_id"].fillna(-1), sort=False):
+            parts = ", ".join(f"{r.arm} {r.estimate:.3f}" for r in g.itertuples())
+            log.info("probes: %s %s%s: %s", task, metric, "" if gid == -1 else f" group {int(gid)}", parts)
+    for r in df[df["row_type"] == "skipped"].itertuples():
+        log.info("probes: skipped %s: %s", r.task, r.note)
