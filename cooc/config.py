@@ -54,6 +54,9 @@ class CoocConfig(Section):
     # --- scoring --------------------------------------------------------------------------
     min_occurrences: int = Field(10, ge=1)
     """Latents firing fewer times are not tested; the test family is all pairs of the others."""
+    test: Literal["binomial", "hypergeometric"] = "binomial"
+    """One-sided test of co-occurrence above chance: binomial (fast, conservative) or hypergeometric
+    (Fisher exact; slow for frequent latents). See docs/cooc.md."""
     alpha: float = Field(0.05, gt=0, lt=1)
     """False discovery rate for Benjamini-Hochberg over that family."""
 
@@ -63,8 +66,8 @@ class CoocConfig(Section):
     size_target: the reference method's single global Jaccard cut (largest component in [min, max])."""
     min_count: int = Field(5, ge=1)
     """Edge needs at least this many co-occurrences."""
-    min_jaccard: float = Field(0.05, ge=0, le=1)
-    """Edge needs Jaccard >= this."""
+    min_jaccard: float = Field(0.01, ge=0, le=1)
+    """Edge needs Jaccard >= this (kept low: a hub-to-spoke pair has Jaccard ~ 1/n_spokes)."""
     min_npmi: float = Field(0.1, ge=-1, le=1)
     """Edge needs NPMI >= this."""
     max_group_size: int = Field(64, ge=2)

@@ -119,7 +119,7 @@ class CooccurrenceCounter:
     ``theta_F``: per-latent JumpReLU thresholds or None. ``prune_below``/``prune_every``: optional
     lossy mode that drops pairs with a running count below ``prune_below`` every ``prune_every``
     updates (counts of the kept pairs then are lower bounds). ``n_shards``: row shards of the
-    pair store (default d_sae // 4096, at most 64).
+    pair store (default d_sae // 1024, at most 64; more shards skip more of the lower triangle).
     """
 
     def __init__(self, d_sae: int, threshold: float = 0.0, theta_F=None, prune_below: int = 0,
@@ -135,7 +135,7 @@ class CooccurrenceCounter:
         self.theta_F = check_theta(theta_F, self.d_sae)
         self.prune_below = int(prune_below)
         self.prune_every = int(prune_every)
-        n_shards = n_shards or max(1, min(64, self.d_sae // 4096))
+        n_shards = n_shards or max(1, min(64, self.d_sae // 1024))
         self.bounds_ = shard_bounds(self.d_sae, n_shards)
         self._runs: list[list[sp.csr_matrix]] = [[] for _ in range(len(self.bounds_) - 1)]
         self._dtype = np.int32
@@ -243,26 +243,33 @@ class CooccurrenceCounter:
         return sum(r.data.nbytes + r.indices.nbytes + r.indptr.nbytes for runs in self._runs for r in runs)
 
     def upper_pairs(self) -> UpperPairs:
-        """All stored pairs i < j with count >= 1, sorted by (i, j)."""
-        i_parts, j_parts, c_parts = [], [], []
-        for s in range(len(self._runs)):
-            run = self._consolidate(s)
+        """All stored pairs i < j with count >= 1, sorted by (i, j).
+
+        Latent ids are int32 (int64 beyond 2^31 latents) and counts keep the store's dtype, so the
+        export costs 12 bytes per pair on top of the store.
+        """
+        runs = [self._consolidate(s) for s in range(len(self._runs))]
+        total = sum(r.nnz for r in runs if r is not None)
+        id_dtype = np.int32 if self.d_sae <= _INT32_MAX else np.int64
+        i = np.empty(total, dtype=id_dtype)
+        j = np.empty(total, dtype=id_dtype)
+        count = np.empty(total, dtype=self._dtype)
+        pos = 0
+        for s, run in enumerate(runs):
             if run is None:
                 continue
-            r0 = int(self.bounds_[s])
-            i_parts.append(r0 + np.repeat(np.arange(run.shape[0], dtype=np.int64), np.diff(run.indptr)))
-            j_parts.append(r0 + run.indices.astype(np.int64))
-            c_parts.append(run.data.astype(np.int64))
-        if not i_parts:
-            empty = np.zeros(0, dtype=np.int64)
-            return UpperPairs(empty, empty.copy(), empty.copy())
-        return UpperPairs(np.concatenate(i_parts), np.concatenate(j_parts), np.concatenate(c_parts))
+            r0, n = int(self.bounds_[s]), run.nnz
+            i[pos:pos + n] = np.repeat(np.arange(r0, r0 + run.shape[0], dtype=id_dtype), np.diff(run.indptr))
+            np.add(run.indices, r0, out=j[pos:pos + n], casting="unsafe")
+            count[pos:pos + n] = run.data
+            pos += n
+        return UpperPairs(i, j, count)
 
     @property
     def counts_(self) -> sp.csr_matrix:
         """Symmetric int64 CSR [d_sae, d_sae]: off-diagonal pair counts, diagonal = occurrences."""
         pairs = self.upper_pairs()
-        return symmetric(pairs.i, pairs.j, pairs.count, self.occ_F, self.d_sae)
+        return symmetric(pairs.i, pairs.j, pairs.count.astype(np.int64), self.occ_F, self.d_sae)
 
 
 def symmetric(i: np.ndarray, j: np.ndarray, values: np.ndarray, diag_F: np.ndarray | None, d: int) -> sp.csr_matrix:

@@ -6,7 +6,8 @@ Jaccard >= min_jaccard, NPMI >= min_npmi). Groups are connected components of th
 a component larger than ``max_group_size`` is split by Louvain community detection (Jaccard
 weights, fixed seed); a part Louvain cannot split is cut locally at the smallest Jaccard
 threshold that disconnects it. Splitting repeats until every part fits; parts are connected,
-single latents left over are not groups. Nothing is ever merged.
+single latents left over are not groups. Nothing is ever merged. (A component whose edges all
+have the same Jaccard cannot be cut without shattering it; it is kept whole, with a warning.)
 
 ``method="size_target"``: the reference algorithm. One global Jaccard threshold t is bisected
 on [0, 1] until the largest connected component of {pairs with Jaccard > t} has between
@@ -108,6 +109,11 @@ def split_component(graph: nx.Graph, max_size: int, seed: int) -> list[set]:
         parts = [set(c) for p in parts for c in nx.connected_components(sub.subgraph(p))]
         if len(parts) == 1:
             parts = _local_cut(sub)
+        if max(len(p) for p in parts) < 2:
+            log.warning("group of %d latents cannot be split (all its edges are equally strong); kept whole "
+                        "above max_group_size=%d", len(nodes), max_size)
+            out.append(nodes)
+            continue
         stack.extend(sorted(parts, key=min))
     return [p for p in out if len(p) >= 2]
 
@@ -121,7 +127,7 @@ class GroupFinder:
     """
 
     def __init__(self, method: str = "significant", alpha: float = 0.05, min_count: int = 5,
-                 min_jaccard: float = 0.05, min_npmi: float = 0.1, max_group_size: int = 64,
+                 min_jaccard: float = 0.01, min_npmi: float = 0.1, max_group_size: int = 64,
                  min_size: int = 150, max_size: int = 200, iterations: int = 40, seed: int = 0):
         if method not in ("significant", "size_target"):
             raise ValueError(f"unknown method {method!r}")

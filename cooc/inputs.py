@@ -28,25 +28,23 @@ def load_activations(path: str | Path, d_sae: int | None = None) -> sp.csr_matri
     if path.is_dir():
         raise ConfigError(FIELD, f"{path} is a directory; give a .npz file ({HOW})")
     try:
+        obj = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ConfigError(FIELD, f"{path} is not a numpy/scipy file ({type(exc).__name__}); {HOW}") from None
+    if isinstance(obj, np.ndarray):
+        raise ConfigError(FIELD, f"{path} holds a dense array of shape {obj.shape}, not a sparse matrix; {HOW}")
+    with obj:
+        names = sorted(obj.files)
+    if "format" not in names:
+        raise ConfigError(FIELD, f"{path} holds arrays {names[:5]} but no scipy sparse matrix; {HOW}")
+    try:
         acts = sp.load_npz(path)
-    except (ValueError, OSError, KeyError, zipfile.BadZipFile, EOFError) as exc:
-        raise ConfigError(FIELD, f"{path} is not a scipy sparse .npz file ({_describe(path, exc)}); {HOW}") from None
+    except (ValueError, OSError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+        raise ConfigError(FIELD, f"{path} is not a readable scipy sparse .npz ({exc}); {HOW}") from None
     if acts.format != "csr":
         raise ConfigError(FIELD, f"{path} holds a {acts.format.upper()} matrix, expected CSR; "
                                  f"convert it with .tocsr() before save_npz")
     return check_csr(acts, d_sae, field=FIELD)
-
-
-def _describe(path: Path, exc: Exception) -> str:
-    """Say what the file holds instead of a sparse matrix, when numpy can tell."""
-    try:
-        obj = np.load(path, allow_pickle=False)
-    except Exception:
-        return f"unreadable: {type(exc).__name__}"
-    if isinstance(obj, np.ndarray):
-        return f"it holds a dense array of shape {obj.shape}"
-    with obj:
-        return f"it holds arrays {sorted(obj.files)[:5]} but no sparse matrix"
 
 
 def iter_chunks(acts_TF: sp.csr_matrix, chunk_tokens: int) -> Iterator[sp.csr_matrix]:

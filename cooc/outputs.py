@@ -33,9 +33,9 @@ def write_outputs(out_dir: str | Path, occ_F: np.ndarray, pairs: UpperPairs, sco
     with atomic_path(out / "occurrences.npy") as tmp:
         np.save(tmp, occ_F.astype(np.int64))
     with atomic_path(out / "counts.npz") as tmp:
-        sp.save_npz(tmp, symmetric(pairs.i, pairs.j, pairs.count.astype(np.int64), occ_F, d))
+        sp.save_npz(tmp, symmetric(pairs.i, pairs.j, pairs.count.astype(np.int64), occ_F, d), compressed=False)
     with atomic_path(out / "jaccard.npz") as tmp:
-        sp.save_npz(tmp, jaccard_matrix(pairs, occ_F))
+        sp.save_npz(tmp, jaccard_matrix(pairs, occ_F), compressed=False)
     if scored is not None:
         with atomic_path(out / "pairs.parquet") as tmp:
             scored.to_parquet(tmp, index=False)

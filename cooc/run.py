@@ -29,7 +29,8 @@ class CoocResult:
     d_sae: int
     occ_F: np.ndarray = field(repr=False)
     pairs: pd.DataFrame = field(repr=False)
-    """Scored tested pairs with an ``edge`` column (all of them, whatever cooc.write_pairs says)."""
+    """Scored tested pairs with an ``edge`` column (whatever cooc.write_pairs says; with method
+    significant only pairs with count >= min_count, the only ones that can be edges)."""
     groups: list[Group] = field(repr=False)
     groups_table: pd.DataFrame = field(repr=False)
     counter: CooccurrenceCounter = field(repr=False)
@@ -46,8 +47,12 @@ def _as_csr(batch: Any) -> sp.csr_matrix:
 
 
 def count(latent_batches: Iterable[Any], d_sae: int | None, cfg: CoocConfig, theta_F=None,
-          progress: bool = True) -> CooccurrenceCounter:
-    """Stream batches through a :class:`CooccurrenceCounter` (stops at cfg.max_tokens)."""
+          progress: bool = True, allow_empty: bool = False) -> CooccurrenceCounter:
+    """Stream batches through a :class:`CooccurrenceCounter` (stops at cfg.max_tokens).
+
+    ``allow_empty`` (one rank of a distributed run, whose shard may be empty): return an empty counter
+    of width ``d_sae`` instead of refusing an input with no tokens.
+    """
     counter = None
     width = cfg.d_sae if d_sae is None else d_sae
     if cfg.d_sae is not None and d_sae is not None and cfg.d_sae != d_sae:
@@ -67,6 +72,11 @@ def count(latent_batches: Iterable[Any], d_sae: int | None, cfg: CoocConfig, the
         counter.update(acts)
         bar.set_postfix(tokens=counter.n_tokens_, pairs=counter.n_pairs_, refresh=False)
     bar.close()
+    if allow_empty and counter is None and width is not None:
+        theta = theta_F if cfg.use_sae_threshold else None
+        counter = CooccurrenceCounter(width, cfg.threshold, theta, cfg.prune_below, cfg.prune_every)
+    if allow_empty and counter is not None:
+        return counter
     if counter is None or counter.n_tokens_ == 0:
         raise ConfigError("activations", "no tokens were counted (empty input, or every position masked)")
     return counter
@@ -82,7 +92,23 @@ def run_cooc(latent_batches: Iterable[Any], d_sae: int | None, cfg: CoocConfig, 
     """
     start = time.time()
     counter = count(latent_batches, d_sae, cfg, theta_F, progress)
-    scored = score_pairs(counter, min_occurrences=cfg.min_occurrences)
+    return analyse(counter, cfg, out_dir, seed=seed, extra=extra, start=start)
+
+
+def analyse(counter: CooccurrenceCounter, cfg: CoocConfig, out_dir: str | Path | None, seed: int = 0,
+            extra: dict | None = None, start: float | None = None) -> CoocResult:
+    """Score, group and write the counts of a filled counter (the second half of :func:`run_cooc`;
+    a distributed run calls it on rank 0 with the reduced counter). ``start``: time.time() at which
+    counting began, for the manifest's wall time.
+
+    With ``method: significant`` only pairs with count >= cfg.min_count are scored and written (the
+    others cannot be edges; they count as p = 1 in BH, see cooc.scoring), which bounds memory.
+    """
+    start = time.time() if start is None else start
+    if counter.n_tokens_ == 0:
+        raise ConfigError("activations", "no tokens were counted (empty input, or every position masked)")
+    min_count = cfg.min_count if cfg.method == "significant" else 1
+    scored = score_pairs(counter, min_occurrences=cfg.min_occurrences, test=cfg.test, min_count=min_count)
     finder = GroupFinder.from_config(cfg, seed).fit(scored)
     scored["edge"] = finder.edge_mask_
     table = groups_frame(finder.groups_)
@@ -97,7 +123,8 @@ def run_cooc(latent_batches: Iterable[Any], d_sae: int | None, cfg: CoocConfig, 
         "n_active_latents": int((counter.occ_F > 0).sum()),
         "n_tested_latents": int(scored.attrs["n_tested"]),
         "n_pairs_stored": int(counter.n_pairs_),
-        "n_pairs_tested_stored": int(len(scored)),
+        "n_pairs_tested_stored": int(scored.attrs["n_tested_stored"]),
+        "n_pairs_scored": int(len(scored)),
         "family_size": int(scored.attrs["family_size"]),
         "n_pairs_pruned": int(counter.n_pruned_),
         "n_edges": int(finder.edge_mask_.sum()),

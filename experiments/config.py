@@ -10,6 +10,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from cooc.config import CoocConfig
+from interventions.config import InterventionsConfig
 from probes.config import ProbesConfig
 from sources.config import ActivationsSpec, DataSpec, HookSpec, ModelSpec, SAESpec, Section, StreamSpec
 
@@ -27,6 +28,7 @@ class ExperimentConfig(Section):
     activations: ActivationsSpec = ActivationsSpec()
     cooc: CoocConfig = Field(default_factory=CoocConfig)
     probes: ProbesConfig = Field(default_factory=ProbesConfig)
+    interventions: InterventionsConfig = Field(default_factory=InterventionsConfig)
 
 
 def config_schema() -> dict:

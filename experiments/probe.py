@@ -34,6 +34,12 @@ def probe_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, force: b
     cooc_rec = run.manifest["stages"].get("cooc", {})
     if not cooc_rec.get("complete"):
         raise ConfigError("cooc", f"{run.out} has no finished co-occurrence stage; {COOC_HINT}")
+    from experiments.cooc import stage_key as cooc_stage_key
+
+    if cooc_rec.get("key") != cooc_stage_key(cfg, run):
+        raise ConfigError("cooc", f"the co-occurrence stage in {run.out} was computed with other settings than this config "
+                          f"(model, hook, sae, data, activations, cooc or seed differ), so its groups do not belong to it; "
+                          f"{COOC_HINT}, or use the run's own config")
     key = stable_hash({"sections": run.stage_key(*SECTIONS), "cooc": cooc_rec.get("key")})
     if not force and run.is_done(STAGE, key):
         log.info("probes: up to date in %s (use --fresh to recompute)", run.out / STAGE)

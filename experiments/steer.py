@@ -1,8 +1,9 @@
 """The main job: ``python -m experiments.steer [CONFIG.yaml] [--set k=v ...] [--out DIR] [--fresh]``.
 
-Runs the pipeline declared in the YAML, stage by stage, reusing stages already computed for the same
-inputs: stream -> cooc (counts, scores, groups) -> subspaces/probes -> interventions -> report.
-Stages that are not implemented yet are listed as such in the report instead of being faked.
+Runs the pipeline declared in the YAML, stage by stage: stream -> cooc (counts, scores, groups) ->
+subspaces/probes -> interventions -> report. A stage whose inputs (the config sections it depends on)
+are unchanged since it last completed in the same output folder is reused; ``--fresh`` recomputes all.
+The model and SAE are loaded and checked against each other before anything is written.
 """
 
 from __future__ import annotations
@@ -14,17 +15,26 @@ from pathlib import Path
 from experiments.cli import build_config, entry_point, parser
 from experiments.config import ExperimentConfig
 from experiments.run import Run
+from sources.files import write_text
 
 log = logging.getLogger("experiments.steer")
 
-STAGES = ["cooc"]
+STAGES = ["cooc", "probes", "interventions"]
 
 
 def run_pipeline(cfg: ExperimentConfig, out: Path, fresh: bool = False, progress: bool = True) -> Run:
     from experiments.cooc import cooc_stage
+    from experiments.interventions import interventions_stage
+    from experiments.probe import probe_stage
+    from interventions.report import render_report
+    from sources.session import open_session
 
+    open_session(cfg, progress)  # fail early (exit 2) on a bad model/SAE/hook, before any output exists
     run = Run(out, cfg.model_dump(mode="json"), fresh=fresh)
-    cooc_stage(cfg, run, progress=progress)
+    cooc_stage(cfg, run, progress=progress, force=fresh)
+    probe_stage(cfg, run, progress=progress, force=fresh)
+    interventions_stage(cfg, run, progress=progress, force=fresh)
+    write_text(run.out / "report.md", render_report(run.out))
     run.finish(STAGES)
     return run
 
@@ -35,7 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = build_config(ExperimentConfig, args.config, args.overrides)
     out = Path(args.out or cfg.out)
     run = run_pipeline(cfg, out, fresh=args.fresh, progress=not args.quiet)
-    log.info("done: %s (stages: %s)", out, ", ".join(f"{k} {v.get('wall_s', '?')} s" for k, v in run.manifest["stages"].items()))
+    stages = ", ".join(f"{k} {v.get('wall_s', '?')} s" for k, v in run.manifest["stages"].items())
+    log.info("done: %s/report.md (stage wall times: %s)", out, stages)
 
 
 if __name__ == "__main__":

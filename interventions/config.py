@@ -40,7 +40,7 @@ class SteeringConfig(Section):
     decoder_top: decoder row of the member writing the most norm."""
     positions: Literal["all", "fires"] = "all"
     """Steer at every content token, or only where the group fires."""
-    n_random: int = Field(2, ge=0)
+    n_random: int = Field(1, ge=0)
     """Random unit directions (same alpha, hence same norm) per alpha as the steering control."""
 
     @field_validator("alphas")
@@ -72,21 +72,25 @@ class InterventionsConfig(Section):
     """Numeric column of groups.csv to rank groups by (descending) with groups: auto."""
     min_size: int = Field(2, ge=2)
     """With groups: auto, only groups with at least this many members."""
-    modes: list[Mode] = Field(default_factory=lambda: ["zero", "mean", "project_out"])
+    modes: list[Mode] = Field(default_factory=lambda: ["zero", "project_out"])
     """Ablation modes to run (zero, mean, clamp, project_out, mean_project); the first is the verdict's primary mode."""
     clamp_value: float = 5.0
     """Value the clamp mode sets every edited latent to, in clamp_units."""
     clamp_units: Literal["mean_activation", "absolute"] = "mean_activation"
     """mean_activation: clamp_value times the latent's mean activation over the tokens where it fires."""
-    max_members: int = Field(5, ge=1)
+    max_members: int = Field(4, ge=1)
     """Single-latent arms per group: the members writing the most norm at the group's tokens."""
-    n_controls: int = Field(3, ge=1)
+    n_controls: int = Field(2, ge=1)
     """Random latent groups (size and firing-frequency matched) and random norm-matched directions per mode."""
     pool_tokens: int = Field(40_000, ge=1)
     """Tokens of the (cached) activation stream scanned for contexts where each group fires, firing
     rates and mean activations. Held-out documents are used when data.holdout_every > 0."""
     max_tokens: int = Field(1024, ge=1)
-    """Evaluation tokens per group (whole contexts in which the group fires)."""
+    """Evaluation tokens per group: contexts in which the group fires, one per document first, cut after
+    the group's last firing token (see tail_tokens)."""
+    tail_tokens: int | None = Field(16, ge=1)
+    """Each evaluation context is cut this many tokens after the group's last firing token (None: whole
+    contexts). Later tokens cannot change the effect at the group's tokens; they only add collateral tokens."""
     min_docs: int = Field(5, ge=2)
     """Fewer evaluation documents than this: the group gets no verdict (insufficient data)."""
     batch_size: int = Field(16, ge=1)

@@ -137,6 +137,9 @@ def decoder_basis(W_eff: Tensor, latents: Sequence[int]) -> Tensor:
     (:meth:`subspaces.Subspace.from_decoder`; r is the numerical rank)."""
     from subspaces import Subspace
 
+    rows = W_eff[list(latents)]
+    if not bool((rows.abs() > 0).any()):  # all-zero decoder rows span nothing: the edit is a no-op
+        return torch.zeros(W_eff.shape[1], 0, dtype=torch.float32, device=W_eff.device)
     return torch.from_numpy(Subspace.from_decoder(W_eff.cpu(), list(latents)).basis_DK).float().to(W_eff.device)
 
 

@@ -30,6 +30,7 @@ from interventions.stats import DocSums, doc_sums, statistic
 from sources import sites
 from sources.config import DataSpec, HookSpec, StreamSpec
 from sources.corpora import Context
+from sources.errors import ConfigError
 from sources.models import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,8 @@ class Pool:
     resid_norm: float
     """Mean residual norm at the hook."""
     contexts: dict[int, Context] = field(default_factory=dict)
-    group_contexts: dict[str, list[int]] = field(default_factory=dict)
+    group_contexts: dict[str, dict[int, int]] = field(default_factory=dict)
+    """group id -> {context index: position of the group's last firing token in that context}."""
     group_acts: dict[str, list[np.ndarray]] = field(default_factory=dict)
     """Members' activations [n, k] at tokens where the group fires (at most ``max_rows`` rows)."""
 
@@ -86,13 +88,16 @@ def scan_pool(model: LoadedModel, sae, data: DataSpec, hook: HookSpec, stream: S
     pool = Pool(0, np.zeros(F), np.zeros(F), torch.zeros(model.d_model), 0.0)
     idx = {g.group_id: torch.as_tensor(g.members, dtype=torch.long) for g in groups}
     for g in groups:
-        pool.group_contexts[g.group_id] = []
+        pool.group_contexts[g.group_id] = {}
         pool.group_acts[g.group_id] = []
     rows_kept = {g.group_id: 0 for g in groups}
     for batch in iter_activation_batches(model, data, hook, stream, progress=progress):
-        mask = batch.mask_BL
-        b_idx, _ = mask.nonzero(as_tuple=True)
-        x = batch.masked_acts_ND().float().cpu()
+        # whole contexts up to pool_tokens, whatever the stream's batch size: the pool does not depend on it
+        keep = min(len(batch.contexts), max(1, math.ceil((pool_tokens - seen) / batch.tokens_BL.shape[1])))
+        mask = batch.mask_BL[:keep]
+        contexts = batch.contexts[:keep]
+        b_idx, pos = mask.nonzero(as_tuple=True)
+        x = batch.acts_BLD[:keep][mask.to(batch.acts_BLD.device)].float().cpu()
         f = E.encode(sae, x).cpu()
         fire = f > thr
         count += fire.sum(0).double()
@@ -105,16 +110,18 @@ def scan_pool(model: LoadedModel, sae, data: DataSpec, hook: HookSpec, stream: S
             fg = fire[:, gi].any(-1)
             if not fg.any():
                 continue
-            for b in torch.unique(b_idx[fg]).tolist():
-                ctx = batch.contexts[b]
+            last = torch.full((len(contexts),), -1, dtype=torch.long)
+            last.scatter_reduce_(0, b_idx[fg], pos[fg], reduce="amax")
+            for b in torch.nonzero(last >= 0).flatten().tolist():
+                ctx = contexts[b]
                 pool.contexts[ctx.index] = ctx
-                pool.group_contexts[g.group_id].append(ctx.index)
+                pool.group_contexts[g.group_id][ctx.index] = int(last[b])
             room = max_rows - rows_kept[g.group_id]
             if room > 0:
                 acts = f[fg][:, gi][:room].numpy()
                 pool.group_acts[g.group_id].append(acts)
                 rows_kept[g.group_id] += acts.shape[0]
-        seen += batch.tokens_BL.numel()
+        seen += keep * batch.tokens_BL.shape[1]
         if seen >= pool_tokens:
             break
     pool.n_tokens = n_tok
@@ -158,6 +165,8 @@ class Plan:
     random_groups: list[tuple[int, ...]]
     steer_directions: dict[str, torch.Tensor]
     group_norm: float
+    control_bins: int = 10
+    """Firing-frequency bins the random control groups were matched on."""
 
 
 def _unit(v: torch.Tensor) -> torch.Tensor:
@@ -204,7 +213,18 @@ def plan_arms(group: GroupSpec, pool: Pool, W_eff: torch.Tensor, occ_F: np.ndarr
     written = pool.mean_act_F[members] * pool.count_F[members] * W_eff[members].norm(dim=-1).cpu().numpy()
     order = np.argsort(-written, kind="stable")
     tested = tuple(int(members[i]) for i in order[: icfg.max_members])
-    controls = matched_groups(members, occ_F, icfg.n_controls, seed=rng)
+    controls, n_bins = None, 0
+    for n_bins in (10, 5, 3, 2, 1):  # as fine a frequency match as the SAE's width allows
+        try:
+            controls = matched_groups(members, occ_F, icfg.n_controls, n_bins=n_bins, seed=rng)
+            break
+        except ValueError:
+            continue
+    if controls is None:
+        raise ConfigError("interventions", f"group {group.group_id} has {len(members)} latents; the SAE has too few other "
+                                           "latents to draw random control groups of that size")
+    if n_bins < 10:
+        log.info("group %s: control groups matched on %d firing-frequency bins (too few latents for 10)", group.group_id, n_bins)
     random_groups = [tuple(c.latents) for c in controls]
     d_model = W_eff.shape[1]
     directions = [E.random_unit_vector(d_model, rng) for _ in range(icfg.n_controls)]
@@ -232,7 +252,7 @@ def plan_arms(group: GroupSpec, pool: Pool, W_eff: torch.Tensor, occ_F: np.ndarr
                      for d, v in steer_dirs.items()]
             arms += [Arm(f"steer:random:{r}", "steer_random", "steer", (), alpha=a, scale=unit, vector=u)
                      for r, u in enumerate(rand)]
-    return Plan(group, arms, tested, random_groups, steer_dirs, group_norm)
+    return Plan(group, arms, tested, random_groups, steer_dirs, group_norm, n_bins)
 
 
 # ----------------------------------------------------------------------------------- evaluation
@@ -264,9 +284,15 @@ class Evaluator:
 
     # -- clean pass
     @torch.no_grad()
-    def clean_chunk(self, contexts: list[Context], docs: np.ndarray, members: tuple[int, ...]) -> Chunk:
-        tokens = torch.from_numpy(np.stack([c.tokens_L for c in contexts]))
-        content = torch.from_numpy(np.stack([c.mask_L for c in contexts])).to(self.model.device)
+    def clean_chunk(self, contexts: list[Context], docs: np.ndarray, members: tuple[int, ...],
+                    lengths: list[int] | None = None) -> Chunk:
+        """Clean pass over contexts cut to ``lengths`` (padded to the longest; the padding is masked)."""
+        L = max(lengths) if lengths else len(contexts[0].tokens_L)
+        tokens = torch.from_numpy(np.stack([c.tokens_L[:L] for c in contexts]))
+        content = torch.from_numpy(np.stack([c.mask_L[:L] for c in contexts]))
+        if lengths:
+            content &= torch.arange(L)[None, :] < torch.as_tensor(lengths)[:, None]
+        content = content.to(self.model.device)
         x, logits, read = clean_pass(self.model, self.hook, tokens, self.icfg.read_layer)
         x = x.float()
         f = E.encode(self.sae, x)
@@ -365,15 +391,42 @@ class GroupEval:
     """(arm name, mode, alpha) -> per-document sums."""
     n_tokens_fires: int
     n_contexts: int
+    context_ids: list[int] = field(default_factory=list)
+    """Stream indices (Context.index) of the evaluation contexts."""
+    context_lengths: list[int] = field(default_factory=list)
+    """Tokens of each evaluation context that were evaluated (the rest was cut, see choose_contexts)."""
 
 
-def choose_contexts(pool: Pool, group: GroupSpec, max_tokens: int, context_len: int, rng: np.random.Generator) -> list[Context]:
-    """A seeded sample of the pool's contexts in which the group fires, about ``max_tokens`` tokens in all."""
-    ids = sorted(set(pool.group_contexts.get(group.group_id, [])))
-    n = max(1, math.ceil(max_tokens / context_len))
-    if len(ids) > n:
-        ids = sorted(rng.choice(ids, size=n, replace=False).tolist())
-    return [pool.contexts[i] for i in ids]
+def choose_contexts(pool: Pool, group: GroupSpec, max_tokens: int, tail_tokens: int | None,
+                    rng: np.random.Generator) -> list[tuple[Context, int]]:
+    """A seeded sample of the pool's contexts in which the group fires: ``(context, length)`` pairs whose
+    lengths sum to about ``max_tokens``.
+
+    Documents are the unit of the statistics, so contexts are drawn one per document first (in random
+    order), then second contexts of documents, and so on. Each context is cut ``tail_tokens`` tokens after
+    the group's last firing token (None: kept whole): later tokens cannot change what happens at the group's
+    tokens and only add tokens to the collateral (``other``) scope.
+    """
+    last = pool.group_contexts.get(group.group_id, {})
+    if not last:
+        return []
+    ids = np.array(sorted(last))
+    ids = ids[rng.permutation(len(ids))]
+    rank, seen = [], {}
+    for i in ids.tolist():
+        d = pool.contexts[i].doc_index
+        rank.append(seen.get(d, 0))
+        seen[d] = seen.get(d, 0) + 1
+    order = ids[np.argsort(np.array(rank), kind="stable")]
+    chosen, total = [], 0
+    for i in order.tolist():
+        ctx = pool.contexts[i]
+        n = len(ctx.tokens_L) if tail_tokens is None else min(len(ctx.tokens_L), last[i] + 1 + tail_tokens)
+        chosen.append((ctx, n))
+        total += n
+        if total >= max_tokens:
+            break
+    return sorted(chosen, key=lambda cn: (cn[1], cn[0].index))
 
 
 @torch.no_grad()
@@ -381,21 +434,24 @@ def evaluate_group(model: LoadedModel, sae, hook: HookSpec, plan: Plan, contexts
                    progress: bool = True) -> GroupEval:
     """Run every arm of ``plan`` on ``contexts`` (batched) and reduce to per-document sums."""
     icfg = ev.icfg
+    lengths = [n for _, n in contexts]
+    contexts = [c for c, _ in contexts]
     doc_keys = sorted({c.doc_index for c in contexts})
     doc_of = {d: i for i, d in enumerate(doc_keys)}
     doc_ids = {c.doc_index: c.doc_id for c in contexts}
     n_docs = len(doc_keys)
     arms = plan.arms
     records = {(a.name, a.mode, a.alpha): Records() for a in arms}
-    cb = max(1, min(icfg.batch_size, len(contexts)))
-    per_fwd = max(1, icfg.batch_size // cb)
+    # many arms per forward: fill the batch with arms first, then with contexts
+    per_fwd = max(1, min(len(arms), icfg.batch_size))
+    cb = max(1, min(len(contexts), icfg.batch_size // per_fwd))
     n_fwd = math.ceil(len(contexts) / cb) * math.ceil(len(arms) / per_fwd)
     bar = tqdm(total=n_fwd, desc=f"interventions {plan.group.group_id}", unit="fwd", disable=not progress, mininterval=2.0)
     n_fires = 0
     for c0 in range(0, len(contexts), cb):
         ctxs = contexts[c0:c0 + cb]
         docs = np.array([doc_of[c.doc_index] for c in ctxs])
-        ch = ev.clean_chunk(ctxs, docs, plan.group.members)
+        ch = ev.clean_chunk(ctxs, docs, plan.group.members, lengths[c0:c0 + cb])
         scored = evaluable_positions(ch.content)
         n_fires += int((scored & ch.group_fires).sum())
         b_idx, t_idx = scored.nonzero(as_tuple=True)
@@ -405,23 +461,25 @@ def evaluate_group(model: LoadedModel, sae, hook: HookSpec, plan: Plan, contexts
             deltas = [ev.delta(a, ch) for a in sub]
             fns = [(lambda x, d=d: x + d.to(x.dtype)) for d in deltas]
             logits, read = multi_arm_logits(model, hook, ch.tokens, fns, icfg.read_layer)
+            dce_A, kl_A = token_effects(ch.clean_lp, logits, ch.tokens)
+            del logits
             for i, (arm, d) in enumerate(zip(sub, deltas)):
-                dce, kl = token_effects(ch.clean_lp, logits[i], ch.tokens)
                 rec = records[(arm.name, arm.mode, arm.alpha)]
                 rec.doc.append(doc_T)
                 rec.target.append(ev.target(arm, ch)[b_idx, t_idx].cpu().numpy())
-                rec.ce.append(dce[b_idx, t_idx].cpu().numpy())
-                rec.kl.append(kl[b_idx, t_idx].cpu().numpy())
+                rec.ce.append(dce_A[i][b_idx, t_idx].cpu().numpy())
+                rec.kl.append(kl_A[i][b_idx, t_idx].cpu().numpy())
                 rec.norm.append(d.norm(dim=-1)[b_idx, t_idx].cpu().numpy())
                 if read is not None:
                     change = (read[i] - ch.clean_read).norm(dim=-1) / ch.clean_read.norm(dim=-1).clamp_min(1e-12)
                     rec.read.append(change[b_idx, t_idx].cpu().numpy())
-            del logits, read
+            del read
             bar.update(1)
         ch.cache.clear()
     bar.close()
     sums = {k: r.sums(n_docs) for k, r in records.items()}
-    return GroupEval(plan, n_docs, [doc_ids[d] for d in doc_keys], sums, n_fires, len(contexts))
+    return GroupEval(plan, n_docs, [doc_ids[d] for d in doc_keys], sums, n_fires, len(contexts),
+                     [c.index for c in contexts], lengths)
 
 
 # ----------------------------------------------------------------------------------- derived arms

@@ -83,20 +83,23 @@ def next_token_logprobs(logits_BLV: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def token_effects(clean_logprobs_BLV: torch.Tensor, logits_BLV: torch.Tensor,
                   tokens_BL: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position effects ``[B, L]`` of an edit on the next-token prediction.
+    """Per-position effects ``[..., B, L]`` of an edit on the next-token prediction.
 
     ``dce[b, t] = CE_edit - CE_clean`` of predicting ``tokens[b, t+1]`` from position ``t`` and
     ``kl[b, t] = KL(p_clean(.|t) || p_edit(.|t))``, both in nats; the last position is 0 (no next token).
+    ``logits_BLV`` may carry leading arm dimensions (``[A, B, L, V]``); the clean side broadcasts.
     """
     lp_c = clean_logprobs_BLV.float()
     lp_e = next_token_logprobs(logits_BLV)
+    lead = lp_e.shape[:-3]
     tgt = tokens_BL[:, 1:].to(lp_c.device).unsqueeze(-1)
     ce_c = -lp_c[:, :-1].gather(-1, tgt).squeeze(-1)
-    ce_e = -lp_e[:, :-1].gather(-1, tgt).squeeze(-1)
-    kl = (lp_c.exp() * (lp_c - lp_e)).sum(-1).clamp_min(0.0)
-    dce = torch.zeros(tokens_BL.shape, dtype=torch.float32, device=lp_c.device)
-    dce[:, :-1] = ce_e - ce_c
-    kl[:, -1] = 0.0
+    ce_e = -lp_e[..., :-1, :].gather(-1, tgt.expand(*lead, *tgt.shape)).squeeze(-1)
+    p_c = lp_c.exp()
+    kl = ((p_c * lp_c).sum(-1) - (p_c * lp_e).sum(-1)).clamp_min(0.0)
+    dce = torch.zeros((*lead, *tokens_BL.shape), dtype=torch.float32, device=lp_c.device)
+    dce[..., :-1] = ce_e - ce_c
+    kl[..., -1] = 0.0
     return dce, kl
 
 

@@ -14,7 +14,7 @@ from interventions.config import InterventionsConfig
 from interventions.evaluate import (Evaluator, GroupEval, GroupSpec, Pool, best_single, choose_contexts, evaluate_group,
                                     plan_arms, pooled, scan_pool)
 from interventions.stats import (COMPARATORS, EFFECTS_COLUMNS, adjust_run, bootstrap_weights, effect_row,
-                                 verdicts_frame)
+                                 finish_rows, verdicts_frame)
 from sources.config import DataSpec, HookSpec, StreamSpec
 from sources.errors import ConfigError
 from sources.files import stable_hash
@@ -101,7 +101,7 @@ def group_rows(ge: GroupEval, icfg: InterventionsConfig, rng_boot: np.random.Gen
     def add(arm, comp, mode, alpha, eff_list, a, b):
         for eff in eff_list:
             for scope in ("fires", "other"):
-                rows.append(effect_row(gid, arm, comp, mode, alpha, eff, scope, a, b, W, icfg.alpha))
+                rows.append(effect_row(gid, arm, comp, mode, alpha, eff, scope, a, b, W))
 
     for mode in icfg.modes:
         arms = {"group": s[("group", mode, None)]}
@@ -129,6 +129,7 @@ def group_rows(ge: GroupEval, icfg: InterventionsConfig, rng_boot: np.random.Gen
                 add(f"steer:{d}", "clean", "steer", a, steer_eff, arm, None)
                 if rand is not None:
                     add(f"steer:{d}", "steer:random", "steer", a, steer_eff, arm, rand)
+    rows = finish_rows(rows, icfg.alpha)
     info = {"group_id": gid, "group_size": plan.group.size, "structure": plan.group.structure, "n_docs": ge.n_docs,
             "n_tokens_fires": ge.n_tokens_fires, "n_contexts": ge.n_contexts,
             "best_single_latents": chosen.get(icfg.modes[0], "")}
@@ -175,7 +176,7 @@ def run_interventions(model, sae, hook: HookSpec, data: DataSpec, stream: Stream
     rows, infos, arms, evals = [], [], [], []
     for g in groups:
         r_ctx, r_plan, r_boot, r_fold = _rngs(seed, g.group_id, 4)
-        contexts = choose_contexts(pool, g, icfg.max_tokens, data.context_len, r_ctx)
+        contexts = choose_contexts(pool, g, icfg.max_tokens, icfg.tail_tokens, r_ctx)
         if not contexts:
             log.warning("group %s never fires in the %d pool tokens; no verdict", g.group_id, pool.n_tokens)
             infos.append({"group_id": g.group_id, "group_size": g.size, "structure": g.structure, "n_docs": 0,

@@ -15,7 +15,7 @@ and ``norm`` (summed edit norm ``||delta_t||`` over the target tokens). Statisti
 A comparison ``arm - comparator`` uses the same bootstrap weights for both (paired at the document
 level; per token when both are measured on the same tokens). Bootstrap weights are multinomial counts
 over documents (:func:`stats.cluster_bootstrap_weights`); the interval is the percentile interval at level
-``1 - alpha`` (:func:`stats.percentile_ci`). The p-value is two-sided, from a t statistic
+``1 - alpha`` (as :func:`stats.percentile_ci`, vectorised over rows). The p-value is two-sided, from a t statistic
 ``estimate / se`` on ``n_docs - 1`` degrees of freedom, where ``se`` is the bootstrap standard error
 inflated by ``sqrt(n_docs / (n_docs - 1))`` (the plug-in bootstrap variance is biased low by that factor).
 With the few documents a CPU run affords, this studentised p-value keeps its nominal level where the
@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from stats import bh_adjust, cluster_bootstrap_weights, percentile_ci
+from stats import bh_adjust, cluster_bootstrap_weights
 
 SCOPES = ("fires", "other")
 BASE_EFFECTS = ("ce", "kl", "read")
@@ -115,23 +115,43 @@ def statistic(s: DocSums, effect: str, scope: str, W: np.ndarray) -> np.ndarray:
     return v
 
 
-def summarize(est: float, boot: np.ndarray, n_docs: int, alpha: float) -> dict:
-    """Estimate, percentile CI, bootstrap SE, two-sided p (t on n_docs - 1 df) and effect size."""
-    boot = boot[np.isfinite(boot)]
-    out = {"estimate": est, "ci_low": np.nan, "ci_high": np.nan, "se": np.nan, "p_value": np.nan, "effect_size": np.nan}
-    if not np.isfinite(est) or boot.size < 10 or n_docs < 2:
+def summarize_many(est: np.ndarray, boot: np.ndarray, n_docs: np.ndarray, alpha: float) -> dict[str, np.ndarray]:
+    """For R statistics at once (``est [R]``, replicates ``boot [R, B]``, documents ``n_docs [R]``): percentile
+    CI (as :func:`stats.percentile_ci`: finite replicates only), bootstrap SE (x sqrt(n/(n-1))), two-sided p
+    (t on n_docs - 1 df) and effect size. Undefined where the estimate is not finite, fewer than 10 replicates
+    are finite, or n_docs < 2."""
+    est = np.asarray(est, dtype=np.float64)
+    boot = np.asarray(boot, dtype=np.float64).reshape(len(est), -1)
+    n_docs = np.asarray(n_docs, dtype=np.float64)
+    finite = np.isfinite(boot)
+    ok = np.isfinite(est) & (finite.sum(1) >= 10) & (n_docs >= 2)
+    nan = np.full(len(est), np.nan)
+    out = {"estimate": est, "ci_low": nan.copy(), "ci_high": nan.copy(), "se": nan.copy(), "p_value": nan.copy(),
+           "effect_size": nan.copy()}
+    if not ok.any():
         return out
-    lo, hi = percentile_ci(boot, level=1 - alpha)
-    se = float(boot.std(ddof=1) * np.sqrt(n_docs / (n_docs - 1)))
-    out.update(ci_low=float(lo), ci_high=float(hi), se=se)
-    if se > 0:
-        t = est / se
-        out["p_value"] = float(2 * sps.t.sf(abs(t), df=n_docs - 1))
-        out["effect_size"] = float(est / (se * np.sqrt(n_docs)))
-    elif est == 0:
-        out["p_value"] = 1.0
-        out["effect_size"] = 0.0
+    b = np.where(finite, boot, np.nan)[ok]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lo, hi = np.empty(len(b)), np.empty(len(b))
+        full = np.isfinite(b).all(1)  # the common case, vectorised; rows with undefined replicates one by one
+        if full.any():
+            lo[full], hi[full] = np.quantile(b[full], [alpha / 2, 1 - alpha / 2], axis=1)
+        for i in np.flatnonzero(~full):
+            lo[i], hi[i] = np.nanquantile(b[i], [alpha / 2, 1 - alpha / 2])
+        n = n_docs[ok]
+        se = np.nanstd(b, axis=1, ddof=1) * np.sqrt(n / (n - 1))
+        t = est[ok] / se
+        varies = se > 1e-12 * np.maximum(1.0, np.abs(est[ok]))  # as stats.paired_test: no variation, no test
+        p = np.where(varies, 2 * sps.t.sf(np.abs(t), df=n - 1), np.where(est[ok] == 0, 1.0, np.nan))
+        es = np.where(varies, est[ok] / (se * np.sqrt(n)), np.where(est[ok] == 0, 0.0, np.nan))
+    out["ci_low"][ok], out["ci_high"][ok], out["se"][ok], out["p_value"][ok], out["effect_size"][ok] = lo, hi, se, p, es
     return out
+
+
+def summarize(est: float, boot: np.ndarray, n_docs: int, alpha: float) -> dict:
+    """:func:`summarize_many` for one statistic."""
+    res = summarize_many(np.array([est]), np.asarray(boot)[None, :], np.array([n_docs]), alpha)
+    return {k: float(v[0]) for k, v in res.items()}
 
 
 def _n(s: DocSums, scope: str) -> tuple[int, int]:
@@ -140,8 +160,9 @@ def _n(s: DocSums, scope: str) -> tuple[int, int]:
 
 
 def effect_row(group_id: str, arm: str, comparator: str, mode: str, alpha_value, effect: str, scope: str,
-               s: DocSums, ref: DocSums | None, W: np.ndarray, alpha: float) -> dict:
-    """One row of effects.csv: ``arm`` (minus ``ref`` unless comparator is clean) for one effect and scope."""
+               s: DocSums, ref: DocSums | None, W: np.ndarray) -> dict:
+    """One row of effects.csv before summarising (:func:`finish_rows`): ``arm`` minus ``ref`` (unless the
+    comparator is clean) for one effect and scope, with its bootstrap replicates under ``"_boot"``."""
     ones = np.ones((1, s.n_docs))
     est = statistic(s, effect, scope, ones)[0]
     boot = statistic(s, effect, scope, W)
@@ -150,11 +171,23 @@ def effect_row(group_id: str, arm: str, comparator: str, mode: str, alpha_value,
         est = est - statistic(ref, effect, scope, ones)[0]
         boot = boot - statistic(ref, effect, scope, W)
         n_docs = int(((s.get("n", scope) + ref.get("n", scope)) > 0).sum())
-    row = {"group_id": group_id, "arm": arm, "comparator": comparator, "mode": mode,
-           "alpha": np.nan if alpha_value is None else float(alpha_value), "effect": effect, "scope": scope,
-           "n": n, "n_docs": n_docs}
-    row.update(summarize(float(est), boot, n_docs, alpha))
-    return row
+    return {"group_id": group_id, "arm": arm, "comparator": comparator, "mode": mode,
+            "alpha": np.nan if alpha_value is None else float(alpha_value), "effect": effect, "scope": scope,
+            "n": n, "n_docs": n_docs, "estimate": float(est), "_boot": boot}
+
+
+def finish_rows(rows: list[dict], alpha: float) -> list[dict]:
+    """Summarise raw rows of :func:`effect_row` (all at once) into effects.csv rows without p_adj."""
+    if not rows:
+        return []
+    res = summarize_many(np.array([r["estimate"] for r in rows]), np.stack([r["_boot"] for r in rows]),
+                         np.array([r["n_docs"] for r in rows]), alpha)
+    out = []
+    for i, r in enumerate(rows):
+        row = {k: v for k, v in r.items() if k != "_boot"}
+        row.update({k: float(v[i]) for k, v in res.items()})
+        out.append(row)
+    return out
 
 
 # ----------------------------------------------------------------------------------- multiple testing
@@ -182,14 +215,14 @@ VERDICT_COLUMNS = ["group_id", "group_size", "structure", "n_docs", "n_tokens_fi
                    "best_single_latents", "beats_best_single_on", "collateral_kl", "steer_beats_random_alphas"]
 
 
-def outcome(row: pd.Series | None, alpha: float) -> str:
+def outcome(row: dict | None, alpha: float) -> str:
     """beats / loses / tie for one comparison row (estimate = group - comparator).
 
     beats: estimate > 0, BH-adjusted p < alpha and the whole (1 - alpha) interval above 0.
-    loses: the mirror image. tie: neither (no difference detected). n/a: not estimable.
+    loses: the mirror image. tie: neither (no difference detected). untested: not estimable.
     """
     if row is None or not np.isfinite(row["estimate"]) or not np.isfinite(row["p_adj"]):
-        return "n/a"
+        return "untested"
     if row["p_adj"] < alpha and row["ci_low"] > 0:
         return "beats"
     if row["p_adj"] < alpha and row["ci_high"] < 0:
@@ -197,18 +230,17 @@ def outcome(row: pd.Series | None, alpha: float) -> str:
     return "tie"
 
 
-def _one(df: pd.DataFrame, **eq) -> pd.Series | None:
-    sel = np.ones(len(df), dtype=bool)
-    for k, v in eq.items():
-        sel &= (df[k] == v).to_numpy()
-    hit = df[sel]
-    return None if hit.empty else hit.iloc[0]
+def _one(rows: list[dict], **eq) -> dict | None:
+    for r in rows:
+        if all(r[k] == v for k, v in eq.items()):
+            return r
+    return None
 
 
 def group_verdict(effects: pd.DataFrame, group_id: str, mode: str, effect: str, alpha: float, info: dict,
                   min_docs: int) -> dict:
     """One row of verdicts.csv from the (BH-adjusted) effects of one group."""
-    g = effects[effects["group_id"] == group_id]
+    g = effects[effects["group_id"] == group_id].to_dict("records")
     base = {"group_id": group_id, "mode": mode, "effect": effect, **{k: info.get(k) for k in
             ("group_size", "structure", "n_docs", "n_tokens_fires", "best_single_latents")}}
     own = _one(g, arm="group", comparator="clean", mode=mode, effect=effect, scope="fires")
@@ -224,20 +256,19 @@ def group_verdict(effects: pd.DataFrame, group_id: str, mode: str, effect: str, 
     enough = (info.get("n_docs") or 0) >= min_docs
     for comp in COMPARATORS:
         r = _one(g, arm="group", comparator=comp, mode=mode, effect=effect, scope="fires")
-        outcomes[comp] = outcome(r, alpha) if enough else "n/a"
+        outcomes[comp] = outcome(r, alpha) if enough else "untested"
         base[f"beats_{comp}"] = outcomes[comp]
         base[f"diff_vs_{comp}"] = np.nan if r is None else r["estimate"]
         base[f"p_adj_vs_{comp}"] = np.nan if r is None else r["p_adj"]
         if comp == "best_single":
             base["ci_low_vs_best_single"] = np.nan if r is None else r["ci_low"]
             base["ci_high_vs_best_single"] = np.nan if r is None else r["ci_high"]
-    wins = g[(g["arm"] == "group") & (g["comparator"] == "best_single") & (g["scope"] == "fires")]
-    base["beats_best_single_on"] = ";".join(f"{r.mode}/{r.effect}" for r in wins.itertuples()
-                                            if enough and outcome(pd.Series(r._asdict()), alpha) == "beats")
-    steer = g[(g["comparator"].astype(str).str.startswith("steer:random")) & (g["effect"] == "kl") & (g["scope"] == "fires")]
+    wins = [r for r in g if r["arm"] == "group" and r["comparator"] == "best_single" and r["scope"] == "fires"]
+    base["beats_best_single_on"] = ";".join(f"{r['mode']}/{r['effect']}" for r in wins
+                                            if enough and outcome(r, alpha) == "beats")
+    steer = [r for r in g if str(r["comparator"]).startswith("steer:random") and r["effect"] == "kl" and r["scope"] == "fires"]
     base["steer_beats_random_alphas"] = ";".join(
-        f"{r.arm.split(':', 1)[1]}@{r.alpha:g}" for r in steer.itertuples()
-        if enough and outcome(pd.Series(r._asdict()), alpha) == "beats")
+        f"{r['arm'].split(':', 1)[1]}@{r['alpha']:g}" for r in steer if enough and outcome(r, alpha) == "beats")
     base["verdict"] = verdict_text(outcomes, base, info.get("n_docs") or 0, min_docs)
     return base
 
@@ -255,7 +286,7 @@ def verdict_text(outcomes: dict, row: dict, n_docs: int, min_docs: int) -> str:
         return "worse than its best single latent"
     if all(c == "beats" for c in controls):
         return "beats matched controls but not its best single latent"
-    if b == "n/a":
+    if b == "untested":
         return "not estimable"
     return "no better than its best single latent"
 

@@ -46,7 +46,7 @@ class WordSenseSpec(Section):
     """Ambiguous words and their sense cues (default: the built-in lexicon in probes/lexicon.py)."""
     window_words: int = Field(15, ge=1)
     """Words on each side of an occurrence searched for cue words."""
-    max_per_word: int = Field(60, ge=2)
+    max_per_word: int = Field(40, ge=2)
     """At most this many occurrences per word (drawn at random, up to half per sense when both have enough)."""
     min_per_class: int = Field(20, ge=2)
     """A sense (or resolved) target needs at least this many examples of each class, else it is skipped with a reason."""
@@ -74,8 +74,8 @@ class ProbesConfig(Section):
 
     tasks: list[TaskName] = ["url_position", "word_sense"]
     """Probe tasks to build from the corpus (data: section)."""
-    groups: Literal["auto"] | list[int] = "auto"
-    """auto: the n_groups groups most enriched on each task's tokens; or explicit cooc group ids."""
+    groups: Literal["auto"] | list[str] = "auto"
+    """auto: the n_groups groups most enriched on each task's tokens; or explicit group ids of OUT/cooc/groups.csv (e.g. [g1a2b3c4d5e])."""
     n_groups: int = Field(3, ge=1)
     """Groups probed per task with groups: auto."""
     min_group_size: int = Field(2, ge=1)
@@ -108,6 +108,17 @@ class ProbesConfig(Section):
     """Write PCA scatter plots of each probed group under probes/figures/."""
     url_position: UrlPositionSpec = UrlPositionSpec()
     word_sense: WordSenseSpec = Field(default_factory=WordSenseSpec)
+
+    @field_validator("groups", mode="before")
+    @classmethod
+    def _groups(cls, v):
+        if v == "auto":
+            return v
+        if isinstance(v, (list, tuple)) and v and all(isinstance(g, (str, int)) and not isinstance(g, bool) for g in v):
+            ids = [str(g).strip() for g in v]
+            if all(ids):
+                return list(dict.fromkeys(ids))
+        raise ValueError(f"give auto or a non-empty list of group ids from OUT/cooc/groups.csv, got {v!r}")
 
     @field_validator("tasks")
     @classmethod

@@ -35,7 +35,7 @@ from sources.corpora import iter_documents, special_ids
 from sources.errors import ConfigError
 from sources.stream import encode_latents, hook_activations
 
-from probes.tasks import Url, find_urls, label_occurrences, lexicon_regex, token_at_char, url_token_targets
+from probes.tasks import find_urls, label_occurrences, lexicon_regex, tokens_at_chars, url_token_targets
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class ProbeData:
     """SAE latent activations (float32)."""
     examples: pd.DataFrame
     """One row per task token: doc_index, doc_id, token_index, char_start, char_end, token and task fields."""
-    group_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    group_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
     task_fires_G: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     """Task tokens on which any member of group g fires."""
     other_fires_G: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
@@ -88,14 +88,15 @@ def plan_windows(positions, prefix: int, context_len: int) -> list[tuple[int, in
 
     Returns ``(start, end, covered)``: the window holds document tokens ``start..end`` (inclusive) after
     BOS, with ``end - start + 2 <= context_len``, and ``covered`` are the task positions it serves;
-    each has at least ``min(prefix, context_len - 2)`` tokens of its document before it in the window
-    (fewer only at the start of the document).
+    each has at least ``min(prefix, (context_len - 2) // 2)`` tokens of its document before it in the
+    window (fewer only at the start of the document). The prefix is capped at half the window so that
+    a window always has room for the task tokens that follow.
     """
     P = sorted(set(int(p) for p in positions))
     body = context_len - 1
     if body < 1:
         raise ValueError("context_len must be >= 2")
-    prefix = min(prefix, body - 1)
+    prefix = min(prefix, (body - 1) // 2)
     out = []
     i = 0
     while i < len(P):
@@ -213,19 +214,15 @@ def select_word_sense_examples(docs, tokenizer, lexicon: dict, window_words: int
         did, text = texts[di]
         ids, spans = _tokenize(tokenizer, text)
         rows = []
-        for occ in per_doc[di]:
-            p = token_at_char(spans, occ.end - 1)
-            if p is None:
+        at = tokens_at_chars(spans, [occ.end - 1 for occ in per_doc[di]])
+        for occ, p in zip(per_doc[di], at):
+            if p < 0:
                 continue
-            rows.append({"token_index": p, "word": occ.word, "sense": occ.sense, "cues": " ".join(occ.cues),
+            rows.append({"token_index": int(p), "word": occ.word, "sense": occ.sense, "cues": " ".join(occ.cues),
                          "_occ": occ})
         # other occurrences of lexicon words in the document are neither task nor 'other' tokens
-        ignore = set()
-        for m in pattern.finditer(text):
-            p = token_at_char(spans, m.end() - 1)
-            if p is not None:
-                ignore.add(p)
-        ignore -= {r["token_index"] for r in rows}
+        others = tokens_at_chars(spans, [m.end() - 1 for m in pattern.finditer(text)])
+        ignore = {int(p) for p in others if p >= 0} - {r["token_index"] for r in rows}
         if rows:
             chosen.append(_Doc(di, did, text, ids, spans, rows, ignore))
     table = pd.DataFrame([{"word": w, "label": lab, "count": c} for (w, lab), c in sorted(stats.items())],
@@ -279,6 +276,19 @@ def firing_threshold_F(cooc_cfg, sae, d_sae: int) -> np.ndarray:
         if theta is not None:
             thr = thr + theta.astype(np.float32)
     return thr
+
+
+def decoder_as_applied(sae) -> np.ndarray:
+    """``[d_sae, d_model]`` decoder rows as the SAE's ``decode`` applies them to its activations.
+
+    TopK SAEs trained with ``rescale_acts_by_decoder_norm`` divide each row by its norm when decoding,
+    so the reconstruction of a group is ``sum_i a_i W_dec[i] / ||W_dec[i]||`` there. (Spans and unit
+    directions do not depend on this; the group-restricted reconstruction and its PCA do.)
+    """
+    W = sae.W_dec.detach().float().cpu().numpy()
+    if getattr(sae.cfg, "rescale_acts_by_decoder_norm", False):
+        W = W / np.maximum(np.linalg.norm(W, axis=1, keepdims=True), 1e-12)
+    return W
 
 
 def run_windows(family: str, windows: list[_Window], model, sae, hook: HookSpec, batch_size: int, threshold_F: np.ndarray,
@@ -345,12 +355,12 @@ def run_windows(family: str, windows: list[_Window], model, sae, hook: HookSpec,
                      task_fires, other_fires, n_other, len(windows), n_tok)
 
 
-def membership_matrix(groups: dict[int, tuple[int, ...]], d_sae: int) -> tuple[sp.csr_matrix, np.ndarray]:
+def membership_matrix(groups: dict[str, tuple[int, ...]], d_sae: int) -> tuple[sp.csr_matrix, np.ndarray]:
     """Sparse [d_sae, G] membership of latents in groups, and the group ids in column order."""
-    ids = np.array(sorted(groups), dtype=np.int64)
+    ids = np.array(sorted(groups), dtype=object)
     rows, cols = [], []
     for g, gid in enumerate(ids):
-        for lat in groups[int(gid)]:
+        for lat in groups[gid]:
             if not 0 <= lat < d_sae:
                 raise ConfigError("cooc", f"group {gid} has latent {lat} outside the SAE's {d_sae} latents; "
                                   "the cooc outputs belong to another SAE: rerun python -m experiments.cooc")
@@ -360,7 +370,7 @@ def membership_matrix(groups: dict[int, tuple[int, ...]], d_sae: int) -> tuple[s
     return M, ids
 
 
-def build_probe_data(family: str, cfg, model, sae, groups: dict[int, tuple[int, ...]], threshold_F: np.ndarray,
+def build_probe_data(family: str, cfg, model, sae, groups: dict[str, tuple[int, ...]], threshold_F: np.ndarray,
                      progress: bool = False) -> tuple[ProbeData | None, dict]:
     """The probe dataset of ``family`` (url_position | word_sense) for an experiment config, plus a report dict.
 
@@ -385,7 +395,7 @@ def build_probe_data(family: str, cfg, model, sae, groups: dict[int, tuple[int, 
     if not chosen:
         return None, report
     windows = build_windows(chosen, model.tokenizer, pc.prefix_tokens, cfg.data.context_len)
-    M, ids = membership_matrix(groups, int(sae.W_dec.shape[0])) if groups else (None, np.zeros(0, dtype=np.int64))
+    M, ids = membership_matrix(groups, int(sae.W_dec.shape[0])) if groups else (None, np.zeros(0, dtype=object))
     data = run_windows(family, windows, model, sae, cfg.hook, cfg.stream.batch_size, threshold_F, M, ids, progress)
     data.n_candidate_docs = n_cand
     if family == "word_sense" and len(data.examples):

@@ -19,20 +19,28 @@ arm                         features                                            
 ``matched_subspace``        residual coordinates in that matched group's decoder span                 k
 ``random_subspace``         residual coordinates in a Haar-random subspace of the same dimension      k
 ``residual``                the full residual stream (ceiling; one per target, no group)              d_model
+``chance``                  no features: the training folds' mean label (floor; one per target)      0
 ==========================  ======================================================================  ==========
 
 Controls (``matched_*``, ``random_subspace``) are reported as the mean over ``n_controls`` draws.
-Every arm is a ridge regression (regression targets) or L2 logistic regression (binary targets) on
-features standardised on the training fold, fitted with the same regularisation, on the same
+Every arm is a ridge regression (regression targets) or L2 logistic regression (binary targets,
+:mod:`probes.linear`) on features standardised on the training fold, fitted with the same regularisation, on the same
 document-grouped folds; metrics are computed on the pooled out-of-fold predictions. The univariate
 score used for choosing latents is the squared Pearson correlation with the target on the training
 fold (= in-fold R² of a one-feature least-squares fit; for 0/1 labels the squared point-biserial
 correlation), so the choice never sees held-out tokens.
 
-Intervals: document-level bootstrap of the out-of-fold predictions (the same replicates for every
-arm of a target, so differences are paired). Comparisons (:data:`COMPARISONS`) are one-sided paired
-tests of "the group arm is better", with p-values corrected by the caller (Benjamini–Hochberg over
-the whole run).
+Metrics are computed within each test fold and averaged (weighted by fold size). Intervals:
+document-level bootstrap of the out-of-fold predictions (the same replicates for every arm of a
+target, so differences are paired). Comparisons (:data:`COMPARISONS`) are one-sided paired tests
+of "the group arm is better" (:func:`stats.paired_test`, t with documents - 1 degrees of freedom).
+Only the primary metric of each target kind gets a p-value (:data:`TESTED_METRIC`: R² for
+regression, log-loss for classification); differences in the other metrics are reported with
+intervals but untested, because for rank metrics (Spearman, AUROC) the variance from fitting the
+probes dominates and a test-set bootstrap is anti-conservative (tests/test_probes_statistics.py).
+The caller corrects all p-values of a run together (Benjamini–Hochberg) and sets ``win``: a
+comparison is won when its corrected p-value is below alpha *and* the group arm also beats
+``chance`` at that level, so that two useless probes can never produce a win.
 """
 
 from __future__ import annotations
@@ -44,19 +52,24 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression, Ridge
+from scipy.special import expit
 from threadpoolctl import threadpool_limits
 
+from probes.linear import logistic_fit, ridge_fit
 from stats import HIGHER_IS_BETTER, cluster_bootstrap_weights, grouped_folds, metrics_for, paired_test, percentile_ci, score
 from subspaces import Subspace, frequency_bins, matched_groups, random_subspaces
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["task", "group_id", "arm", "metric", "estimate", "ci_low", "ci_high", "p_value", "p_adj", "n",
-           "n_docs", "group_size", "row_type", "note"]
+           "n_docs", "group_size", "row_type", "win", "note"]
+
+TESTED_METRIC = {"regression": "r2", "classification": "log_loss"}
+"""The one metric per target kind whose comparisons get p-values (proper scoring rules, additive per token)."""
 
 COMPARISONS: list[tuple[str, str]] = [
+    ("group_subspace", "chance"),
+    ("group_latents", "chance"),
     ("group_subspace", "best_single_direction"),
     ("group_latents", "best_single_latent"),
     ("group_subspace", "matched_subspace"),
@@ -148,14 +161,13 @@ def fit_predict(X, y, folds, kind: str, select: int | None = None, regularisatio
         Xtr = (Xtr - mu) / sd
         Xte = (Xte - mu) / sd
         if kind == "regression":
-            pred[te] = Ridge(alpha=regularisation).fit(Xtr, y[tr]).predict(Xte)
+            coef, b = ridge_fit(Xtr, y[tr], regularisation)
+            pred[te] = Xte @ coef + b
         elif len(np.unique(y[tr])) < 2:
             pred[te] = float(np.clip(y[tr].mean(), 1e-6, 1 - 1e-6))
         else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                m = LogisticRegression(C=1.0 / regularisation, max_iter=2000).fit(Xtr, y[tr].astype(int))
-            pred[te] = m.predict_proba(Xte)[:, 1]
+            coef, b = logistic_fit(Xtr, y[tr], 1.0 / regularisation)
+            pred[te] = expit(Xte @ coef + b)
     return pred, chosen
 
 
@@ -196,13 +208,27 @@ class TargetEvaluator:
         self.folds = grouped_folds(self.docs, s.folds, s.seed, self.y if t.kind == "classification" else None)
         rng = np.random.default_rng([s.seed, zlib.crc32(t.task.encode())])
         self.W_BN = cluster_bootstrap_weights(self.docs, s.n_bootstrap, rng)
+        self.chance = self.scores(self.chance_prediction(), "training folds' mean label")
 
     # one arm
     def scores(self, pred: np.ndarray, note: str = "") -> ArmScores:
+        """Metrics of out-of-fold predictions: computed within each test fold, then averaged weighted by fold size.
+
+        Within-fold metrics keep differences between the folds' fitted intercepts (which, under no signal,
+        make pooled rank metrics negative and would favour arms with more spread) out of the comparison.
+        Bootstrap replicates re-weight tokens by document and weight each fold by its resampled size.
+        """
         est, samples = {}, {}
         for m in self.metrics:
-            est[m] = float(score(m, self.y, pred))
-            samples[m] = np.asarray(score(m, self.y, pred, self.W_BN), dtype=np.float64)
+            vals, wts = [], []
+            rep_vals, rep_wts = [], []
+            for _, te in self.folds:
+                vals.append(float(score(m, self.y[te], pred[te])))
+                wts.append(len(te))
+                rep_vals.append(np.asarray(score(m, self.y[te], pred[te], self.W_BN[:, te]), dtype=np.float64))
+                rep_wts.append(self.W_BN[:, te].sum(1))
+            est[m] = _weighted_nanmean(np.array(vals)[None, :], np.array(wts, dtype=np.float64)[None, :])[0]
+            samples[m] = _weighted_nanmean(np.stack(rep_vals, 1), np.stack(rep_wts, 1))
         return ArmScores(est, samples, note)
 
     def arm(self, X, select: int | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -215,11 +241,21 @@ class TargetEvaluator:
             out.append(_row(self.target.task, group_id, arm, m, sc.est[m], lo, hi, np.nan, self.n, self.n_docs, group_size, "arm", sc.note))
         return out
 
-    def ceiling_rows(self) -> list[dict]:
-        pred, _ = self.arm(self.acts)
-        return self.rows_for("residual", self.scores(pred, f"full residual stream, {self.acts.shape[1]} dims"), None, None)
+    def chance_prediction(self) -> np.ndarray:
+        """Out-of-fold prediction without features: the training folds' mean label."""
+        pred = np.full(self.n, np.nan)
+        for tr, te in self.folds:
+            m = float(self.y[tr].mean())
+            pred[te] = np.clip(m, 1e-6, 1 - 1e-6) if self.target.kind == "classification" else m
+        return pred
 
-    def group_rows(self, group_id: int, members, W_dec_FD: np.ndarray, counts_F: np.ndarray,
+    def ceiling_rows(self) -> list[dict]:
+        """The residual-stream ceiling and the chance floor (no group)."""
+        pred, _ = self.arm(self.acts)
+        rows = self.rows_for("residual", self.scores(pred, f"full residual stream, {self.acts.shape[1]} dims"), None, None)
+        return rows + self.rows_for("chance", self.chance, None, None)
+
+    def group_rows(self, group_id, members, W_dec_FD: np.ndarray, counts_F: np.ndarray,
                    bins_F: np.ndarray | None = None) -> list[dict]:
         """Every arm and comparison row of one group."""
         s = self.settings
@@ -247,7 +283,7 @@ class TargetEvaluator:
         pred, chosen = self.arm(self.lat, select=k)
         arms["ksparse"] = self.scores(pred, _ksparse_note(chosen, members))
 
-        ctrl_rng = np.random.default_rng([s.seed, int(group_id) & 0x7FFFFFFF, 1])
+        ctrl_rng = np.random.default_rng([s.seed, zlib.crc32(str(group_id).encode()), 1])
         controls = matched_groups(members, counts_F, s.n_controls, s.n_freq_bins, ctrl_rng, bins_F=bins_F)
         m_lat, m_sub = [], []
         for c in controls:
@@ -266,14 +302,29 @@ class TargetEvaluator:
 
         for name, sc in arms.items():
             rows += self.rows_for(name, sc, group_id, k)
+        arms["chance"] = self.chance
+        tested = TESTED_METRIC[self.target.kind]
         for a, b in COMPARISONS:
             for m in self.metrics:
+                if b == "chance" and m != tested:
+                    continue
                 c = paired_test(arms[a].est[m], arms[a].samples[m], arms[b].est[m], arms[b].samples[m],
                                 HIGHER_IS_BETTER[m], s.ci_level, n_clusters=self.n_docs)
-                note = "difference oriented so that > 0 means the first arm is better; one-sided p"
-                rows.append(_row(self.target.task, group_id, f"{a}-vs-{b}", m, c.estimate, c.ci_low, c.ci_high, c.p_value,
+                if m == tested:
+                    p, note = c.p_value, "A-vs-B: difference A - B oriented so that > 0 means A is better; one-sided p"
+                else:
+                    p, note = np.nan, f"descriptive only (the tested metric is {tested})"
+                rows.append(_row(self.target.task, group_id, f"{a}-vs-{b}", m, c.estimate, c.ci_low, c.ci_high, p,
                                  self.n, self.n_docs, k, "comparison", note))
         return rows
+
+
+def _weighted_nanmean(V_BK: np.ndarray, W_BK: np.ndarray) -> np.ndarray:
+    ok = np.isfinite(V_BK) & (W_BK > 0)
+    num = np.where(ok, V_BK * W_BK, 0.0).sum(1)
+    den = np.where(ok, W_BK, 0.0).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
 def _mean_scores(items: list[ArmScores], note: str) -> ArmScores:
@@ -300,7 +351,8 @@ def _ksparse_note(chosen: list[np.ndarray], members: list[int]) -> str:
 
 def _row(task, group_id, arm, metric, estimate, lo, hi, p, n, n_docs, group_size, row_type, note) -> dict:
     return {"task": task, "group_id": group_id, "arm": arm, "metric": metric, "estimate": estimate, "ci_low": lo, "ci_high": hi,
-            "p_value": p, "p_adj": np.nan, "n": n, "n_docs": n_docs, "group_size": group_size, "row_type": row_type, "note": note}
+            "p_value": p, "p_adj": np.nan, "n": n, "n_docs": n_docs, "group_size": group_size, "row_type": row_type,
+            "win": None, "note": note}
 
 
 def skipped_row(task: str, reason: str, n: int = 0, n_docs: int = 0) -> dict:
@@ -308,7 +360,7 @@ def skipped_row(task: str, reason: str, n: int = 0, n_docs: int = 0) -> dict:
     return _row(task, None, "skipped", "", np.nan, np.nan, np.nan, np.nan, n, n_docs, None, "skipped", reason)
 
 
-def evaluate_target(target: Target, acts_ND, latents_NF, docs_N, groups: dict[int, tuple[int, ...]], W_dec_FD, counts_F,
+def evaluate_target(target: Target, acts_ND, latents_NF, docs_N, groups: dict, W_dec_FD, counts_F,
                     settings: Settings, ceiling: bool = True) -> list[dict]:
     """All rows (arms and comparisons, p_adj still empty) of one target for the given groups.
 
@@ -328,9 +380,34 @@ def _evaluate_target(target, acts_ND, latents_NF, docs_N, groups, W_dec_FD, coun
     rows = ev.ceiling_rows() if ceiling else []
     for gid, members in groups.items():
         try:
-            rows += ev.group_rows(int(gid), members, W_dec_FD, counts_F, bins)
+            rows += ev.group_rows(gid, members, W_dec_FD, counts_F, bins)
         except ValueError as exc:  # e.g. a frequency bin too small for matched controls
             row = skipped_row(target.task, f"group {gid}: {exc}", ev.n, ev.n_docs)
-            row["group_id"] = int(gid)
+            row["group_id"] = gid
             rows.append(row)
     return rows
+
+
+def finalize(df, alpha: float):
+    """Benjamini–Hochberg over every tested comparison of the run, then the ``win`` flag (see the module docstring).
+
+    ``df`` is a DataFrame of rows from :func:`evaluate_target` (any number of targets and groups); it is
+    modified in place and returned.
+    """
+    import pandas as pd
+
+    from stats import bh_adjust
+
+    comp = (df["row_type"] == "comparison").to_numpy()
+    df["p_adj"] = np.nan
+    df.loc[comp, "p_adj"] = bh_adjust(df.loc[comp, "p_value"].to_numpy(np.float64))
+    sig = comp & (df["p_adj"] < alpha).to_numpy() & (df["estimate"] > 0).to_numpy()
+    arm_a = df["arm"].str.split("-vs-").str[0]
+    key = list(zip(df["task"], df["group_id"], arm_a, df["metric"]))
+    beats_chance = {k for k, ok, arm in zip(key, sig, df["arm"]) if ok and arm.endswith("-vs-chance")}
+    win = pd.Series(pd.NA, index=df.index, dtype="boolean")
+    tested = comp & df["p_value"].notna().to_numpy()
+    idx = np.flatnonzero(tested)
+    win.iloc[idx] = [bool(sig[i] and key[i] in beats_chance) for i in idx]
+    df["win"] = win
+    return df

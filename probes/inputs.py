@@ -1,7 +1,7 @@
 """Reading the co-occurrence stage's outputs (files only; no cooc internals).
 
 ``OUT/cooc/groups.csv``      one row per (latent, group): columns ``latent``, ``group_id`` (+ ``group_size``,
-                             ``structure`` when present); rows with a missing or negative group id are ignored.
+                             ``structure`` when present); group ids are read as strings; rows without one are ignored.
 ``OUT/cooc/occurrences.npy`` int64 firing count of every latent over the counted tokens.
 """
 
@@ -21,9 +21,9 @@ COOC_HINT = "run `python -m experiments.cooc` with the same config and --out fir
 
 @dataclass
 class CoocGroups:
-    members: dict[int, tuple[int, ...]]
+    members: dict[str, tuple[int, ...]]
     """group id -> member latents (sorted)."""
-    structure: dict[int, str]
+    structure: dict[str, str]
     counts_F: np.ndarray
     """Firing count of every latent (occurrences.npy)."""
     n_tokens: int | None
@@ -33,7 +33,7 @@ class CoocGroups:
     def d_sae(self) -> int:
         return len(self.counts_F)
 
-    def sizes(self) -> dict[int, int]:
+    def sizes(self) -> dict[str, int]:
         return {g: len(m) for g, m in self.members.items()}
 
 
@@ -46,7 +46,7 @@ def read_cooc(folder: str | Path) -> CoocGroups:
         raise ConfigError("cooc", f"{folder} has no {' or '.join(missing)}: the co-occurrence stage has not run for this "
                           f"output folder; {COOC_HINT}")
     try:
-        df = pd.read_csv(gpath)
+        df = pd.read_csv(gpath, dtype={"group_id": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ConfigError("cooc", f"{gpath} is not a readable CSV ({type(exc).__name__}); {COOC_HINT}") from None
     need = {"latent", "group_id"}
@@ -58,17 +58,18 @@ def read_cooc(folder: str | Path) -> CoocGroups:
     except (ValueError, OSError) as exc:
         raise ConfigError("cooc", f"{opath} is not a numpy array file ({exc}); {COOC_HINT}") from None
     counts = np.asarray(counts).astype(np.int64).ravel()
-    df = df[pd.to_numeric(df["group_id"], errors="coerce").notna()]
-    df = df.assign(group_id=df["group_id"].astype(np.int64), latent=df["latent"].astype(np.int64))
-    df = df[df["group_id"] >= 0]
+    df = df[df["group_id"].notna()]
+    df = df.assign(group_id=df["group_id"].astype(str).str.strip(), latent=pd.to_numeric(df["latent"], errors="coerce"))
+    df = df[(df["group_id"] != "") & df["latent"].notna()]
+    df = df.assign(latent=df["latent"].astype(np.int64))
     bad = df[(df["latent"] < 0) | (df["latent"] >= len(counts))]
     if len(bad):
         raise ConfigError("cooc", f"{gpath} names latent {int(bad['latent'].iloc[0])} but occurrences.npy has {len(counts)} "
                           f"latents; the files come from different runs; {COOC_HINT}")
-    members = {int(g): tuple(sorted(set(int(x) for x in sub["latent"]))) for g, sub in df.groupby("group_id", sort=True)}
+    members = {str(g): tuple(sorted(set(int(x) for x in sub["latent"]))) for g, sub in df.groupby("group_id", sort=True)}
     structure = {}
     if "structure" in df.columns:
-        structure = {int(g): str(sub["structure"].iloc[0]) for g, sub in df.groupby("group_id", sort=True)}
+        structure = {str(g): str(sub["structure"].iloc[0]) for g, sub in df.groupby("group_id", sort=True)}
     n_tokens = None
     for mpath in (folder / "manifest.json", folder.parent / "manifest.json"):
         if mpath.exists():

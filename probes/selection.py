@@ -23,7 +23,7 @@ def enrichment_table(group_ids, sizes, task_fires_G, other_fires_G, n_task: int,
     task = np.asarray(task_fires_G, dtype=np.float64)
     other = np.asarray(other_fires_G, dtype=np.float64)
     df = pd.DataFrame({
-        "group_id": np.asarray(group_ids, dtype=np.int64),
+        "group_id": list(group_ids),
         "group_size": np.asarray(sizes, dtype=np.int64),
         "task_fires": task.astype(np.int64),
         "other_fires": other.astype(np.int64),

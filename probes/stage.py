@@ -18,15 +18,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from probes.dataset import build_probe_data, firing_threshold_F
-from probes.evaluate import COLUMNS, Settings, evaluate_target, skipped_row
+from probes.dataset import build_probe_data, decoder_as_applied, firing_threshold_F
+from probes.evaluate import COLUMNS, Settings, evaluate_target, finalize, skipped_row
 from probes.inputs import read_cooc
 from probes.plots import group_pca_figure
 from probes.selection import enrichment_table, select_groups
 from probes.targets import url_targets, word_sense_targets
 from sources.errors import ConfigError
 from sources.files import atomic_path, write_json
-from stats import bh_adjust
 
 log = logging.getLogger("probes")
 
@@ -47,6 +46,17 @@ def run_probes(cfg, cooc_dir: str | Path, out_dir: str | Path, progress: bool = 
     out_dir = Path(out_dir)
     pc = cfg.probes
     cooc = read_cooc(cooc_dir)
+    sizes = cooc.sizes()
+    if pc.groups == "auto":
+        cand = {g: m for g, m in cooc.members.items() if pc.min_group_size <= len(m) <= pc.max_group_size}
+    else:  # checked before any model is loaded
+        unknown = [g for g in pc.groups if g not in cooc.members]
+        if unknown:
+            known = sorted(cooc.members)
+            shown = ", ".join(known[:3]) + (", ..." if len(known) > 3 else "") if known else "none"
+            raise ConfigError("probes.groups", f"group id(s) {unknown} are not in {cooc.folder}/groups.csv "
+                              f"({len(known)} groups, e.g. {shown})")
+        cand = {g: cooc.members[g] for g in pc.groups}
     if model is None or sae is None:
         from sources.session import open_session
 
@@ -56,18 +66,8 @@ def run_probes(cfg, cooc_dir: str | Path, out_dir: str | Path, progress: bool = 
     if cooc.d_sae != d_sae:
         raise ConfigError("cooc", f"{cooc.folder}/occurrences.npy has {cooc.d_sae} latents but the configured SAE has {d_sae}; "
                           "the cooc outputs belong to another SAE: rerun `python -m experiments.cooc` with this config")
-    W_dec = sae.W_dec.detach().float().cpu().numpy()
+    W_dec = decoder_as_applied(sae)
     thr = firing_threshold_F(cfg.cooc, sae, d_sae)
-    sizes = cooc.sizes()
-    if pc.groups == "auto":
-        cand = {g: m for g, m in cooc.members.items() if pc.min_group_size <= len(m) <= pc.max_group_size}
-    else:
-        unknown = [g for g in pc.groups if g not in cooc.members]
-        if unknown:
-            known = sorted(cooc.members)
-            shown = f"{known[0]}..{known[-1]}" if known else "none"
-            raise ConfigError("probes.groups", f"group id(s) {unknown} are not in {cooc.folder}/groups.csv (ids: {shown})")
-        cand = {g: cooc.members[g] for g in pc.groups}
     settings = Settings.from_config(pc, cfg.seed)
 
     rows: list[dict] = []
@@ -80,6 +80,9 @@ def run_probes(cfg, cooc_dir: str | Path, out_dir: str | Path, progress: bool = 
         data, report = build_probe_data(family, cfg, model, sae, cand, thr, progress)
         fam.update(report)
         timings[f"{family}_dataset_s"] = round(time.perf_counter() - t_task, 2)
+        log.info("probes: %s: %s task tokens from %s documents (%s windows, %s tokens through the model) in %.0f s", family,
+                 report.get("task_tokens", 0), report.get("documents", 0), report.get("windows", 0),
+                 report.get("window_tokens", 0), timings[f"{family}_dataset_s"])
         if data is None or data.n == 0:
             what = "URL" if family == "url_position" else "labelled ambiguous-word occurrence"
             reason = (f"no {what} found in the scanned documents of the corpus ({report.get('candidate_documents', 0)} "
@@ -89,7 +92,7 @@ def run_probes(cfg, cooc_dir: str | Path, out_dir: str | Path, progress: bool = 
             log.warning("probes: %s skipped: %s", family, reason)
             continue
 
-        table = enrichment_table(data.group_ids, [sizes[int(g)] for g in data.group_ids], data.task_fires_G, data.other_fires_G,
+        table = enrichment_table(data.group_ids, [sizes[g] for g in data.group_ids], data.task_fires_G, data.other_fires_G,
                                  data.n, data.n_other)
         if pc.groups == "auto":
             chosen = select_groups(table, pc.n_groups, pc.min_count, pc.min_group_size, pc.max_group_size)
@@ -97,9 +100,9 @@ def run_probes(cfg, cooc_dir: str | Path, out_dir: str | Path, progress: bool = 
             chosen = table.set_index("group_id").loc[list(pc.groups)].reset_index()
         table.insert(0, "task", family)
         table["selected"] = table["group_id"].isin(chosen["group_id"])
-        table["structure"] = [cooc.structure.get(int(g), "") for g in table["group_id"]]
+        table["structure"] = [cooc.structure.get(g, "") for g in table["group_id"]]
         tables.append(table)
-        probe_groups = {int(g): cand[int(g)] for g in chosen["group_id"]}
+        probe_groups = {str(g): cand[str(g)] for g in chosen["group_id"]}
         fam["selected_groups"] = chosen.to_dict(orient="records")
         if not probe_groups:
             reason = (f"no group fires on at least {pc.min_count} of the {data.n} task tokens (probes.min_count) within sizes "
@@ -132,15 +135,13 @@ def run_probes(cfg, cooc_dir: str | Path, out_dir: str | Path, progress: bool = 
         example_frames.append(ex)
         timings[f"{family}_total_s"] = round(time.perf_counter() - t_task, 2)
 
-    df = pd.DataFrame(rows, columns=COLUMNS)
+    df = finalize(pd.DataFrame(rows, columns=COLUMNS), pc.alpha)
     comp = (df["row_type"] == "comparison").to_numpy()
-    df.loc[comp, "p_adj"] = bh_adjust(df.loc[comp, "p_value"].to_numpy(np.float64))
-    df["group_id"] = df["group_id"].astype("Int64")
     df["group_size"] = df["group_size"].astype("Int64")
     _write_csv(df, out_dir / "results.csv")
     _write_csv(pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["task", "group_id"]), out_dir / "groups.csv")
     _write_csv(pd.concat(example_frames, ignore_index=True) if example_frames else pd.DataFrame(), out_dir / "examples.csv")
-    wins = df[comp & (df["p_adj"] < pc.alpha) & (df["estimate"] > 0)]
+    wins = df[df["win"].fillna(False).to_numpy(bool)]
     summary["alpha"] = pc.alpha
     summary["n_comparisons"] = int(np.isfinite(df.loc[comp, "p_value"].to_numpy(np.float64)).sum())
     summary["wins"] = wins.groupby("arm").size().to_dict() if len(wins) else {}
@@ -179,8 +180,8 @@ def _log_headline(df: pd.DataFrame) -> None:
     for task, sub in df[df["row_type"] == "arm"].groupby("task", sort=False):
         metric = "r2" if (sub["metric"] == "r2").any() else "auroc"
         s = sub[(sub["metric"] == metric) & sub["arm"].isin(arms)]
-        for gid, g in s.groupby(s["group_id"].fillna(-1), sort=False):
+        for gid, g in s.groupby(s["group_id"].fillna(""), sort=False):
             parts = ", ".join(f"{r.arm} {r.estimate:.3f}" for r in g.itertuples())
-            log.info("probes: %s %s%s: %s", task, metric, "" if gid == -1 else f" group {int(gid)}", parts)
+            log.info("probes: %s %s%s: %s", task, metric, f" group {gid}" if gid else "", parts)
     for r in df[df["row_type"] == "skipped"].itertuples():
         log.info("probes: skipped %s: %s", r.task, r.note)

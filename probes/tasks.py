@@ -97,42 +97,73 @@ def label_occurrences(text: str, lexicon: dict, window_words: int = 15) -> list[
     """Every whole-word occurrence of a lexicon word in ``text`` with its sense label.
 
     ``lexicon`` maps word -> object/dict with ``senses`` (sense -> cue words), ``exclude`` (phrases) and
-    optional ``window_before``/``window_after`` (words; default ``window_words``).
+    optional ``window_before``/``window_after`` (words; default ``window_words``). Words are runs of
+    ASCII letters, compared lowercased. Only the text around each occurrence is split into words, so
+    long documents cost little.
     """
-    words = [(m.group(0).lower(), m.start(), m.end()) for m in WORD_RE.finditer(text)]
-    if not words:
+    if not lexicon:
         return []
-    lower = [w for w, _, _ in words]
     out = []
-    for i, (w, ws, we) in enumerate(words):
-        entry = lexicon.get(w)
-        if entry is None:
-            continue
+    for m in lexicon_regex(lexicon).finditer(text):
+        w, ws, we = m.group(0).lower(), m.start(), m.end()
+        entry = lexicon[w]
         senses = _get(entry, "senses")
-        excl = _get(entry, "exclude") or []
+        excl = [p.lower().split() for p in (_get(entry, "exclude") or [])]
         before = _get(entry, "window_before")
         after = _get(entry, "window_after")
         before = window_words if before is None else before
         after = window_words if after is None else after
-        if _in_phrase(lower, i, w, excl):
+        reach = max([before, after] + [len(p) for p in excl])
+        left = _words_before(text, ws, reach)
+        right = _words_after(text, we, reach)
+        if _in_phrase([x for x, _ in left] + [w] + [x for x, _ in right], len(left), w, excl):
             out.append(Occurrence(w, ws, we, None, "excluded", (), ()))
             continue
-        ctx_before = range(max(0, i - before), i)
-        ctx_after = range(i + 1, min(len(words), i + 1 + after))
+        ctx_before = left[len(left) - before:] if before else []
+        ctx_after = right[:after]
         found: dict[str, list[int]] = {}
         cues = []
-        for j in list(ctx_before) + list(ctx_after):
+        for word, start in ctx_before + ctx_after:
             for sense, cue_words in senses.items():
-                if lower[j] in cue_words:
-                    found.setdefault(sense, []).append(j)
-                    cues.append(lower[j])
+                if word in cue_words:
+                    found.setdefault(sense, []).append(start)
+                    cues.append(word)
         if len(found) == 1:
-            sense, idx = next(iter(found.items()))
-            starts = tuple(words[j][1] for j in idx if j < i)
-            out.append(Occurrence(w, ws, we, sense, "labelled", tuple(cues), starts))
+            sense, starts = next(iter(found.items()))
+            out.append(Occurrence(w, ws, we, sense, "labelled", tuple(cues), tuple(c for c in starts if c < ws)))
         else:
             out.append(Occurrence(w, ws, we, None, "no_cue" if not found else "both_senses", tuple(cues), ()))
     return out
+
+
+def _words_before(text: str, pos: int, n: int) -> list[tuple[str, int]]:
+    """The last ``n`` words (lowercased, with their start) ending before character ``pos``."""
+    if n <= 0:
+        return []
+    span = 16 * (n + 1)
+    while True:
+        start = max(0, pos - span)
+        found = [(m.group(0).lower(), m.start() + start) for m in WORD_RE.finditer(text, start, pos)]
+        if found and found[0][1] == start and start > 0 and text[start - 1].isascii() and text[start - 1].isalpha():
+            found = found[1:]  # the slice cut this word in two
+        if len(found) >= n or start == 0:
+            return found[-n:]
+        span *= 4
+
+
+def _words_after(text: str, pos: int, n: int) -> list[tuple[str, int]]:
+    """The first ``n`` words (lowercased, with their start) starting at or after character ``pos``."""
+    if n <= 0:
+        return []
+    span = 16 * (n + 1)
+    while True:
+        end = min(len(text), pos + span)
+        found = [(m.group(0).lower(), m.start()) for m in WORD_RE.finditer(text, pos, end)]
+        if found and found[-1][1] + len(found[-1][0]) == end and end < len(text) and text[end].isascii() and text[end].isalpha():
+            found = found[:-1]  # the slice cut this word in two
+        if len(found) >= n or end == len(text):
+            return found[:n]
+        span *= 4
 
 
 def _get(entry, key):
@@ -140,8 +171,7 @@ def _get(entry, key):
 
 
 def _in_phrase(lower: list[str], i: int, word: str, phrases) -> bool:
-    for phrase in phrases:
-        parts = phrase.lower().split()
+    for parts in phrases:
         for t, part in enumerate(parts):
             if part == word and i - t >= 0 and lower[i - t:i - t + len(parts)] == parts:
                 return True
@@ -156,6 +186,22 @@ def lexicon_regex(words) -> re.Pattern:
 
 def token_at_char(spans_L2: np.ndarray, char: int) -> int | None:
     """Index of the token whose span contains character ``char`` (None if no token does)."""
+    hit = tokens_at_chars(spans_L2, np.array([char]))[0]
+    return None if hit < 0 else int(hit)
+
+
+def tokens_at_chars(spans_L2: np.ndarray, chars) -> np.ndarray:
+    """For each character position, the index of the token whose span contains it, or -1.
+
+    Binary search over the token ends (offsets of a tokenised document are ordered).
+    """
     spans = np.asarray(spans_L2)
-    hit = np.flatnonzero((spans[:, 0] <= char) & (spans[:, 1] > char))
-    return int(hit[0]) if len(hit) else None
+    chars = np.asarray(chars, dtype=np.int64)
+    if len(spans) == 0:
+        return np.full(len(chars), -1, dtype=np.int64)
+    ends = np.maximum.accumulate(spans[:, 1])
+    idx = np.searchsorted(ends, chars, side="right")
+    ok = idx < len(spans)
+    idx_c = np.minimum(idx, len(spans) - 1)
+    ok &= (spans[idx_c, 0] <= chars) & (spans[idx_c, 1] > chars)
+    return np.where(ok, idx_c, -1)

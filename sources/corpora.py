@@ -121,13 +121,21 @@ def special_ids(tokenizer) -> tuple[int, int, set[int]]:
     return bos, pad, masked
 
 
-def iter_contexts(spec: DataSpec, tokenizer, min_tokens: int = 8) -> Iterator[Context]:
+def iter_contexts(spec: DataSpec, tokenizer, min_tokens: int = 8,
+                  shard: tuple[int, int] | None = None) -> Iterator[Context]:
     """Tokenise documents into contexts of ``spec.context_len`` until ``spec.max_tokens`` positions.
 
     A document's trailing piece shorter than ``min_tokens`` content tokens is dropped (unless it is the
     whole document). Documents held out by ``holdout_every`` are skipped, or with ``holdout_only``
     they are the only ones yielded.
+
+    ``shard=(rank, world_size)`` yields only the contexts whose ``index % world_size == rank`` (indices
+    and the ``max_tokens`` budget stay those of the whole stream), so the ranks of a distributed run see
+    disjoint shards whose union is exactly the single-process stream.
     """
+    rank, world = shard if shard is not None else (0, 1)
+    if not 0 <= rank < world:
+        raise ValueError(f"shard rank {rank} is outside 0..{world - 1}")
     bos, pad, masked = special_ids(tokenizer)
     body = spec.context_len - 1
     emitted = 0
@@ -153,7 +161,8 @@ def iter_contexts(spec: DataSpec, tokenizer, min_tokens: int = 8) -> Iterator[Co
             mask[1:1 + len(piece)] = ~np.isin(piece, list(masked))
             sp = np.full((spec.context_len, 2), -1, dtype=np.int32)
             sp[1:1 + len(piece)] = spans[start:start + body]
-            yield Context(index, doc_index, doc_id, tokens, mask, sp)
+            if index % world == rank:
+                yield Context(index, doc_index, doc_id, tokens, mask, sp)
             index += 1
             emitted += spec.context_len
             if emitted >= spec.max_tokens:

@@ -164,6 +164,7 @@ def train_sae(train: TrainSpec, model: LoadedModel, hook: HookSpec, data: DataSp
     """
     from sae_lens import SAE
     from sae_lens.config import LoggingConfig, SAETrainerConfig
+    from sae_lens.training import activation_scaler as scaler_module
     from sae_lens.training import sae_trainer as trainer_module
 
     _check_spec(train)
@@ -194,8 +195,6 @@ def train_sae(train: TrainSpec, model: LoadedModel, hook: HookSpec, data: DataSp
     provider = shuffled_activation_batches(model, hook, training_data(data), stream, train.batch_size,
                                            seed=train.seed, progress=progress, stats=stats)
     trainer = trainer_module.SAETrainer(trainer_cfg, sae, provider)
-    from sae_lens.training import activation_scaler as scaler_module
-
     quiet = contextlib.nullcontext() if progress else _quiet_bars(trainer_module, scaler_module)
     with quiet:
         trainer.fit()

@@ -81,22 +81,29 @@ def n_batches(data: DataSpec, stream: StreamSpec) -> int:
     return -(-(-(-data.max_tokens // data.context_len)) // stream.batch_size)
 
 
-def cache_dir_for(model: LoadedModel, hook: HookSpec, data: DataSpec, stream: StreamSpec) -> Path:
-    key = stable_hash({"model": model.identity, "hook": hook.model_dump(), "data": data.model_dump(),
-                       "batch_size": stream.batch_size, "version": 1})
-    return cache_root() / "activations" / key
+def cache_dir_for(model: LoadedModel, hook: HookSpec, data: DataSpec, stream: StreamSpec,
+                  shard: tuple[int, int] | None = None) -> Path:
+    spec = {"model": model.identity, "hook": hook.model_dump(), "data": data.model_dump(),
+            "batch_size": stream.batch_size, "version": 1}
+    if shard is not None and shard[1] > 1:
+        spec["shard"] = list(shard)  # a rank's batches hold other contexts than the whole stream's
+    return cache_root() / "activations" / stable_hash(spec)
 
 
 def iter_activation_batches(model: LoadedModel, data: DataSpec, hook: HookSpec, stream: StreamSpec,
-                            progress: bool = True) -> Iterator[ActivationBatch]:
-    """Stream activations batch by batch, through the on-disk cache when ``stream.cache`` is set."""
-    cache = cache_dir_for(model, hook, data, stream) if stream.cache else None
+                            progress: bool = True, shard: tuple[int, int] | None = None) -> Iterator[ActivationBatch]:
+    """Stream activations batch by batch, through the on-disk cache when ``stream.cache`` is set.
+
+    ``shard=(rank, world_size)``: only the contexts with ``index % world_size == rank`` (a distributed run).
+    """
+    cache = cache_dir_for(model, hook, data, stream, shard) if stream.cache else None
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
         write_json(cache / "spec.json", {"model": model.identity, "hook": hook.model_dump(), "data": data.model_dump()})
-    bar = tqdm(total=data.max_tokens, unit="tok", desc=f"stream L{hook.layer}.{hook.site}", disable=not (progress and stream.progress),
+    world = shard[1] if shard is not None else 1
+    bar = tqdm(total=-(-data.max_tokens // world), unit="tok", desc=f"stream L{hook.layer}.{hook.site}", disable=not (progress and stream.progress),
                mininterval=2.0)
-    for b, contexts in enumerate(batched(iter_contexts(data, model.tokenizer), stream.batch_size)):
+    for b, contexts in enumerate(batched(iter_contexts(data, model.tokenizer, shard=shard), stream.batch_size)):
         tokens_BL = torch.from_numpy(np.stack([c.tokens_L for c in contexts]))
         mask_BL = torch.from_numpy(np.stack([c.mask_L for c in contexts]))
         shard = cache / f"batch_{b:06d}.pt" if cache is not None else None
@@ -130,9 +137,9 @@ def to_csr(latents_NF: torch.Tensor) -> sp.csr_matrix:
 
 
 def iter_latents(model: LoadedModel, sae, data: DataSpec, hook: HookSpec, stream: StreamSpec,
-                 progress: bool = True) -> Iterator[LatentBatch]:
-    """SAE latents of every unmasked position, as sparse batches."""
-    for batch in iter_activation_batches(model, data, hook, stream, progress):
+                 progress: bool = True, shard: tuple[int, int] | None = None) -> Iterator[LatentBatch]:
+    """SAE latents of every unmasked position, as sparse batches (``shard``: see iter_activation_batches)."""
+    for batch in iter_activation_batches(model, data, hook, stream, progress, shard):
         mask = batch.mask_BL
         b_idx, pos = mask.nonzero(as_tuple=True)
         ctx_index = np.array([c.index for c in batch.contexts])[b_idx.numpy()]
@@ -140,12 +147,15 @@ def iter_latents(model: LoadedModel, sae, data: DataSpec, hook: HookSpec, stream
         yield LatentBatch(to_csr(latents), ctx_index, pos.numpy())
 
 
-def iter_latent_batches(cfg, progress: bool = True) -> Iterator[LatentBatch]:
-    """SAE latents over the corpus of an experiment config (model, hook, sae, data, stream sections)."""
+def iter_latent_batches(cfg, progress: bool = True, shard: tuple[int, int] | None = None) -> Iterator[LatentBatch]:
+    """SAE latents over the corpus of an experiment config (model, hook, sae, data, stream sections).
+
+    ``shard=(rank, world_size)``: only that rank's contexts (``index % world_size == rank``).
+    """
     from sources.session import open_session
 
     s = open_session(cfg, progress)
-    yield from iter_latents(s.model, s.sae, cfg.data, cfg.hook, cfg.stream, progress)
+    yield from iter_latents(s.model, s.sae, cfg.data, cfg.hook, cfg.stream, progress, shard)
 
 
 def sae_thresholds(cfg) -> np.ndarray | None:

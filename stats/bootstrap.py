@@ -6,12 +6,13 @@ counts that the vectorised metrics in :mod:`stats.metrics` consume directly. The
 is used for every arm evaluated on the same tokens, which makes arm-vs-arm comparisons paired.
 
 Intervals are percentile intervals. The paired one-sided test of "A is better than B" takes the
-observed difference d and the replicate differences d*_b and, by default (``method="normal"``),
-returns ``p = 1 - Phi(d / se)`` with ``se`` the bootstrap standard deviation of d* inflated by
-``sqrt(G / (G - 1))`` for G documents (the bootstrap's small-sample variance deficit). Unlike the
+observed difference d and the replicate differences d*_b and, by default (``method="t"``), returns
+``p = P(T > d / se)`` for a Student t with ``G - 1`` degrees of freedom, ``se`` being the bootstrap
+standard deviation of d* inflated by ``sqrt(G / (G - 1))`` for G documents (the bootstrap's
+small-sample variance deficit). ``method="normal"`` uses the normal tail instead. Unlike the
 count-based shifted-null p-value (``method="shifted"``, Hall & Wilson 1991:
-``p = (1 + #{d*_b - d >= d}) / (1 + B)``), it is not floored at ``1 / (B + 1)``, which matters when
-Benjamini–Hochberg corrects over hundreds of comparisons.
+``p = (1 + #{d*_b - d >= d}) / (1 + B)``), these are not floored at ``1 / (B + 1)``, which matters
+when Benjamini–Hochberg corrects over hundreds of comparisons.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import norm
+from scipy.stats import norm, t as student_t
 
 
 def cluster_bootstrap_weights(clusters_N, n_boot: int, rng: np.random.Generator) -> np.ndarray:
@@ -73,15 +74,16 @@ def estimate_with_ci(estimate: float, samples_B, level: float = 0.95) -> Estimat
 
 
 def paired_test(est_a: float, samples_a_B, est_b: float, samples_b_B, higher_is_better: bool = True,
-                level: float = 0.95, n_clusters: int | None = None, method: str = "normal") -> Comparison:
+                level: float = 0.95, n_clusters: int | None = None, method: str = "t") -> Comparison:
     """One-sided paired bootstrap test of "A is better than B" on the same replicates.
 
     ``samples_a_B`` and ``samples_b_B`` must come from the same bootstrap weights. Replicates where
-    either value is undefined are dropped. ``n_clusters`` (documents) enables the sqrt(G/(G-1))
-    correction of the normal method. The p-value is NaN when the observed difference is undefined.
+    either value is undefined are dropped. ``n_clusters`` (documents) sets the t test's degrees of
+    freedom and the sqrt(G/(G-1)) correction (without it: normal tail, no correction). The p-value is
+    NaN when the observed difference is undefined or has no bootstrap variation.
     """
-    if method not in ("normal", "shifted"):
-        raise ValueError(f"method must be 'normal' or 'shifted', got {method!r}")
+    if method not in ("t", "normal", "shifted"):
+        raise ValueError(f"method must be 't', 'normal' or 'shifted', got {method!r}")
     sign = 1.0 if higher_is_better else -1.0
     d = sign * (float(est_a) - float(est_b))
     a = np.asarray(samples_a_B, dtype=np.float64)
@@ -102,6 +104,8 @@ def paired_test(est_a: float, samples_a_B, est_b: float, samples_b_B, higher_is_
     if se <= 1e-12 * max(1.0, abs(d)):
         # no sampling variation (e.g. identical predictions, or a single document): the test is undefined
         p = float("nan")
+    elif method == "t" and n_clusters is not None and n_clusters > 1:
+        p = float(student_t.sf(d / se, df=n_clusters - 1))
     else:
         p = float(norm.sf(d / se))
     return Comparison(d, lo, hi, p, int(db.size))

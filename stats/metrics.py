@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-import scipy.sparse as sp
 
 REGRESSION_METRICS: tuple[str, ...] = ("r2", "spearman")
 CLASSIFICATION_METRICS: tuple[str, ...] = ("accuracy", "auroc", "log_loss")
@@ -72,25 +71,27 @@ def r2(y_N, pred_N, w=None):
     return _out(out, single)
 
 
-def _unique_onehot(v: np.ndarray) -> tuple[sp.csr_matrix, int]:
-    """Sparse one-hot [N, U] of the sorted unique values of ``v``."""
-    uniq, inv = np.unique(v, return_inverse=True)
-    n = len(v)
-    M = sp.csr_matrix((np.ones(n), (np.arange(n), inv)), shape=(n, len(uniq)))
-    return M, inv
+def _sum_by_value(v: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(S_BU, inv_N)``: for each replicate, the total weight of each distinct value of ``v`` (ascending)."""
+    order = np.argsort(v, kind="stable")
+    sv = v[order]
+    starts = np.flatnonzero(np.r_[True, sv[1:] != sv[:-1]])
+    inv = np.empty(len(v), dtype=np.int64)
+    inv[order] = np.cumsum(np.r_[True, sv[1:] != sv[:-1]]) - 1
+    S = np.add.reduceat(W[:, order], starts, axis=1) if len(v) else np.zeros((W.shape[0], 0))
+    return S, inv
 
 
 def _weighted_ranks(v: np.ndarray, W: np.ndarray) -> np.ndarray:
     """Average ranks (1-based, ties share the mean rank) of ``v`` in the multiset weighted by each row of W."""
-    M, inv = _unique_onehot(v)
-    Wu = np.asarray((M.T.tocsr() @ W.T).T)  # weight of each unique value, per replicate [B, U]
+    Wu, inv = _sum_by_value(v, W)  # weight of each unique value, per replicate [B, U]
     below = np.cumsum(Wu, axis=1) - Wu
     rank_U = below + (Wu + 1.0) / 2.0
     return rank_U[:, inv]
 
 
 def _weighted_pearson(a_BN: np.ndarray, b_BN: np.ndarray, W: np.ndarray) -> np.ndarray:
-    sw = W.sum(1, keepdims=True)
+    sw = np.maximum(W.sum(1, keepdims=True), 1e-300)
     am = (W * a_BN).sum(1, keepdims=True) / sw
     bm = (W * b_BN).sum(1, keepdims=True) / sw
     da, db = a_BN - am, b_BN - bm
@@ -142,10 +143,8 @@ def auroc(y_N, score_N, w=None):
     if not np.isin(y, (0.0, 1.0)).all():
         raise ValueError("auroc needs binary labels 0/1")
     W, single = _weights(w, len(y))
-    M, _ = _unique_onehot(s)
-    MT = M.T.tocsr()
-    pos_BU = np.asarray((MT @ (W * y).T).T)
-    neg_BU = np.asarray((MT @ (W * (1 - y)).T).T)
+    pos_BU, _ = _sum_by_value(s, W * y)
+    neg_BU, _ = _sum_by_value(s, W * (1 - y))
     neg_below = np.cumsum(neg_BU, axis=1) - neg_BU
     num = (pos_BU * (neg_below + 0.5 * neg_BU)).sum(1)
     den = pos_BU.sum(1) * neg_BU.sum(1)

@@ -26,7 +26,10 @@ import scipy.sparse as sp
 def as_numpy(x) -> np.ndarray:
     """numpy view of an array-like or a (possibly GPU, possibly grad-tracking) torch tensor."""
     if hasattr(x, "detach"):
-        x = x.detach().float().cpu().numpy()
+        x = x.detach().cpu()
+        if x.dtype.is_floating_point and x.element_size() < 4:  # bfloat16 / float16 have no numpy twin
+            x = x.float()
+        x = x.numpy()
     return np.asarray(x)
 
 

@@ -1,0 +1,157 @@
+"""Co-occurrence stage: ``python -m experiments.cooc [CONFIG.yaml] [--set k=v ...] [--out DIR] [--fresh]``.
+
+Counts which SAE latents fire together (over the activation stream, or a precomputed CSR file with
+``activations: {source: file, path: acts.npz}``), tests every pair against chance with FDR control,
+finds latent groups and labels their structure. Writes ``OUT/cooc/`` (occurrences.npy, counts.npz,
+jaccard.npz, pairs.parquet, groups.csv, manifest.json). See docs/cooc.md.
+
+Scale-out: ``torchrun --nproc-per-node N -m experiments.cooc CONFIG.yaml`` (or several nodes) splits the
+input into disjoint shards, one per rank, and adds the partial counts on rank 0, which alone scores,
+groups and writes; the result is identical to a single process (cooc.distributed, docs/scaling.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from experiments.cli import build_config, entry_point, parser
+from experiments.config import ExperimentConfig
+from experiments.run import Run
+from sources.files import stable_hash
+
+log = logging.getLogger("experiments.cooc")
+
+STAGE = "cooc"
+STREAM_SECTIONS = ("seed", "model", "hook", "sae", "data", "activations", "cooc")
+FILE_SECTIONS = ("seed", "activations", "cooc")
+
+
+def _input(cfg: ExperimentConfig, progress: bool, shard: tuple[int, int] | None = None):
+    """(batches, d_sae or None, θ_F or None, description) for the configured activation source.
+
+    ``shard=(rank, world_size)``: only that rank's part (a file: a contiguous row range of the first
+    cooc.max_tokens rows; the stream: contexts with index % world_size == rank).
+    """
+    if cfg.activations.source == "file":
+        from cooc.inputs import iter_chunks, load_activations
+
+        path = Path(cfg.activations.path)
+        acts_TF = load_activations(path, cfg.cooc.d_sae)
+        info = {"source": "file", "path": str(path), "shape": list(acts_TF.shape), "nnz": int(acts_TF.nnz)}
+        if shard is not None:
+            from cooc.distributed import row_range
+
+            n_rows = acts_TF.shape[0] if cfg.cooc.max_tokens is None else min(acts_TF.shape[0], cfg.cooc.max_tokens)
+            start, stop = row_range(n_rows, *shard)
+            acts_TF = acts_TF[start:stop]
+        return iter_chunks(acts_TF, cfg.cooc.chunk_tokens), acts_TF.shape[1], None, info
+    from sources.stream import iter_latent_batches, sae_thresholds
+
+    theta_F = sae_thresholds(cfg) if cfg.cooc.use_sae_threshold else None
+    d_sae = None if theta_F is None else theta_F.shape[0]
+    if shard is not None and d_sae is None:
+        from sources.session import open_session
+
+        d_sae = open_session(cfg, progress).d_sae  # a rank whose shard is empty still needs the width
+    return iter_latent_batches(cfg, progress, shard), d_sae, theta_F, {"source": "stream"}
+
+
+def stage_key(cfg: ExperimentConfig, run: Run) -> str:
+    """Hash of what the stage's result depends on (config sections; the input file's size and mtime)."""
+    if cfg.activations.source == "file":
+        path = Path(cfg.activations.path)
+        stat = path.stat() if path.exists() else None
+        fingerprint = [str(path.resolve()), stat.st_size, stat.st_mtime_ns] if stat else None
+        return stable_hash({"sections": run.stage_key(*FILE_SECTIONS), "file": fingerprint})
+    return stable_hash({"sections": run.stage_key(*STREAM_SECTIONS)})
+
+
+def cooc_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, force: bool = False) -> Path:
+    """Run (or reuse) the co-occurrence stage of ``run``; returns its folder ``run.out / "cooc"``."""
+    from cooc.run import run_cooc
+
+    key = stage_key(cfg, run)
+    if not force and run.is_done(STAGE, key):
+        log.info("cooc: up to date in %s (use --fresh to recompute)", run.out / STAGE)
+        return run.out / STAGE
+    batches, d_sae, theta_F, info = _input(cfg, progress)
+    with run.stage(STAGE, key) as folder:
+        result = run_cooc(batches, d_sae, cfg.cooc, folder, progress=progress, seed=cfg.seed, theta_F=theta_F,
+                          extra={"input": info, "cache_key": key})
+    log.info("cooc: %d tokens, %d tested latents, %d edges, %d groups (%s) -> %s", result.n_tokens,
+             result.manifest["n_tested_latents"], result.manifest["n_edges"], len(result.groups), cfg.cooc.method,
+             folder)
+    return folder
+
+
+def cooc_stage_distributed(cfg: ExperimentConfig, out: Path, d, fresh: bool = False,
+                           progress: bool = True) -> Path | None:
+    """One rank of ``torchrun ... -m experiments.cooc``: count this rank's shard, add all counts on rank 0,
+    which alone scores, groups and writes ``out / "cooc"`` (returned there; None on other ranks).
+    ``d``: the :class:`cooc.distributed.Dist` of this process."""
+    import time
+
+    from cooc.distributed import raise_if_any_failed, broadcast, reduce_counter
+    from cooc.run import analyse, count
+    from sources.errors import ConfigError
+
+    run = key = reuse = error = None
+    if d.is_main:
+        try:
+            run = Run(out, cfg.model_dump(mode="json"), fresh=fresh)
+            key = stage_key(cfg, run)
+            reuse = not fresh and run.is_done(STAGE, key)
+        except ConfigError as exc:
+            error = (exc.field, exc.message)
+    key, reuse, error = broadcast((key, reuse, error), d)
+    if error is not None:
+        raise ConfigError(*error)
+    if reuse:
+        if d.is_main:
+            log.info("cooc: up to date in %s (use --fresh to recompute)", out / STAGE)
+        return out / STAGE if d.is_main else None
+    if cfg.cooc.max_tokens is not None and cfg.activations.source == "stream" and d.is_main:
+        log.warning("cooc: cooc.max_tokens with a sharded stream caps each rank, so the tokens counted differ "
+                    "from a single process; bound the stream with data.max_tokens instead")
+    start, error, counter, info = time.time(), None, None, {}
+    try:
+        batches, d_sae, theta_F, info = _input(cfg, progress and d.is_main, d.shard)
+        counter = count(batches, d_sae, cfg.cooc, theta_F, progress and d.is_main, allow_empty=True)
+    except ConfigError as exc:
+        error = exc
+    raise_if_any_failed(error, d)
+    counter = reduce_counter(counter, d)
+    if not d.is_main:
+        return None
+    info = {**info, "world_size": d.world_size, "backend": d.backend}
+    with run.stage(STAGE, key) as folder:
+        result = analyse(counter, cfg.cooc, folder, seed=cfg.seed, extra={"input": info, "cache_key": key},
+                         start=start)
+    log.info("cooc: %d tokens on %d ranks, %d tested latents, %d edges, %d groups (%s) -> %s", result.n_tokens,
+             d.world_size, result.manifest["n_tested_latents"], result.manifest["n_edges"], len(result.groups),
+             cfg.cooc.method, folder)
+    return folder
+
+
+@entry_point
+def main(argv: list[str] | None = None) -> None:
+    args = parser("python -m experiments.cooc", __doc__.splitlines()[0]).parse_args(argv)
+    cfg = build_config(ExperimentConfig, args.config, args.overrides)
+    out = Path(args.out or cfg.out)
+    from cooc.distributed import init_from_env, shutdown
+
+    d = init_from_env()
+    if d is not None:
+        try:
+            cooc_stage_distributed(cfg, out, d, fresh=args.fresh, progress=not args.quiet)
+        finally:
+            shutdown()
+        return
+    run = Run(out, cfg.model_dump(mode="json"), fresh=args.fresh)
+    cooc_stage(cfg, run, progress=not args.quiet, force=args.fresh)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Intervene on latent groups: ``python -m experiments.interventions [CONFIG.yaml] [--set k=v ...] [--out DIR] [--fresh]``.
+
+Needs the co-occurrence stage's outputs in the same output folder (``OUT/cooc/groups.csv``); writes
+``OUT/interventions/`` (effects.csv, arms.csv, verdicts.csv, summary.json) and ``OUT/verdicts.csv``.
+See docs/interventions.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from experiments.cli import build_config, entry_point, parser
+from experiments.config import ExperimentConfig
+from experiments.run import Run
+from sources.errors import ConfigError
+from sources.files import atomic_path, read_json, stable_hash, write_json
+
+log = logging.getLogger("experiments.interventions")
+
+STAGE = "interventions"
+SECTIONS = ("seed", "model", "hook", "sae", "data", "cooc", "interventions")  # not stream: results do not depend on it
+COOC_HINT = "run python -m experiments.steer (or python -m experiments.cooc) with the same config and --out first"
+
+
+def interventions_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, force: bool = False) -> Path | None:
+    """Run (or reuse) the interventions stage of ``run``; returns its folder ``run.out / "interventions"``
+    (None when ``interventions.enabled`` is false).
+
+    Needs ``run.out/cooc/groups.csv`` (ConfigError otherwise, before any model is loaded). Writes
+    ``interventions/effects.csv``, ``interventions/arms.csv``, ``interventions/verdicts.csv``,
+    ``interventions/summary.json`` and a copy of the verdicts at ``run.out/verdicts.csv``. Reused when
+    neither the config sections it depends on nor the cooc stage changed; ``force`` recomputes it.
+    """
+    icfg = cfg.interventions
+    if not icfg.enabled:
+        log.info("interventions: disabled (interventions.enabled: false)")
+        return None
+    from interventions.pipeline import read_groups, select_groups
+
+    cooc_dir = run.out / "cooc"
+    groups_df = read_groups(cooc_dir / "groups.csv")
+    cooc_key = run.manifest["stages"].get("cooc", {}).get("key")
+    key = stable_hash({"sections": run.stage_key(*SECTIONS), "cooc": cooc_key})
+    folder = run.out / STAGE
+    if not force and run.is_done(STAGE, key) and (folder / "effects.csv").exists() and (run.out / "verdicts.csv").exists():
+        log.info("interventions: up to date in %s (use --fresh to recompute)", folder)
+        return folder
+    select_groups(groups_df, icfg, source=str(cooc_dir / "groups.csv"))  # bad ids fail before the model loads
+
+    from interventions.pipeline import run_interventions
+    from probes.dataset import firing_threshold_F  # the cooc stage's firing rule, shared with probes
+    from sources.session import open_session
+
+    session = open_session(cfg, progress)
+    d_sae = session.d_sae
+    groups = select_groups(groups_df, icfg, d_sae=d_sae, source=str(cooc_dir / "groups.csv"))
+    occ = _occurrences(cooc_dir, d_sae)
+    with run.stage(STAGE, key) as folder:
+        result = run_interventions(session.model, session.sae, cfg.hook, cfg.data, cfg.stream, groups, icfg,
+                                   firing_threshold_F(cfg.cooc, session.sae, d_sae), occ_F=occ, seed=cfg.seed, progress=progress)
+        write_outputs(folder, result, icfg, run.out)
+    return folder
+
+
+def _occurrences(cooc_dir: Path, d_sae: int) -> np.ndarray | None:
+    path = cooc_dir / "occurrences.npy"
+    if not path.exists():
+        return None
+    occ = np.load(path)
+    if occ.shape != (d_sae,):
+        raise ConfigError("interventions", f"{path} has {occ.shape[0]} latents but the SAE has {d_sae}; {COOC_HINT}")
+    return occ
+
+
+def write_outputs(folder: Path, result, icfg, out: Path) -> None:
+    """Write the stage's files (each atomically); ``out/verdicts.csv`` last."""
+    folder = Path(folder)
+    with atomic_path(folder / "effects.csv") as tmp:
+        result.effects.to_csv(tmp, index=False)
+    with atomic_path(folder / "arms.csv") as tmp:
+        result.arms.to_csv(tmp, index=False)
+    summary = {
+        "n_groups": int(len(result.verdicts)),
+        "primary": {"mode": icfg.modes[0], "effect": icfg.primary_effect, "scope": "fires"},
+        "alpha": icfg.alpha,
+        "n_boot": icfg.n_boot,
+        "groups": [{"group_id": e.plan.group.group_id, "n_docs": e.n_docs, "n_contexts": e.n_contexts,
+                    "n_tokens_fires": e.n_tokens_fires, "n_arms": len(e.plan.arms),
+                    "group_norm": e.plan.group_norm, "tested_members": list(e.plan.tested_members),
+                    "random_groups": [list(r) for r in e.plan.random_groups], "control_frequency_bins": e.plan.control_bins, "doc_ids": e.doc_ids,
+                    "context_ids": e.context_ids, "context_lengths": e.context_lengths}
+                   for e in result.evals],
+    }
+    write_json(folder / "summary.json", summary)
+    if (result.effects["mode"] == "steer").any():
+        from interventions.report import plot_dose_response
+
+        with atomic_path(folder / "steering.png") as tmp:
+            plot_dose_response(result.effects, tmp)
+    with atomic_path(folder / "verdicts.csv") as tmp:
+        result.verdicts.to_csv(tmp, index=False)
+    with atomic_path(Path(out) / "verdicts.csv") as tmp:
+        result.verdicts.to_csv(tmp, index=False)
+
+
+@entry_point
+def main(argv: list[str] | None = None) -> None:
+    args = parser("python -m experiments.interventions", __doc__.splitlines()[0]).parse_args(argv)
+    cfg = build_config(ExperimentConfig, args.config, args.overrides)
+    out = Path(args.out or cfg.out)
+    if not (out / "manifest.json").exists():
+        raise ConfigError("out", f"{out} holds no run (no manifest.json); {COOC_HINT}")
+    config = cfg.model_dump(mode="json")
+    try:
+        old = read_json(out / "manifest.json").get("config", {})
+    except (ValueError, OSError):
+        old = {}
+    changed = [s for s in ("model", "hook", "sae", "data", "cooc") if s in old and old.get(s) != config.get(s)]
+    if changed:
+        raise ConfigError(changed[0], f"differs from the run in {out} (sections changed: {', '.join(changed)}), so its "
+                                      f"cooc outputs do not match this config; {COOC_HINT}, or use the run's own config")
+    run = Run(out, config)
+    if not run.manifest["stages"].get("cooc", {}).get("complete"):
+        raise ConfigError("cooc", f"{out} has no finished co-occurrence stage; {COOC_HINT}")
+    folder = interventions_stage(cfg, run, progress=not args.quiet, force=args.fresh)
+    if folder is not None:
+        from interventions.report import render_report
+
+        sys.stdout.write(render_report(out))
+        log.info("done: %s", folder / "effects.csv")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

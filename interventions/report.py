@@ -1,0 +1,148 @@
+"""The interventions section of ``OUT/report.md``: :func:`render_report` reads the stage's CSVs and
+says in a minute's reading what the verdicts are (definitions in docs/interventions.md)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+EFFECT_WORDS = {
+    "kl_per_norm": "KL divergence from the clean next-token distribution per unit of residual norm removed",
+    "ce_per_norm": "next-token cross-entropy increase per unit of residual norm removed",
+    "kl": "KL divergence from the clean next-token distribution",
+    "ce": "next-token cross-entropy increase",
+}
+
+
+def _g(x, digits: int = 3) -> str:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return "n/a"
+    if not math.isfinite(x):
+        return "n/a"
+    return f"{x:.{digits}g}"
+
+
+def _p(x) -> str:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return "n/a"
+    if not math.isfinite(x):
+        return "n/a"
+    return "<0.001" if x < 1e-3 else f"{x:.3f}"
+
+
+def _count(v: pd.DataFrame, col: str, value: str) -> int:
+    return int((v[col].astype(str) == value).sum()) if col in v else 0
+
+
+def render_report(out_dir: str | Path) -> str:
+    """Markdown summarising ``OUT/verdicts.csv`` and ``OUT/interventions/effects.csv`` for a researcher."""
+    out = Path(out_dir)
+    vpath = out / "verdicts.csv"
+    if not vpath.exists():
+        return ("## Interventions\n\nNot run: no `verdicts.csv` in this folder (the interventions stage is disabled "
+                "or has not finished).\n")
+    v = pd.read_csv(vpath, dtype={"group_id": str, "best_single_latents": str})
+    epath = out / "interventions" / "effects.csv"
+    eff = pd.read_csv(epath, dtype={"group_id": str}) if epath.exists() else pd.DataFrame()
+    summary = {}
+    spath = out / "interventions" / "summary.json"
+    if spath.exists():
+        summary = json.loads(spath.read_text())
+    lines = ["## Interventions: are co-occurrence groups better units than single latents?", ""]
+    if v.empty:
+        lines += ["No group was evaluated (the cooc stage found no group of the requested size, or none fired in "
+                  "the scanned tokens).", ""]
+        return "\n".join(lines)
+    mode, effect = str(v["mode"].iloc[0]), str(v["effect"].iloc[0])
+    alpha = summary.get("alpha", 0.05)
+    n_cmp = int((eff["comparator"] != "clean").sum()) if not eff.empty else 0
+    n = len(v)
+    better = int(v["verdict"].astype(str).str.startswith("better unit").sum())
+    insufficient = int(v["verdict"].astype(str).str.startswith("insufficient").sum())
+    lines += [
+        f"{n} group(s) evaluated. Verdicts use the **{mode}** ablation and the {EFFECT_WORDS.get(effect, effect)} "
+        f"(`{effect}`), at the tokens where the group fires. \"Beats\" means the group's effect is larger, "
+        f"with a Benjamini-Hochberg adjusted p < {alpha} (over all {n_cmp} comparisons of the run) and a "
+        f"{100 * (1 - alpha):.0f}% document-bootstrap interval of the difference above 0.",
+        "",
+        f"- **{better} of {n}** are better units: they beat their best single latent *and* both matched controls.",
+        f"- {_count(v, 'beats_best_single', 'beats')} beat their best single latent "
+        f"(cross-fitted: chosen on one half of the documents, scored on the other); "
+        f"{_count(v, 'beats_best_single', 'loses')} are worse than it.",
+        f"- {_count(v, 'beats_random_groups', 'beats')} beat random latent groups matched on size and firing frequency; "
+        f"{_count(v, 'beats_random_directions', 'beats')} beat random directions removing the same norm.",
+    ]
+    if insufficient:
+        lines.append(f"- {insufficient} had too few evaluation documents for a verdict.")
+    lines += ["", "| group | size | structure | docs | verdict | group / best single | group - best single [CI] | "
+              "vs random groups | vs random directions | collateral KL |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in v.itertuples():
+        lines.append(
+            f"| {r.group_id} | {r.group_size} | {r.structure if isinstance(r.structure, str) else ''} | {r.n_docs} | {r.verdict} | "
+            f"{_g(r.ratio_vs_best_single)}x | {_g(r.diff_vs_best_single)} [{_g(r.ci_low_vs_best_single)}, "
+            f"{_g(r.ci_high_vs_best_single)}], p_adj {_p(r.p_adj_vs_best_single)} | {r.beats_random_groups} "
+            f"(p_adj {_p(r.p_adj_vs_random_groups)}) | {r.beats_random_directions} (p_adj {_p(r.p_adj_vs_random_directions)}) | "
+            f"{_g(r.collateral_kl)} |")
+    lines.append("")
+    for r in v.itertuples():
+        if not math.isfinite(float(r.group_estimate)):
+            continue
+        best = str(r.best_single_latents) if isinstance(r.best_single_latents, str) else "?"
+        words = (f"- **{r.group_id}** ({r.group_size} latents): {effect} = {_g(r.group_estimate)} where it fires, "
+                 f"vs {_g(r.best_single_estimate)} for its best single latent ({best.replace('|', ' or ')}). ")
+        other = str(r.beats_best_single_on) if isinstance(r.beats_best_single_on, str) and r.beats_best_single_on else ""
+        words += f"It beats that latent on: {other.replace(';', ', ')}." if other else "It beats that latent on no mode/effect."
+        steer = str(r.steer_beats_random_alphas) if isinstance(r.steer_beats_random_alphas, str) else ""
+        if steer:
+            words += f" Steering along its direction moves the output more than random directions of equal norm at {steer.replace(';', ', ')}."
+        lines.append(words)
+    lines += ["", "Per-arm effects, all modes, scopes (`fires` / `other` tokens = collateral damage) and the steering "
+              "dose-response over the alpha grid are in `interventions/effects.csv`; what each arm edited (including the "
+              "random control latents) in `interventions/arms.csv`. Definitions: docs/interventions.md.", ""]
+    return "\n".join(lines)
+
+
+def plot_dose_response(effects: pd.DataFrame, path: str | Path) -> Path | None:
+    """Steering dose-response figure: mean KL (and CE change) at the group's tokens vs alpha, per group,
+    for each group direction and for random directions of the same norm (95% bootstrap intervals)."""
+    steer = effects[(effects["comparator"] == "clean") & (effects["mode"] == "steer") & (effects["scope"] == "fires")]
+    if steer.empty:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(dict.fromkeys(steer["group_id"]))
+    fig, axes = plt.subplots(2, len(groups), figsize=(3.6 * len(groups), 5.4), squeeze=False, sharex=True)
+    for j, gid in enumerate(groups):
+        for i, eff in enumerate(("kl", "ce")):
+            ax = axes[i][j]
+            g = steer[(steer["group_id"] == gid) & (steer["effect"] == eff)]
+            for arm, sub in g.groupby("arm", sort=True):
+                sub = sub.sort_values("alpha")
+                ax.errorbar(sub["alpha"], sub["estimate"],
+                            yerr=[(sub["estimate"] - sub["ci_low"]).clip(lower=0), (sub["ci_high"] - sub["estimate"]).clip(lower=0)],
+                            marker="o", ms=3, capsize=2, label=arm.split(":", 1)[1],
+                            ls="--" if arm == "steer:random" else "-")
+            ax.axhline(0, color="0.7", lw=0.8)
+            ax.set_title(gid if i == 0 else "", fontsize=9)
+            ax.set_ylabel("KL (nats)" if eff == "kl" else "CE change (nats)", fontsize=8)
+            if i == 1:
+                ax.set_xlabel("alpha", fontsize=8)
+            ax.tick_params(labelsize=7)
+        axes[0][j].legend(fontsize=7)
+    fig.suptitle("Steering dose-response at the group's tokens (random: same norm)", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

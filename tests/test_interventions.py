@@ -1,0 +1,425 @@
+"""Interventions: exactness of the edits, batched arms, end-to-end effects, null calibration, bad input.
+
+Tiny random models (tests/tiny.py) and a tiny TopK SAE module with sae_lens's encode/decode/W_dec API,
+so everything runs in seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from interventions import edits as E
+from interventions.config import InterventionsConfig
+from interventions.evaluate import Arm, GroupEval, GroupSpec, Plan
+from interventions.forward import check_read_layer, multi_arm_logits, token_effects
+from interventions.pipeline import group_rows, read_groups, run_interventions, select_groups
+from interventions.stats import adjust_run, doc_sums, verdicts_frame
+from sources.config import DataSpec, HookSpec, StreamSpec
+from sources.errors import ConfigError
+from sources.patching import clean_logits, run_with_edits
+from tiny import tiny_corpus_file, tiny_model
+
+HOOK = HookSpec(layer=1, site="resid_post")
+
+
+class TinyTopKSAE(torch.nn.Module):
+    """A TopK SAE with sae_lens's inference API (encode, decode, W_dec [d_sae, d_in], b_dec, cfg)."""
+
+    def __init__(self, d_in: int = 32, d_sae: int = 48, k: int = 4, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        W = torch.randn(d_sae, d_in, generator=g)
+        W = W / W.norm(dim=-1, keepdim=True)
+        self.W_dec = torch.nn.Parameter(W.clone())
+        self.W_enc = torch.nn.Parameter(W.T.clone())
+        self.b_enc = torch.nn.Parameter(torch.zeros(d_sae))
+        self.b_dec = torch.nn.Parameter(0.01 * torch.randn(d_in, generator=g))
+        self.k = k
+        self.cfg = SimpleNamespace(d_in=d_in, d_sae=d_sae, normalize_activations="none", metadata={})
+
+    def encode(self, x):
+        pre = torch.relu((x - self.b_dec) @ self.W_enc + self.b_enc)
+        top = pre.topk(self.k, dim=-1)
+        return torch.zeros_like(pre).scatter(-1, top.indices, top.values)
+
+    def decode(self, f):
+        return f @ self.W_dec + self.b_dec
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return tiny_model("llama")
+
+
+@pytest.fixture(scope="module")
+def sae():
+    return TinyTopKSAE().eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def tokens(model):
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(4, len(model.tokenizer), (3, 24), generator=g)
+
+
+def test_ablating_nothing_and_steering_with_alpha_zero_give_the_clean_logits(model, sae, tokens):
+    clean = clean_logits(model, tokens)
+    nothing = run_with_edits(model, tokens, [(HOOK, E.sae_latent_edit(sae, [], "zero"))])
+    no_position = run_with_edits(model, tokens, [(HOOK, E.sae_latent_edit(
+        sae, [0, 1, 2], "mean", mean_K=torch.ones(3), positions=torch.zeros(tokens.shape, dtype=torch.bool)))])
+    v = torch.randn(model.d_model)
+    steered, _ = multi_arm_logits(model, HOOK, tokens, [E.as_edit_fn(lambda x: E.steer_delta(x, v, 0.0))] * 2)
+    for logits in (nothing, no_position, steered[0], steered[1]):
+        torch.testing.assert_close(logits, clean, atol=1e-5, rtol=0)
+
+
+def _next_block_input(model, tokens, run):
+    """Residual stream entering block 2 (= resid_post of block 1), captured by a plain PyTorch pre-hook."""
+    seen = {}
+
+    def grab(_module, args, kwargs):
+        seen["x"] = (args[0] if args else kwargs["hidden_states"]).detach().clone()
+
+    handle = model.hf.model.layers[2].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        run()
+    finally:
+        handle.remove()
+    return seen["x"]
+
+
+def test_a_zero_group_ablation_changes_the_residual_by_exactly_minus_the_members_decoder_contributions(model, sae, tokens):
+    with torch.no_grad():
+        x_clean = _next_block_input(model, tokens, lambda: model.hf(tokens))
+        f = sae.encode(x_clean)
+        counts = (f > 0).sum((0, 1))
+        group = counts.argsort(descending=True)[:3].tolist()  # latents that do fire here
+        x_edit = _next_block_input(model, tokens,
+                                   lambda: run_with_edits(model, tokens, [(HOOK, E.sae_latent_edit(sae, group, "zero"))]))
+        expected = -(f[..., group] @ sae.W_dec[group])
+    assert expected.abs().max() > 1e-2  # the edit is not trivially zero
+    torch.testing.assert_close(x_edit - x_clean, expected, atol=1e-5, rtol=0)
+
+
+def test_the_batched_multi_arm_forward_equals_the_arms_run_one_by_one(model, sae, tokens):
+    W = E.effective_decoder(sae)
+    basis = E.decoder_basis(W, [3, 5, 7])
+    mu = torch.randn(model.d_model)
+    v = torch.randn(model.d_model)
+    edits = [
+        E.sae_latent_edit(sae, [3, 5, 7], "zero"),
+        E.sae_latent_edit(sae, [5], "clamp", clamp_K=torch.tensor([4.0])),
+        E.as_edit_fn(lambda x: E.project_out_delta(x, basis)),
+        E.as_edit_fn(lambda x: E.mean_project_delta(x, basis, mu)),
+        E.as_edit_fn(lambda x: E.steer_delta(x, v, 3.0)),
+    ]
+    batched, _ = multi_arm_logits(model, HOOK, tokens, edits)
+    for a, edit in enumerate(edits):
+        one = run_with_edits(model, tokens, [(HOOK, edit)])
+        torch.testing.assert_close(batched[a], one, atol=1e-5, rtol=0)
+    assert not torch.allclose(batched[0], batched[4])
+
+
+def test_subspace_edits_do_what_their_names_say():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 7, 16, generator=g)
+    B = E.decoder_basis(torch.randn(4, 16, generator=g), [0, 1, 2])
+    proj = lambda y: (y @ B) @ B.T  # noqa: E731
+    assert proj(x + E.project_out_delta(x, B)).abs().max() < 1e-5
+    target = torch.tensor([1.0, -2.0, 0.5])
+    torch.testing.assert_close((x + E.set_coordinates_delta(x, B, target)) @ B, target.expand(5, 7, 3), atol=1e-5, rtol=0)
+    mu = torch.randn(16, generator=g)
+    torch.testing.assert_close(proj(x + E.mean_project_delta(x, B, mu)), proj(mu).expand_as(x), atol=1e-5, rtol=0)
+    ref = torch.randn(5, 7, 16, generator=g)
+    u = E.random_unit_vector(16, np.random.default_rng(0))
+    torch.testing.assert_close(E.norm_matched_delta(ref, u).norm(dim=-1), ref.norm(dim=-1), atol=1e-5, rtol=1e-5)
+
+
+def test_per_token_ce_and_kl_match_a_direct_computation():
+    g = torch.Generator().manual_seed(0)
+    clean, edited = torch.randn(2, 5, 11, generator=g), torch.randn(2, 5, 11, generator=g)
+    toks = torch.randint(0, 11, (2, 5), generator=g)
+    dce, kl = token_effects(torch.log_softmax(clean, -1), edited, toks)
+    p, q = torch.softmax(clean[1, 2], -1), torch.softmax(edited[1, 2], -1)
+    assert abs(kl[1, 2] - (p * (p / q).log()).sum()) < 1e-5
+    assert abs(dce[1, 2] - (-q[toks[1, 3]].log() + p[toks[1, 3]].log())) < 1e-5
+    assert (dce[:, -1] == 0).all() and (kl[:, -1] == 0).all()
+
+
+# ----------------------------------------------------------------------------------- end to end
+
+def _small_cfg(**kw) -> InterventionsConfig:
+    base = dict(modes=["zero"], max_members=2, n_controls=2, max_tokens=256, pool_tokens=2000, n_boot=200,
+                batch_size=16, min_docs=3, steering={"alphas": [0.0, 2.0], "n_random": 1})
+    base.update(kw)
+    return InterventionsConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return tiny_corpus_file(tmp_path_factory.mktemp("corpus"), n_docs=16)
+
+
+def _data(corpus):
+    return DataSpec(source="jsonl", path=str(corpus), context_len=32, max_tokens=4000), StreamSpec(batch_size=8, progress=False)
+
+
+def test_effects_match_an_independent_pytorch_computation_and_outputs_are_tidy(model, sae, corpus, tmp_path):
+    data, stream = _data(corpus)
+    group = GroupSpec("gtest", (0, 1, 2, 3), "clique")
+    icfg = _small_cfg()
+    thr = np.zeros(sae.cfg.d_sae, dtype=np.float32)
+    res = run_interventions(model, sae, HOOK, data, stream, [group], icfg, thr, seed=0, progress=False)
+    eff = res.effects
+    assert list(eff.columns[:12]) == ["group_id", "arm", "comparator", "mode", "alpha", "effect", "scope", "estimate",
+                                      "ci_low", "ci_high", "p_value", "p_adj"]
+    assert len(res.verdicts) == 1 and res.verdicts["group_id"].iloc[0] == "gtest"
+    assert {"group", "best_single", "random_groups", "random_directions", "steer:pc1", "steer:random"} <= set(eff["arm"])
+    # steering with alpha = 0 changes nothing
+    zero = eff[(eff["arm"] == "steer:pc1") & (eff["alpha"] == 0.0) & (eff["comparator"] == "clean")]
+    assert np.allclose(zero["estimate"], 0.0, atol=1e-6)
+
+    # independent recomputation of the group's mean KL where it fires: plain transformers forward + torch hook
+    ge = res.evals[0]
+    row = eff[(eff["arm"] == "group") & (eff["comparator"] == "clean") & (eff["effect"] == "kl") & (eff["scope"] == "fires")]
+    est = float(row["estimate"].iloc[0])
+    from sources.corpora import iter_contexts
+
+    contexts = [c for c in iter_contexts(data, model.tokenizer) if c.index in set(ge.context_ids)]
+    assert len(contexts) == ge.n_contexts
+    tokens = torch.from_numpy(np.stack([c.tokens_L for c in contexts]))
+    mask = torch.from_numpy(np.stack([c.mask_L for c in contexts]))
+    members = list(group.members)
+    block = model.hf.model.layers[HOOK.layer]
+
+    def ablate(_m, _inp, out):
+        h = out[0] if isinstance(out, tuple) else out
+        f = sae.encode(h)
+        fires = (f[..., members] > 0).any(-1) & mask
+        new = h - (f[..., members] * fires[..., None]) @ sae.W_dec[members]
+        return (new, *out[1:]) if isinstance(out, tuple) else new
+
+    with torch.no_grad():
+        lp_clean = torch.log_softmax(model.hf(tokens).logits.float(), -1)
+        handle = block.register_forward_hook(ablate)
+        try:
+            lp_edit = torch.log_softmax(model.hf(tokens).logits.float(), -1)
+        finally:
+            handle.remove()
+        h = {}
+        handle = block.register_forward_hook(lambda m, i, o: h.setdefault("x", o[0] if isinstance(o, tuple) else o))
+        model.hf(tokens)
+        handle.remove()
+        fires = (sae.encode(h["x"])[..., members] > 0).any(-1) & mask
+    kl = (lp_clean.exp() * (lp_clean - lp_edit)).sum(-1)
+    scored = torch.zeros_like(mask)
+    scored[:, :-1] = mask[:, :-1] & mask[:, 1:]
+    sel = scored & fires
+    assert int(sel.sum()) == int(row["n"].iloc[0])
+    assert abs(float(kl[sel].mean()) - est) <= 1e-4 * max(1.0, abs(est))
+
+    from experiments.interventions import write_outputs
+    from interventions.report import render_report
+
+    write_outputs(tmp_path / "interventions", res, icfg, tmp_path)
+    back = pd.read_csv(tmp_path / "interventions" / "effects.csv")
+    assert len(back) == len(eff)
+    assert pd.read_csv(tmp_path / "verdicts.csv").shape[0] == 1
+    text = render_report(tmp_path)
+    assert "gtest" in text and "better units" in text
+
+
+def test_a_group_whose_decoder_rows_are_zero_never_beats_anything(model, corpus):
+    sae = TinyTopKSAE(seed=3).eval().requires_grad_(False)
+    group = (0, 1, 2, 3, 4, 5)
+    sae.W_dec.data[list(group)] = 0.0
+    data, stream = _data(corpus)
+    icfg = _small_cfg(modes=["zero", "project_out"], primary_effect="kl")
+    res = run_interventions(model, sae, HOOK, data, stream, [GroupSpec("gnull", group)], icfg,
+                            np.zeros(sae.cfg.d_sae, dtype=np.float32), progress=False)
+    v = res.verdicts.iloc[0]
+    assert "beats" not in {v["beats_best_single"], v["beats_random_groups"], v["beats_random_directions"]}
+    assert not v["verdict"].startswith("better unit")
+    g = res.effects[(res.effects["arm"] == "group") & (res.effects["comparator"] == "clean") & (res.effects["mode"] == "zero")]
+    assert np.allclose(g["estimate"].fillna(0.0), 0.0)
+
+
+# ----------------------------------------------------------------------------------- null calibration
+
+def _synthetic_group(rng, effect_boost: float, n_boot: int) -> GroupEval:
+    """Per-token effects for a group, 3 members, 2 random groups and 2 random directions drawn from the same
+    distribution (plus ``effect_boost`` for the group), reduced through the same code path as real runs."""
+    n_docs = int(rng.integers(6, 25))
+    sizes = rng.integers(5, 40, n_docs)
+    doc_T = np.repeat(np.arange(n_docs), sizes)
+    doc_level = rng.normal(0, 0.3, n_docs)  # documents differ: tokens of a document are correlated
+
+    def arm(boost=0.0):
+        n = doc_T.shape[0]
+        target = rng.random(n) < 0.4
+        kl = np.abs(1.0 + doc_level[doc_T] + rng.standard_t(4, n) * 0.5) + boost * target
+        ce = rng.normal(0.2, 1.0, n) + doc_level[doc_T] + boost * target
+        norm = np.abs(rng.normal(2.0, 0.5, n)) * target
+        return doc_sums(doc_T, n_docs, target, {"ce": ce, "kl": kl}, norm)
+
+    sums = {("group", "zero", None): arm(effect_boost)}
+    members = (11, 12, 13)
+    for m in members:
+        sums[(f"member:{m}", "zero", None)] = arm()
+    for r in range(2):
+        sums[(f"random_group:{r}", "zero", None)] = arm()
+        sums[(f"random_direction:{r}", "zero", None)] = arm()
+    plan = Plan(GroupSpec(f"g{rng.integers(1 << 40):x}", members), [Arm("group", "group", "zero")], members,
+                [(1, 2, 3), (4, 5, 6)], {}, 1.0)
+    return GroupEval(plan, n_docs, [str(d) for d in range(n_docs)], sums, int(sizes.sum()), n_docs)
+
+
+def _run_of_groups(evals, icfg, rng):
+    """Effects (BH over the run, as the stage does) and verdicts of synthetic groups."""
+    rows, infos = [], []
+    for ge in evals:
+        r, info = group_rows(ge, icfg, rng, rng)
+        rows += r
+        infos.append(info)
+    eff = adjust_run(pd.DataFrame(rows).assign(p_adj=np.nan))
+    return eff, verdicts_frame(eff, infos, "zero", icfg.primary_effect, icfg.alpha, icfg.min_docs)
+
+
+def test_on_null_data_verdicts_show_wins_no_more_often_than_the_nominal_error_rate():
+    rng = np.random.default_rng(0)
+    icfg = InterventionsConfig(modes=["zero"], n_controls=2, n_boot=200, steering={"enabled": False}, min_docs=5)
+    comps = ("beats_best_single", "beats_random_groups", "beats_random_directions")
+    false_wins = null_trials = true_wins = true_trials = 0
+    raw_p = []
+    for _ in range(25):  # runs of 8 groups: 4 with a real effect (so BH has rejections to make), 4 null
+        evals = [_synthetic_group(rng, 1.0 if i < 4 else 0.0, icfg.n_boot) for i in range(8)]
+        eff, v = _run_of_groups(evals, icfg, rng)
+        null = v["group_id"].isin([e.plan.group.group_id for e in evals[4:]])
+        for comp in comps:
+            false_wins += int((v.loc[null, comp] == "beats").sum())
+            null_trials += int(null.sum())
+            true_wins += int((v.loc[~null, comp] == "beats").sum())
+            true_trials += int((~null).sum())
+        null_cmp = eff["group_id"].isin(v.loc[null, "group_id"]) & (eff["comparator"] != "clean")
+        raw_p += eff.loc[null_cmp, "p_value"].dropna().tolist()
+    raw_p = np.asarray(raw_p)
+    # unadjusted p-values of null comparisons are calibrated (not anti-conservative) ...
+    assert (raw_p < icfg.alpha).mean() <= 1.3 * icfg.alpha, f"P(p < alpha) = {(raw_p < icfg.alpha).mean():.3f} under the null"
+    # ... null groups win no more often than the nominal rate, while real differences are found
+    assert false_wins / null_trials <= icfg.alpha, f"false win rate {false_wins / null_trials:.3f} over {null_trials}"
+    assert true_wins / true_trials >= 0.8
+
+
+# ----------------------------------------------------------------------------------- bad input
+
+def _groups_csv(tmp_path):
+    df = pd.DataFrame({"latent": [1, 2, 3, 7, 8], "group_id": ["ga", "ga", "ga", "gb", "gb"],
+                       "group_size": [3, 3, 3, 2, 2], "structure": ["clique"] * 3 + ["chain"] * 2})
+    path = tmp_path / "groups.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+def test_a_group_id_that_does_not_exist_is_a_clear_error(tmp_path):
+    df = read_groups(_groups_csv(tmp_path))
+    assert [g.group_id for g in select_groups(df, InterventionsConfig(top_n=1))] == ["ga"]
+    with pytest.raises(ConfigError) as exc:
+        select_groups(df, InterventionsConfig(groups=["ga", "gzz"]))
+    assert exc.value.field == "interventions.groups" and "'gzz' does not exist" in exc.value.message
+    with pytest.raises(ConfigError, match="not a numeric column"):
+        select_groups(df, InterventionsConfig(rank_by="structure"))
+
+
+@pytest.mark.parametrize("override, field, fragment", [
+    ("interventions.steering.alphas=[]", "interventions.steering.alphas", "alpha grid is empty"),
+    ("interventions.modes=[zero, shuffle]", "interventions.modes.1", "'zero', 'mean', 'clamp', 'project_out' or 'mean_project'"),
+    ("interventions.modes=[]", "interventions.modes", "at least one mode"),
+    ("interventions.groups=[]", "interventions.groups", "list of group ids is empty"),
+    ("interventions.nboot=5", "interventions.nboot", "unknown key"),
+])
+def test_bad_interventions_config_names_the_field(override, field, fragment):
+    from experiments.cli import build_config
+    from experiments.config import ExperimentConfig
+
+    with pytest.raises(ConfigError) as exc:
+        build_config(ExperimentConfig, None, [override])
+    assert exc.value.field == field
+    assert fragment in exc.value.message
+
+
+def test_read_layers_outside_the_model_or_before_the_hook_are_clear_errors(model, tokens):
+    with pytest.raises(ConfigError, match="layer 7 does not exist"):
+        check_read_layer(model, HOOK, 7)
+    with pytest.raises(ConfigError, match="is not after the hook"):
+        check_read_layer(model, HOOK, 1)
+    check_read_layer(model, HOOK, 2)
+    with pytest.raises(ConfigError) as exc:
+        multi_arm_logits(model, HookSpec(layer=5), tokens, [lambda x: x])
+    assert exc.value.field == "hook.layer"
+
+
+@pytest.mark.parametrize("args, start", [
+    (["--set", "interventions.modes=[zero, bogus]"], "error: interventions.modes.1:"),
+    ([], "error: out: "),  # a folder without a finished cooc stage
+])
+def test_the_cli_exits_2_with_one_line(tmp_path, args, start):
+    res = subprocess.run([sys.executable, "-m", "experiments.interventions", *args, "--out", str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=120)
+    lines = [line for line in res.stderr.strip().splitlines() if line.strip()]
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert lines[0].startswith(start) and "Traceback" not in res.stderr
+
+
+def test_the_vectorised_p_values_are_the_two_sided_version_of_the_shared_paired_t_test():
+    from stats import paired_test
+
+    from interventions.stats import summarize_many
+
+    rng = np.random.default_rng(3)
+    n_docs = np.array([6, 12, 40])
+    est_a, est_b = np.array([0.3, -0.1, 0.02]), np.array([0.1, 0.0, 0.0])
+    boot_a = est_a[:, None] + rng.normal(0, 0.1, (3, 500))
+    boot_b = est_b[:, None] + rng.normal(0, 0.05, (3, 500))
+    res = summarize_many(est_a - est_b, boot_a - boot_b, n_docs, alpha=0.05)
+    for i in range(3):
+        one = paired_test(est_a[i], boot_a[i], est_b[i], boot_b[i], n_clusters=int(n_docs[i]), method="t").p_value
+        assert res["p_value"][i] == pytest.approx(2 * min(one, 1 - one), rel=1e-9)
+
+
+def test_latent_edits_equal_decode_differences_for_a_sae_lens_topk_sae_with_decoder_norm_rescaling():
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    torch.manual_seed(0)
+    sae = TopKSAE(TopKSAEConfig(d_in=16, d_sae=40, k=5, rescale_acts_by_decoder_norm=True)).eval()
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(40, 1) * 3 + 0.2)  # decoder rows of unequal norm
+        x = torch.randn(2, 6, 16)
+        f = sae.encode(x)
+        group = f.flatten(0, 1).gt(0).sum(0).argsort(descending=True)[:4].tolist()
+        f_new = f.clone()
+        f_new[..., group] = 0.0
+        expected = sae.decode(f_new) - sae.decode(f)
+        got = E.latent_delta(sae, x, group, "zero")
+    assert expected.abs().max() > 1e-2
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_the_pool_of_contexts_does_not_depend_on_the_stream_batch_size(model, sae, corpus):
+    from interventions.evaluate import scan_pool
+
+    data, _ = _data(corpus)
+    groups = [GroupSpec("ga", (0, 1, 2)), GroupSpec("gb", (5, 6))]
+    thr = np.zeros(sae.cfg.d_sae, dtype=np.float32)
+    pools = [scan_pool(model, sae, data, HOOK, StreamSpec(batch_size=b, progress=False), groups, thr, 300, progress=False)
+             for b in (3, 8)]
+    assert pools[0].n_tokens == pools[1].n_tokens
+    assert pools[0].group_contexts == pools[1].group_contexts
+    np.testing.assert_array_equal(pools[0].count_F, pools[1].count_F)

@@ -1,0 +1,154 @@
+"""The probe stage end to end on a tiny model, through the command line: files, reuse, determinism, errors."""
+
+import json
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from experiments.cli import build_config
+from experiments.config import ExperimentConfig
+from experiments.cooc import stage_key as cooc_stage_key
+from experiments.probe import main, probe_stage
+from experiments.run import Run
+from probes.evaluate import COLUMNS
+from sources.errors import ConfigError
+from tiny import tiny_hf_model, tiny_tokenizer
+
+SENTENCES = [
+    "see https://example.com/{a}/path{j}/page?x={i} for details",
+    "the bank of the river was steep and the water of the stream rose near the bank",
+    "the bank lent money and the loan with credit from the bank was large",
+    "a bat flew out of the cave at night",
+]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    root = tmp_path_factory.mktemp("probe_stage")
+    model_dir = root / "model"
+    tiny_hf_model("llama").save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    torch.manual_seed(0)
+    sae = TopKSAE(TopKSAEConfig(d_in=32, d_sae=64, k=6))
+    with torch.no_grad():
+        sae.W_enc.normal_()
+        sae.W_dec.copy_(sae.W_enc.T / sae.W_enc.T.norm(dim=1, keepdim=True))
+    sae.save_model(root / "sae")
+    rng = random.Random(0)
+    with open(root / "corpus.jsonl", "w") as f:
+        for i in range(40):
+            parts = [rng.choice(SENTENCES).format(a="abc"[j % 3], j=j, i=i) for j in range(rng.randint(3, 6))]
+            f.write(json.dumps({"id": f"d{i}", "text": " ".join(parts)}) + "\n")
+    config = root / "config.yaml"
+    config.write_text(f"""
+model: {{name: {model_dir}, device: cpu}}
+hook: {{layer: 1}}
+sae: {{builtin: null, path: {root / 'sae'}}}
+data: {{source: jsonl, path: {root / 'corpus.jsonl'}, context_len: 32, max_tokens: 2000}}
+stream: {{batch_size: 8}}
+probes:
+  n_groups: 2
+  min_count: 1
+  max_tokens: 300
+  prefix_tokens: 8
+  n_bootstrap: 200
+  n_controls: 2
+  n_freq_bins: 4
+  word_sense:
+    min_per_class: 5
+    lexicon:
+      bank: {{senses: {{river: [river, stream, water], finance: [money, loan, credit]}}}}
+      bat: {{senses: {{animal: [cave, wings], sport: [ball, cricket]}}}}
+""")
+    cfg = build_config(ExperimentConfig, config)
+    out = root / "run"
+    run = Run(out, cfg.model_dump(mode="json"))
+    with run.stage("cooc", cooc_stage_key(cfg, run)) as folder:  # stands in for the cooc stage: the two files probes read
+        pd.DataFrame({"latent": list(range(12)), "group_id": ["g0a"] * 3 + ["g1b"] * 4 + ["g2c"] * 5,
+                      "group_size": [3] * 3 + [4] * 4 + [5] * 5, "structure": "clique"}).to_csv(folder / "groups.csv", index=False)
+        np.save(folder / "occurrences.npy", np.random.default_rng(0).integers(0, 1000, 64))
+    assert main([str(config), "--out", str(out), "--quiet"]) == 0
+    return root, config, out
+
+
+def test_the_probe_command_writes_tidy_results_figures_and_a_summary(setup):
+    _, _, out = setup
+    df = pd.read_csv(out / "probes" / "results.csv")
+    assert df.columns.tolist() == COLUMNS
+    assert set(df["row_type"]) == {"arm", "comparison", "skipped"}
+    tasks = set(df["task"])
+    assert {"url_position/since_start", "url_position/since_slash", "word_sense/bank/sense", "word_sense/resolved"} <= tasks
+    arms = set(df.loc[df["row_type"] == "arm", "arm"])
+    assert {"residual", "chance", "group_subspace", "group_latents", "best_single_latent", "best_single_direction", "ksparse",
+            "matched_latents", "matched_subspace", "random_subspace"} <= arms
+    assert any(a.startswith("latent:") for a in arms)
+    tested = df[(df["row_type"] == "comparison") & df["p_value"].notna()]
+    assert len(tested) and tested["p_adj"].notna().all() and (tested["p_adj"] >= tested["p_value"] - 1e-12).all()
+    assert set(tested["metric"]) == {"r2", "log_loss"}
+    figs = list((out / "probes" / "figures").glob("*.png"))
+    assert {f.name.split("_group")[0] for f in figs} == {"url_position", "word_sense"}
+    summary = json.loads((out / "probes" / "summary.json").read_text())
+    assert summary["tasks"]["url_position"]["task_tokens"] > 0
+    ex = pd.read_csv(out / "probes" / "examples.csv")
+    assert {"doc_id", "token", "since_start", "since_slash", "word", "sense", "resolved"} <= set(ex.columns)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stages"]["probes"]["complete"]
+
+
+def test_a_word_without_enough_occurrences_is_skipped_with_a_reason(setup):
+    _, _, out = setup
+    df = pd.read_csv(out / "probes" / "results.csv")
+    row = df[df["task"] == "word_sense/bat/sense"]
+    assert row["row_type"].tolist() == ["skipped"]
+    assert "too few examples: 0 sport" in row["note"].item()
+
+
+def test_rerunning_reuses_the_stage_and_fresh_recomputes_identical_results(setup, caplog):
+    _, config, out = setup
+    before = (out / "probes" / "results.csv").read_bytes()
+    stamp = json.loads((out / "manifest.json").read_text())["stages"]["probes"]["finished"]
+    assert main([str(config), "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["stages"]["probes"]["finished"] == stamp
+    assert main([str(config), "--out", str(out), "--quiet", "--fresh"]) == 0
+    assert (out / "probes" / "results.csv").read_bytes() == before
+
+
+def test_without_a_cooc_stage_the_command_exits_2_and_says_what_to_run(setup, tmp_path, capsys):
+    _, config, _ = setup
+    assert main([str(config), "--out", str(tmp_path / "empty"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "python -m experiments.cooc" in err
+    cfg = build_config(ExperimentConfig, config)
+    run = Run(tmp_path / "fresh_run", cfg.model_dump(mode="json"))
+    with pytest.raises(ConfigError, match="no finished co-occurrence stage"):
+        probe_stage(cfg, run, progress=False)
+
+
+def test_a_config_that_differs_from_the_cooc_stage_is_refused(setup, capsys):
+    _, config, out = setup
+    assert main([str(config), "--out", str(out), "--quiet", "--set", "hook.layer=2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cooc: the co-occurrence stage") and "python -m experiments.cooc" in err
+
+
+def test_unknown_explicit_groups_are_a_config_error(setup, capsys):
+    _, config, out = setup
+    assert main([str(config), "--out", str(out), "--quiet", "--set", "probes.groups=[g0a, g99]"]) == 2
+    assert "probes.groups: group id(s) ['g99']" in capsys.readouterr().err
+
+
+def test_explicit_groups_are_probed_even_if_not_enriched(setup, tmp_path):
+    import shutil
+
+    _, config, out = setup
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    assert main([str(config), "--out", str(copy), "--quiet", "--set", "probes.groups=[g1b]", "--set", "probes.tasks=[url_position]",
+                 "--set", "probes.figures=false"]) == 0
+    df = pd.read_csv(copy / "probes" / "results.csv")
+    assert set(df["group_id"].dropna()) == {"g1b"}

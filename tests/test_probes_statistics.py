@@ -1,0 +1,165 @@
+"""Probe statistics: fits match scikit-learn, choices use training folds only, a planted group is found,
+and shuffled labels produce no more wins than the nominal error rate."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from scipy.stats import binom
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.model_selection import cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from probes.evaluate import COLUMNS, Settings, Target, evaluate_target, finalize, fit_predict, univariate_scores
+from probes.linear import logistic_fit, ridge_fit
+from stats import grouped_folds
+from subspaces import Subspace, principal_angles
+
+
+def test_ridge_and_logistic_fits_equal_sklearn():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 5))
+    y = X @ rng.normal(size=5) + rng.normal(size=200)
+    coef, b = ridge_fit(X, y, 3.0)
+    ref = Ridge(alpha=3.0).fit(X, y)
+    np.testing.assert_allclose(coef, ref.coef_, atol=1e-10)
+    assert b == pytest.approx(ref.intercept_, abs=1e-10)
+    yc = (y > 0.3).astype(float)
+    coef, b = logistic_fit(X, yc, C=0.5)
+    ref = LogisticRegression(C=0.5, tol=1e-12, max_iter=10_000).fit(X, yc)
+    np.testing.assert_allclose(coef, ref.coef_[0], atol=1e-6)
+    assert b == pytest.approx(ref.intercept_[0], abs=1e-6)
+
+
+def test_wide_probes_use_the_dual_ridge_and_lbfgs_logistic_and_still_equal_sklearn():
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(120, 300))  # more features than samples, and above the Newton limit
+    y = X[:, :3].sum(1) + rng.normal(size=120)
+    coef, b = ridge_fit(X, y, 2.0)
+    ref = Ridge(alpha=2.0).fit(X, y)
+    np.testing.assert_allclose(coef, ref.coef_, atol=1e-8)
+    assert b == pytest.approx(ref.intercept_, abs=1e-8)
+    yc = (y > 0).astype(float)
+    coef, b = logistic_fit(X, yc, C=0.1)
+    ref = LogisticRegression(C=0.1, tol=1e-12, max_iter=10_000).fit(X, yc)
+    np.testing.assert_allclose(coef, ref.coef_[0], atol=1e-4)
+
+
+def test_out_of_fold_predictions_equal_sklearn_cross_val_predict():
+    rng = np.random.default_rng(1)
+    docs = np.repeat(np.arange(30), 8)
+    X = rng.normal(size=(240, 4)) * [1, 10, 0.1, 3]
+    y = X[:, 0] + rng.normal(size=240)
+    folds = grouped_folds(docs, 5, seed=0)
+    ours, _ = fit_predict(X, y, folds, "regression", regularisation=2.0)
+    ref = cross_val_predict(make_pipeline(StandardScaler(), Ridge(alpha=2.0)), X, y, cv=folds)
+    np.testing.assert_allclose(ours, ref, atol=1e-9)
+    yc = (y > 0).astype(float)
+    ours, _ = fit_predict(X, yc, folds, "classification", regularisation=2.0)
+    ref = cross_val_predict(make_pipeline(StandardScaler(), LogisticRegression(C=0.5, tol=1e-12, max_iter=10_000)), X, yc, cv=folds,
+                            method="predict_proba")[:, 1]
+    np.testing.assert_allclose(ours, ref, atol=1e-6)
+
+
+def test_univariate_scores_are_squared_correlations_for_dense_and_sparse_inputs():
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(100, 6)) * (rng.random((100, 6)) < 0.5)
+    X[:, 5] = 1.0  # constant column scores 0
+    y = X[:, 1] - X[:, 3] + rng.normal(size=100)
+    expect = [np.corrcoef(X[:, j], y)[0, 1] ** 2 for j in range(5)] + [0.0]
+    np.testing.assert_allclose(univariate_scores(X, y), expect, atol=1e-12)
+    np.testing.assert_allclose(univariate_scores(sp.csr_matrix(X), y), expect, atol=1e-12)
+
+
+def test_the_best_single_latent_is_chosen_on_training_folds_only():
+    rng = np.random.default_rng(3)
+    docs = np.repeat(np.arange(25), 8)
+    y = rng.normal(size=200)
+    folds = grouped_folds(docs, 5, seed=0)
+    leak_fold = 2
+    X = np.column_stack([rng.normal(size=200), 0.2 * y + rng.normal(size=200)])
+    X[folds[leak_fold][1], 0] = 3 * y[folds[leak_fold][1]]  # column 0 tracks y, but only on one fold's held-out tokens
+    _, chosen = fit_predict(X, y, folds, "regression", select=1)
+    assert chosen[leak_fold][0] == 1  # that fold never sees its own test tokens
+    assert all(c[0] == 0 for i, c in enumerate(chosen) if i != leak_fold)  # the others do train on them
+
+
+def planted(seed=0, n_docs=40, per_doc=15, kind="regression"):
+    """Label = sum of three latents' activations, which live in a known 3-dim subspace of R^24."""
+    rng = np.random.default_rng(seed)
+    D, F, group = 24, 60, [4, 9, 13]
+    q, _ = np.linalg.qr(rng.normal(size=(D, D)))
+    W = np.empty((F, D))
+    W[group] = np.linalg.qr(rng.normal(size=(3, 3)))[0] @ q[:, :3].T  # an arbitrary basis of the planted subspace
+    others = [i for i in range(F) if i not in group]
+    W[others] = rng.normal(size=(len(others), D - 3)) @ q[:, 3:].T
+    W /= np.linalg.norm(W, axis=1, keepdims=True)
+    N = n_docs * per_doc
+    rate = np.where(np.isin(np.arange(F), group), 0.6, 0.1)
+    A = np.where(rng.random((N, F)) < rate, rng.exponential(1.0, (N, F)), 0.0)
+    acts = A @ W + 0.05 * rng.normal(size=(N, D))
+    y = A[:, group].sum(1)
+    if kind == "classification":
+        y = (y > np.median(y)).astype(float)
+    docs = np.repeat(np.arange(n_docs), per_doc)
+    counts = (A > 0).sum(0)
+    return acts, A, W, y, docs, counts, group, Subspace.from_vectors(q[:, :3].T)
+
+
+def test_a_label_planted_in_a_group_subspace_is_recovered_by_the_group_and_not_by_a_single_latent():
+    acts, A, W, y, docs, counts, group, truth = planted()
+    assert principal_angles(Subspace.from_decoder(W, group), truth).max() < 1e-6
+    rows = evaluate_target(Target("planted", "regression", np.arange(len(y)), y), acts, sp.csr_matrix(A), docs, {7: tuple(group)},
+                           W, counts, Settings(n_bootstrap=300, n_controls=3, n_freq_bins=5))
+    df = finalize(pd.DataFrame(rows, columns=COLUMNS), 0.05).set_index(["arm", "metric"])
+    r2 = df.xs("r2", level="metric")["estimate"]
+    assert r2["group_subspace"] > 0.95 and r2["group_latents"] > 0.95
+    assert r2["best_single_latent"] < 0.6 and r2["best_single_direction"] < 0.6
+    assert max(r2[f"latent:{i}"] for i in group) < 0.6
+    assert r2["matched_subspace"] < 0.3 and r2["random_subspace"] < 0.5 and r2["residual"] > 0.95
+    for comp in ("group_subspace-vs-best_single_direction", "group_latents-vs-best_single_latent",
+                 "group_subspace-vs-matched_subspace", "group_subspace-vs-random_subspace"):
+        assert df.loc[(comp, "r2"), "win"], comp
+    # a probe trained on the full residual stream points into the planted subspace
+    coef, _ = ridge_fit(acts, y, 1.0)
+    assert principal_angles(Subspace.from_probe_weights(coef), truth)[0] < 0.05
+
+
+def test_a_planted_binary_label_is_also_recovered_by_the_group():
+    acts, A, W, y, docs, counts, group, _ = planted(seed=1, kind="classification")
+    rows = evaluate_target(Target("planted", "classification", np.arange(len(y)), y), acts, sp.csr_matrix(A), docs,
+                           {0: tuple(group)}, W, counts, Settings(n_bootstrap=300, n_controls=2, n_freq_bins=5, member_arms=False))
+    df = finalize(pd.DataFrame(rows, columns=COLUMNS), 0.05).set_index(["arm", "metric"])
+    assert df.loc[("group_subspace", "auroc"), "estimate"] > 0.95
+    assert df.loc[("best_single_direction", "auroc"), "estimate"] < 0.85
+    assert df.loc[("group_subspace-vs-best_single_direction", "log_loss"), "win"]
+    assert np.isnan(df.loc[("group_subspace-vs-best_single_direction", "auroc"), "p_value"])  # rank metrics are not tested
+
+
+@pytest.mark.parametrize("kind, replicates", [("regression", 60), ("classification", 30)])
+def test_shuffled_labels_give_no_more_wins_than_the_nominal_error_rate(kind, replicates):
+    alpha = 0.05
+    frames = []
+    for seed in range(replicates):
+        acts, A, W, y, docs, counts, group, _ = planted(seed=100 + seed, n_docs=24, per_doc=10, kind=kind)
+        y = np.random.default_rng(seed).permutation(y)  # shuffled: no token's label is related to its activations
+        rows = evaluate_target(Target("null", kind, np.arange(len(y)), y), acts, sp.csr_matrix(A), docs, {0: tuple(group)}, W, counts,
+                               Settings(n_bootstrap=200, n_controls=1, n_freq_bins=5, member_arms=False, seed=seed), ceiling=False)
+        df = finalize(pd.DataFrame(rows, columns=COLUMNS), alpha)
+        frames.append(df[df["row_type"] == "comparison"].assign(rep=seed))
+    comp = pd.concat(frames)
+    tested = comp[comp["p_value"].notna()]
+
+    def limit(n):  # nominal rate plus a one-sided binomial tolerance (99.9% quantile)
+        return binom.ppf(0.999, n, alpha) / n
+
+    single = tested[tested["arm"].isin(["group_subspace-vs-best_single_direction", "group_latents-vs-best_single_latent"])]
+    assert (single["p_adj"] < alpha).mean() <= limit(len(single))
+    assert single["win"].astype(bool).mean() <= limit(len(single))
+    # arms that are exchangeable under the null (group vs matched group / random subspace): raw p-values are calibrated
+    exch = tested[tested["arm"].str.contains("matched|random")]
+    assert (exch["p_value"] < alpha).mean() <= limit(len(exch))
+    # and no replicate (= one run) reports any win more often than alpha allows
+    any_win = comp.groupby("rep")["win"].apply(lambda w: bool(w.fillna(False).any()))
+    assert any_win.mean() <= limit(replicates)
