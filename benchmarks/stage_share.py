@@ -127,11 +127,15 @@ def child_memory(d_sae: int, l0: float, n_tokens: int, min_count: int, min_occur
         acts = independent_chunk(rate_F, min(4096, n_tokens - s), rng)
         gen += time.perf_counter() - t
         counter.update(acts)
+        if (s // 4096) % 32 == 31:
+            print(f"counted {counter.n_tokens_:,} tokens, {counter.n_pairs_:,} stored pairs, peak RSS {rss():.2f} GB",
+                  file=sys.stderr, flush=True)
     for s in range(len(counter.bounds_) - 1):
         counter._consolidate(s)  # the final merge
     out.update(count_s=time.perf_counter() - start, generate_s=gen, peak_rss_count_gb=rss(),
                tokens=int(counter.n_tokens_), l0=float(counter.occ_F.sum() / counter.n_tokens_),
                distinct_pairs=int(counter.n_pairs_), store_gb=counter.nbytes_ / 1e9)
+    print(f"counting done: peak RSS {rss():.2f} GB", file=sys.stderr, flush=True)
     t = time.perf_counter()
     scored = score_pairs(counter, min_occurrences=min_occurrences, min_count=min_count)
     out.update(score_s=time.perf_counter() - t, peak_rss_score_gb=rss(), scored_pairs=len(scored),
@@ -146,9 +150,8 @@ def child_memory(d_sae: int, l0: float, n_tokens: int, min_count: int, min_occur
 
 def memory(args) -> None:
     proc = subprocess.run([sys.executable, __file__, "--child", str(args.d_sae), str(args.l0), str(args.mem_tokens),
-                           str(args.min_count), str(args.min_occurrences)], capture_output=True, text=True)
+                           str(args.min_count), str(args.min_occurrences)], stdout=subprocess.PIPE, text=True)
     if proc.returncode:
-        print(proc.stderr[-3000:])
         raise SystemExit(f"child failed with exit code {proc.returncode}")
     m = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"d_sae={m['d_sae']:,} L0={m['l0']:.1f} tokens={m['tokens']:,}: distinct pairs {m['distinct_pairs']:,} "
@@ -169,7 +172,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=16384, help="corpus tokens for the share run")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--random-sae", action="store_true")
-    ap.add_argument("--k", type=int, default=64, help="k of the random TopK SAE")
+    ap.add_argument("--k", type=int, default=32, help="k of the random TopK SAE (the built-in one has k 32)")
     ap.add_argument("--memory", action="store_true", help="run the count+score peak-RSS section instead")
     ap.add_argument("--d-sae", type=int, default=262_144)
     ap.add_argument("--l0", type=float, default=64.0)

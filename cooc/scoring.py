@@ -28,8 +28,9 @@ p-value is a decreasing function of the count, so the new p' = g(p) with g non-d
 g(p) >= p: a null p' stays super-uniform (P(p' <= t) <= P(p <= t) for every t) and a monotone
 transform keeps the dependence conditions BH needs (independence, PRDS), so FDR control holds. The
 result can only be more conservative than scoring every stored pair (a pair's BH rank can only
-drop), never less. Pairs are streamed shard by shard from the counter's store, so the extra
-memory is a few bytes per stored pair of one shard plus ~70 bytes per *kept* pair.
+drop), never less. Pairs are streamed shard by shard from the counter's store and their statistics
+written into preallocated columns, so the extra memory is ~20 bytes per stored pair of one shard
+plus ~72 bytes per *kept* pair (8 columns) and BH's sort temporaries.
 """
 
 from __future__ import annotations
@@ -105,28 +106,46 @@ def _from_matrix(counts: sp.spmatrix) -> tuple[UpperPairs, np.ndarray]:
                       upper.data[order].astype(np.int64)), occ_F
 
 
-def _counter_pairs(counter: CooccurrenceCounter, tested_F: np.ndarray,
-                   min_count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """(i, j, count) int64 of stored pairs of tested latents with count >= min_count, sorted by (i, j),
-    and the number of stored pairs of tested latents; reads the store one shard at a time."""
-    parts, n_tested_stored = [], 0
-    for s in range(len(counter.bounds_) - 1):
-        run = counter._consolidate(s)  # one canonical CSR per shard (rows r0.., columns offset by r0)
-        if run is None or run.nnz == 0:
+def _shard_pairs(counter: CooccurrenceCounter, s: int, tested_F: np.ndarray, min_count: int):
+    """(i, j, count) of shard ``s``'s stored pairs of tested latents with count >= min_count, sorted by
+    (i, j), and the number of its stored pairs of tested latents (any count); None for an empty shard."""
+    run = counter._consolidate(s)  # one canonical CSR per shard (rows r0.., columns offset by r0)
+    if run is None or run.nnz == 0:
+        return None
+    r0 = int(counter.bounds_[s])
+    rows = np.repeat(np.arange(r0, r0 + run.shape[0], dtype=np.int64), np.diff(run.indptr))
+    cols = run.indices.astype(np.int64) + r0
+    keep = tested_F[rows] & tested_F[cols]
+    n_tested_stored = int(keep.sum())
+    if min_count > 1:
+        keep &= run.data >= min_count
+    return rows[keep], cols[keep], run.data[keep].astype(np.int64), n_tested_stored
+
+
+def _score_counter(counter: CooccurrenceCounter, tested_F: np.ndarray, min_count: int,
+                   test: str) -> tuple[dict[str, np.ndarray], int]:
+    """Columns (PAIR_COLUMNS but p_adj) of the kept pairs, computed one store shard at a time into
+    preallocated arrays (two passes: sizes, then values), so temporaries are per shard."""
+    n_shards = len(counter.bounds_) - 1
+    sizes, n_tested_stored = [], 0
+    for s in range(n_shards):
+        part = _shard_pairs(counter, s, tested_F, min_count)
+        sizes.append(0 if part is None else part[0].shape[0])
+        n_tested_stored += 0 if part is None else part[3]
+    n = int(sum(sizes))
+    cols = {"i": np.empty(n, np.int64), "j": np.empty(n, np.int64), "count": np.empty(n, np.int64)}
+    cols.update({k: np.empty(n, np.float64) for k in ("expected", "jaccard", "npmi", "p_value")})
+    occ_F, N, pos = counter.occ_F, counter.n_tokens_, 0
+    for s in range(n_shards):
+        if not sizes[s]:
             continue
-        r0 = int(counter.bounds_[s])
-        rows = np.repeat(np.arange(r0, r0 + run.shape[0], dtype=np.int64), np.diff(run.indptr))
-        cols = run.indices.astype(np.int64) + r0
-        keep = tested_F[rows] & tested_F[cols]
-        n_tested_stored += int(keep.sum())
-        if min_count > 1:
-            keep &= run.data >= min_count
-        parts.append((rows[keep], cols[keep], run.data[keep].astype(np.int64)))
-        del rows, cols, keep
-    if not parts:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty.copy(), empty.copy(), 0
-    return (*(np.concatenate([p[k] for p in parts]) for k in range(3)), n_tested_stored)
+        i, j, c, _ = _shard_pairs(counter, s, tested_F, min_count)
+        sl = slice(pos, pos + c.shape[0])
+        cols["i"][sl], cols["j"][sl], cols["count"][sl] = i, j, c
+        for name, values in pair_stats(c, occ_F[i], occ_F[j], N, test).items():
+            cols[name][sl] = values
+        pos += c.shape[0]
+    return cols, n_tested_stored
 
 
 def score_pairs(counts: CooccurrenceCounter | sp.spmatrix, n_tokens: int | None = None,
@@ -154,16 +173,15 @@ def score_pairs(counts: CooccurrenceCounter | sp.spmatrix, n_tokens: int | None 
     n_tested = int(tested_F.sum())
     family = n_tested * (n_tested - 1) // 2
     if isinstance(counts, CooccurrenceCounter):
-        i, j, c, n_tested_stored = _counter_pairs(counts, tested_F, min_count)
+        cols, n_tested_stored = _score_counter(counts, tested_F, min_count, test)
     else:
         keep = tested_F[pairs.i] & tested_F[pairs.j]
         n_tested_stored = int(keep.sum())
         keep &= pairs.count >= min_count
         i, j, c = pairs.i[keep].astype(np.int64), pairs.j[keep].astype(np.int64), pairs.count[keep].astype(np.int64)
-    df = pd.DataFrame({"i": i, "j": j, "count": c})
-    for name, values in pair_stats(c, occ_F[i], occ_F[j], N, test).items():
-        df[name] = values
-    df["p_adj"] = bh_adjust(df["p_value"].to_numpy(), family)
+        cols = {"i": i, "j": j, "count": c, **pair_stats(c, occ_F[i], occ_F[j], N, test)}
+    cols["p_adj"] = bh_adjust(cols["p_value"], family)
+    df = pd.DataFrame({k: cols[k] for k in PAIR_COLUMNS}, copy=False)  # no copy of the columns
     df.attrs.update(family_size=family, n_tested=n_tested, n_tokens=N, min_count=int(min_count),
                     n_tested_stored=int(n_tested_stored))
     return df

@@ -93,7 +93,7 @@ def cooc_stage_distributed(cfg: ExperimentConfig, out: Path, d, fresh: bool = Fa
     ``d``: the :class:`cooc.distributed.Dist` of this process."""
     import time
 
-    from cooc.distributed import raise_if_any_failed, broadcast, reduce_counter
+    from cooc.distributed import broadcast, raise_if_any_failed, reduce_counter
     from cooc.run import analyse, count
     from sources.errors import ConfigError
 

@@ -21,7 +21,7 @@ LATENT_MODES = ("zero", "mean", "clamp")
 SUBSPACE_MODES = ("project_out", "mean_project")
 MODES = LATENT_MODES + SUBSPACE_MODES
 
-Effect = Literal["kl_per_norm", "ce_per_norm", "kl", "ce"]
+Effect = Literal["sqrt_kl_per_norm", "ce_per_norm", "kl", "ce"]
 SteerDirection = Literal["pc1", "decoder_mean", "decoder_top"]
 
 
@@ -101,8 +101,9 @@ class InterventionsConfig(Section):
     """Significance level: BH false discovery rate and 1 - confidence of the intervals."""
     n_boot: int = Field(1000, ge=100)
     """Bootstrap replicates (resampling whole documents)."""
-    primary_effect: Effect = "kl_per_norm"
-    """Effect on which the verdict is decided (at the group's firing tokens, in the first mode)."""
+    primary_effect: Effect = "sqrt_kl_per_norm"
+    """Effect on which the verdict is decided (at the group's firing tokens, in the first mode).
+    sqrt_kl_per_norm: sqrt(2 mean KL) / RMS edit norm, fair between edits of different size (see docs)."""
     read_layer: int | None = Field(None, ge=0)
     """If set, also measure the relative change of the residual stream (resid_post) at this later layer."""
     steering: SteeringConfig = Field(default_factory=SteeringConfig)

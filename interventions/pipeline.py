@@ -94,7 +94,7 @@ def group_rows(ge: GroupEval, icfg: InterventionsConfig, rng_boot: np.random.Gen
     gid, plan, s = ge.plan.group.group_id, ge.plan, ge.sums
     W = bootstrap_weights(ge.n_docs, icfg.n_boot, rng_boot)
     has_read = icfg.read_layer is not None
-    effects = ["ce", "kl", "ce_per_norm", "kl_per_norm"] + (["read", "read_per_norm"] if has_read else [])
+    effects = ["ce", "kl", "ce_per_norm", "sqrt_kl_per_norm"] + (["read", "read_per_norm"] if has_read else [])
     rows: list[dict] = []
     chosen = {}
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 
 EFFECT_WORDS = {
-    "kl_per_norm": "KL divergence from the clean next-token distribution per unit of residual norm removed",
+    "sqrt_kl_per_norm": "change of the next-token distribution per unit of residual norm removed "
+                        "(sqrt(2 KL) / RMS edit norm, which does not favour larger edits)",
     "ce_per_norm": "next-token cross-entropy increase per unit of residual norm removed",
     "kl": "KL divergence from the clean next-token distribution",
     "ce": "next-token cross-entropy increase",

@@ -9,8 +9,13 @@ the per-document sums are ``n`` (scored tokens), ``ce`` / ``kl`` / ``read`` (sum
 and ``norm`` (summed edit norm ``||delta_t||`` over the target tokens). Statistics:
 
 - ``ce``, ``kl``, ``read``: mean per-token effect in the scope, ``sum_d S_d / sum_d n_d``;
-- ``*_per_norm``: that divided by the mean edit norm on the target tokens,
-  ``(sum S / sum n_scope) / (sum norm / sum n_fires)`` -- effect per unit of removed residual norm.
+- ``ce_per_norm``, ``read_per_norm``: that divided by the mean edit norm on the target tokens,
+  ``(sum S / sum n_scope) / (sum norm / sum n_fires)`` -- effect per unit of removed residual norm
+  (these effects grow about linearly with a small edit);
+- ``sqrt_kl_per_norm``: ``sqrt(2 * mean KL in the scope) / sqrt(mean ||delta||^2 on the target tokens)``.
+  KL grows with the *square* of a small edit (KL ~ delta^T F delta / 2), so KL divided by the norm would
+  favour whichever arm removes more norm; this root-mean-square ratio (the Fisher length of the edit per
+  unit of Euclidean length) is unchanged when an edit is scaled, and when it is spread over fewer tokens.
 
 A comparison ``arm - comparator`` uses the same bootstrap weights for both (paired at the document
 level; per token when both are measured on the same tokens). Bootstrap weights are multinomial counts
@@ -92,8 +97,9 @@ def doc_sums(doc_T: np.ndarray, n_docs: int, target_T: np.ndarray, effects: dict
         for name, vals in effects.items():
             out[(name, scope)] = np.bincount(d, weights=np.asarray(vals, dtype=np.float64)[sel], minlength=n_docs)
     if norm_T is not None:
-        out[("norm", "fires")] = np.bincount(doc_T[target_T], weights=np.asarray(norm_T, dtype=np.float64)[target_T],
-                                             minlength=n_docs)
+        nt = np.asarray(norm_T, dtype=np.float64)[target_T]
+        out[("norm", "fires")] = np.bincount(doc_T[target_T], weights=nt, minlength=n_docs)
+        out[("norm2", "fires")] = np.bincount(doc_T[target_T], weights=nt * nt, minlength=n_docs)
     return DocSums(n_docs, out)
 
 
@@ -106,6 +112,11 @@ def bootstrap_weights(n_docs: int, n_boot: int, rng: np.random.Generator) -> np.
 
 def statistic(s: DocSums, effect: str, scope: str, W: np.ndarray) -> np.ndarray:
     """The statistic ``effect`` in ``scope`` for each row of document weights ``W [R, n_docs]``."""
+    if effect == "sqrt_kl_per_norm":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            kl = (W @ s.get("kl", scope)) / (W @ s.get("n", scope))
+            ms = (W @ s.get("norm2", "fires")) / (W @ s.get("n", "fires"))
+            return np.sqrt(2.0 * np.clip(kl, 0.0, None)) / np.sqrt(ms)
     per_norm = effect.endswith("_per_norm")
     base = effect[: -len("_per_norm")] if per_norm else effect
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -102,8 +102,11 @@ class ProbesConfig(Section):
     """False discovery rate (Benjamini–Hochberg over all comparisons of the run) for the reported wins."""
     ci_level: float = Field(0.95, gt=0, lt=1)
     """Confidence level of the bootstrap intervals."""
-    regularisation: float = Field(1.0, gt=0)
-    """L2 strength for every probe: ridge alpha, and C = 1/regularisation for logistic regression (standardised features)."""
+    regularisation: list[float] = [0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0]
+    """L2 strengths tried for every probe (ridge alpha; logistic C = 1/strength; standardised features); each arm picks
+    one per training fold by inner document-grouped CV. A single value fixes it."""
+    inner_folds: int = Field(3, ge=2)
+    """Document-grouped inner folds that choose the L2 strength."""
     figures: bool = True
     """Write PCA scatter plots of each probed group under probes/figures/."""
     url_position: UrlPositionSpec = UrlPositionSpec()
@@ -119,6 +122,15 @@ class ProbesConfig(Section):
             if all(ids):
                 return list(dict.fromkeys(ids))
         raise ValueError(f"give auto or a non-empty list of group ids from OUT/cooc/groups.csv, got {v!r}")
+
+    @field_validator("regularisation", mode="before")
+    @classmethod
+    def _reg(cls, v):
+        vals = [v] if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+        if not isinstance(vals, (list, tuple)) or not vals or not all(
+                isinstance(a, (int, float)) and not isinstance(a, bool) and a > 0 for a in vals):
+            raise ValueError(f"give a positive number or a non-empty list of positive numbers, got {v!r}")
+        return sorted({float(a) for a in vals})
 
     @field_validator("tasks")
     @classmethod

@@ -52,11 +52,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.special import expit
 from threadpoolctl import threadpool_limits
 
-from probes.linear import logistic_fit, ridge_fit
-from stats import HIGHER_IS_BETTER, cluster_bootstrap_weights, grouped_folds, metrics_for, paired_test, percentile_ci, score
+from probes.linear import logistic_path, ridge_path
+from stats import HIGHER_IS_BETTER, cluster_bootstrap_weights, grouped_folds, metrics_for, paired_test, percentile_ci, r2, score
 from subspaces import Subspace, frequency_bins, matched_groups, random_subspaces
 
 log = logging.getLogger(__name__)
@@ -87,15 +86,20 @@ class Settings:
     n_controls: int = 5
     n_freq_bins: int = 10
     ci_level: float = 0.95
-    regularisation: float = 1.0
+    regularisation: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
+    """L2 strengths tried per arm and training fold (ridge alpha; logistic C = 1 / strength)."""
+    inner_folds: int = 3
+    """Document-grouped inner folds that choose the strength."""
     seed: int = 0
     member_arms: bool = True
     """Report each member latent alone (``latent:<id>`` rows)."""
 
     @classmethod
     def from_config(cls, probes_cfg, seed: int) -> "Settings":
+        reg = probes_cfg.regularisation
+        reg = (float(reg),) if np.isscalar(reg) else tuple(float(a) for a in reg)
         return cls(probes_cfg.folds, probes_cfg.n_bootstrap, probes_cfg.n_controls, probes_cfg.n_freq_bins, probes_cfg.ci_level,
-                   probes_cfg.regularisation, seed)
+                   reg, probes_cfg.inner_folds, seed)
 
 
 @dataclass
@@ -140,35 +144,96 @@ def _dense(X) -> np.ndarray:
     return X.toarray() if sp.issparse(X) else np.asarray(X)
 
 
-def fit_predict(X, y, folds, kind: str, select: int | None = None, regularisation: float = 1.0) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Out-of-fold predictions (regression: values; classification: P(y = 1)) and the columns chosen per fold."""
+def _standardise(Xtr: np.ndarray, Xte: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mu = Xtr.mean(0)
+    sd = Xtr.std(0)
+    sd[sd < 1e-12] = 1.0
+    return (Xtr - mu) / sd, (Xte - mu) / sd
+
+
+def _predict_path(Xtr, ytr, Xte, kind: str, strengths) -> np.ndarray:
+    """Predictions ``[len(strengths), n_te]``: ridge alpha = strength; logistic C = 1 / strength."""
+    if kind == "regression":
+        return ridge_path(Xtr, ytr, Xte, strengths)
+    if len(np.unique(ytr)) < 2:
+        return np.full((len(strengths), len(Xte)), float(np.clip(ytr.mean(), 1e-6, 1 - 1e-6)))
+    return logistic_path(Xtr, ytr, Xte, [1.0 / a for a in strengths])
+
+
+def inner_splits(groups, y, kind: str, folds, inner_folds: int, seed: int = 0) -> list[list | None]:
+    """For each outer training fold, document-grouped inner splits (indices into that training fold), or None
+    when it has too few documents."""
+    out = []
+    groups = np.asarray(groups)
+    for tr, _ in folds:
+        try:
+            out.append(grouped_folds(groups[tr], inner_folds, seed, y[tr] if kind == "classification" else None))
+        except ValueError:
+            out.append(None)
+    return out
+
+
+def choose_strength(X: np.ndarray, y: np.ndarray, splits, kind: str, strengths) -> float:
+    """The L2 strength with the lowest inner-CV loss (summed squared error / log-loss) over ``splits``.
+
+    Ties go to the stronger penalty. With one candidate, or no splits, the candidates' middle is used.
+    """
+    strengths = sorted(float(a) for a in strengths)
+    if len(strengths) == 1:
+        return strengths[0]
+    if not splits:
+        return strengths[len(strengths) // 2]
+    loss = np.zeros(len(strengths))
+    for tr, te in splits:
+        Xtr, Xte = _standardise(X[tr], X[te])
+        P = _predict_path(Xtr, y[tr], Xte, kind, strengths)
+        if kind == "regression":
+            loss += ((P - y[te]) ** 2).sum(1)
+        else:
+            P = np.clip(P, 1e-15, 1 - 1e-15)
+            loss += -(y[te] * np.log(P) + (1 - y[te]) * np.log1p(-P)).sum(1)
+    best = loss.min()
+    return max(a for a, l in zip(strengths, loss) if l <= best * (1 + 1e-12) + 1e-300)
+
+
+@dataclass
+class FoldFits:
+    """Out-of-fold predictions of one arm and what was chosen on each training fold."""
+
+    pred: np.ndarray
+    columns: list[np.ndarray]
+    """Columns chosen per fold (empty when the arm does no selection)."""
+    strengths: list[float]
+    """L2 strength chosen per fold."""
+
+
+def fit_predict(X, y, folds, kind: str, select: int | None = None, regularisation=1.0, inner=None) -> FoldFits:
+    """Out-of-fold predictions (regression: values; classification: P(y = 1)).
+
+    On each training fold: optionally keep the ``select`` columns with the best univariate score,
+    standardise, pick the L2 strength among ``regularisation`` (a number or a list) by inner CV over
+    ``inner`` (from :func:`inner_splits`, one entry per fold), fit, predict the held-out fold.
+    """
     y = np.asarray(y, dtype=np.float64)
+    strengths = [float(regularisation)] if np.isscalar(regularisation) else [float(a) for a in regularisation]
     pred = np.full(len(y), np.nan)
-    chosen: list[np.ndarray] = []
+    columns: list[np.ndarray] = []
+    chosen: list[float] = []
     X = X.tocsr() if sp.issparse(X) else np.asarray(X)
-    for tr, te in folds:
+    for f, (tr, te) in enumerate(folds):
         Xtr, Xte = X[tr], X[te]
         if select is not None:
             s = univariate_scores(Xtr, y[tr])
             cols = np.argsort(-s, kind="stable")[:select]
-            chosen.append(cols)
+            columns.append(cols)
             Xtr, Xte = Xtr[:, cols], Xte[:, cols]
         Xtr = _dense(Xtr).astype(np.float64)
         Xte = _dense(Xte).astype(np.float64)
-        mu = Xtr.mean(0)
-        sd = Xtr.std(0)
-        sd[sd < 1e-12] = 1.0
-        Xtr = (Xtr - mu) / sd
-        Xte = (Xte - mu) / sd
-        if kind == "regression":
-            coef, b = ridge_fit(Xtr, y[tr], regularisation)
-            pred[te] = Xte @ coef + b
-        elif len(np.unique(y[tr])) < 2:
-            pred[te] = float(np.clip(y[tr].mean(), 1e-6, 1 - 1e-6))
-        else:
-            coef, b = logistic_fit(Xtr, y[tr], 1.0 / regularisation)
-            pred[te] = expit(Xte @ coef + b)
-    return pred, chosen
+        a = choose_strength(Xtr, y[tr], None if inner is None else inner[f], kind, strengths)
+        chosen.append(a)
+        Xtr, Xte = _standardise(Xtr, Xte)
+        pred[te] = _predict_path(Xtr, y[tr], Xte, kind, [a])[0]
+    return FoldFits(pred, columns, chosen)
 
 
 # --- evaluation of one target ---------------------------------------------------------------------
@@ -206,33 +271,45 @@ class TargetEvaluator:
         s = self.settings
         self.metrics = metrics_for(t.kind)
         self.folds = grouped_folds(self.docs, s.folds, s.seed, self.y if t.kind == "classification" else None)
+        self.inner = inner_splits(self.docs, self.y, t.kind, self.folds, s.inner_folds, s.seed) if len(s.regularisation) > 1 else None
         rng = np.random.default_rng([s.seed, zlib.crc32(t.task.encode())])
         self.W_BN = cluster_bootstrap_weights(self.docs, s.n_bootstrap, rng)
-        self.chance = self.scores(self.chance_prediction(), "training folds' mean label")
+        self.chance_pred = self.chance_prediction()
+        self.chance = self.scores(self.chance_pred, "training folds' mean label")
 
     # one arm
     def scores(self, pred: np.ndarray, note: str = "") -> ArmScores:
-        """Metrics of out-of-fold predictions: computed within each test fold, then averaged weighted by fold size.
+        """Metrics of out-of-fold predictions, with bootstrap replicates (documents re-weighted).
 
-        Within-fold metrics keep differences between the folds' fitted intercepts (which, under no signal,
-        make pooled rank metrics negative and would favour arms with more spread) out of the comparison.
-        Bootstrap replicates re-weight tokens by document and weight each fold by its resampled size.
+        * R² is out-of-sample R² against the ``chance`` probe, pooled over folds:
+          1 - sum (y - pred)² / sum (y - chance)², chance being each training fold's mean label. It is 0 for
+          chance, and differences between arms are differences of summed squared errors over a common
+          denominator.
+        * Spearman and AUROC are computed within each test fold and averaged weighted by fold size (pooling
+          would mix the folds' different fitted intercepts into the ranking).
+        * Accuracy and log-loss are token averages over all folds (identical pooled or per fold).
         """
         est, samples = {}, {}
         for m in self.metrics:
-            vals, wts = [], []
-            rep_vals, rep_wts = [], []
-            for _, te in self.folds:
-                vals.append(float(score(m, self.y[te], pred[te])))
-                wts.append(len(te))
-                rep_vals.append(np.asarray(score(m, self.y[te], pred[te], self.W_BN[:, te]), dtype=np.float64))
-                rep_wts.append(self.W_BN[:, te].sum(1))
-            est[m] = _weighted_nanmean(np.array(vals)[None, :], np.array(wts, dtype=np.float64)[None, :])[0]
-            samples[m] = _weighted_nanmean(np.stack(rep_vals, 1), np.stack(rep_wts, 1))
+            if m == "r2":
+                est[m] = float(r2(self.y, pred, baseline_N=self.chance_pred))
+                samples[m] = np.asarray(r2(self.y, pred, self.W_BN, baseline_N=self.chance_pred), dtype=np.float64)
+            elif m in ("spearman", "auroc"):
+                vals, wts, rep_vals, rep_wts = [], [], [], []
+                for _, te in self.folds:
+                    vals.append(float(score(m, self.y[te], pred[te])))
+                    wts.append(len(te))
+                    rep_vals.append(np.asarray(score(m, self.y[te], pred[te], self.W_BN[:, te]), dtype=np.float64))
+                    rep_wts.append(self.W_BN[:, te].sum(1))
+                est[m] = float(_weighted_nanmean(np.array(vals)[None, :], np.array(wts, dtype=np.float64)[None, :])[0])
+                samples[m] = _weighted_nanmean(np.stack(rep_vals, 1), np.stack(rep_wts, 1))
+            else:
+                est[m] = float(score(m, self.y, pred))
+                samples[m] = np.asarray(score(m, self.y, pred, self.W_BN), dtype=np.float64)
         return ArmScores(est, samples, note)
 
-    def arm(self, X, select: int | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
-        return fit_predict(X, self.y, self.folds, self.target.kind, select, self.settings.regularisation)
+    def arm(self, X, select: int | None = None) -> FoldFits:
+        return fit_predict(X, self.y, self.folds, self.target.kind, select, self.settings.regularisation, self.inner)
 
     def rows_for(self, arm: str, sc: ArmScores, group_id, group_size) -> list[dict]:
         out = []
@@ -251,8 +328,8 @@ class TargetEvaluator:
 
     def ceiling_rows(self) -> list[dict]:
         """The residual-stream ceiling and the chance floor (no group)."""
-        pred, _ = self.arm(self.acts)
-        rows = self.rows_for("residual", self.scores(pred, f"full residual stream, {self.acts.shape[1]} dims"), None, None)
+        fit = self.arm(self.acts)
+        rows = self.rows_for("residual", self.scores(fit.pred, _note(f"full residual stream, {self.acts.shape[1]} dims", fit)), None, None)
         return rows + self.rows_for("chance", self.chance, None, None)
 
     def group_rows(self, group_id, members, W_dec_FD: np.ndarray, counts_F: np.ndarray,
@@ -265,39 +342,34 @@ class TargetEvaluator:
         rows: list[dict] = []
         W = np.asarray(W_dec_FD, dtype=np.float64)
 
+        acts = self.acts.astype(np.float64)
         sub = Subspace.from_decoder(W, members, name=f"group{group_id}")
-        pred, _ = self.arm(sub.coords(self.acts.astype(np.float64)))
-        arms["group_subspace"] = self.scores(pred, f"decoder span, dim {sub.dim}")
+        fit = self.arm(sub.coords(acts))
+        arms["group_subspace"] = self.scores(fit.pred, _note(f"decoder span, dim {sub.dim}", fit))
         G = self.lat[:, members]
-        pred, _ = self.arm(G)
-        arms["group_latents"] = self.scores(pred, f"{k} member activations")
+        fit = self.arm(G)
+        arms["group_latents"] = self.scores(fit.pred, _note(f"{k} member activations", fit))
         if s.member_arms:
             for j, lat in enumerate(members):
-                pred, _ = self.arm(G[:, [j]])
-                rows += self.rows_for(f"latent:{lat}", self.scores(pred), group_id, k)
-        pred, chosen = self.arm(G, select=1)
-        arms["best_single_latent"] = self.scores(pred, _chosen_note(chosen, members))
+                fit = self.arm(G[:, [j]])
+                rows += self.rows_for(f"latent:{lat}", self.scores(fit.pred, _note("", fit)), group_id, k)
+        fit = self.arm(G, select=1)
+        arms["best_single_latent"] = self.scores(fit.pred, _note(_chosen_note(fit.columns, members), fit))
         dirs = W[members] / np.maximum(np.linalg.norm(W[members], axis=1, keepdims=True), 1e-12)
-        pred, chosen = self.arm(self.acts.astype(np.float64) @ dirs.T, select=1)
-        arms["best_single_direction"] = self.scores(pred, _chosen_note(chosen, members))
-        pred, chosen = self.arm(self.lat, select=k)
-        arms["ksparse"] = self.scores(pred, _ksparse_note(chosen, members))
+        fit = self.arm(acts @ dirs.T, select=1)
+        arms["best_single_direction"] = self.scores(fit.pred, _note(_chosen_note(fit.columns, members), fit))
+        fit = self.arm(self.lat, select=k)
+        arms["ksparse"] = self.scores(fit.pred, _note(_ksparse_note(fit.columns, members), fit))
 
         ctrl_rng = np.random.default_rng([s.seed, zlib.crc32(str(group_id).encode()), 1])
         controls = matched_groups(members, counts_F, s.n_controls, s.n_freq_bins, ctrl_rng, bins_F=bins_F)
         m_lat, m_sub = [], []
         for c in controls:
-            pred, _ = self.arm(self.lat[:, list(c.latents)])
-            m_lat.append(self.scores(pred))
-            csub = Subspace.from_decoder(W, c.latents)
-            pred, _ = self.arm(csub.coords(self.acts.astype(np.float64)))
-            m_sub.append(self.scores(pred))
+            m_lat.append(self.scores(self.arm(self.lat[:, list(c.latents)]).pred))
+            m_sub.append(self.scores(self.arm(Subspace.from_decoder(W, c.latents).coords(acts)).pred))
         arms["matched_latents"] = _mean_scores(m_lat, f"mean of {len(controls)} frequency-matched groups")
         arms["matched_subspace"] = _mean_scores(m_sub, f"mean of {len(controls)} frequency-matched decoder spans")
-        r_sub = []
-        for rs in random_subspaces(W.shape[1], sub.dim, s.n_controls, ctrl_rng):
-            pred, _ = self.arm(rs.coords(self.acts.astype(np.float64)))
-            r_sub.append(self.scores(pred))
+        r_sub = [self.scores(self.arm(rs.coords(acts)).pred) for rs in random_subspaces(W.shape[1], sub.dim, s.n_controls, ctrl_rng)]
         arms["random_subspace"] = _mean_scores(r_sub, f"mean of {len(r_sub)} random {sub.dim}-dim subspaces")
 
         for name, sc in arms.items():
@@ -335,6 +407,15 @@ def _mean_scores(items: list[ArmScores], note: str) -> ArmScores:
         warnings.simplefilter("ignore", RuntimeWarning)
         samples = {m: np.nanmean(np.stack([it.samples[m] for it in items]), axis=0) for m in metrics}
     return ArmScores(est, samples, note)
+
+
+def _note(text: str, fit: FoldFits) -> str:
+    """``text`` plus the L2 strengths chosen on the training folds (when they were chosen)."""
+    vals, counts = np.unique(np.asarray(fit.strengths), return_counts=True)
+    if len(fit.strengths) == 0:
+        return text
+    reg = "L2 " + ", ".join(f"{v:g} ({c}/{len(fit.strengths)})" for v, c in zip(vals, counts))
+    return f"{text}; {reg}" if text else reg
 
 
 def _chosen_note(chosen: list[np.ndarray], members: list[int]) -> str:

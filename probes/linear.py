@@ -37,8 +37,27 @@ def ridge_fit(X: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, f
     return coef, float(ym - xm @ coef)
 
 
-def logistic_fit(X: np.ndarray, y: np.ndarray, C: float, tol: float = 1e-10, max_iter: int = 100) -> tuple[np.ndarray, float]:
-    """``(coef_P, intercept)`` of L2 logistic regression (labels 0/1) by damped Newton steps."""
+def ridge_path(Xtr: np.ndarray, ytr: np.ndarray, Xva: np.ndarray, alphas) -> np.ndarray:
+    """Ridge predictions ``[len(alphas), n_val]`` for every alpha, from one SVD of the centred training data."""
+    Xtr = np.asarray(Xtr, dtype=np.float64)
+    xm, ym = Xtr.mean(0), float(np.mean(ytr))
+    if Xtr.shape[1] == 0:
+        return np.full((len(alphas), len(Xva)), ym)
+    U, S, Vt = np.linalg.svd(Xtr - xm, full_matrices=False)
+    Uty = U.T @ (np.asarray(ytr, dtype=np.float64) - ym)
+    proj = (np.asarray(Xva, dtype=np.float64) - xm) @ Vt.T  # [n_val, r]
+    out = np.empty((len(alphas), len(Xva)))
+    for i, a in enumerate(alphas):
+        out[i] = proj @ (S / (S ** 2 + a) * Uty) + ym
+    return out
+
+
+def logistic_fit(X: np.ndarray, y: np.ndarray, C: float, tol: float = 1e-10, max_iter: int = 100,
+                 init: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """``(coef_P, intercept)`` of L2 logistic regression (labels 0/1) by damped Newton steps.
+
+    ``init`` (coef then intercept) warm-starts the solver, e.g. along a regularisation path.
+    """
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     n, P = X.shape
@@ -48,6 +67,8 @@ def logistic_fit(X: np.ndarray, y: np.ndarray, C: float, tol: float = 1e-10, max
     prior = np.clip(y.mean(), 1e-12, 1 - 1e-12)
     theta = np.zeros(P + 1)
     theta[-1] = np.log(prior / (1 - prior))
+    if init is not None:
+        theta = np.asarray(init, dtype=np.float64).copy()
 
     def objective(t):
         z = Z @ t
@@ -82,3 +103,18 @@ def logistic_fit(X: np.ndarray, y: np.ndarray, C: float, tol: float = 1e-10, max
         if float(grad @ step) < tol:
             break
     return theta[:-1], float(theta[-1])
+
+
+def logistic_path(Xtr: np.ndarray, ytr: np.ndarray, Xva: np.ndarray, Cs) -> np.ndarray:
+    """P(y = 1) on ``Xva`` ``[len(Cs), n_val]`` for every C, each fit warm-started from the previous one.
+
+    Fitted from the strongest penalty (smallest C) to the weakest whatever the order of ``Cs``.
+    """
+    order = np.argsort(np.asarray(Cs, dtype=np.float64))
+    out = np.empty((len(Cs), len(Xva)))
+    theta = None
+    for i in order:
+        coef, b = logistic_fit(Xtr, ytr, float(Cs[i]), init=theta)
+        theta = np.r_[coef, b]
+        out[i] = expit(np.asarray(Xva, dtype=np.float64) @ coef + b)
+    return out

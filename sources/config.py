@@ -52,7 +52,7 @@ class TrainSpec(Section):
 
 
 class SAESpec(Section):
-    """Exactly one of ``builtin``, ``release``, ``path`` or ``train``."""
+    """Exactly one of ``builtin``, ``release``, ``path`` or ``train``; giving release, path or train replaces the built-in default."""
 
     builtin: str | None = "default"
     """Alias of an SAE shipped with the project (``default``: SmolLM2-135M layer 15 resid_post)."""
@@ -71,16 +71,15 @@ class SAESpec(Section):
     @classmethod
     def _one_source(cls, data):
         if isinstance(data, dict):
-            given = [k for k in ("builtin", "release", "path", "train") if data.get(k) is not None]
-            if len(given) > 1 and "builtin" in given:
-                # an explicit other source overrides the default builtin alias
+            others = [k for k in ("release", "path", "train") if data.get(k) is not None]
+            if len(others) > 1:
+                raise ValueError(f"give exactly one SAE source, got {others}")
+            if others:
+                # an explicit release/path/train replaces the built-in default (also when --set on default.yaml)
                 data = {**data, "builtin": None}
-                given.remove("builtin")
-            if len(given) > 1:
-                raise ValueError(f"give exactly one SAE source, got {given}")
-            if not given and "builtin" in data:
+            elif "builtin" in data and data["builtin"] is None:
                 raise ValueError("give one SAE source: builtin, release (+ id), path or train")
-            if "release" in given and not data.get("id"):
+            if "release" in others and not data.get("id"):
                 raise ValueError("sae.release needs sae.id (the SAE id within the release)")
         return data
 

@@ -55,15 +55,22 @@ def _safe_div(num, den):
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
-def r2(y_N, pred_N, w=None):
-    """Coefficient of determination 1 - SSE/SST (SST around the weighted mean of y)."""
+def r2(y_N, pred_N, w=None, baseline_N=None):
+    """Coefficient of determination 1 - SSE/SST (SST around the weighted mean of y).
+
+    With ``baseline_N`` (a reference prediction per token, e.g. each training fold's mean label) SST is
+    the squared error of that baseline instead: out-of-sample R², 0 for the baseline itself.
+    """
     y = np.asarray(y_N, dtype=np.float64)
     p = np.asarray(pred_N, dtype=np.float64)
     W, single = _weights(w, len(y))
     sw = W.sum(1)
-    ybar = _safe_div(W @ y, sw)
     sse = W @ (y - p) ** 2
-    sst = (W * (y[None, :] - ybar[:, None]) ** 2).sum(1)
+    if baseline_N is None:
+        ybar = _safe_div(W @ y, sw)
+        sst = (W * (y[None, :] - ybar[:, None]) ** 2).sum(1)
+    else:
+        sst = W @ (y - np.asarray(baseline_N, dtype=np.float64)) ** 2
     # a constant target (SST numerically zero) leaves R² undefined
     scale = np.maximum(W @ y ** 2, 1e-300)
     const = sst <= 1e-12 * scale

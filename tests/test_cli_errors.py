@@ -83,3 +83,12 @@ def test_the_entry_point_exits_2_with_one_line_and_no_traceback(tmp_path):
     assert len(lines) == 1, res.stderr
     assert lines[0].startswith("error: model.name: unknown model 'not-a-model'")
     assert "Traceback" not in res.stderr
+
+
+def test_an_sae_path_or_train_spec_replaces_the_builtin_default(tmp_path):
+    cfg = build_config(ExperimentConfig, write(tmp_path, "sae:\n  path: some/dir\n"))
+    assert cfg.sae.builtin is None and cfg.sae.path == "some/dir"
+    cfg = build_config(ExperimentConfig, "experiments/configs/default.yaml", ["sae.train.d_sae=64"])
+    assert cfg.sae.builtin is None and cfg.sae.train.d_sae == 64
+    with pytest.raises(ConfigError, match="exactly one SAE source"):
+        build_config(ExperimentConfig, write(tmp_path, "sae:\n  path: a\n  train: {}\n"))

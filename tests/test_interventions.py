@@ -423,3 +423,25 @@ def test_the_pool_of_contexts_does_not_depend_on_the_stream_batch_size(model, sa
     assert pools[0].n_tokens == pools[1].n_tokens
     assert pools[0].group_contexts == pools[1].group_contexts
     np.testing.assert_array_equal(pools[0].count_F, pools[1].count_F)
+
+
+def test_sqrt_kl_per_norm_does_not_favour_larger_edits_where_kl_per_norm_would(model, tokens):
+    from interventions.stats import statistic
+
+    with torch.no_grad():
+        lp = torch.log_softmax(clean_logits(model, tokens), -1)
+        x = _next_block_input(model, tokens, lambda: model.hf(tokens))
+    v = E.random_unit_vector(model.d_model, np.random.default_rng(0))
+    small = 0.05 * float(x.norm(dim=-1).mean())
+    logits, _ = multi_arm_logits(model, HOOK, tokens, [E.as_edit_fn(lambda x, a=a: E.steer_delta(x, v, a))
+                                                       for a in (small, 2 * small)])
+    _, kl = token_effects(lp, logits, tokens)
+    doc_T = np.repeat(np.arange(tokens.shape[0]), tokens.shape[1])
+    stats = []
+    for i, a in enumerate((small, 2 * small)):
+        s = doc_sums(doc_T, tokens.shape[0], np.ones(doc_T.shape, bool), {"kl": kl[i].flatten().numpy()},
+                     np.full(doc_T.shape, a))
+        one = np.ones((1, tokens.shape[0]))
+        stats.append((statistic(s, "sqrt_kl_per_norm", "fires", one)[0], statistic(s, "kl", "fires", one)[0] / a))
+    assert stats[1][0] == pytest.approx(stats[0][0], rel=0.05)  # scale-free
+    assert stats[1][1] == pytest.approx(2 * stats[0][1], rel=0.1)  # naive KL / norm doubles with the edit

@@ -11,8 +11,9 @@ from sklearn.model_selection import cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from probes.evaluate import COLUMNS, Settings, Target, evaluate_target, finalize, fit_predict, univariate_scores
-from probes.linear import logistic_fit, ridge_fit
+from probes.evaluate import (COLUMNS, Settings, Target, choose_strength, evaluate_target, finalize, fit_predict, inner_splits,
+                             univariate_scores)
+from probes.linear import logistic_fit, logistic_path, ridge_fit, ridge_path
 from stats import grouped_folds
 from subspaces import Subspace, principal_angles
 
@@ -52,14 +53,48 @@ def test_out_of_fold_predictions_equal_sklearn_cross_val_predict():
     X = rng.normal(size=(240, 4)) * [1, 10, 0.1, 3]
     y = X[:, 0] + rng.normal(size=240)
     folds = grouped_folds(docs, 5, seed=0)
-    ours, _ = fit_predict(X, y, folds, "regression", regularisation=2.0)
+    ours = fit_predict(X, y, folds, "regression", regularisation=2.0).pred
     ref = cross_val_predict(make_pipeline(StandardScaler(), Ridge(alpha=2.0)), X, y, cv=folds)
     np.testing.assert_allclose(ours, ref, atol=1e-9)
     yc = (y > 0).astype(float)
-    ours, _ = fit_predict(X, yc, folds, "classification", regularisation=2.0)
+    ours = fit_predict(X, yc, folds, "classification", regularisation=2.0).pred
     ref = cross_val_predict(make_pipeline(StandardScaler(), LogisticRegression(C=0.5, tol=1e-12, max_iter=10_000)), X, yc, cv=folds,
                             method="predict_proba")[:, 1]
     np.testing.assert_allclose(ours, ref, atol=1e-6)
+
+
+def test_the_regularisation_path_equals_separate_fits():
+    rng = np.random.default_rng(6)
+    X, Xv = rng.normal(size=(80, 4)), rng.normal(size=(20, 4))
+    y = X[:, 0] + rng.normal(size=80)
+    path = ridge_path(X, y, Xv, [0.5, 50.0])
+    for row, a in zip(path, [0.5, 50.0]):
+        coef, b = ridge_fit(X, y, a)
+        np.testing.assert_allclose(row, Xv @ coef + b, atol=1e-10)
+    yc = (y > 0).astype(float)
+    path = logistic_path(X, yc, Xv, [3.0, 0.01])
+    for row, C in zip(path, [3.0, 0.01]):
+        ref = LogisticRegression(C=C, tol=1e-12, max_iter=10_000).fit(X, yc).predict_proba(Xv)[:, 1]
+        np.testing.assert_allclose(row, ref, atol=1e-6)
+
+
+def test_the_l2_strength_is_chosen_by_inner_cv_on_the_training_documents_only():
+    rng = np.random.default_rng(7)
+    docs = np.repeat(np.arange(30), 10)
+    X = rng.normal(size=(300, 20))
+    y_signal = X[:, 0] * 3 + rng.normal(size=300)
+    y_noise = rng.normal(size=300)
+    strengths = [0.01, 1.0, 1e4]
+    splits = grouped_folds(docs, 3)
+    assert choose_strength(X, y_signal, splits, "regression", strengths) < 1e4  # a clear signal: weak penalty
+    assert choose_strength(X, y_noise, splits, "regression", strengths) == 1e4  # pure noise: strongest penalty
+    folds = grouped_folds(docs, 5, seed=0)
+    inner = inner_splits(docs, y_noise, "regression", folds, 3)
+    for (tr, _), sub in zip(folds, inner):
+        for itr, ite in sub:  # inner splits stay inside the training fold and never split a document
+            assert not set(docs[tr][itr]) & set(docs[tr][ite])
+    fits = fit_predict(X, y_noise, folds, "regression", regularisation=strengths, inner=inner)
+    assert len(fits.strengths) == 5 and set(fits.strengths) <= set(strengths)
 
 
 def test_univariate_scores_are_squared_correlations_for_dense_and_sparse_inputs():
@@ -80,7 +115,7 @@ def test_the_best_single_latent_is_chosen_on_training_folds_only():
     leak_fold = 2
     X = np.column_stack([rng.normal(size=200), 0.2 * y + rng.normal(size=200)])
     X[folds[leak_fold][1], 0] = 3 * y[folds[leak_fold][1]]  # column 0 tracks y, but only on one fold's held-out tokens
-    _, chosen = fit_predict(X, y, folds, "regression", select=1)
+    chosen = fit_predict(X, y, folds, "regression", select=1).columns
     assert chosen[leak_fold][0] == 1  # that fold never sees its own test tokens
     assert all(c[0] == 0 for i, c in enumerate(chosen) if i != leak_fold)  # the others do train on them
 
@@ -137,15 +172,18 @@ def test_a_planted_binary_label_is_also_recovered_by_the_group():
     assert np.isnan(df.loc[("group_subspace-vs-best_single_direction", "auroc"), "p_value"])  # rank metrics are not tested
 
 
-@pytest.mark.parametrize("kind, replicates", [("regression", 60), ("classification", 30)])
+@pytest.mark.parametrize("kind, replicates", [("regression", 50), ("classification", 25)])
 def test_shuffled_labels_give_no_more_wins_than_the_nominal_error_rate(kind, replicates):
     alpha = 0.05
     frames = []
     for seed in range(replicates):
         acts, A, W, y, docs, counts, group, _ = planted(seed=100 + seed, n_docs=24, per_doc=10, kind=kind)
         y = np.random.default_rng(seed).permutation(y)  # shuffled: no token's label is related to its activations
+        # the full procedure (inner-CV choice of the L2 strength included) on a coarser strength grid, for speed
+        settings = Settings(n_bootstrap=200, n_controls=1, n_freq_bins=5, member_arms=False, seed=seed,
+                            regularisation=(1.0, 100.0, 10000.0))
         rows = evaluate_target(Target("null", kind, np.arange(len(y)), y), acts, sp.csr_matrix(A), docs, {0: tuple(group)}, W, counts,
-                               Settings(n_bootstrap=200, n_controls=1, n_freq_bins=5, member_arms=False, seed=seed), ceiling=False)
+                               settings, ceiling=False)
         df = finalize(pd.DataFrame(rows, columns=COLUMNS), alpha)
         frames.append(df[df["row_type"] == "comparison"].assign(rep=seed))
     comp = pd.concat(frames)

@@ -50,6 +50,14 @@ def test_a_weight_matrix_gives_one_value_per_replicate_equal_to_separate_calls()
         np.testing.assert_allclose(many, [fn(a, b, W[i]) for i in range(7)], atol=1e-12)
 
 
+def test_out_of_sample_r2_is_measured_against_a_baseline_prediction():
+    y, pred, _, _ = _data(6)
+    base = np.full_like(y, 0.3)
+    expect = 1 - ((y - pred) ** 2).sum() / ((y - base) ** 2).sum()
+    assert r2(y, pred, baseline_N=base) == pytest.approx(expect, abs=1e-12)
+    assert r2(y, base, baseline_N=base) == 0.0
+
+
 def test_undefined_metrics_are_nan_not_errors():
     assert np.isnan(r2(np.ones(5), np.arange(5.0)))
     assert np.isnan(spearman(np.arange(5.0), np.ones(5)))
