@@ -48,7 +48,7 @@ def setup(tmp_path_factory):
     config.write_text(f"""
 model: {{name: {model_dir}, device: cpu}}
 hook: {{layer: 1}}
-sae: {{builtin: null, path: {root / 'sae'}}}
+sae: {{path: {root / 'sae'}}}
 data: {{source: jsonl, path: {root / 'corpus.jsonl'}, context_len: 32, max_tokens: 2000}}
 stream: {{batch_size: 8}}
 probes:
