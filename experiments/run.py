@@ -48,7 +48,7 @@ class Run:
             "stages": old.get("stages", {}),
             "complete": False,
         }
-        self._write()
+        # written when a stage starts, so a refused command never overwrites an earlier run's record
 
     def _write(self) -> None:
         write_json(self.out / "manifest.json", self.manifest, field="out")

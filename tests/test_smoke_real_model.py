@@ -32,6 +32,6 @@ def test_the_default_sae_fits_the_default_hook_and_streams_a_few_hundred_tokens(
     assert s.model.d_model == 576 and s.model.n_layers == 30
     batches = list(iter_latents(s.model, s.sae, cfg.data, cfg.hook, cfg.stream, progress=False))
     n = sum(b.n_tokens for b in batches)
-    assert 300 <= n <= 384
+    assert 200 <= n <= 384  # content tokens only: BOS and padding of short documents are masked
     l0 = np.mean([np.diff(b.latents.indptr).mean() for b in batches])
     assert 1 <= l0 <= s.sae.cfg.d_sae / 10
