@@ -35,7 +35,7 @@ def run_pipeline(cfg: ExperimentConfig, out: Path, fresh: bool = False, progress
     probe_stage(cfg, run, progress=progress, force=fresh)
     interventions_stage(cfg, run, progress=progress, force=fresh)
     write_text(run.out / "report.md", render_report(run.out))
-    run.finish(STAGES)
+    run.finish([s for s in STAGES if s != "interventions" or cfg.interventions.enabled])
     return run
 
 
