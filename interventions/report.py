@@ -18,22 +18,23 @@ EFFECT_WORDS = {
 }
 
 
-def _g(x, digits: int = 3) -> str:
+def _finite(x) -> float | None:
+    """``x`` as a float, or None when it is missing, not a number, NaN or infinite."""
     try:
         x = float(x)
     except (TypeError, ValueError):
-        return "n/a"
-    if not math.isfinite(x):
-        return "n/a"
-    return f"{x:.{digits}g}"
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _g(x, digits: int = 3) -> str:
+    x = _finite(x)
+    return "n/a" if x is None else f"{x:.{digits}g}"
 
 
 def _p(x) -> str:
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return "n/a"
-    if not math.isfinite(x):
+    x = _finite(x)
+    if x is None:
         return "n/a"
     return "<0.001" if x < 1e-3 else f"{x:.3f}"
 

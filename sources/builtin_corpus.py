@@ -162,16 +162,21 @@ def _google_api_docs(documents_dir: str) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def _read_google_api_descriptions(corpus: "BuiltinCorpus") -> Iterator[tuple[str, str]]:
+def _package_data(corpus: "BuiltinCorpus", relpath: str, is_dir: bool = False) -> Path:
+    """A data file (or folder) inside the corpus's installed package, or a ConfigError saying to reinstall it."""
     (root,) = _require(corpus.name, [corpus])
-    documents_dir = root / "discovery_cache" / "documents"
-    if not documents_dir.is_dir():
+    path = root / relpath
+    if not (path.is_dir() if is_dir else path.is_file()):
         raise ConfigError(
             _FIELD,
-            f"{corpus.package}=={corpus.version} has no discovery_cache/documents; "
+            f"{corpus.package}=={corpus.version} has no {relpath}; "
             f"reinstall it: pip install --force-reinstall {corpus.package}=={corpus.version}",
         )
-    yield from _google_api_docs(str(documents_dir))
+    return path
+
+
+def _read_google_api_descriptions(corpus: "BuiltinCorpus") -> Iterator[tuple[str, str]]:
+    yield from _google_api_docs(str(_package_data(corpus, "discovery_cache/documents", is_dir=True)))
 
 
 # No-break and thin spaces become spaces; the invisible word joiner is removed.
@@ -198,15 +203,7 @@ def _wikipedia_docs(summaries_path: str) -> tuple[tuple[str, str], ...]:
 
 
 def _read_wikipedia_vital_articles(corpus: "BuiltinCorpus") -> Iterator[tuple[str, str]]:
-    (root,) = _require(corpus.name, [corpus])
-    path = root / "data" / "summaries_en-us.json"
-    if not path.is_file():
-        raise ConfigError(
-            _FIELD,
-            f"{corpus.package}=={corpus.version} has no data/summaries_en-us.json; "
-            f"reinstall it: pip install --force-reinstall {corpus.package}=={corpus.version}",
-        )
-    yield from _wikipedia_docs(str(path))
+    yield from _wikipedia_docs(str(_package_data(corpus, "data/summaries_en-us.json")))
 
 
 def _interleave(streams: Sequence[tuple[str, Sequence[tuple[str, str]]]]) -> Iterator[tuple[str, str]]:
