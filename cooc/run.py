@@ -10,7 +10,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from tqdm.auto import tqdm
+from sources.progress import progress_bar
 
 from cooc.config import CoocConfig
 from cooc.counting import CooccurrenceCounter, check_csr
@@ -57,7 +57,7 @@ def count(latent_batches: Iterable[Any], d_sae: int | None, cfg: CoocConfig, the
     width = cfg.d_sae if d_sae is None else d_sae
     if cfg.d_sae is not None and d_sae is not None and cfg.d_sae != d_sae:
         raise ConfigError("cooc.d_sae", f"is {cfg.d_sae} but the SAE has d_sae={d_sae}")
-    bar = tqdm(latent_batches, desc="cooc: counting", unit="chunk", disable=not progress)
+    bar = progress_bar(latent_batches, desc="cooc: counting", unit="chunk", progress=progress)
     for batch in bar:
         acts = check_csr(_as_csr(batch), width)
         if counter is None:

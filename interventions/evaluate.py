@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from sources.progress import progress_bar
 
 from interventions import edits as E
 from interventions.config import LATENT_MODES, InterventionsConfig
@@ -446,7 +446,8 @@ def evaluate_group(model: LoadedModel, sae, hook: HookSpec, plan: Plan, contexts
     per_fwd = max(1, min(len(arms), icfg.batch_size))
     cb = max(1, min(len(contexts), icfg.batch_size // per_fwd))
     n_fwd = math.ceil(len(contexts) / cb) * math.ceil(len(arms) / per_fwd)
-    bar = tqdm(total=n_fwd, desc=f"interventions {plan.group.group_id}", unit="fwd", disable=not progress, mininterval=2.0)
+    bar = progress_bar(total=n_fwd, desc=f"interventions {plan.group.group_id}", unit="fwd", progress=progress,
+                       mininterval=2.0)
     n_fires = 0
     for c0 in range(0, len(contexts), cb):
         ctxs = contexts[c0:c0 + cb]

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
-from tqdm.auto import tqdm
+from sources.progress import progress_bar
 
 from sources.config import DataSpec, HookSpec
 from sources.corpora import iter_documents, special_ids
@@ -305,7 +305,7 @@ def run_windows(family: str, windows: list[_Window], model, sae, hook: HookSpec,
     meta: list[dict] = []
     thr = torch.as_tensor(threshold_F)
     n_tok = 0
-    bar = tqdm(total=len(windows), unit="win", desc=f"probe {family}", disable=not progress, mininterval=2.0)
+    bar = progress_bar(total=len(windows), unit="win", desc=f"probe {family}", progress=progress, mininterval=2.0)
     for b0 in range(0, len(order), batch_size):
         batch = [windows[i] for i in order[b0:b0 + batch_size]]
         L = max(len(w.tokens) for w in batch)

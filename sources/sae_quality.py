@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from sources.progress import progress_bar
 
 from sources.config import DataSpec, HookSpec, StreamSpec
 from sources.corpora import iter_contexts
@@ -125,8 +125,8 @@ def evaluate_sae(sae, model: LoadedModel, hook: HookSpec, data: DataSpec, stream
     sum_l0 = 0.0
     ce = {"clean": 0.0, "spliced": 0.0, "zero": 0.0}
     n_targets = 0
-    bar = tqdm(total=data.max_tokens, unit="tok", desc="evaluate SAE", disable=not (progress and stream.progress),
-               mininterval=2.0)
+    bar = progress_bar(total=data.max_tokens, unit="tok", desc="evaluate SAE", progress=progress and stream.progress,
+                       mininterval=2.0)
     for contexts in batched(iter_contexts(data, model.tokenizer), stream.batch_size):
         tokens_BL = torch.from_numpy(np.stack([c.tokens_L for c in contexts])).to(model.device)
         mask_BL = torch.from_numpy(np.stack([c.mask_L for c in contexts])).to(model.device)

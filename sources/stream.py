@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import scipy.sparse as sp
 import torch
-from tqdm.auto import tqdm
+from sources.progress import progress_bar
 
 from sources import sites
 from sources.config import DataSpec, HookSpec, StreamSpec
@@ -101,8 +101,8 @@ def iter_activation_batches(model: LoadedModel, data: DataSpec, hook: HookSpec, 
         cache.mkdir(parents=True, exist_ok=True)
         write_json(cache / "spec.json", {"model": model.identity, "hook": hook.model_dump(), "data": data.model_dump()})
     world = shard[1] if shard is not None else 1
-    bar = tqdm(total=-(-data.max_tokens // world), unit="tok", desc=f"stream L{hook.layer}.{hook.site}", disable=not (progress and stream.progress),
-               mininterval=2.0)
+    bar = progress_bar(total=-(-data.max_tokens // world), unit="tok", desc=f"stream L{hook.layer}.{hook.site}",
+                       progress=progress and stream.progress, mininterval=2.0)
     for b, contexts in enumerate(batched(iter_contexts(data, model.tokenizer, shard=shard), stream.batch_size)):
         tokens_BL = torch.from_numpy(np.stack([c.tokens_L for c in contexts]))
         mask_BL = torch.from_numpy(np.stack([c.mask_L for c in contexts]))

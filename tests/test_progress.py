@@ -1,0 +1,42 @@
+"""Progress bars: shown on a terminal, quiet under --quiet, in CI logs and when stderr is redirected."""
+
+import io
+
+import pytest
+
+from sources import progress as P
+
+
+class _Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.fixture
+def tty(monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("COOC_PROGRESS", raising=False)
+    monkeypatch.setattr(P.sys, "stderr", _Tty())
+
+
+def test_bars_show_on_a_terminal_and_hide_under_quiet(tty):
+    assert P.bars_enabled(True)
+    assert not P.bars_enabled(False)
+    bar = P.progress_bar(range(3), progress=True, desc="x")
+    assert not bar.disable
+    assert P.progress_bar(range(3), progress=False).disable
+
+
+def test_bars_hide_in_ci_and_when_redirected(tty, monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    assert not P.bars_enabled(True)
+    monkeypatch.delenv("CI")
+    monkeypatch.setattr(P.sys, "stderr", io.StringIO())  # not a terminal
+    assert not P.bars_enabled(True)
+    monkeypatch.setenv("COOC_PROGRESS", "1")
+    assert P.bars_enabled(True)
+    assert not P.bars_enabled(False)  # --quiet always wins
+
+
+def test_a_disabled_bar_still_iterates_everything(tty):
+    assert list(P.progress_bar(range(5), progress=False)) == list(range(5))
