@@ -14,12 +14,14 @@ class _Tty(io.StringIO):
 
 @pytest.fixture
 def tty(monkeypatch):
+    """A terminal on stderr, outside CI. Patched inside the test body: pytest swaps sys.stderr between phases."""
     monkeypatch.delenv("CI", raising=False)
     monkeypatch.delenv("COOC_PROGRESS", raising=False)
-    monkeypatch.setattr(P.sys, "stderr", _Tty())
+    return lambda: monkeypatch.setattr(P.sys, "stderr", _Tty())
 
 
 def test_bars_show_on_a_terminal_and_hide_under_quiet(tty):
+    tty()
     assert P.bars_enabled(True)
     assert not P.bars_enabled(False)
     bar = P.progress_bar(range(3), progress=True, desc="x")
@@ -28,6 +30,8 @@ def test_bars_show_on_a_terminal_and_hide_under_quiet(tty):
 
 
 def test_bars_hide_in_ci_and_when_redirected(tty, monkeypatch):
+    tty()
+    assert P.bars_enabled(True)
     monkeypatch.setenv("CI", "true")
     assert not P.bars_enabled(True)
     monkeypatch.delenv("CI")
@@ -39,4 +43,5 @@ def test_bars_hide_in_ci_and_when_redirected(tty, monkeypatch):
 
 
 def test_a_disabled_bar_still_iterates_everything(tty):
+    tty()
     assert list(P.progress_bar(range(5), progress=False)) == list(range(5))
