@@ -12,6 +12,7 @@ from pydantic import Field
 from cooc.config import CoocConfig
 from interventions.config import InterventionsConfig
 from probes.config import ProbesConfig
+from reports.config import ReportConfig
 from sources.config import ActivationsSpec, DataSpec, HookSpec, ModelSpec, SAESpec, Section, StreamSpec
 
 
@@ -29,6 +30,7 @@ class ExperimentConfig(Section):
     cooc: CoocConfig = Field(default_factory=CoocConfig)
     probes: ProbesConfig = Field(default_factory=ProbesConfig)
     interventions: InterventionsConfig = Field(default_factory=InterventionsConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
 
 
 def config_schema() -> dict:

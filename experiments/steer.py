@@ -1,7 +1,8 @@
 """The main job: ``python -m experiments.steer [CONFIG.yaml] [--set k=v ...] [--out DIR] [--fresh]``.
 
 Runs the pipeline declared in the YAML, stage by stage: stream -> cooc (counts, scores, groups) ->
-subspaces/probes -> interventions -> report. A stage whose inputs (the config sections it depends on)
+subspaces/probes -> interventions -> explore (contexts and PCA views of the reported groups) ->
+report (``OUT/report.md`` and the self-contained ``OUT/report.html``). A stage whose inputs (the config sections it depends on)
 are unchanged since it last completed in the same output folder is reused; ``--fresh`` recomputes all.
 The model and SAE are loaded and checked against each other before anything is written.
 """
@@ -19,13 +20,14 @@ from sources.files import write_text
 
 log = logging.getLogger("experiments.steer")
 
-STAGES = ["cooc", "probes", "interventions"]
+STAGES = ["cooc", "probes", "interventions", "explore"]
 
 
 def run_pipeline(cfg: ExperimentConfig, out: Path, fresh: bool = False, progress: bool = True) -> Run:
     from experiments.cooc import cooc_stage
     from experiments.interventions import interventions_stage
     from experiments.probe import probe_stage
+    from experiments.report import build_report, explore_stage
     from interventions.report import render_report
     from sources.session import open_session
 
@@ -34,8 +36,11 @@ def run_pipeline(cfg: ExperimentConfig, out: Path, fresh: bool = False, progress
     cooc_stage(cfg, run, progress=progress, force=fresh)
     probe_stage(cfg, run, progress=progress, force=fresh)
     interventions_stage(cfg, run, progress=progress, force=fresh)
+    explore_stage(cfg, run, progress=progress, force=fresh)
     write_text(run.out / "report.md", render_report(run.out))
-    run.finish([s for s in STAGES if s != "interventions" or cfg.interventions.enabled])
+    run.finish([s for s in STAGES if (s != "interventions" or cfg.interventions.enabled) and (s != "explore" or cfg.report.enabled)])
+    if cfg.report.enabled:
+        build_report(run.out)
     return run
 
 
@@ -46,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out or cfg.out)
     run = run_pipeline(cfg, out, fresh=args.fresh, progress=not args.quiet)
     stages = ", ".join(f"{k} {v.get('wall_s', '?')} s" for k, v in run.manifest["stages"].items())
-    log.info("done: %s/report.md (stage wall times: %s)", out, stages)
+    log.info("done: %s/report.md and %s/report.html (stage wall times: %s)", out, out, stages)
 
 
 if __name__ == "__main__":

@@ -83,6 +83,20 @@ def trained_sae_dir(spec: SAESpec, model: LoadedModel, hook: HookSpec, data: Dat
     return cache_root() / "saes" / key
 
 
+def sae_folder(spec: SAESpec, model: LoadedModel, hook: HookSpec, data: DataSpec | None = None) -> Path | None:
+    """The folder an SAE is loaded from (built-in, sae.path or the training cache), or None for a Hub release.
+
+    Built-in and trained SAEs hold ``quality.json`` there (held-out explained variance, L0, CE loss recovered).
+    """
+    if spec.builtin is not None:
+        return BUILTIN_SAE_DIR / BUILTIN_SAES.get(spec.builtin, spec.builtin)
+    if spec.release is not None:
+        return None
+    if spec.path is not None:
+        return Path(spec.path).expanduser()
+    return trained_sae_dir(spec, model, hook, data) if data is not None else None
+
+
 def load_sae(spec: SAESpec, model: LoadedModel, hook: HookSpec, data: DataSpec | None = None,
              stream: StreamSpec | None = None, progress: bool = True):
     """Load the SAE described by ``spec`` on the model's device and check that it fits model and hook."""

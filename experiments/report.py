@@ -1,0 +1,112 @@
+"""Rebuild the HTML report of a finished run: ``python -m experiments.report OUT [--quiet]``.
+
+Reads only files already in ``OUT`` (manifest.json, cooc/, probes/, interventions/, explore/) and
+writes ``OUT/report.html`` (self-contained: opens from disk with no network) and ``OUT/figures/*.png``.
+Nothing is recomputed. ``python -m experiments.steer`` runs the ``explore`` stage (top contexts and
+PCA views of each reported group) and then this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from experiments.cli import entry_point
+from experiments.run import Run
+from sources.errors import ConfigError
+from sources.files import stable_hash
+
+log = logging.getLogger("experiments.report")
+
+STAGE = "explore"
+SECTIONS = ("seed", "model", "hook", "sae", "data", "cooc", "report")
+
+
+def report_groups(out: Path, rcfg, groups_df: pd.DataFrame) -> dict[str, tuple[int, ...]]:
+    """The groups that get a card: explicit ids, or the evaluated groups first, then the largest ones."""
+    members = {str(g): tuple(sorted(int(x) for x in sub["latent"])) for g, sub in groups_df.groupby("group_id", sort=False)}
+    if isinstance(rcfg.groups, list):
+        unknown = [g for g in rcfg.groups if g not in members]
+        if unknown:
+            raise ConfigError("report.groups", f"group id {unknown[0]!r} does not exist in {out / 'cooc' / 'groups.csv'} "
+                                               f"({len(members)} groups, e.g. {', '.join(list(members)[:3]) or 'none'})")
+        return {g: members[g] for g in dict.fromkeys(rcfg.groups)}
+    chosen: list[str] = []
+    verdicts = out / "verdicts.csv"
+    if verdicts.exists():
+        chosen += [str(g) for g in pd.read_csv(verdicts, dtype={"group_id": str})["group_id"]]
+    probe_groups = out / "probes" / "groups.csv"
+    if probe_groups.exists():
+        pg = pd.read_csv(probe_groups, dtype={"group_id": str})
+        if "selected" in pg:
+            chosen += [str(g) for g in pg.loc[pg["selected"].astype(bool), "group_id"]]
+    sizes = groups_df.groupby("group_id")["latent"].size().sort_values(ascending=False, kind="stable")
+    chosen += [str(g) for g in sizes.index]
+    chosen = [g for g in dict.fromkeys(chosen) if g in members]
+    return {g: members[g] for g in chosen[:rcfg.max_groups]}
+
+
+def explore_stage(cfg, run: Run, progress: bool = True, force: bool = False) -> Path | None:
+    """Collect the report's exploration data into ``run.out/explore`` (reused when its inputs are unchanged)."""
+    if not cfg.report.enabled:
+        return None
+    groups_csv = run.out / "cooc" / "groups.csv"
+    if not groups_csv.exists():
+        raise ConfigError("report", f"needs the cooc stage's {groups_csv}; run python -m experiments.steer first")
+    groups_df = pd.read_csv(groups_csv, dtype={"group_id": str})
+    groups = report_groups(run.out, cfg.report, groups_df)
+    cooc_key = run.manifest["stages"].get("cooc", {}).get("key")
+    key = stable_hash({"sections": run.stage_key(*SECTIONS), "cooc": cooc_key, "groups": groups})
+    if not force and run.is_done(STAGE, key) and (run.out / STAGE / "summary.json").exists():
+        log.info("explore: up to date in %s (use --fresh to recompute)", run.out / STAGE)
+        return run.out / STAGE
+    if not groups:
+        log.info("explore: the cooc stage found no groups; the report has no group cards")
+    from probes.dataset import decoder_as_applied, firing_threshold_F
+    from reports.explore import collect, read_quality
+    from sources.saes import sae_folder
+    from sources.session import open_session
+
+    s = open_session(cfg, progress)
+    data = cfg.data if cfg.report.max_tokens is None else cfg.data.model_copy(
+        update={"max_tokens": min(cfg.report.max_tokens, cfg.data.max_tokens)})
+    with run.stage(STAGE, key) as folder:
+        collect(s.model, s.sae, data, cfg.hook, cfg.stream, groups, firing_threshold_F(cfg.cooc, s.sae, s.d_sae),
+                decoder_as_applied(s.sae), folder, top_contexts=cfg.report.top_contexts,
+                window=(cfg.report.context_left, cfg.report.context_right), max_points=cfg.report.max_points,
+                seed=cfg.seed, progress=progress, sae_quality=read_quality(sae_folder(cfg.sae, s.model, cfg.hook, cfg.data)))
+    return folder
+
+
+def build_report(out: str | Path) -> Path:
+    """Write ``out/report.html`` and ``out/figures/*.png`` from the files in ``out``; returns the HTML path."""
+    from reports.html import write_report
+
+    out = Path(out)
+    if not out.is_dir():
+        raise ConfigError("OUT", f"{out} is not a folder; give the --out folder of a python -m experiments.steer run")
+    if not (out / "manifest.json").exists():
+        raise ConfigError("OUT", f"{out} holds no run (no manifest.json); run python -m experiments.steer --out {out} first")
+    return write_report(out)
+
+
+@entry_point
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__.splitlines()[0])
+    p.add_argument("out", nargs="?", default="runs/default", help="output folder of a run (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="only errors")
+    args = p.parse_args(argv)
+    if args.quiet:
+        logging.getLogger().setLevel(logging.WARNING)
+    path = build_report(args.out)
+    log.info("done: %s", path)
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    sys.exit(main())

@@ -1,0 +1,337 @@
+"""``OUT/report.html``: one self-contained page (plotly.js and every PNG inlined) built from a run folder.
+
+Sections: summary, run (config and manifest), SAE quality, co-occurrence, verdicts, probes, and one
+card per explored group (graph, structure, member latents with their top contexts, PCA view, probe
+results, intervention effects and steering dose-response). A section whose stage did not run says so.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+from pathlib import Path
+
+import jinja2
+import numpy as np
+import pandas as pd
+import plotly.offline
+import yaml
+
+from reports import figures, interactive
+from sources.files import read_json, write_text
+
+log = logging.getLogger(__name__)
+
+TEMPLATE = Path(__file__).with_name("report.html.j2")
+
+
+# ------------------------------------------------------------------------------------ reading
+
+def _csv(path: Path, **kw) -> pd.DataFrame:
+    return pd.read_csv(path, **kw) if path.exists() else pd.DataFrame()
+
+
+def _json(path: Path) -> dict:
+    try:
+        return read_json(path) if path.exists() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _fmt(x, digits: int = 3) -> str:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return "" if x is None or (isinstance(x, float) and math.isnan(x)) else str(x)
+    if not math.isfinite(x):
+        return "n/a"
+    if x != 0 and abs(x) < 1e-3:
+        return f"{x:.1e}"
+    return f"{x:.{digits}g}"
+
+
+def _p(x) -> str:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return ""
+    if not math.isfinite(x):
+        return "n/a"
+    return "<0.001" if x < 1e-3 else f"{x:.3f}"
+
+
+def _oneline(text) -> str:
+    """Context text on one line: newlines shown as ⏎, tabs as spaces."""
+    return str(text).replace("\r", "").replace("\n", "⏎").replace("\t", " ") if isinstance(text, str) else ""
+
+
+def _png(path: Path | None) -> str | None:
+    if path is None or not Path(path).exists():
+        return None
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def _div(fig) -> str | None:
+    if fig is None:
+        return None
+    return fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False, "responsive": True})
+
+
+# ------------------------------------------------------------------------------------ sections
+
+def _cooc_section(out: Path, figdir: Path) -> dict:
+    man = _json(out / "cooc" / "manifest.json")
+    groups = _csv(out / "cooc" / "groups.csv", dtype={"group_id": str})
+    if not man:
+        return {"ran": False}
+    rows = []
+    d_sae = man.get("d_sae")
+    in_groups = groups["latent"].nunique() if not groups.empty else 0
+    active = man.get("n_active_latents")
+    rows.append(("tokens counted", _fmt(man.get("n_tokens"), 6)))
+    rows.append(("latents (SAE width)", _fmt(d_sae, 7)))
+    rows.append(("latents that fire", _fmt(active, 7)))
+    rows.append(("latents in groups", f"{in_groups} ({in_groups / active:.1%} of firing latents)" if active else str(in_groups)))
+    n_groups = groups["group_id"].nunique() if not groups.empty else 0
+    rows.append(("groups", str(n_groups)))
+    if n_groups:
+        sizes = groups.groupby("group_id").size()
+        rows.append(("group size: median / max", f"{int(sizes.median())} / {int(sizes.max())}"))
+        rows.append(("pairs (size 2)", f"{int((sizes == 2).sum())} ({(sizes == 2).mean():.0%})"))
+    cfg = man.get("config", {})
+    rows.append(("method", str(man.get("method", cfg.get("method")))))
+    rows.append(("independence test", f"{cfg.get('test')}, BH at α = {cfg.get('alpha')} over {_fmt(man.get('family_size'), 7)} pairs"))
+    rows.append(("pairs scored / edges", f"{_fmt(man.get('n_pairs_scored'), 8)} / {_fmt(man.get('n_edges'), 7)}"))
+    pairs = pd.DataFrame()
+    ppath = out / "cooc" / "pairs.parquet"
+    if ppath.exists():
+        try:
+            pairs = pd.read_parquet(ppath, columns=["i", "j", "count", "expected", "npmi", "p_value", "p_adj", "edge"])
+        except Exception:  # noqa: BLE001 - an unreadable optional file only loses two figures
+            pairs = pd.DataFrame()
+    cut = {}
+    if not pairs.empty and pairs["edge"].any():
+        e = pairs[pairs["edge"].astype(bool)]
+        sig = pairs[pairs["p_adj"] <= cfg.get("alpha", 0.05)] if "p_adj" in pairs else e
+        cut = {"largest raw p accepted (BH)": _p(sig["p_value"].max()) if len(sig) else "n/a",
+               "smallest observed/expected among edges": _fmt((e["count"] / e["expected"]).min()),
+               "smallest NPMI among edges": _fmt(e["npmi"].min()),
+               "NPMI floor (min_npmi)": _fmt(cfg.get("min_npmi"))}
+    structures = []
+    if n_groups:
+        st = groups.groupby("group_id")["structure"].first().value_counts()
+        structures = [(k, int(v)) for k, v in st.items()]
+    figs = [
+        ("Group sizes by structure", _png(figures.group_sizes(groups, figdir / "cooc_group_sizes.png"))),
+        ("Null-model cut: NPMI of scored pairs", _png(figures.npmi_cut(pairs, cfg.get("min_npmi"), figdir / "cooc_npmi.png"))),
+    ]
+    return {"ran": True, "rows": rows, "cut": cut, "structures": structures, "figures": [f for f in figs if f[1]],
+            "pairs": pairs}
+
+
+def _sae_section(out: Path) -> dict:
+    s = _json(out / "explore" / "summary.json")
+    q = s.get("sae_quality_file") or {}
+    here = s.get("sae") or {}
+    rows = []
+    if q:
+        rows += [("explained variance (held out, when trained)", _fmt(q.get("explained_variance"))),
+                 ("L0 (held out)", _fmt(q.get("l0"))),
+                 ("dead fraction (held out)", _fmt(q.get("dead_fraction"))),
+                 ("CE loss clean / spliced / zero", " / ".join(_fmt(q.get(k), 4) for k in ("ce_clean", "ce_spliced", "ce_zero_ablation"))),
+                 ("CE loss recovered", _fmt(q.get("ce_loss_recovered"))),
+                 ("evaluation tokens", _fmt(q.get("n_tokens"), 7))]
+    if here.get("n_tokens"):
+        rows += [("explained variance (this run's tokens)", _fmt(here.get("explained_variance"))),
+                 ("mean L0 (this run's tokens)", _fmt(here.get("l0"))),
+                 ("latents never firing (this run's tokens)", _fmt(here.get("never_fired_fraction"))),
+                 ("tokens", _fmt(here.get("n_tokens"), 7))]
+    return {"rows": rows}
+
+
+VERDICT_COLUMNS = [("group_id", "group"), ("group_size", "size"), ("structure", "structure"), ("n_docs", "docs"),
+                   ("verdict", "verdict"), ("effect", "effect"), ("group_estimate", "group"),
+                   ("best_single_estimate", "best single"), ("diff_vs_best_single", "Δ vs best single"),
+                   ("ci_low_vs_best_single", "CI low"), ("ci_high_vs_best_single", "CI high"),
+                   ("p_adj_vs_best_single", "p_adj"), ("beats_random_groups", "vs random groups"),
+                   ("beats_random_directions", "vs random directions")]
+
+
+def _verdicts_section(out: Path, figdir: Path) -> dict:
+    v = _csv(out / "verdicts.csv", dtype={"group_id": str})
+    if v.empty:
+        return {"ran": False}
+    rows = []
+    for r in v.to_dict("records"):
+        cells = []
+        for col, _ in VERDICT_COLUMNS:
+            val = r.get(col)
+            cells.append(_p(val) if col.startswith("p_adj") else _fmt(val) if isinstance(val, float) else ("" if val is None else str(val)))
+        rows.append({"cells": cells, "group_id": str(r["group_id"]),
+                     "win": str(r.get("beats_best_single")) == "win"})
+    f = v.rename(columns={"diff_vs_best_single": "estimate", "ci_low_vs_best_single": "ci_low",
+                          "ci_high_vs_best_single": "ci_high"}).copy()
+    f["win"] = f["beats_best_single"].astype(str) == "win"
+    f["label"] = f["group_id"] + " (" + f["group_size"].astype(str) + ")"
+    png = figures.forest(f, "label", figdir / "verdicts_vs_best_single.png",
+                         "group minus best single latent (primary effect, primary mode)", "difference (> 0: group has the larger effect)")
+    n = len(v)
+    wins = int((v["beats_best_single"].astype(str) == "win").sum()) if "beats_best_single" in v else 0
+    return {"ran": True, "header": [h for _, h in VERDICT_COLUMNS], "rows": rows, "figure": _png(png), "n": n, "wins": wins,
+            "counts": v["verdict"].value_counts().to_dict() if "verdict" in v else {}}
+
+
+def _probes_section(out: Path, figdir: Path) -> dict:
+    r = _csv(out / "probes" / "results.csv", dtype={"group_id": str})
+    if r.empty:
+        return {"ran": False}
+    comp = r[(r["row_type"] == "comparison") & r["p_adj"].notna()].copy()
+    comp["win"] = comp["win"].astype(str).str.lower() == "true"
+    comp["label"] = comp["task"].str.replace("/sense", "", regex=False) + " · " + comp["group_id"].astype(str) + " · " + comp["arm"]
+    comp = comp.sort_values(["task", "group_id", "arm"])
+    head = comp[comp["arm"].str.contains("best_single")]  # the question the project asks: group vs best single
+    if len(head) > 40:
+        head = head.sort_values("p_adj").head(40).sort_values(["task", "group_id", "arm"])
+    png = figures.forest(head, "label", figdir / "probes_vs_best_single.png",
+                         "probes: group representation minus the best single latent / direction (tested metric)",
+                         "difference (> 0: the group's representation is better)")
+    rows = [[t, g, a, m, _fmt(e), f"[{_fmt(lo)}, {_fmt(hi)}]", _p(p), "yes" if w else "no"] for t, g, a, m, e, lo, hi, p, w in
+            zip(comp["task"], comp["group_id"], comp["arm"], comp["metric"], comp["estimate"], comp["ci_low"],
+                comp["ci_high"], comp["p_adj"], comp["win"])]
+    skipped = r[r["row_type"] == "skipped"]
+    return {"ran": True, "rows": rows, "figure": _png(png), "wins": int(comp["win"].sum()), "n": len(comp),
+            "skipped": [(t, str(n)) for t, n in zip(skipped["task"], skipped["note"])][:20]}
+
+
+def _labels_for(points: pd.DataFrame, examples: pd.DataFrame) -> dict[str, pd.Series]:
+    """Probe-task labels (URL position, word sense) of scatter tokens that are also probe examples."""
+    if examples.empty or points.empty or "char_start" not in points:
+        return {}
+    out = {}
+    key = points["doc_id"].astype(str) + "@" + points["char_start"].astype("Int64").astype(str)
+    for task, col in (("url_position", "since_start"), ("word_sense", "sense")):
+        ex = examples[examples["task"] == task]
+        if ex.empty or col not in ex:
+            continue
+        m = dict(zip(ex["doc_id"].astype(str) + "@" + ex["char_start"].astype("Int64").astype(str), ex[col]))
+        s = key.map(m)
+        if s.notna().any():
+            out[f"{task}: {col}"] = pd.to_numeric(s, errors="coerce") if col != "sense" else s
+    return out
+
+
+def _cards(out: Path, cooc: dict, figdir: Path, seed: int) -> list[dict]:
+    summary = _json(out / "explore" / "summary.json")
+    groups = _csv(out / "cooc" / "groups.csv", dtype={"group_id": str})
+    contexts = _csv(out / "explore" / "contexts.csv", dtype={"group_id": str})
+    scatter = _csv(out / "explore" / "scatter.csv", dtype={"group_id": str})
+    effects = _csv(out / "interventions" / "effects.csv", dtype={"group_id": str})
+    verdicts = _csv(out / "verdicts.csv", dtype={"group_id": str})
+    probes = _csv(out / "probes" / "results.csv", dtype={"group_id": str})
+    examples = _csv(out / "probes" / "examples.csv")
+    probe_sum = _json(out / "probes" / "summary.json")
+    occ = np.load(out / "cooc" / "occurrences.npy") if (out / "cooc" / "occurrences.npy").exists() else None
+    pairs: pd.DataFrame = cooc.get("pairs", pd.DataFrame())
+    primary = "sqrt_kl_per_norm"
+    icfg = _json(out / "manifest.json").get("config", {}).get("interventions", {})
+    primary = icfg.get("primary_effect", primary)
+    ids = list((summary.get("groups") or {}).keys())
+    if not ids and not verdicts.empty:  # no exploration data: still give the evaluated groups a card
+        ids = [str(g) for g in verdicts["group_id"]]
+    cards = []
+    for gid in ids:
+        gi = summary.get("groups", {}).get(gid, {})
+        grow = groups[groups["group_id"] == gid] if not groups.empty else pd.DataFrame()
+        members = [int(m) for m in (gi.get("members") or grow.get("latent", pd.Series(dtype=int)).tolist())]
+        card = {"id": gid, "size": len(members), "structure": str(grow["structure"].iloc[0]) if len(grow) and "structure" in grow else "",
+                "stats": [], "members": [], "notes": []}
+        if len(grow):
+            first = grow.iloc[0]
+            card["stats"] = [(k, _fmt(first[k])) for k in ("n_edges", "density", "degree_centralisation", "clustering", "diameter")
+                             if k in grow]
+        if not pairs.empty and members:
+            ms = set(members)
+            e = pairs[pairs["edge"].astype(bool) & pairs["i"].isin(ms) & pairs["j"].isin(ms)]
+        else:
+            e = pd.DataFrame(columns=["i", "j", "npmi", "count"])
+        gc = contexts[contexts["group_id"] == gid] if not contexts.empty else pd.DataFrame()
+        card["graph"] = _div(interactive.group_graph(members, e, occ, gc, f"co-occurrence graph of {gid}", seed))
+        ranked = sorted(members, key=lambda m: -(occ[m] if occ is not None and m < len(occ) else 0))
+        for m in ranked[:12]:
+            rows = gc[gc["latent"] == m].sort_values("rank") if len(gc) else pd.DataFrame()
+            card["members"].append({"latent": m, "fires": int(occ[m]) if occ is not None and m < len(occ) else None,
+                                    "contexts": [{"left": _oneline(r["left"]), "token": _oneline(r["token"]),
+                                                  "right": _oneline(r["right"]),
+                                                  "act": _fmt(r["activation"]), "doc": str(r["doc_id"])}
+                                                 for _, r in rows.iterrows()]})
+        if len(members) > 12:
+            card["notes"].append(f"{len(members) - 12} more members not listed (most frequently firing first).")
+        pts = scatter[scatter["group_id"] == gid] if not scatter.empty else pd.DataFrame()
+        card["scatter"] = _div(interactive.pca_scatter(pts.reset_index(drop=True), gi.get("explained_variance_ratio"),
+                                                       _labels_for(pts.reset_index(drop=True), examples)))
+        if not card["scatter"] and gi.get("note"):
+            card["notes"].append(gi["note"])
+        # probes
+        pr = probes[(probes["group_id"] == gid) & (probes["row_type"] == "comparison") & probes["p_adj"].notna()] if not probes.empty else pd.DataFrame()
+        card["probes"] = [[t, a, m, _fmt(v), f"[{_fmt(lo)}, {_fmt(hi)}]", _p(p), str(w)] for t, a, m, v, lo, hi, p, w in
+                          zip(pr.get("task", []), pr.get("arm", []), pr.get("metric", []), pr.get("estimate", []),
+                              pr.get("ci_low", []), pr.get("ci_high", []), pr.get("p_adj", []), pr.get("win", []))]
+        card["probe_figures"] = []
+        for task, info in (probe_sum.get("tasks") or {}).items():
+            f = (info.get("figures") or {}).get(gid)
+            if f and (out / "probes" / "figures" / f["path"]).exists():
+                card["probe_figures"].append((task, _png(out / "probes" / "figures" / f["path"])))
+        # interventions
+        ge = effects[effects["group_id"] == gid] if not effects.empty else pd.DataFrame()
+        vr = verdicts[verdicts["group_id"] == gid] if not verdicts.empty else pd.DataFrame()
+        card["verdict"] = str(vr["verdict"].iloc[0]) if len(vr) and "verdict" in vr else None
+        card["effects"] = _div(interactive.effects_chart(ge, primary)) if len(ge) else None
+        card["effects_effect"] = primary
+        card["steering"] = _div(interactive.steering_chart(ge, "kl")) if len(ge) else None
+        comps = ge[(ge["comparator"] != "clean") & (ge["effect"] == primary) & (ge["scope"] == "fires")] if len(ge) else pd.DataFrame()
+        card["comparisons"] = [[c, m, _fmt(v), f"[{_fmt(lo)}, {_fmt(hi)}]", _p(p), _fmt(es)] for c, m, v, lo, hi, p, es in
+                               zip(comps.get("comparator", []), comps.get("mode", []), comps.get("estimate", []),
+                                   comps.get("ci_low", []), comps.get("ci_high", []), comps.get("p_adj", []),
+                                   comps.get("effect_size", []))]
+        cards.append(card)
+    return cards
+
+
+def _summary(verdicts: dict, probes: dict, cooc: dict) -> list[str]:
+    lines = []
+    if cooc.get("ran"):
+        rows = dict(cooc["rows"])
+        lines.append(f"Co-occurrence: {rows.get('groups', '0')} groups; {rows.get('latents in groups', '')}.")
+    if probes.get("ran"):
+        lines.append(f"Probes: the group representation won {probes['wins']} of {probes['n']} corrected comparisons "
+                     "against its baselines (best single latent or direction, matched and random subspaces).")
+    if verdicts.get("ran"):
+        counts = "; ".join(f"{v}: {n}" for v, n in verdicts["counts"].items())
+        lines.append(f"Interventions: {verdicts['wins']} of {verdicts['n']} groups beat their best single latent "
+                     f"on the primary effect ({counts}).")
+    return lines
+
+
+def write_report(out: Path) -> Path:
+    """Render ``out/report.html`` (and ``out/figures/*.png``) from the run folder ``out``."""
+    manifest = _json(out / "manifest.json")
+    figdir = out / "figures"
+    cooc = _cooc_section(out, figdir)
+    sae = _sae_section(out)
+    verdicts = _verdicts_section(out, figdir)
+    probes = _probes_section(out, figdir)
+    cards = _cards(out, cooc, figdir, int(manifest.get("seed") or 0))
+    cooc.pop("pairs", None)
+    stages = [(k, v.get("complete"), v.get("wall_s"), v.get("finished", "")) for k, v in (manifest.get("stages") or {}).items()]
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE.parent)), autoescape=True,
+                             undefined=jinja2.StrictUndefined)
+    page = env.get_template(TEMPLATE.name).render(
+        title=f"Latent groups vs single latents — {out.name}", out=str(out.name), manifest=manifest,
+        config_yaml=yaml.safe_dump(manifest.get("config", {}), sort_keys=False),
+        versions=json.dumps(manifest.get("versions", {}), indent=1), stages=stages, summary=_summary(verdicts, probes, cooc),
+        cooc=cooc, sae=sae, verdicts=verdicts, probes=probes, cards=cards, plotly_js=plotly.offline.get_plotlyjs())
+    path = out / "report.html"
+    write_text(path, page)
+    return path
