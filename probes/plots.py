@@ -15,12 +15,15 @@ from sources.files import atomic_path  # noqa: E402
 from subspaces import reconstruction_pca  # noqa: E402
 
 
-def group_pca_figure(path: str | Path, title: str, latents_NF, W_dec_FD, members, threshold_F, panels) -> dict | None:
+def group_pca_figure(path: str | Path, title: str, latents_NF, W_dec_FD, members, threshold_F, panels,
+                     table=None) -> dict | None:
     """Scatter of the top-2 PCs of the group-restricted reconstruction on tokens where the group fires.
 
     ``panels``: list of ``(name, values_N, kind)`` with kind ``continuous`` or ``categorical``;
     values may be None for tokens without a label (not drawn in that panel). Returns a small summary
-    (tokens, explained variance) or None when fewer than 3 tokens fire.
+    (tokens, explained variance) or None when fewer than 3 tokens fire. With ``table`` (a DataFrame
+    aligned with the rows of ``latents_NF``: token, labels, ...), the plotted rows of it are also written
+    beside the PNG as ``<name>.csv`` with their coordinates pc1, pc2 (the report's interactive view).
     """
     try:
         res = reconstruction_pca(latents_NF, W_dec_FD, members, n_components=2, threshold=threshold_F)
@@ -44,6 +47,10 @@ def group_pca_figure(path: str | Path, title: str, latents_NF, W_dec_FD, members
     with atomic_path(path, "out") as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
+    if table is not None:
+        pts = table.iloc[rows].reset_index(drop=True).assign(pc1=xy[:, 0], pc2=xy[:, 1])
+        with atomic_path(Path(path).with_suffix(".csv"), "out") as tmp:
+            pts.to_csv(tmp, index=False)
     return {"tokens": int(len(rows)), "explained_variance_ratio": [float(x) for x in res.explained_variance_ratio_K]}
 
 

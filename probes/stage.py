@@ -6,7 +6,8 @@ Outputs (all written atomically) under the stage folder (``OUT/probes``):
 ``groups.csv``    enrichment of every candidate group on every task, with a ``selected`` flag
 ``examples.csv``  every task token with its document, character span, token text and labels
 ``summary.json``  dataset sizes, skipped targets and why, selected groups, wins at the FDR level, timings
-``figures/``      ``<task>_group<id>.png``: PCA of each probed group's reconstruction coloured by the labels
+``figures/``      ``<task>_group<id>.png``: PCA of each probed group's reconstruction coloured by the labels, and
+                  ``<task>_group<id>.csv``: its points (pc1, pc2, token, document, labels) for the HTML report
 """
 
 from __future__ import annotations
@@ -152,6 +153,10 @@ def run_probes(cfg, cooc_dir: str | Path, out_dir: str | Path, progress: bool = 
     return df
 
 
+FIGURE_COLUMNS = ["doc_id", "token", "url", "since_start", "since_slash", "word", "sense", "resolved"]
+"""Columns of examples.csv copied beside each PCA figure (``<task>_group<id>.csv``, with pc1 and pc2)."""
+
+
 def _figures(family, data, targets, groups, W_dec, thr, folder: Path) -> dict:
     ex = data.examples
     if family == "url_position":
@@ -168,7 +173,8 @@ def _figures(family, data, targets, groups, W_dec, thr, folder: Path) -> dict:
     for gid, members in groups.items():
         path = folder / f"{family}_group{gid}.png"
         info = group_pca_figure(path, f"{family}: group {gid} ({len(members)} latents), PCA of its reconstruction "
-                                f"on task tokens where it fires", data.latents_NF, W_dec, members, thr, panels)
+                                f"on task tokens where it fires", data.latents_NF, W_dec, members, thr, panels,
+                                table=ex[[c for c in FIGURE_COLUMNS if c in ex]])
         if info is not None:
             out[str(gid)] = {"path": str(path.name), **info}
     return out

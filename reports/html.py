@@ -282,7 +282,9 @@ def _cards(out: Path, cooc: dict, figdir: Path, seed: int) -> list[dict]:
         for task, info in (probe_sum.get("tasks") or {}).items():
             f = (info.get("figures") or {}).get(gid)
             if f and (out / "probes" / "figures" / f["path"]).exists():
-                card["probe_figures"].append((task, _png(out / "probes" / "figures" / f["path"])))
+                png = out / "probes" / "figures" / f["path"]
+                pts = _csv(png.with_suffix(".csv"))
+                card["probe_figures"].append((task, _png(png), _div(interactive.task_scatter(pts, task)) if len(pts) else None))
         # interventions
         ge = effects[effects["group_id"] == gid] if not effects.empty else pd.DataFrame()
         vr = verdicts[verdicts["group_id"] == gid] if not verdicts.empty else pd.DataFrame()

@@ -169,3 +169,40 @@ def steering_chart(effects: pd.DataFrame, effect: str = "kl") -> go.Figure | Non
                                  hoverinfo="text"))
     fig.update_layout(**_LAYOUT, xaxis_title="α (steering strength)", yaxis_title=f"{effect} where the group fires")
     return fig
+
+
+def task_scatter(points: pd.DataFrame, task: str) -> go.Figure | None:
+    """A probe task's tokens in the group's PCA plane, coloured by each label (buttons switch), hover: token and URL/word."""
+    if points.empty:
+        return None
+    if task == "url_position":
+        labels = [c for c in ("since_start", "since_slash") if c in points]
+        hover = [f"{html.escape(str(t))} in {html.escape(str(u))}" for t, u in zip(points.get("token", ""), points.get("url", ""))]
+    else:
+        labels = [c for c in ("sense", "resolved", "word") if c in points]
+        hover = [f"{html.escape(str(w))}: {html.escape(str(s))}" for w, s in zip(points.get("word", ""), points.get("sense", ""))]
+    hover = [f"{h}<br>{html.escape(str(d))}" for h, d in zip(hover, points.get("doc_id", ""))]
+    fig, spans = go.Figure(), []
+    for name in labels:
+        start, v = len(fig.data), points[name]
+        if pd.api.types.is_numeric_dtype(v) and v.dtype != bool:
+            fig.add_trace(go.Scatter(x=points["pc1"], y=points["pc2"], mode="markers", name=name, hovertext=hover,
+                                     hoverinfo="text", marker=dict(size=6, color=v, colorscale="Plasma", showscale=True,
+                                                                   colorbar=dict(title=name, thickness=10))))
+        else:
+            for cat in sorted(v.astype(str).unique()):
+                sel = (v.astype(str) == cat).to_numpy()
+                fig.add_trace(go.Scatter(x=points["pc1"][sel], y=points["pc2"][sel], mode="markers", name=cat,
+                                         hovertext=[h for h, s in zip(hover, sel) if s], hoverinfo="text", marker=dict(size=6)))
+        spans.append((name, start, len(fig.data)))
+    if not spans:
+        return None
+    n = len(fig.data)
+    for i in range(n):
+        fig.data[i].visible = spans[0][1] <= i < spans[0][2]
+    buttons = [dict(label=f"colour: {name}", method="update", args=[{"visible": [a <= i < b for i in range(n)]}])
+               for name, a, b in spans]
+    fig.update_layout(**_LAYOUT, xaxis_title="PC1", yaxis_title="PC2", legend=dict(font=dict(size=9)),
+                      updatemenus=[dict(buttons=buttons, direction="down", x=0.0, y=1.15, xanchor="left", yanchor="top")]
+                      if len(buttons) > 1 else [])
+    return fig

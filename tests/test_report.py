@@ -233,3 +233,16 @@ def test_the_report_renders_in_headless_chromium_without_javascript_errors(run, 
     assert shot.stat().st_size > 10_000
     if os.environ.get("REPORT_SCREENSHOTS"):  # e.g. to look at the CI run's rendering
         shutil.copy(shot, os.environ["REPORT_SCREENSHOTS"])
+
+
+def test_probe_pca_points_are_saved_for_the_interactive_view(run):
+    _, out = run
+    summary = json.loads((out / "probes" / "summary.json").read_text())
+    figs = [(t, f) for t, info in summary["tasks"].items() for f in (info.get("figures") or {}).values()]
+    if not figs:
+        pytest.skip("the tiny probe stage drew no PCA figure")
+    for task, f in figs:
+        pts = pd.read_csv(out / "probes" / "figures" / f["path"].replace(".png", ".csv"))
+        assert len(pts) == f["tokens"] and {"pc1", "pc2", "token", "doc_id"} <= set(pts.columns)
+        # the scatter's spread along PC1 and PC2 is ordered like the explained variance
+        assert pts["pc1"].var() >= pts["pc2"].var() - 1e-9
