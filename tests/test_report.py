@@ -246,3 +246,17 @@ def test_probe_pca_points_are_saved_for_the_interactive_view(run):
         assert len(pts) == f["tokens"] and {"pc1", "pc2", "token", "doc_id"} <= set(pts.columns)
         # the scatter's spread along PC1 and PC2 is ordered like the explained variance
         assert pts["pc1"].var() >= pts["pc2"].var() - 1e-9
+
+
+def test_a_folder_with_only_the_cooc_stage_still_gets_a_page(run, tmp_path):
+    import shutil
+
+    _, out = run
+    part = tmp_path / "partial"
+    shutil.copytree(out / "cooc", part / "cooc")
+    shutil.copy(out / "manifest.json", part / "manifest.json")
+    assert report_main([str(part), "--quiet"]) == 0
+    page = (part / "report.html").read_text()
+    assert "The probe stage has not finished in this folder." in page
+    assert "Interventions did not run in this folder" in page
+    assert 'id="cooc"' in page and "latents in groups" in page
