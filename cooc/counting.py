@@ -38,9 +38,12 @@ def check_csr(latents, d_sae: int | None, field: str = "activations") -> sp.csr_
         raise ConfigError(field, f"has {latents.shape[1]} latent columns but the SAE width is d_sae={d_sae}")
     if not np.issubdtype(latents.dtype, np.number) or np.issubdtype(latents.dtype, np.complexfloating):
         raise ConfigError(field, f"activations must be real numbers, got dtype {latents.dtype}")
-    if latents.nnz and not np.all(np.isfinite(latents.data)):
-        raise ConfigError(field, "activations contain NaN or infinity")
     latents = sp.csr_matrix(latents)
+    if latents.nnz and not np.all(np.isfinite(latents.data)):
+        bad = np.flatnonzero(~np.isfinite(latents.data))
+        row = int(np.searchsorted(latents.indptr, bad[0], side="right") - 1)
+        raise ConfigError(field, f"activations contain {bad.size} NaN or infinite value(s), first at row {row} "
+                                 f"(token), column {int(latents.indices[bad[0]])} (latent)")
     if not latents.has_canonical_format:
         latents = latents.copy()
         latents.sum_duplicates()

@@ -7,6 +7,7 @@ rule that bad input ends with exit code 2 and one line on stderr, never a traceb
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import logging
 import sys
@@ -22,6 +23,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 
 C = TypeVar("C", bound=BaseModel)
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -101,6 +103,14 @@ def entry_point(main: Callable[[list[str] | None], Any]) -> Callable[[list[str] 
             main(argv)
         except ConfigError as exc:
             print(f"error: {exc.field}: {exc.message}", file=sys.stderr)
+            return EXIT_USAGE
+        except OSError as exc:
+            if exc.errno not in DISK_ERRNOS:
+                raise
+            # a write that bypassed sources.files (a library's own file): still one line, no traceback
+            where = f" ({exc.filename})" if exc.filename else ""
+            print(f"error: out: {exc.strerror or exc}{where}; free space or choose a writable --out folder; "
+                  "finished stages are kept", file=sys.stderr)
             return EXIT_USAGE
         except KeyboardInterrupt:
             print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)

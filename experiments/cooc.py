@@ -59,13 +59,15 @@ def _input(cfg: ExperimentConfig, progress: bool, shard: tuple[int, int] | None 
 
 
 def stage_key(cfg: ExperimentConfig, run: Run) -> str:
-    """Hash of what the stage's result depends on (config sections; the input file's size and mtime)."""
+    """Hash of what the stage's result depends on: config sections and the content of its inputs (the
+    activation file; or the model weights, SAE files and corpus files, see sources.fingerprint)."""
+    from sources.fingerprint import file_digest, inputs_fingerprint
+
     if cfg.activations.source == "file":
         path = Path(cfg.activations.path)
-        stat = path.stat() if path.exists() else None
-        fingerprint = [str(path.resolve()), stat.st_size, stat.st_mtime_ns] if stat else None
+        fingerprint = [str(path.resolve()), file_digest(path)] if path.is_file() else None
         return stable_hash({"sections": run.stage_key(*FILE_SECTIONS), "file": fingerprint})
-    return stable_hash({"sections": run.stage_key(*STREAM_SECTIONS)})
+    return stable_hash({"sections": run.stage_key(*STREAM_SECTIONS), "inputs": inputs_fingerprint(cfg)})
 
 
 def cooc_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, force: bool = False) -> Path:

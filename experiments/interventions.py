@@ -44,6 +44,16 @@ def interventions_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, 
     cooc_dir = run.out / "cooc"
     groups_df = read_groups(cooc_dir / "groups.csv")
     cooc_key = run.manifest["stages"].get("cooc", {}).get("key")
+    from experiments.cooc import stage_key as cooc_stage_key
+
+    if cooc_key != cooc_stage_key(cfg, run) or not run.files_intact("cooc"):  # e.g. the SAE's files were replaced
+        raise ConfigError("cooc", f"the co-occurrence stage in {run.out} was computed from other inputs than this "
+                          f"config's (settings, or the content of its model, SAE or corpus files) or its files "
+                          f"changed since; {COOC_HINT}")
+    if groups_df.empty:  # e.g. a corpus too short for any latent to fire cooc.min_occurrences times
+        raise ConfigError("interventions", f"the co-occurrence stage found no groups ({cooc_dir / 'groups.csv'} is empty), "
+                          "so there is nothing to intervene on; stream more tokens (data.max_tokens, a longer corpus), "
+                          "lower cooc.min_occurrences / cooc.min_count, or set interventions.enabled: false")
     key = stable_hash({"sections": run.stage_key(*SECTIONS), "cooc": cooc_key})
     folder = run.out / STAGE
     if not force and run.is_done(STAGE, key) and (folder / "effects.csv").exists() and (run.out / "verdicts.csv").exists():

@@ -40,6 +40,9 @@ def probe_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, force: b
         raise ConfigError("cooc", f"the co-occurrence stage in {run.out} was computed with other settings than this config "
                           f"(model, hook, sae, data, activations, cooc or seed differ), so its groups do not belong to it; "
                           f"{COOC_HINT}, or use the run's own config")
+    if not run.files_intact("cooc"):
+        raise ConfigError("cooc", f"files of the co-occurrence stage in {run.out} are missing or changed since it "
+                          f"finished; {COOC_HINT}")
     key = stable_hash({"sections": run.stage_key(*SECTIONS), "cooc": cooc_rec.get("key")})
     if not force and run.is_done(STAGE, key):
         log.info("probes: up to date in %s (use --fresh to recompute)", run.out / STAGE)

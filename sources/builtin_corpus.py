@@ -340,6 +340,31 @@ BUILTIN_CORPORA: dict[str, BuiltinCorpus] = {
 }
 
 
+# The data files each plain corpus is read from (relative to its package), for content hashing.
+_SOURCE_FILES: dict[str, tuple[str, str]] = {
+    GOOGLE_API_DESCRIPTIONS.name: ("discovery_cache/documents", "*.json"),
+    WIKIPEDIA_VITAL_ARTICLES.name: ("data/summaries_en-us.json", ""),
+}
+
+
+def corpus_files(alias: str) -> list[Path]:
+    """The installed data files the built-in corpus ``alias`` is read from, in a fixed order.
+
+    The packages are pinned by version; their files' bytes are hashed as well
+    (:func:`sources.fingerprint.data_fingerprint`), so an edited or corrupted installation gives
+    another activation-cache key instead of silently reusing activations of the old text.
+    """
+    corpus = get_builtin_corpus(alias)
+    files: list[Path] = []
+    for part in corpus.parts or (corpus,):
+        relpath, pattern = _SOURCE_FILES[part.name]
+        if pattern:
+            files.extend(sorted(_package_data(part, relpath, is_dir=True).glob(pattern)))
+        else:
+            files.append(_package_data(part, relpath))
+    return files
+
+
 def get_builtin_corpus(alias: str) -> BuiltinCorpus:
     """The built-in corpus called ``alias``, or a ConfigError listing the choices."""
     try:

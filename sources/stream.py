@@ -2,12 +2,16 @@
 
 The forward pass stops right after the hooked module (nnsight ``tracer.stop()``), so no layer past
 the hook is computed. With ``stream.cache: true`` every batch is written to an on-disk cache keyed by
-a content hash of (model, hook, corpus spec, batch size); a later run reuses finished batches and an
-interrupted run resumes after the last finished one.
+a content hash of (model weights, hook, corpus spec and corpus files, batch size); a later run reuses
+finished batches and an interrupted run resumes after the last finished one. Each cached batch carries
+the SHA-256 of its activations and its shape; a batch file that is truncated, unreadable or does not
+match them is recomputed and rewritten, never used. Non-finite activations (NaN/inf) stop the stream
+with a ConfigError naming the layer, context, document and position.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from itertools import islice
@@ -22,6 +26,7 @@ from sources.progress import progress_bar
 from sources import sites
 from sources.config import DataSpec, HookSpec, StreamSpec
 from sources.corpora import Context, iter_contexts
+from sources.errors import ConfigError
 from sources.files import atomic_path, read_json, stable_hash, write_json
 from sources.models import LoadedModel, cache_root
 
@@ -83,8 +88,10 @@ def n_batches(data: DataSpec, stream: StreamSpec) -> int:
 
 def cache_dir_for(model: LoadedModel, hook: HookSpec, data: DataSpec, stream: StreamSpec,
                   shard: tuple[int, int] | None = None) -> Path:
+    from sources.fingerprint import data_fingerprint
+
     spec = {"model": model.identity, "hook": hook.model_dump(), "data": data.model_dump(),
-            "batch_size": stream.batch_size, "version": 1}
+            "corpus": data_fingerprint(data), "batch_size": stream.batch_size, "version": 2}
     if shard is not None and shard[1] > 1:
         spec["shard"] = list(shard)  # a rank's batches hold other contexts than the whole stream's
     return cache_root() / "activations" / stable_hash(spec)
@@ -101,22 +108,60 @@ def iter_activation_batches(model: LoadedModel, data: DataSpec, hook: HookSpec, 
         cache.mkdir(parents=True, exist_ok=True)
         write_json(cache / "spec.json", {"model": model.identity, "hook": hook.model_dump(), "data": data.model_dump()})
     world = shard[1] if shard is not None else 1
+    reused, b = 0, -1
     bar = progress_bar(total=-(-data.max_tokens // world), unit="tok", desc=f"stream L{hook.layer}.{hook.site}",
                        progress=progress and stream.progress, mininterval=2.0)
     for b, contexts in enumerate(batched(iter_contexts(data, model.tokenizer, shard=shard), stream.batch_size)):
         tokens_BL = torch.from_numpy(np.stack([c.tokens_L for c in contexts]))
         mask_BL = torch.from_numpy(np.stack([c.mask_L for c in contexts]))
-        shard = cache / f"batch_{b:06d}.pt" if cache is not None else None
-        if shard is not None and shard.exists():
-            acts = torch.load(shard, map_location=model.device)["acts"]
-        else:
+        path = cache / f"batch_{b:06d}.pt" if cache is not None else None
+        shape = (len(contexts), data.context_len, model.d_model)
+        acts = _load_cached(path, shape, model.device) if path is not None and path.exists() else None
+        if acts is None:
             acts = hook_activations(model, tokens_BL, hook)
-            if shard is not None:
-                with atomic_path(shard, "stream.cache") as tmp:
-                    torch.save({"acts": acts.cpu()}, tmp)
+            check_finite(acts, mask_BL, contexts, hook)
+            if path is not None:
+                with atomic_path(path, "stream.cache") as tmp:
+                    cpu = acts.cpu()
+                    torch.save({"acts": cpu, "sha256": _digest(cpu), "shape": list(cpu.shape)}, tmp)
+        else:
+            reused += 1
         bar.update(tokens_BL.numel())
         yield ActivationBatch(acts, mask_BL, tokens_BL, contexts)
     bar.close()
+    if cache is not None:
+        log.info("stream: %d of %d batches read from the activation cache %s", reused, b + 1, cache)
+
+
+def _digest(acts: torch.Tensor) -> str:
+    return hashlib.sha256(acts.contiguous().view(torch.uint8).numpy()).hexdigest()
+
+
+def _load_cached(path: Path, shape: tuple, device) -> torch.Tensor | None:
+    """A cached batch if it is readable and matches its recorded digest and the expected shape, else None."""
+    try:
+        obj = torch.load(path, map_location="cpu")
+        acts = obj["acts"]
+        ok = tuple(acts.shape) == shape and list(obj.get("shape", [])) == list(shape) and obj.get("sha256") == _digest(acts)
+    except Exception as exc:  # truncated, corrupted or foreign file: recompute it
+        log.warning("stream: cached batch %s is unreadable (%s); recomputing it", path, type(exc).__name__)
+        return None
+    if not ok:
+        log.warning("stream: cached batch %s does not match its content hash or shape; recomputing it", path)
+        return None
+    return acts.to(device)
+
+
+def check_finite(acts_BLD: torch.Tensor, mask_BL: torch.Tensor, contexts: list[Context], hook: HookSpec) -> None:
+    """ConfigError naming the first document position whose activations are NaN or infinite."""
+    bad_BL = ~torch.isfinite(acts_BLD).all(-1).cpu() & mask_BL
+    if bool(bad_BL.any()):
+        b, pos = (int(x) for x in bad_BL.nonzero()[0])
+        ctx = contexts[b]
+        raise ConfigError("model", f"activations at layer {hook.layer} ({hook.site}) are NaN or infinite at "
+                                   f"{int(bad_BL.sum())} document position(s), first in context {ctx.index} "
+                                   f"(document {ctx.doc_id!r}), position {pos}; the model's weights or dtype "
+                                   f"overflow there (try model.dtype: float32, or check the weights)")
 
 
 def encode_latents(sae, acts_ND: torch.Tensor) -> torch.Tensor:
