@@ -76,7 +76,8 @@ def forest(rows: pd.DataFrame, label: str, path: Path, title: str, xlabel: str) 
     y = np.arange(len(rows))
     win = rows["win"].fillna(False).astype(bool).to_numpy() if "win" in rows else np.zeros(len(rows), bool)
     with sns.axes_style("whitegrid"), sns.plotting_context("paper"):
-        fig, ax = plt.subplots(figsize=(7.2, 0.9 + 0.28 * len(rows)))
+        height = 1.2 + 0.28 * len(rows)
+        fig, ax = plt.subplots(figsize=(7.2, height))
         lo = rows["estimate"] - rows["ci_low"]
         hi = rows["ci_high"] - rows["estimate"]
         ax.errorbar(rows["estimate"], y, xerr=[lo.clip(lower=0).fillna(0), hi.clip(lower=0).fillna(0)], fmt="none",
@@ -89,5 +90,5 @@ def forest(rows: pd.DataFrame, label: str, path: Path, title: str, xlabel: str) 
         ax.set_xlabel(xlabel)
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7, loc="lower right")
-        fig.subplots_adjust(left=0.45, right=0.97, bottom=max(0.08, 0.5 / (0.9 + 0.28 * len(rows))), top=0.93)
+        fig.subplots_adjust(left=0.45, right=0.97, bottom=0.55 / height, top=1 - 0.35 / height)
     return _save(fig, path)
