@@ -4,7 +4,8 @@ A stage is recorded as complete only after all its files are written (each atomi
 a key hashing exactly the config sections it depends on. A rerun skips a stage whose key is unchanged
 and recomputes it otherwise; ``--fresh`` recomputes everything. An interrupted run therefore never
 looks finished. The record also holds the SHA-256 of every file the stage wrote: a stage whose files
-were since deleted, truncated or edited is not "done" and is recomputed. Temporary files that a killed
+were since deleted, truncated or edited is not "done" and is recomputed (digests are remembered by
+path, size, mtime, ctime and inode, so checking an unchanged 200 MB cooc folder costs no reading). Temporary files that a killed
 process left behind are removed when the stage starts again.
 """
 
@@ -20,7 +21,8 @@ from pathlib import Path
 from typing import Iterator
 
 from sources.errors import ConfigError
-from sources.files import file_hash, git_commit, git_dirty, package_versions, read_json, stable_hash, write_json
+from sources.files import git_commit, git_dirty, package_versions, read_json, stable_hash, write_json
+from sources.fingerprint import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ class Run:
         rec = self.manifest["stages"].get(stage) or {}
         for name, digest in (rec.get("files") or {}).items():
             path = self.out / stage / name
-            if not path.is_file() or file_hash(path, 32) != digest:
+            if not path.is_file() or file_digest(path) != digest:
                 log.warning("%s: %s is missing or changed since the stage finished; recomputing the stage", stage, path)
                 return False
         return True
@@ -90,7 +92,7 @@ class Run:
             stale.unlink(missing_ok=True)
         start = time.perf_counter()
         yield folder
-        files = {str(p.relative_to(folder)): file_hash(p, 32) for p in sorted(folder.rglob("*"))
+        files = {str(p.relative_to(folder)): file_digest(p) for p in sorted(folder.rglob("*"))
                  if p.is_file() and not p.name.startswith(".")}
         self.manifest["stages"][stage] = {"key": key, "complete": True, "wall_s": round(time.perf_counter() - start, 2),
                                           "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "files": files}

@@ -151,6 +151,7 @@ def test_stage_files_changed_after_the_stage_finished_make_it_recompute(tmp_path
     with run.stage("cooc", "k") as folder:
         (folder / "groups.csv").write_text("latent,group_id\n1,g\n")
     assert run.is_done("cooc", "k")
+    time.sleep(0.05)  # a later write (file times are kept in coarse ticks)
     (tmp_path / "run" / "cooc" / "groups.csv").write_text("latent,group_id\n2,g\n")
     caplog.set_level(logging.WARNING)
     assert not run.is_done("cooc", "k") and "missing or changed" in caplog.text
