@@ -174,14 +174,18 @@ def _load_hf(name: str, local: bool):
     return model, tok
 
 
-def load_model(spec: ModelSpec) -> LoadedModel:
+def load_model(spec: ModelSpec, progress: bool = True) -> LoadedModel:
     """Load ``spec.name`` and wrap it with nnsight on the requested device and dtype.
+
+    ``progress``: weight-loading bars of transformers (shown only where ours are, see sources.progress).
 
     ``identity`` (which keys the activation cache) holds a digest of the weight files' content
     (sources.fingerprint), so replaced weights under the same name never reuse cached activations.
     """
     from sources.fingerprint import file_digest, folder_digest
+    from sources.progress import third_party_bars
 
+    third_party_bars(progress)
     name = spec.name
     if name in BUILTIN_MODELS:
         gguf = BUILTIN_MODELS[name].locate()

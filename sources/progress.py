@@ -82,3 +82,21 @@ class _KillingBar(tqdm):
         for item in super().__iter__():
             yield item
             kill_point(self._kill_desc)
+
+
+def third_party_bars(progress: bool = True) -> None:
+    """Switch the progress bars of transformers and huggingface_hub (weight loading, GGUF conversion) on or
+    off by the same rule as ours, so ``--quiet`` and CI logs stay free of them."""
+    from transformers.utils import logging as hf_logging
+
+    if bars_enabled(progress):
+        hf_logging.enable_progress_bar()
+    else:
+        hf_logging.disable_progress_bar()
+    try:
+        import huggingface_hub.utils as hub_utils
+
+        (hub_utils.enable_progress_bars if bars_enabled(progress) else hub_utils.disable_progress_bars)()
+    except (ImportError, AttributeError):  # pragma: no cover - older huggingface_hub
+        pass
+

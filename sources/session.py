@@ -35,7 +35,7 @@ def open_session(cfg, progress: bool = True) -> Session:
     if key not in _CACHE:
         model_key = json.dumps(model_spec.model_dump(), sort_keys=True)
         if model_key not in _MODELS:
-            _MODELS[model_key] = load_model(model_spec)
+            _MODELS[model_key] = load_model(model_spec, progress)
         model = _MODELS[model_key]
         sae = load_sae(sae_spec, model, cfg.hook, cfg.data, cfg.stream, progress=progress)
         _CACHE[key] = Session(model, sae, cfg.hook, cfg.data, cfg.stream)

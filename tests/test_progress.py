@@ -45,3 +45,16 @@ def test_bars_hide_in_ci_and_when_redirected(tty, monkeypatch):
 def test_a_disabled_bar_still_iterates_everything(tty):
     tty()
     assert list(P.progress_bar(range(5), progress=False)) == list(range(5))
+
+
+def test_transformers_bars_follow_the_same_rule(tty, monkeypatch):
+    from transformers.utils import logging as hf_logging
+
+    tty()
+    P.third_party_bars(False)
+    assert not hf_logging.is_progress_bar_enabled()
+    P.third_party_bars(True)
+    assert hf_logging.is_progress_bar_enabled()
+    monkeypatch.setenv("CI", "1")
+    P.third_party_bars(True)
+    assert not hf_logging.is_progress_bar_enabled()
