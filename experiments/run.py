@@ -5,8 +5,8 @@ a key hashing exactly the config sections it depends on. A rerun skips a stage w
 and recomputes it otherwise; ``--fresh`` recomputes everything. An interrupted run therefore never
 looks finished. The record also holds the SHA-256 of every file the stage wrote: a stage whose files
 were since deleted, truncated or edited is not "done" and is recomputed (digests are remembered by
-path, size, mtime, ctime and inode, so checking an unchanged 200 MB cooc folder costs no reading). Temporary files that a killed
-process left behind are removed when the stage starts again.
+path, size, mtime, ctime and inode, so checking an unchanged 200 MB cooc folder costs no reading).
+Temporary files that a killed process left behind are removed when the stage starts again.
 """
 
 from __future__ import annotations
