@@ -237,6 +237,7 @@ def _cards(out: Path, cooc: dict, figdir: Path, seed: int) -> list[dict]:
     primary = "sqrt_kl_per_norm"
     icfg = _json(out / "manifest.json").get("config", {}).get("interventions", {})
     primary = icfg.get("primary_effect", primary)
+    n_list = int(_json(out / "manifest.json").get("config", {}).get("report", {}).get("max_members") or 12)
     ids = list((summary.get("groups") or {}).keys())
     if not ids and not verdicts.empty:  # no exploration data: still give the evaluated groups a card
         ids = [str(g) for g in verdicts["group_id"]]
@@ -259,15 +260,16 @@ def _cards(out: Path, cooc: dict, figdir: Path, seed: int) -> list[dict]:
         gc = contexts[contexts["group_id"] == gid] if not contexts.empty else pd.DataFrame()
         card["graph"] = _div(interactive.group_graph(members, e, occ, gc, f"co-occurrence graph of {gid}", seed))
         ranked = sorted(members, key=lambda m: -(occ[m] if occ is not None and m < len(occ) else 0))
-        for m in ranked[:12]:
+        for m in ranked[:n_list]:
             rows = gc[gc["latent"] == m].sort_values("rank") if len(gc) else pd.DataFrame()
             card["members"].append({"latent": m, "fires": int(occ[m]) if occ is not None and m < len(occ) else None,
                                     "contexts": [{"left": _oneline(r["left"]), "token": _oneline(r["token"]),
                                                   "right": _oneline(r["right"]),
                                                   "act": _fmt(r["activation"]), "doc": str(r["doc_id"])}
                                                  for _, r in rows.iterrows()]})
-        if len(members) > 12:
-            card["notes"].append(f"{len(members) - 12} more members not listed (most frequently firing first).")
+        if len(members) > n_list:
+            card["notes"].append(f"{len(members) - n_list} more members not listed (most frequently firing first; "
+                                 "report.max_members).")
         pts = scatter[scatter["group_id"] == gid] if not scatter.empty else pd.DataFrame()
         card["scatter"] = _div(interactive.pca_scatter(pts.reset_index(drop=True), gi.get("explained_variance_ratio"),
                                                        _labels_for(pts.reset_index(drop=True), examples)))
