@@ -1,8 +1,9 @@
 """Intervene on latent groups: ``python -m experiments.interventions [CONFIG.yaml] [--set k=v ...] [--out DIR] [--fresh]``.
 
-Needs the co-occurrence stage's outputs in the same output folder (``OUT/cooc/groups.csv``); writes
-``OUT/interventions/`` (effects.csv, arms.csv, verdicts.csv, summary.json) and ``OUT/verdicts.csv``.
-See docs/interventions.md.
+Needs the co-occurrence stage's outputs in the same output folder (``OUT/cooc/groups.csv``); uses the probes
+stage's task examples (``OUT/probes/examples.csv``) for the task effects when it has run; writes
+``OUT/interventions/`` (effects.csv, effect_verdicts.csv, arms.csv, verdicts.csv, summary.json, steering.png)
+and ``OUT/verdicts.csv``. See docs/interventions.md.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sources.files import atomic_path, read_json, stable_hash, write_json
 log = logging.getLogger("experiments.interventions")
 
 STAGE = "interventions"
-SECTIONS = ("seed", "model", "hook", "sae", "data", "cooc", "interventions")  # not stream: results do not depend on it
+SECTIONS = ("seed", "model", "hook", "sae", "data", "cooc", "probes", "interventions")  # not stream: results do not depend on it
 COOC_HINT = "run python -m experiments.steer (or python -m experiments.cooc) with the same config and --out first"
 
 
@@ -54,7 +55,17 @@ def interventions_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, 
         raise ConfigError("interventions", f"the co-occurrence stage found no groups ({cooc_dir / 'groups.csv'} is empty), "
                           "so there is nothing to intervene on; stream more tokens (data.max_tokens, a longer corpus), "
                           "lower cooc.min_occurrences / cooc.min_count, or set interventions.enabled: false")
-    key = stable_hash({"sections": run.stage_key(*SECTIONS), "cooc": cooc_key})
+    probes_rec = run.manifest["stages"].get("probes", {})
+    examples_csv = run.out / "probes" / "examples.csv"
+    use_tasks = icfg.tasks.enabled and icfg.read_layer is not None
+    have_examples = bool(probes_rec.get("complete")) and examples_csv.exists()
+    if use_tasks and icfg.tasks.tasks is not None and not have_examples:
+        raise ConfigError("interventions.tasks.tasks", f"task effects for {', '.join(icfg.tasks.tasks)} need the probes stage's "
+                                                       f"{examples_csv}; run python -m experiments.probe (or "
+                                                       "python -m experiments.steer) with the same --out first, or set "
+                                                       "interventions.tasks.tasks: null")
+    probes_key = probes_rec.get("key") if use_tasks and have_examples else None
+    key = stable_hash({"sections": run.stage_key(*SECTIONS), "cooc": cooc_key, "probes": probes_key})
     folder = run.out / STAGE
     if not force and run.is_done(STAGE, key) and (folder / "effects.csv").exists() and (run.out / "verdicts.csv").exists():
         log.info("interventions: up to date in %s (use --fresh to recompute)", folder)
@@ -69,9 +80,21 @@ def interventions_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, 
     d_sae = session.d_sae
     groups = select_groups(groups_df, icfg, d_sae=d_sae, source=str(cooc_dir / "groups.csv"))
     occ = _occurrences(cooc_dir, d_sae)
+    task_data = None
+    if use_tasks and have_examples:
+        import pandas as pd
+
+        from interventions.tasks import load_task_data
+
+        examples = pd.read_csv(examples_csv, dtype={"doc_id": str}, low_memory=False)
+        task_data = load_task_data(examples, cfg.data, session.model.tokenizer, cfg.probes, cfg.seed, icfg.tasks.tasks,
+                                   source=str(examples_csv))
+    elif use_tasks:
+        log.info("interventions: no task effects (the probes stage has not run in %s)", run.out)
     with run.stage(STAGE, key) as folder:
         result = run_interventions(session.model, session.sae, cfg.hook, cfg.data, cfg.stream, groups, icfg,
-                                   firing_threshold_F(cfg.cooc, session.sae, d_sae), occ_F=occ, seed=cfg.seed, progress=progress)
+                                   firing_threshold_F(cfg.cooc, session.sae, d_sae), occ_F=occ, seed=cfg.seed, progress=progress,
+                                   task_data=task_data)
         write_outputs(folder, result, icfg, run.out)
     return folder
 
@@ -93,16 +116,27 @@ def write_outputs(folder: Path, result, icfg, out: Path) -> None:
         result.effects.to_csv(tmp, index=False)
     with atomic_path(folder / "arms.csv") as tmp:
         result.arms.to_csv(tmp, index=False)
+    if result.effect_verdicts is not None:
+        with atomic_path(folder / "effect_verdicts.csv") as tmp:
+            result.effect_verdicts.to_csv(tmp, index=False)
     summary = {
         "n_groups": int(len(result.verdicts)),
         "primary": {"mode": icfg.modes[0], "effect": icfg.primary_effect, "scope": "fires"},
         "alpha": icfg.alpha,
         "n_boot": icfg.n_boot,
+        "read_layer": getattr(result, "read_layer", None),
+        "tasks": {td.family: {"n_examples": int(len(td.examples)), "n_windows": len(td.windows),
+                              "n_documents": int(td.examples["doc_index"].nunique()) if len(td.examples) else 0,
+                              "readouts": td.quality}
+                  for td in getattr(result, "tasks", [])},
         "groups": [{"group_id": e.plan.group.group_id, "n_docs": e.n_docs, "n_contexts": e.n_contexts,
                     "n_tokens_fires": e.n_tokens_fires, "n_arms": len(e.plan.arms),
                     "group_norm": e.plan.group_norm, "tested_members": list(e.plan.tested_members),
                     "random_groups": [list(r) for r in e.plan.random_groups], "control_frequency_bins": e.plan.control_bins, "doc_ids": e.doc_ids,
-                    "context_ids": e.context_ids, "context_lengths": e.context_lengths}
+                    "context_ids": e.context_ids, "context_lengths": e.context_lengths,
+                    "tasks": [{"family": t.family, "n_docs": t.n_docs, "n_windows": t.n_windows, "n_task_tokens": t.n_tokens,
+                               "n_task_tokens_fires": t.n_tokens_fires, "doc_ids": t.doc_ids, "best_single": t.best_single}
+                              for t in e.tasks]}
                    for e in result.evals],
     }
     write_json(folder / "summary.json", summary)

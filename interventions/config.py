@@ -21,7 +21,8 @@ LATENT_MODES = ("zero", "mean", "clamp")
 SUBSPACE_MODES = ("project_out", "mean_project")
 MODES = LATENT_MODES + SUBSPACE_MODES
 
-Effect = Literal["sqrt_kl_per_norm", "ce_per_norm", "kl", "ce"]
+Effect = Literal["sqrt_kl_per_norm", "ce_per_norm", "margin_per_norm", "kl", "ce", "margin"]
+TaskFamily = Literal["url_position", "word_sense"]
 SteerDirection = Literal["pc1", "decoder_mean", "decoder_top"]
 
 
@@ -57,6 +58,45 @@ class SteeringConfig(Section):
         if not v:
             raise ValueError("give at least one steering direction (pc1, decoder_mean, decoder_top)")
         return list(dict.fromkeys(v))
+
+
+class TaskEffectsConfig(Section):
+    """Task effects: how an intervention degrades a linear readout of a probe task at read_layer."""
+
+    enabled: bool = True
+    """Measure task effects when the probes stage has built task examples (OUT/probes/examples.csv) and a
+    read_layer is set; a group that fires on no task token of a task gets no rows for it."""
+    tasks: list[TaskFamily] | None = None
+    """Probe task families to use (url_position, word_sense); None: every family the probes stage built.
+    A family listed here must have examples in OUT/probes/examples.csv."""
+    max_tokens: int = Field(768, ge=1)
+    """Probe-window tokens per group and task family (windows where the group fires on a task token, one
+    per document first)."""
+    folds: int = Field(5, ge=2)
+    """Document-grouped folds of the cross-fitted readout: each task token is read by a readout fitted on the
+    other folds' documents (fewer when a task has fewer documents)."""
+    l2: list[float] = Field(default_factory=lambda: [1.0, 10.0, 100.0, 1000.0, 10000.0])
+    """L2 strengths tried for the readout (ridge alpha; logistic C = 1 / l2; standardised features), chosen per
+    outer fold by an inner document-grouped 3-fold CV. A single value fixes it."""
+    steering: bool = True
+    """Also read the task along the steering alpha grid (the steering arms run on the task windows too)."""
+
+    @field_validator("l2", mode="before")
+    @classmethod
+    def _l2(cls, v):
+        vals = [v] if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+        if not isinstance(vals, (list, tuple)) or not vals or not all(
+                isinstance(a, (int, float)) and not isinstance(a, bool) and a > 0 for a in vals):
+            raise ValueError(f"give a positive number or a non-empty list of positive numbers, got {v!r}")
+        return sorted({float(a) for a in vals})
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, v):
+        if v is not None and not v:
+            raise ValueError("the task list is empty; give url_position and/or word_sense, null for every task "
+                             "the probes stage built, or set interventions.tasks.enabled: false")
+        return None if v is None else list(dict.fromkeys(v))
 
 
 class InterventionsConfig(Section):
@@ -104,9 +144,19 @@ class InterventionsConfig(Section):
     primary_effect: Effect = "sqrt_kl_per_norm"
     """Effect on which the verdict is decided (at the group's firing tokens, in the first mode).
     sqrt_kl_per_norm: sqrt(2 mean KL) / RMS edit norm, fair between edits of different size (see docs)."""
-    read_layer: int | None = Field(None, ge=0)
-    """If set, also measure the relative change of the residual stream (resid_post) at this later layer."""
+    read_layer: int | Literal["auto"] | None = "auto"
+    """Later layer whose residual stream (resid_post) is read: its relative change (effect read) and the task
+    readouts (tasks:). auto: min(hook.layer + 2, last layer), none if the hook is already at the last layer's
+    resid_post; None: off (no read or task effects)."""
     steering: SteeringConfig = Field(default_factory=SteeringConfig)
+    tasks: TaskEffectsConfig = Field(default_factory=TaskEffectsConfig)
+
+    @field_validator("read_layer")
+    @classmethod
+    def _read_layer(cls, v):
+        if isinstance(v, int) and not isinstance(v, bool) and v < 0:
+            raise ValueError(f"a layer index is >= 0, got {v}; or give auto or null")
+        return v
 
     @field_validator("modes")
     @classmethod

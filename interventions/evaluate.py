@@ -25,7 +25,8 @@ from sources.progress import progress_bar
 
 from interventions import edits as E
 from interventions.config import LATENT_MODES, InterventionsConfig
-from interventions.forward import evaluable_positions, multi_arm_logits, next_token_logprobs, token_effects
+from interventions.forward import (decision_pair, evaluable_positions, margin_drop, multi_arm_logits, next_token_logprobs,
+                                   token_effects)
 from interventions.stats import DocSums, doc_sums, statistic
 from sources import sites
 from sources.config import DataSpec, HookSpec, StreamSpec
@@ -270,6 +271,8 @@ class Chunk:
     clean_read: torch.Tensor | None
     docs: np.ndarray
     cache: dict = field(default_factory=dict)
+    clean_pair: tuple | None = None
+    """The clean model's top-1/top-2 next tokens and margin (forward.decision_pair)."""
 
 
 class Evaluator:
@@ -298,7 +301,7 @@ class Evaluator:
         f = E.encode(self.sae, x)
         gi = torch.as_tensor(members, device=f.device)
         gf = fires_any(f[..., gi], self.thr[gi]) & content
-        return Chunk(tokens, x, f, content, gf, next_token_logprobs(logits), read, docs)
+        return Chunk(tokens, x, f, content, gf, next_token_logprobs(logits), read, docs, clean_pair=decision_pair(logits))
 
     def target(self, arm: Arm, ch: Chunk) -> torch.Tensor:
         if arm.own_target:
@@ -371,12 +374,15 @@ class Records:
     target: list = field(default_factory=list)
     ce: list = field(default_factory=list)
     kl: list = field(default_factory=list)
+    margin: list = field(default_factory=list)
     norm: list = field(default_factory=list)
     read: list = field(default_factory=list)
 
     def sums(self, n_docs: int) -> DocSums:
         cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)  # noqa: E731
         eff = {"ce": cat(self.ce), "kl": cat(self.kl)}
+        if self.margin:
+            eff["margin"] = cat(self.margin)
         if self.read:
             eff["read"] = cat(self.read)
         return doc_sums(cat(self.doc).astype(np.int64), n_docs, cat(self.target).astype(bool), eff, cat(self.norm))
@@ -395,6 +401,8 @@ class GroupEval:
     """Stream indices (Context.index) of the evaluation contexts."""
     context_lengths: list[int] = field(default_factory=list)
     """Tokens of each evaluation context that were evaluated (the rest was cut, see choose_contexts)."""
+    tasks: list = field(default_factory=list)
+    """Task evaluations of the group (:class:`interventions.tasks.TaskEval`), one per probe task family it fires on."""
 
 
 def choose_contexts(pool: Pool, group: GroupSpec, max_tokens: int, tail_tokens: int | None,
@@ -463,6 +471,7 @@ def evaluate_group(model: LoadedModel, sae, hook: HookSpec, plan: Plan, contexts
             fns = [(lambda x, d=d: x + d.to(x.dtype)) for d in deltas]
             logits, read = multi_arm_logits(model, hook, ch.tokens, fns, icfg.read_layer)
             dce_A, kl_A = token_effects(ch.clean_lp, logits, ch.tokens)
+            margin_A = margin_drop(ch.clean_pair, logits)
             del logits
             for i, (arm, d) in enumerate(zip(sub, deltas)):
                 rec = records[(arm.name, arm.mode, arm.alpha)]
@@ -470,6 +479,7 @@ def evaluate_group(model: LoadedModel, sae, hook: HookSpec, plan: Plan, contexts
                 rec.target.append(ev.target(arm, ch)[b_idx, t_idx].cpu().numpy())
                 rec.ce.append(dce_A[i][b_idx, t_idx].cpu().numpy())
                 rec.kl.append(kl_A[i][b_idx, t_idx].cpu().numpy())
+                rec.margin.append(margin_A[i][b_idx, t_idx].cpu().numpy())
                 rec.norm.append(d.norm(dim=-1)[b_idx, t_idx].cpu().numpy())
                 if read is not None:
                     change = (read[i] - ch.clean_read).norm(dim=-1) / ch.clean_read.norm(dim=-1).clamp_min(1e-12)

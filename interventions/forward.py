@@ -40,6 +40,18 @@ def check_read_layer(model: LoadedModel, hook: HookSpec, read_layer: int | None,
                                  f"in {hook.layer + (1 if hook.site == 'resid_post' else 0)}..{model.n_layers - 1}")
 
 
+def resolve_read_layer(model: LoadedModel, hook: HookSpec, read_layer) -> int | None:
+    """The read-out layer ``interventions.read_layer`` names: ``auto`` is ``min(hook.layer + 2, n_layers - 1)``
+    (None when no resid_post comes after the hook); an explicit layer is checked by :func:`check_read_layer`."""
+    if read_layer == "auto":
+        layer = min(hook.layer + 2, model.n_layers - 1)
+        if (layer, _SITE_ORDER["resid_post"]) <= (hook.layer, _SITE_ORDER[hook.site]):
+            return None
+        return layer
+    check_read_layer(model, hook, read_layer)
+    return read_layer
+
+
 def _stack(fns: Sequence[EditFn], n_rows: int) -> EditFn:
     def stacked(x: torch.Tensor) -> torch.Tensor:
         parts = [fn(x[a * n_rows:(a + 1) * n_rows]) for a, fn in enumerate(fns)]
@@ -76,6 +88,39 @@ def multi_arm_logits(model: LoadedModel, hook: HookSpec, tokens_BL: torch.Tensor
     return logits, read
 
 
+@torch.no_grad()
+def multi_arm_read(model: LoadedModel, hook: HookSpec, tokens_BL: torch.Tensor, edits: Sequence[EditFn],
+                   read_layer: int) -> torch.Tensor:
+    """The residual stream (resid_post) at ``read_layer`` ``[A, B, L, D]`` (float32) of ``A = len(edits)`` arms in
+    one forward pass that stops there (no later layer, no unembedding: the task readouts need nothing more)."""
+    A, B = len(edits), tokens_BL.shape[0]
+    if A == 0:
+        raise ValueError("multi_arm_read needs at least one arm")
+    check_read_layer(model, hook, read_layer)
+    where = model.site(hook.layer, hook.site)
+    big = tokens_BL.to(model.device).repeat(A, 1)
+    with model.lm.trace(big) as tracer:
+        replace_site(model, where, _stack(edits, B))
+        read = model.envoy(model.site(read_layer, "resid_post").module).output.save()
+        tracer.stop()
+    return sites.first_tensor(read).float().view(A, B, *tokens_BL.shape[1:], -1)
+
+
+@torch.no_grad()
+def clean_hook_and_read(model: LoadedModel, hook: HookSpec, tokens_BL: torch.Tensor,
+                        read_layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One unedited pass that stops at ``read_layer``: activations at the hook ``[B, L, D]`` (model dtype) and the
+    residual (resid_post) at ``read_layer`` ``[B, L, D]`` (float32)."""
+    check_read_layer(model, hook, read_layer)
+    where = model.site(hook.layer, hook.site)
+    envoy = model.envoy(where.module)
+    with model.lm.trace(tokens_BL.to(model.device)) as tracer:
+        acts = (envoy.input if where.io == "input" else envoy.output).save()
+        read = model.envoy(model.site(read_layer, "resid_post").module).output.save()
+        tracer.stop()
+    return sites.first_tensor(acts), sites.first_tensor(read).float()
+
+
 def next_token_logprobs(logits_BLV: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits_BLV.float(), dim=-1)
 
@@ -101,6 +146,32 @@ def token_effects(clean_logprobs_BLV: torch.Tensor, logits_BLV: torch.Tensor,
     dce[..., :-1] = ce_e - ce_c
     kl[..., -1] = 0.0
     return dce, kl
+
+
+@torch.no_grad()
+def decision_pair(clean_logits_BLV: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clean model's top-1 and top-2 next tokens ``[B, L, 2]`` and its margin ``logit(top-1) - logit(top-2)``
+    ``[B, L]`` at every position (log-probabilities give the same pair and, up to rounding, the same margin)."""
+    lc = clean_logits_BLV.float()
+    top = lc.topk(2, dim=-1).indices
+    m = lc.gather(-1, top)
+    return top, m[..., 0] - m[..., 1]
+
+
+@torch.no_grad()
+def margin_drop(pair: tuple[torch.Tensor, torch.Tensor], logits_BLV: torch.Tensor) -> torch.Tensor:
+    """Per-position drop ``[..., B, L]`` of the clean decision margin: ``margin_clean - margin_edit``, both with the
+    clean model's top-1 ``i`` and top-2 ``j`` (:func:`decision_pair`). Positive when the edit makes the model less
+    sure of its own decision, negative when it reinforces it. ``logits_BLV`` may carry leading arm dimensions."""
+    top, m_c = pair
+    lead = logits_BLV.shape[:-3]
+    m_e = logits_BLV.float().gather(-1, top.expand(*lead, *top.shape))
+    return m_c - (m_e[..., 0] - m_e[..., 1])
+
+
+def margin_effect(clean_logits_BLV: torch.Tensor, logits_BLV: torch.Tensor) -> torch.Tensor:
+    """:func:`margin_drop` from the clean logits (or log-probabilities) directly."""
+    return margin_drop(decision_pair(clean_logits_BLV), logits_BLV)
 
 
 def evaluable_positions(mask_BL: torch.Tensor) -> torch.Tensor:

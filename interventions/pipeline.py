@@ -4,7 +4,7 @@ group selection the stage uses (:func:`read_groups`, :func:`select_groups`)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,7 @@ from interventions.config import InterventionsConfig
 from interventions.evaluate import (Evaluator, GroupEval, GroupSpec, Pool, best_single, choose_contexts, evaluate_group,
                                     plan_arms, pooled, scan_pool)
 from interventions.stats import (COMPARATORS, EFFECTS_COLUMNS, adjust_run, bootstrap_weights, effect_row,
-                                 finish_rows, verdicts_frame)
+                                 effect_verdicts_frame, finish_rows, verdicts_frame)
 from sources.config import DataSpec, HookSpec, StreamSpec
 from sources.errors import ConfigError
 from sources.files import stable_hash
@@ -81,6 +81,11 @@ class InterventionsResult:
     arms: pd.DataFrame
     """What every arm edits (ARMS_COLUMNS), including the drawn control latents."""
     evals: list[GroupEval]
+    effect_verdicts: pd.DataFrame | None = None
+    """One row per (group, mode, effect) at the group's tokens (stats.EFFECT_VERDICT_COLUMNS)."""
+    tasks: list = field(default_factory=list)
+    """The task data used (interventions.tasks.TaskData, with the readouts' clean quality)."""
+    read_layer: int | None = None
 
 
 def _rngs(seed: int, group_id: str, n: int) -> list[np.random.Generator]:
@@ -88,13 +93,73 @@ def _rngs(seed: int, group_id: str, n: int) -> list[np.random.Generator]:
     return [np.random.default_rng(s) for s in ss.spawn(n)]
 
 
+def _ablation_arms(s: dict, plan, icfg: InterventionsConfig, mode: str, effect: str, n_docs: int,
+                   rng_fold: np.random.Generator) -> tuple[dict, str]:
+    """The ablation arms of one mode as per-document sums: group, members, cross-fitted best single (chosen on
+    ``effect``), pooled random groups and pooled random directions."""
+    arms = {"group": s[("group", mode, None)]}
+    for m in plan.tested_members:
+        arms[f"member:{m}"] = s[(f"member:{m}", mode, None)]
+    best, label = best_single(s, plan.tested_members, mode, effect, n_docs, rng_fold)
+    arms["best_single"] = best
+    arms["random_groups"] = pooled(s, [f"random_group:{r}" for r in range(len(plan.random_groups))], mode)
+    arms["random_directions"] = pooled(s, [f"random_direction:{r}" for r in range(icfg.n_controls)], mode)
+    return arms, label
+
+
+def task_rows(ge: GroupEval, icfg: InterventionsConfig, rng_boot: np.random.Generator,
+              rng_fold: np.random.Generator) -> list[dict]:
+    """effects.csv rows (unadjusted) of the group's task effects (``probe:<target>``, ``probe_per_norm:<target>``).
+
+    Each task family has its own documents (the probe windows), hence its own bootstrap weights; the best single
+    member is cross-fitted on the task effect itself (over the task's documents)."""
+    from interventions.tasks import effect_name
+
+    gid, plan = ge.plan.group.group_id, ge.plan
+    rows: list[dict] = []
+    for te in ge.tasks:
+        W = bootstrap_weights(te.n_docs, icfg.n_boot, rng_boot)
+        for target, s in te.sums.items():
+            eff, eff_pn = effect_name(target), effect_name(target, per_norm=True)
+
+            def add(arm, comp, mode, alpha, eff_list, a, b):
+                for e in eff_list:
+                    for scope in ("fires", "other"):
+                        rows.append(effect_row(gid, arm, comp, mode, alpha, e, scope, a, b, W))
+
+            for mode in icfg.modes:
+                arms, label = _ablation_arms(s, plan, icfg, mode, eff, te.n_docs, rng_fold)
+                te.best_single[f"{target}|{mode}"] = label
+                for name, a in arms.items():
+                    if a is not None:
+                        add(name, "clean", mode, None, [eff, eff_pn], a, None)
+                for comp in COMPARATORS:
+                    if arms.get(comp) is not None:
+                        add("group", comp, mode, None, [eff, eff_pn], arms["group"], arms[comp])
+            if icfg.steering.enabled and icfg.tasks.steering:
+                for a in icfg.steering.alphas:
+                    rand = pooled(s, [f"steer:random:{r}" for r in range(icfg.steering.n_random)], "steer", a)
+                    if rand is not None:
+                        add("steer:random", "clean", "steer", a, [eff], rand, None)
+                    for d in plan.steer_directions:
+                        if (f"steer:{d}", "steer", a) not in s:
+                            continue
+                        arm = s[(f"steer:{d}", "steer", a)]
+                        add(f"steer:{d}", "clean", "steer", a, [eff], arm, None)
+                        if rand is not None:
+                            add(f"steer:{d}", "steer:random", "steer", a, [eff], arm, rand)
+    return rows
+
+
 def group_rows(ge: GroupEval, icfg: InterventionsConfig, rng_boot: np.random.Generator,
-               rng_fold: np.random.Generator) -> tuple[list[dict], dict]:
+               rng_fold: np.random.Generator, rng_task_boot: np.random.Generator | None = None,
+               rng_task_fold: np.random.Generator | None = None) -> tuple[list[dict], dict]:
     """effects.csv rows (unadjusted) and the verdict inputs of one evaluated group."""
     gid, plan, s = ge.plan.group.group_id, ge.plan, ge.sums
     W = bootstrap_weights(ge.n_docs, icfg.n_boot, rng_boot)
     has_read = icfg.read_layer is not None
-    effects = ["ce", "kl", "ce_per_norm", "sqrt_kl_per_norm"] + (["read", "read_per_norm"] if has_read else [])
+    effects = (["ce", "kl", "margin", "ce_per_norm", "margin_per_norm", "sqrt_kl_per_norm"]
+               + (["read", "read_per_norm"] if has_read else []))
     rows: list[dict] = []
     chosen = {}
 
@@ -104,14 +169,7 @@ def group_rows(ge: GroupEval, icfg: InterventionsConfig, rng_boot: np.random.Gen
                 rows.append(effect_row(gid, arm, comp, mode, alpha, eff, scope, a, b, W))
 
     for mode in icfg.modes:
-        arms = {"group": s[("group", mode, None)]}
-        for m in plan.tested_members:
-            arms[f"member:{m}"] = s[(f"member:{m}", mode, None)]
-        best, label = best_single(s, plan.tested_members, mode, icfg.primary_effect, ge.n_docs, rng_fold)
-        chosen[mode] = label
-        arms["best_single"] = best
-        arms["random_groups"] = pooled(s, [f"random_group:{r}" for r in range(len(plan.random_groups))], mode)
-        arms["random_directions"] = pooled(s, [f"random_direction:{r}" for r in range(icfg.n_controls)], mode)
+        arms, chosen[mode] = _ablation_arms(s, plan, icfg, mode, icfg.primary_effect, ge.n_docs, rng_fold)
         for name, a in arms.items():
             if a is not None:
                 add(name, "clean", mode, None, effects, a, None)
@@ -119,7 +177,7 @@ def group_rows(ge: GroupEval, icfg: InterventionsConfig, rng_boot: np.random.Gen
             if arms.get(comp) is not None:
                 add("group", comp, mode, None, effects, arms["group"], arms[comp])
     if icfg.steering.enabled:
-        steer_eff = ["ce", "kl"] + (["read"] if has_read else [])
+        steer_eff = ["ce", "kl", "margin"] + (["read"] if has_read else [])
         for a in icfg.steering.alphas:
             rand = pooled(s, [f"steer:random:{r}" for r in range(icfg.steering.n_random)], "steer", a)
             if rand is not None:
@@ -129,6 +187,8 @@ def group_rows(ge: GroupEval, icfg: InterventionsConfig, rng_boot: np.random.Gen
                 add(f"steer:{d}", "clean", "steer", a, steer_eff, arm, None)
                 if rand is not None:
                     add(f"steer:{d}", "steer:random", "steer", a, steer_eff, arm, rand)
+    rows += task_rows(ge, icfg, rng_boot if rng_task_boot is None else rng_task_boot,
+                      rng_fold if rng_task_fold is None else rng_task_fold)
     rows = finish_rows(rows, icfg.alpha)
     info = {"group_id": gid, "group_size": plan.group.size, "structure": plan.group.structure, "n_docs": ge.n_docs,
             "n_tokens_fires": ge.n_tokens_fires, "n_contexts": ge.n_contexts,
@@ -149,23 +209,31 @@ def arms_rows(ge: GroupEval) -> list[dict]:
 
 def run_interventions(model, sae, hook: HookSpec, data: DataSpec, stream: StreamSpec, groups: list[GroupSpec],
                       icfg: InterventionsConfig, threshold_F: np.ndarray, occ_F: np.ndarray | None = None,
-                      seed: int = 0, progress: bool = True) -> InterventionsResult:
+                      seed: int = 0, progress: bool = True, task_data: list | None = None) -> InterventionsResult:
     """Evaluate ``groups`` on the model: the whole stage without a run folder.
 
     ``threshold_F`` is the per-latent firing threshold of the cooc stage; ``occ_F`` the firing counts used
-    to match control groups on frequency (default: the counts of the pool scan).
+    to match control groups on frequency (default: the counts of the pool scan). ``task_data``
+    (:func:`interventions.tasks.load_task_data`) adds the task effects at ``read_layer``.
     """
     from interventions.edits import effective_decoder
-    from interventions.forward import check_read_layer
+    from interventions.forward import resolve_read_layer
+    from interventions.tasks import evaluate_task, fit_task_readouts
 
-    check_read_layer(model, hook, icfg.read_layer)
+    read_layer = resolve_read_layer(model, hook, icfg.read_layer)
+    icfg = icfg.model_copy(update={"read_layer": read_layer})
+    tasks = list(task_data or []) if icfg.tasks.enabled else []
+    if tasks and read_layer is None:
+        log.warning("interventions: no read_layer after the hook, so no task effects")
+        tasks = []
     seed = icfg.seed if icfg.seed is not None else seed
     if data.holdout_every > 0:
         data = data.model_copy(update={"holdout_only": True})
     if not groups:
         return InterventionsResult(pd.DataFrame(columns=EFFECTS_COLUMNS), verdicts_frame(pd.DataFrame(columns=EFFECTS_COLUMNS), [],
                                    icfg.modes[0], icfg.primary_effect, icfg.alpha, icfg.min_docs),
-                                   pd.DataFrame(columns=ARMS_COLUMNS), [])
+                                   pd.DataFrame(columns=ARMS_COLUMNS), [],
+                                   effect_verdicts_frame(pd.DataFrame(columns=EFFECTS_COLUMNS), icfg.alpha, icfg.min_docs))
     pool: Pool = scan_pool(model, sae, data, hook, stream, groups, threshold_F, icfg.pool_tokens, progress=progress)
     occ = pool.count_F if occ_F is None else np.asarray(occ_F)
     if occ.shape[0] != pool.count_F.shape[0]:
@@ -173,9 +241,14 @@ def run_interventions(model, sae, hook: HookSpec, data: DataSpec, stream: Stream
                                            "was the cooc stage run with another SAE?")
     W_eff = effective_decoder(sae).to(model.device)
     ev = Evaluator(model, sae, hook, pool, threshold_F, icfg)
+    for td in tasks:
+        fit_task_readouts(model, sae, hook, td, read_layer, threshold_F, icfg.tasks.folds, icfg.tasks.l2, icfg.batch_size)
+        for name, q in td.quality.items():
+            log.info("task %s: clean cross-fitted readout at layer %d: %s", name, read_layer,
+                     ", ".join(f"{k} {v:.3g}" for k, v in q.items() if k.startswith("clean")))
     rows, infos, arms, evals = [], [], [], []
     for g in groups:
-        r_ctx, r_plan, r_boot, r_fold = _rngs(seed, g.group_id, 4)
+        r_ctx, r_plan, r_boot, r_fold, r_task, r_tboot, r_tfold = _rngs(seed, g.group_id, 7)
         contexts = choose_contexts(pool, g, icfg.max_tokens, icfg.tail_tokens, r_ctx)
         if not contexts:
             log.warning("group %s never fires in the %d pool tokens; no verdict", g.group_id, pool.n_tokens)
@@ -184,7 +257,14 @@ def run_interventions(model, sae, hook: HookSpec, data: DataSpec, stream: Stream
             continue
         plan = plan_arms(g, pool, W_eff, occ, icfg, r_plan)
         ge = evaluate_group(model, sae, hook, plan, contexts, ev, progress=progress)
-        g_rows, info = group_rows(ge, icfg, r_boot, r_fold)
+        for td in tasks:
+            te = evaluate_task(model, hook, plan, td, ev, read_layer, icfg.tasks.max_tokens, r_task,
+                               icfg.tasks.steering and icfg.steering.enabled, progress)
+            if te is None:
+                log.info("group %s fires on no %s task token; no task effects", g.group_id, td.family)
+            else:
+                ge.tasks.append(te)
+        g_rows, info = group_rows(ge, icfg, r_boot, r_fold, r_tboot, r_tfold)
         rows += g_rows
         infos.append(info)
         arms += arms_rows(ge)
@@ -193,4 +273,5 @@ def run_interventions(model, sae, hook: HookSpec, data: DataSpec, stream: Stream
                  ge.n_contexts, ge.n_docs, ge.n_tokens_fires)
     effects = adjust_run(pd.DataFrame(rows, columns=[c for c in EFFECTS_COLUMNS if c != "p_adj"]).assign(p_adj=np.nan))
     verdicts = verdicts_frame(effects, infos, icfg.modes[0], icfg.primary_effect, icfg.alpha, icfg.min_docs)
-    return InterventionsResult(effects, verdicts, pd.DataFrame(arms, columns=ARMS_COLUMNS), evals)
+    return InterventionsResult(effects, verdicts, pd.DataFrame(arms, columns=ARMS_COLUMNS), evals,
+                               effect_verdicts_frame(effects, icfg.alpha, icfg.min_docs), tasks, read_layer)

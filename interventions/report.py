@@ -15,7 +15,19 @@ EFFECT_WORDS = {
     "ce_per_norm": "next-token cross-entropy increase per unit of residual norm removed",
     "kl": "KL divergence from the clean next-token distribution",
     "ce": "next-token cross-entropy increase",
+    "margin": "drop of the clean model's decision margin (logit of its top-1 minus its top-2 next token)",
+    "margin_per_norm": "decision-margin drop per unit of residual norm removed",
 }
+
+
+def effect_words(effect: str) -> str:
+    """A phrase for an effect name, including the task effects ``probe:<target>`` / ``probe_per_norm:<target>``."""
+    kind, _, target = str(effect).partition(":")
+    if kind == "probe":
+        return f"increase of the {target} readout loss at the read layer"
+    if kind == "probe_per_norm":
+        return f"increase of the {target} readout loss per unit of residual norm removed"
+    return EFFECT_WORDS.get(effect, effect)
 
 
 def _finite(x) -> float | None:
@@ -105,15 +117,70 @@ def render_report(out_dir: str | Path) -> str:
         if steer:
             words += f" Steering along its direction moves the output more than random directions of equal norm at {steer.replace(';', ', ')}."
         lines.append(words)
+    lines += _task_section(out, summary, v, alpha)
     lines += ["", "Per-arm effects, all modes, scopes (`fires` / `other` tokens = collateral damage) and the steering "
               "dose-response over the alpha grid are in `interventions/effects.csv`; what each arm edited (including the "
               "random control latents) in `interventions/arms.csv`. Definitions: docs/interventions.md.", ""]
     return "\n".join(lines)
 
 
+def _task_section(out: Path, summary: dict, v: pd.DataFrame, alpha: float) -> list[str]:
+    """Task effects (probe readouts at the read layer) and the decision-margin effect, from effect_verdicts.csv."""
+    path = out / "interventions" / "effect_verdicts.csv"
+    if not path.exists():
+        return []
+    ev = pd.read_csv(path, dtype={"group_id": str})
+    if ev.empty:
+        return []
+    mode = str(v["mode"].iloc[0])
+    lines = []
+    tasks = summary.get("tasks") or {}
+    layer = summary.get("read_layer")
+    task = ev[(ev["mode"] == mode) & ev["effect"].astype(str).str.startswith("probe:")]
+    if tasks:
+        quality = []
+        for fam, info in tasks.items():
+            for name, q in (info.get("readouts") or {}).items():
+                what = (f"R^2 {_g(q.get('clean_r2'))}" if "clean_r2" in q else f"accuracy {_g(q.get('clean_accuracy'))}, "
+                        f"log loss {_g(q.get('clean_loss'))}")
+                quality.append(f"{name} ({what}, {q.get('n')} tokens, {q.get('n_docs')} documents)")
+        lines += ["", f"### Task effects at layer {layer}", "",
+                  "A linear readout of each probe task, fitted on the clean residual stream at the read layer and "
+                  "cross-fitted by document, reads the task tokens after each intervention; the effect is the increase "
+                  "of its loss per task token, paired with the clean run (regression: squared error / Var(y), i.e. the "
+                  "R^2 drop; classification: -log p(correct sense)). Clean cross-fitted readouts: "
+                  + ("; ".join(quality) if quality else "none") + "."]
+        if task.empty:
+            lines += ["", "None of the evaluated groups fires on a task token, so there are no task effects."]
+        else:
+            lines += ["", f"{mode} ablation, at the task tokens where the group fires:", "",
+                      "| group | task | docs | tokens | group | best single | group - best single [CI], p_adj | "
+                      "vs random groups | vs random directions |", "|---|---|---|---|---|---|---|---|---|"]
+            for r in task.itertuples():
+                lines.append(f"| {r.group_id} | {str(r.effect).split(':', 1)[1]} | {r.n_docs} | {r.n_tokens} | "
+                             f"{_g(r.group_estimate)} | {_g(r.best_single_estimate)} | {r.beats_best_single}: "
+                             f"{_g(r.diff_vs_best_single)} [{_g(r.ci_low_vs_best_single)}, {_g(r.ci_high_vs_best_single)}], "
+                             f"p_adj {_p(r.p_adj_vs_best_single)} | {r.beats_random_groups} (p_adj "
+                             f"{_p(r.p_adj_vs_random_groups)}) | {r.beats_random_directions} (p_adj "
+                             f"{_p(r.p_adj_vs_random_directions)}) |")
+            n_task_groups = task["group_id"].nunique()
+            better = task[task["better_unit"].astype(str) == "True"]
+            lines += ["", f"{n_task_groups} of {len(v)} group(s) fire on task tokens; {len(better)} of {len(task)} "
+                          f"(group, task) pairs show a better unit on the task readout (beats its best single latent "
+                          f"and both controls at BH-adjusted p < {alpha})."]
+    margin = ev[(ev["mode"] == mode) & (ev["effect"] == "margin")]
+    if not margin.empty:
+        parts = [f"{r.group_id} {_g(r.group_estimate)} vs {_g(r.best_single_estimate)} ({r.beats_best_single})"
+                 for r in margin.itertuples()]
+        lines += ["", f"Decision-margin drop (clean top-1 minus top-2 logit, {mode}), group vs best single latent: "
+                      + "; ".join(parts) + "."]
+    return lines
+
+
 def plot_dose_response(effects: pd.DataFrame, path: str | Path) -> Path | None:
-    """Steering dose-response figure: mean KL (and CE change) at the group's tokens vs alpha, per group,
-    for each group direction and for random directions of the same norm (95% bootstrap intervals)."""
+    """Steering dose-response figure: mean KL, CE change and each task readout's loss increase (``probe:<target>``)
+    at the group's tokens vs alpha, per group, for each group direction and for random directions of the same
+    norm (95% bootstrap intervals)."""
     steer = effects[(effects["comparator"] == "clean") & (effects["mode"] == "steer") & (effects["scope"] == "fires")]
     if steer.empty:
         return None
@@ -123,9 +190,11 @@ def plot_dose_response(effects: pd.DataFrame, path: str | Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     groups = list(dict.fromkeys(steer["group_id"]))
-    fig, axes = plt.subplots(2, len(groups), figsize=(3.6 * len(groups), 5.4), squeeze=False, sharex=True)
+    panels = ["kl", "ce"] + sorted(e for e in steer["effect"].astype(str).unique() if e.startswith("probe:"))
+    fig, axes = plt.subplots(len(panels), len(groups), figsize=(3.6 * len(groups), 2.7 * len(panels)), squeeze=False,
+                             sharex=True)
     for j, gid in enumerate(groups):
-        for i, eff in enumerate(("kl", "ce")):
+        for i, eff in enumerate(panels):
             ax = axes[i][j]
             g = steer[(steer["group_id"] == gid) & (steer["effect"] == eff)]
             for arm, sub in g.groupby("arm", sort=True):
@@ -136,11 +205,13 @@ def plot_dose_response(effects: pd.DataFrame, path: str | Path) -> Path | None:
                             ls="--" if arm == "steer:random" else "-")
             ax.axhline(0, color="0.7", lw=0.8)
             ax.set_title(gid if i == 0 else "", fontsize=9)
-            ax.set_ylabel("KL (nats)" if eff == "kl" else "CE change (nats)", fontsize=8)
-            if i == 1:
+            label = {"kl": "KL (nats)", "ce": "CE change (nats)"}.get(eff, f"{eff.split(':', 1)[-1]}\nreadout loss increase")
+            ax.set_ylabel(label, fontsize=8)
+            if i == len(panels) - 1:
                 ax.set_xlabel("alpha", fontsize=8)
             ax.tick_params(labelsize=7)
-        axes[0][j].legend(fontsize=7)
+        if axes[0][j].get_legend_handles_labels()[0]:
+            axes[0][j].legend(fontsize=7)
     fig.suptitle("Steering dose-response at the group's tokens (random: same norm)", fontsize=9)
     fig.tight_layout()
     path = Path(path)

@@ -43,7 +43,7 @@ from scipy import stats as sps
 from stats import bh_adjust, cluster_bootstrap_weights
 
 SCOPES = ("fires", "other")
-BASE_EFFECTS = ("ce", "kl", "read")
+BASE_EFFECTS = ("ce", "kl", "margin", "read")
 EFFECTS_COLUMNS = ["group_id", "arm", "comparator", "mode", "alpha", "effect", "scope", "estimate", "ci_low",
                    "ci_high", "p_value", "p_adj", "effect_size", "se", "n", "n_docs"]
 
@@ -110,6 +110,15 @@ def bootstrap_weights(n_docs: int, n_boot: int, rng: np.random.Generator) -> np.
     return cluster_bootstrap_weights(np.arange(n_docs), n_boot, rng)
 
 
+def parse_effect(effect: str) -> tuple[str, bool]:
+    """``(quantity, per_norm)`` of an effect name: ``ce_per_norm`` -> (``ce``, True); task effects are
+    ``probe:<target>`` and ``probe_per_norm:<target>`` -> (``probe:<target>``, ...)."""
+    kind, sep, task = effect.partition(":")
+    if kind.endswith("_per_norm"):
+        return kind[: -len("_per_norm")] + sep + task, True
+    return effect, False
+
+
 def statistic(s: DocSums, effect: str, scope: str, W: np.ndarray) -> np.ndarray:
     """The statistic ``effect`` in ``scope`` for each row of document weights ``W [R, n_docs]``."""
     if effect == "sqrt_kl_per_norm":
@@ -117,8 +126,7 @@ def statistic(s: DocSums, effect: str, scope: str, W: np.ndarray) -> np.ndarray:
             kl = (W @ s.get("kl", scope)) / (W @ s.get("n", scope))
             ms = (W @ s.get("norm2", "fires")) / (W @ s.get("n", "fires"))
             return np.sqrt(2.0 * np.clip(kl, 0.0, None)) / np.sqrt(ms)
-    per_norm = effect.endswith("_per_norm")
-    base = effect[: -len("_per_norm")] if per_norm else effect
+    base, per_norm = parse_effect(effect)
     with np.errstate(divide="ignore", invalid="ignore"):
         v = (W @ s.get(base, scope)) / (W @ s.get("n", scope))
         if per_norm:
@@ -223,7 +231,14 @@ VERDICT_COLUMNS = ["group_id", "group_size", "structure", "n_docs", "n_tokens_fi
                    "diff_vs_best_single", "ci_low_vs_best_single", "ci_high_vs_best_single", "p_adj_vs_best_single",
                    "diff_vs_random_groups", "p_adj_vs_random_groups",
                    "diff_vs_random_directions", "p_adj_vs_random_directions",
-                   "best_single_latents", "beats_best_single_on", "collateral_kl", "steer_beats_random_alphas"]
+                   "best_single_latents", "beats_best_single_on", "collateral_kl", "steer_beats_random_alphas",
+                   "better_unit_on", "task_beats_best_single_on"]
+EFFECT_VERDICT_COLUMNS = ["group_id", "mode", "effect", "kind", "n_docs", "n_tokens", "group_estimate",
+                          "best_single_estimate", "beats_best_single", "diff_vs_best_single", "ci_low_vs_best_single",
+                          "ci_high_vs_best_single", "p_adj_vs_best_single", "effect_size_vs_best_single",
+                          "beats_random_groups", "diff_vs_random_groups", "p_adj_vs_random_groups",
+                          "beats_random_directions", "diff_vs_random_directions", "p_adj_vs_random_directions",
+                          "better_unit"]
 
 
 def outcome(row: dict | None, alpha: float) -> str:
@@ -275,13 +290,66 @@ def group_verdict(effects: pd.DataFrame, group_id: str, mode: str, effect: str, 
             base["ci_low_vs_best_single"] = np.nan if r is None else r["ci_low"]
             base["ci_high_vs_best_single"] = np.nan if r is None else r["ci_high"]
     wins = [r for r in g if r["arm"] == "group" and r["comparator"] == "best_single" and r["scope"] == "fires"]
+
+    def ok(r):  # task effects have their own documents (the probe windows)
+        return r["n_docs"] >= min_docs if is_task_effect(r["effect"]) else enough
+
     base["beats_best_single_on"] = ";".join(f"{r['mode']}/{r['effect']}" for r in wins
-                                            if enough and outcome(r, alpha) == "beats")
+                                            if ok(r) and outcome(r, alpha) == "beats")
+    base["task_beats_best_single_on"] = ";".join(f"{r['mode']}/{r['effect']}" for r in wins if is_task_effect(r["effect"])
+                                                 and ok(r) and outcome(r, alpha) == "beats")
+    better = []
+    for r in wins:
+        if not (ok(r) and outcome(r, alpha) == "beats"):
+            continue
+        ctl = [_one(g, arm="group", comparator=c, mode=r["mode"], effect=r["effect"], scope="fires")
+               for c in ("random_groups", "random_directions")]
+        if all(c is not None and outcome(c, alpha) == "beats" for c in ctl):
+            better.append(f"{r['mode']}/{r['effect']}")
+    base["better_unit_on"] = ";".join(better)
     steer = [r for r in g if str(r["comparator"]).startswith("steer:random") and r["effect"] == "kl" and r["scope"] == "fires"]
     base["steer_beats_random_alphas"] = ";".join(
         f"{r['arm'].split(':', 1)[1]}@{r['alpha']:g}" for r in steer if enough and outcome(r, alpha) == "beats")
     base["verdict"] = verdict_text(outcomes, base, info.get("n_docs") or 0, min_docs)
     return base
+
+
+def is_task_effect(effect: str) -> bool:
+    return str(effect).startswith("probe")
+
+
+def effect_verdicts_frame(effects: pd.DataFrame, alpha: float, min_docs: int) -> pd.DataFrame:
+    """One row per (group, ablation mode, effect) at the group's tokens (scope ``fires``): the group's estimate,
+    its best single latent's, and beats/loses/tie against each comparator with the difference and its BH-adjusted p
+    ("which effect, by how much"). ``kind``: ``model`` (next-token effects, read) or ``task`` (probe readouts).
+    ``better_unit``: beats its best single latent and both matched controls on this effect."""
+    if effects.empty:
+        return pd.DataFrame(columns=EFFECT_VERDICT_COLUMNS)
+    e = effects[(effects["scope"] == "fires") & (effects["mode"] != "steer")]
+    out = []
+    for (gid, mode, effect), sub in e.groupby(["group_id", "mode", "effect"], sort=False):
+        rows = sub.to_dict("records")
+        own = _one(rows, arm="group", comparator="clean")
+        if own is None:
+            continue
+        best = _one(rows, arm="best_single", comparator="clean")
+        r = {"group_id": gid, "mode": mode, "effect": effect, "kind": "task" if is_task_effect(effect) else "model",
+             "n_docs": own["n_docs"], "n_tokens": own["n"], "group_estimate": own["estimate"],
+             "best_single_estimate": np.nan if best is None else best["estimate"]}
+        res = {}
+        for comp in COMPARATORS:
+            c = _one(rows, arm="group", comparator=comp)
+            res[comp] = outcome(c, alpha) if c is not None and own["n_docs"] >= min_docs else "untested"
+            r[f"beats_{comp}"] = res[comp]
+            r[f"diff_vs_{comp}"] = np.nan if c is None else c["estimate"]
+            r[f"p_adj_vs_{comp}"] = np.nan if c is None else c["p_adj"]
+            if comp == "best_single":
+                r["ci_low_vs_best_single"] = np.nan if c is None else c["ci_low"]
+                r["ci_high_vs_best_single"] = np.nan if c is None else c["ci_high"]
+                r["effect_size_vs_best_single"] = np.nan if c is None else c["effect_size"]
+        r["better_unit"] = all(v == "beats" for v in res.values())
+        out.append(r)
+    return pd.DataFrame(out, columns=EFFECT_VERDICT_COLUMNS)
 
 
 def verdict_text(outcomes: dict, row: dict, n_docs: int, min_docs: int) -> str:

@@ -1,0 +1,483 @@
+"""Task effects: how much an intervention degrades what a later layer says about a probe task.
+
+The probes stage (``probes/``) builds task examples from the corpus and writes them to
+``OUT/probes/examples.csv``: URL tokens with their position inside the URL (``url_position``: characters since
+the URL started and since the last ``/``, regression) and occurrences of ambiguous words with their sense
+(``word_sense``: one binary target per word with enough examples). Each example sits in a *probe window*: BOS,
+then the document's tokens from ``window_start`` up to the window's last task token.
+
+For every target this module
+
+1. rebuilds the probe windows from the examples and the corpus (:func:`load_task_data`);
+2. runs them clean up to ``read_layer`` and fits a linear **readout** of the target on the clean residual
+   stream (resid_post) there, **cross-fitted by document**: the documents are split into ``folds``
+   document-grouped folds (``sklearn.model_selection.GroupKFold``) and every task token is read by the readout
+   fitted on the other folds, so no evaluation token was used to fit the readout that reads it
+   (:func:`fit_readout`; standardised features, ``Ridge`` / ``LogisticRegression`` with the L2 strength chosen
+   per fold by an inner document-grouped CV);
+3. for each evaluated group, runs every arm of the group's plan on the windows where the group fires on a
+   task token (one window per document first, up to ``tasks.max_tokens`` window tokens), reads the edited
+   residual at ``read_layer`` with the same fold readouts, and records per task token the **readout loss
+   increase** ``loss(edited) - loss(clean)`` (paired per token) with the arm's edit norm there
+   (:func:`evaluate_task`).
+
+Readout loss per token: regression ``(prediction - y)^2 / Var(y)`` (so the mean clean loss is ``1 - R^2`` of
+the cross-fitted readout and the mean increase is the drop in R^2), classification ``-log p(correct sense)``
+(nats). An arm whose edit is exactly zero on a batch is not run: its readout equals the clean one, so its
+effect is exactly 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from interventions import edits as E
+from interventions.evaluate import Chunk, Evaluator, Plan, fires_any
+from interventions.forward import clean_hook_and_read, multi_arm_read
+from interventions.stats import doc_sums
+from sources.config import DataSpec, HookSpec
+from sources.errors import ConfigError
+from sources.models import LoadedModel
+from sources.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+FAMILIES = ("url_position", "word_sense")
+INNER_FOLDS = 3
+
+
+def effect_name(target: str, per_norm: bool = False) -> str:
+    """The ``effect`` column of a task effect: ``probe:<target>`` or ``probe_per_norm:<target>``."""
+    return f"probe{'_per_norm' if per_norm else ''}:{target}"
+
+
+# ----------------------------------------------------------------------------------- data
+
+@dataclass(frozen=True)
+class TaskTarget:
+    name: str
+    """The probe stage's task name, e.g. ``url_position/since_start`` or ``word_sense/rock/sense``."""
+    kind: str
+    """regression | classification"""
+    rows: np.ndarray
+    """Example rows (into TaskData.examples) of the target."""
+    y: np.ndarray
+
+
+@dataclass
+class TaskWindow:
+    doc_index: int
+    doc_id: str
+    tokens_L: np.ndarray
+    mask_L: np.ndarray
+    pos: np.ndarray
+    """Window positions of the task tokens."""
+    rows: np.ndarray
+    """Their example rows."""
+
+
+@dataclass
+class TaskData:
+    """One task family's examples, windows and targets (and, once fitted, readouts)."""
+
+    family: str
+    examples: pd.DataFrame
+    windows: list[TaskWindow]
+    targets: list[TaskTarget]
+    readouts: dict = field(default_factory=dict)
+    """target name -> :class:`Readout`."""
+    fires_NF: np.ndarray | None = None
+    """Which latents fire at each example's token (clean), bool [n_examples, d_sae]."""
+    quality: dict = field(default_factory=dict)
+    """target name -> clean cross-fitted readout quality."""
+
+    @property
+    def doc_N(self) -> np.ndarray:
+        return self.examples["doc_index"].to_numpy()
+
+
+def windows_from_examples(examples: pd.DataFrame, doc_tokens: dict[int, np.ndarray], tokenizer) -> list[TaskWindow]:
+    """Probe windows as the probes stage built them: BOS + document tokens ``window_start .. last task token``."""
+    from sources.corpora import special_ids
+
+    bos, _, masked = special_ids(tokenizer)
+    out = []
+    for (di, start), sub in examples.groupby(["doc_index", "window_start"], sort=True):
+        ids = doc_tokens[int(di)]
+        end = int(sub["token_index"].max())
+        if end >= len(ids):
+            raise ConfigError("interventions.tasks", f"probe example at token {end} of document {di} lies beyond its "
+                                                     f"{len(ids)} tokens; OUT/probes/examples.csv was made with another "
+                                                     "tokenizer or corpus: rerun the probes stage")
+        body = ids[int(start):end + 1]
+        tokens = np.concatenate([[bos], body]).astype(np.int64)
+        mask = np.concatenate([[False], ~np.isin(body, list(masked))])
+        out.append(TaskWindow(int(di), str(sub["doc_id"].iloc[0]), tokens, mask,
+                              (sub["token_index"].to_numpy(np.int64) - int(start) + 1), sub.index.to_numpy(np.int64)))
+    return out
+
+
+def task_targets(family: str, examples: pd.DataFrame, probes_cfg=None, seed: int = 0) -> list[TaskTarget]:
+    """The probe stage's targets of ``family`` with enough data (``probes.targets``): both URL-position
+    regressions; one sense classification per word (``word_sense/resolved`` is left out: it is about the
+    window, not about what the model reads)."""
+    from probes.targets import url_targets, word_sense_targets
+
+    if family == "url_position":
+        targets, _ = url_targets(examples)
+    elif family == "word_sense":
+        ws = probes_cfg.word_sense
+        lexicon = {w: e.model_dump() for w, e in ws.lexicon.items()}
+        targets, _ = word_sense_targets(examples, lexicon, ws.min_per_class, probes_cfg.folds, ws.balance_resolved,
+                                        np.random.default_rng([int(seed), 7]))
+        targets = [t for t in targets if t.task.endswith("/sense")]
+    else:
+        raise ConfigError("interventions.tasks.tasks", f"unknown task {family!r}; allowed: {', '.join(FAMILIES)}")
+    return [TaskTarget(t.task, t.kind, np.asarray(t.rows, dtype=np.int64), np.asarray(t.y, dtype=np.float64))
+            for t in targets]
+
+
+def load_task_data(examples: pd.DataFrame, data: DataSpec, tokenizer, probes_cfg, seed: int = 0,
+                   families: list[str] | None = None, source: str = "OUT/probes/examples.csv") -> list[TaskData]:
+    """Task data of every family in ``examples`` (the probes stage's examples.csv), or of ``families``
+    (each must have examples). Documents are re-read from the corpus and re-tokenised (checked by id)."""
+    from probes.dataset import iter_probe_documents
+
+    have = list(dict.fromkeys(examples["task"].astype(str))) if len(examples) and "task" in examples else []
+    unknown = [f for f in have if f not in FAMILIES]
+    if unknown:
+        raise ConfigError("interventions.tasks", f"{source} has an unknown task {unknown[0]!r}; allowed: {', '.join(FAMILIES)}")
+    if families is not None:
+        missing = [f for f in families if f not in have]
+        if missing:
+            raise ConfigError("interventions.tasks.tasks", f"task {missing[0]!r} has no examples in {source} (it has: "
+                                                           f"{', '.join(have) or 'none'}); add it to probes.tasks and rerun "
+                                                           "the probes stage, or drop it here")
+    want = [f for f in have if families is None or f in families]
+    if not want:
+        return []
+    need = set(int(d) for d in examples.loc[examples["task"].isin(want), "doc_index"])
+    texts: dict[int, tuple[str, str]] = {}
+    for di, did, text in iter_probe_documents(data, getattr(probes_cfg, "max_documents", None)):
+        if di in need:
+            texts[di] = (did, text)
+            if len(texts) == len(need):
+                break
+    doc_tokens = {}
+    for family in want:
+        ex = examples[examples["task"] == family].reset_index(drop=True)
+        for di, did in ex.groupby("doc_index")["doc_id"].first().items():
+            if int(di) not in texts or texts[int(di)][0] != str(did):
+                raise ConfigError("interventions.tasks", f"document {di} ({did}) of {source} is not in the corpus any more; "
+                                                         "the probes stage ran on another corpus: rerun it")
+            if int(di) not in doc_tokens:
+                enc = tokenizer(texts[int(di)][1], add_special_tokens=False)
+                doc_tokens[int(di)] = np.asarray(enc["input_ids"], dtype=np.int64)
+    out = []
+    for family in want:
+        ex = examples[examples["task"] == family].reset_index(drop=True)
+        out.append(TaskData(family, ex, windows_from_examples(ex, doc_tokens, tokenizer), task_targets(family, ex, probes_cfg, seed)))
+    return out
+
+
+# ----------------------------------------------------------------------------------- readouts
+
+class _Prior:
+    """A readout for a training fold holding one class only: predicts that class's frequency."""
+
+    classes_ = np.array([0.0, 1.0])
+
+    def __init__(self, y):
+        self.p = float(np.mean(y))
+
+    def predict_proba(self, X):
+        return np.tile([1.0 - self.p, self.p], (len(X), 1))
+
+
+def _estimator(kind: str, l2: float):
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if kind == "regression":
+        return make_pipeline(StandardScaler(), Ridge(alpha=l2))
+    return make_pipeline(StandardScaler(), LogisticRegression(C=1.0 / l2, max_iter=2000))
+
+
+def _loss(kind: str, model, X: np.ndarray, y: np.ndarray, scale: float) -> np.ndarray:
+    if kind == "regression":
+        return (model.predict(X) - y) ** 2 / scale
+    proba = model.predict_proba(X)
+    col = list(np.asarray(model.classes_, dtype=np.float64))
+    p1 = proba[:, col.index(1.0)] if 1.0 in col else np.zeros(len(X))
+    p = np.where(y == 1, p1, 1.0 - p1)
+    return -np.log(np.clip(p, 1e-12, 1.0))
+
+
+def _fit_one(kind: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray, l2: list[float], scale: float):
+    from sklearn.model_selection import GroupKFold
+
+    if kind == "classification" and len(np.unique(y)) < 2:
+        return _Prior(y), float("nan")
+    best = l2[0] if len(l2) == 1 else l2[len(l2) // 2]
+    k = min(INNER_FOLDS, len(np.unique(groups)))
+    if len(l2) > 1 and k >= 2:
+        scores = []
+        for a in l2:
+            losses = []
+            for tr, te in GroupKFold(k).split(X, y, groups):
+                if kind == "classification" and len(np.unique(y[tr])) < 2:
+                    continue
+                losses.append(_loss(kind, _estimator(kind, a).fit(X[tr], y[tr]), X[te], y[te], scale).mean())
+            scores.append(np.mean(losses) if losses else np.inf)
+        if np.isfinite(scores).any():
+            best = l2[int(np.argmin(scores))]
+    return _estimator(kind, best).fit(X, y), best
+
+
+@dataclass
+class Readout:
+    """A cross-fitted linear readout of one target: fold ``k``'s model reads the tokens of fold ``k``'s documents."""
+
+    name: str
+    kind: str
+    rows: np.ndarray
+    y: np.ndarray
+    fold: np.ndarray
+    """Fold of each row."""
+    models: list
+    l2: list
+    scale: float
+    """Var(y) for regression (loss in units of the target's variance), 1 for classification."""
+    clean_loss: np.ndarray
+    """Cross-fitted loss of each row on the clean residual the readout was fitted on."""
+
+    def loss(self, X_TD: np.ndarray, rows_T: np.ndarray) -> np.ndarray:
+        """Per-token readout loss of residuals ``X_TD`` at example rows ``rows_T`` (each read by its own fold's model)."""
+        where = {int(r): i for i, r in enumerate(self.rows)}
+        idx = np.array([where[int(r)] for r in rows_T], dtype=np.int64)
+        out = np.empty(len(idx))
+        X_TD = np.asarray(X_TD, dtype=np.float64)
+        for k, m in enumerate(self.models):
+            sel = self.fold[idx] == k
+            if sel.any():
+                out[sel] = _loss(self.kind, m, X_TD[sel], self.y[idx[sel]], self.scale)
+        return out
+
+
+def fit_readout(target: TaskTarget, X_ND: np.ndarray, doc_N: np.ndarray, folds: int, l2: list[float]) -> Readout | None:
+    """Cross-fit a readout of ``target`` on ``X_ND`` (the clean residual at the example rows ``target.rows``, in that
+    order) with document-grouped folds; None when the target has fewer than 2 documents."""
+    from sklearn.model_selection import GroupKFold
+
+    X = np.asarray(X_ND, dtype=np.float64)
+    y = target.y
+    docs = np.asarray(doc_N)
+    k = min(folds, len(np.unique(docs)))
+    if k < 2:
+        return None
+    scale = float(np.var(y)) if target.kind == "regression" else 1.0
+    scale = scale if scale > 0 else 1.0
+    fold = np.empty(len(y), dtype=np.int64)
+    models, chosen = [], []
+    for f, (tr, te) in enumerate(GroupKFold(k).split(X, y, docs)):
+        fold[te] = f
+        m, a = _fit_one(target.kind, X[tr], y[tr], docs[tr], l2, scale)
+        models.append(m)
+        chosen.append(a)
+    r = Readout(target.name, target.kind, target.rows, y, fold, models, chosen, scale, np.zeros(0))
+    r.clean_loss = r.loss(X, target.rows)
+    return r
+
+
+@torch.no_grad()
+def _batches(windows: list[TaskWindow], idx: list[int], size: int, pad: int):
+    for b0 in range(0, len(idx), size):
+        ws = [windows[i] for i in idx[b0:b0 + size]]
+        L = max(len(w.tokens_L) for w in ws)
+        tokens = np.full((len(ws), L), pad, dtype=np.int64)
+        mask = np.zeros((len(ws), L), dtype=bool)
+        for i, w in enumerate(ws):
+            tokens[i, :len(w.tokens_L)] = w.tokens_L
+            mask[i, :len(w.mask_L)] = w.mask_L
+        yield ws, torch.from_numpy(tokens), torch.from_numpy(mask)
+
+
+@torch.no_grad()
+def fit_task_readouts(model: LoadedModel, sae, hook: HookSpec, td: TaskData, read_layer: int, threshold_F: np.ndarray,
+                      folds: int, l2: list[float], batch_size: int = 16) -> TaskData:
+    """One clean pass over every window of ``td`` (stopping at ``read_layer``): the firing latents at each task
+    token and the cross-fitted readout of every target."""
+    from sources.corpora import special_ids
+
+    _, pad, _ = special_ids(model.tokenizer)
+    n = len(td.examples)
+    X = None
+    fires = None
+    thr = torch.as_tensor(threshold_F, dtype=torch.float32)
+    order = sorted(range(len(td.windows)), key=lambda i: -len(td.windows[i].tokens_L))
+    for ws, tokens, _ in _batches(td.windows, order, batch_size, pad):
+        x, read = clean_hook_and_read(model, hook, tokens, read_layer)
+        for i, w in enumerate(ws):
+            pos = torch.as_tensor(w.pos)
+            r = read[i, pos].cpu().numpy()
+            f = E.encode(sae, x[i, pos].float()).cpu()
+            if X is None:
+                X = np.zeros((n, r.shape[1]), dtype=np.float32)
+                fires = np.zeros((n, f.shape[1]), dtype=bool)
+            X[w.rows] = r
+            fires[w.rows] = (f > thr).numpy()
+    td.fires_NF = fires
+    doc = td.doc_N
+    for t in td.targets:
+        ro = fit_readout(t, X[t.rows], doc[t.rows], folds, l2)
+        if ro is None:
+            log.info("task %s: fewer than 2 documents; no readout", t.name)
+            continue
+        td.readouts[t.name] = ro
+        q = {"kind": t.kind, "n": int(len(t.rows)), "n_docs": int(len(np.unique(doc[t.rows]))), "folds": int(ro.fold.max() + 1),
+             "l2": [None if not math.isfinite(a) else a for a in ro.l2], "clean_loss": float(ro.clean_loss.mean())}
+        if t.kind == "regression":
+            q["clean_r2"] = 1.0 - q["clean_loss"]
+        else:
+            q["clean_accuracy"] = float(np.mean(np.exp(-ro.clean_loss) > 0.5))
+        td.quality[t.name] = q
+    return td
+
+
+# ----------------------------------------------------------------------------------- evaluation
+
+@dataclass
+class TaskEval:
+    family: str
+    n_docs: int
+    doc_ids: list[str]
+    n_windows: int
+    n_tokens: int
+    """Task tokens of the evaluated windows (any target)."""
+    n_tokens_fires: int
+    """... of which the group fires on."""
+    sums: dict
+    """target name -> {(arm name, mode, alpha) -> DocSums with ``probe:<target>``}."""
+    windows: list[int] = field(default_factory=list)
+    """Indices (into TaskData.windows) of the evaluated windows."""
+    best_single: dict = field(default_factory=dict)
+    """``target|mode`` -> the cross-fitted best single member(s) (``a|b`` when the halves differ), filled by
+    interventions.pipeline.task_rows."""
+
+
+def choose_windows(td: TaskData, members: tuple[int, ...], max_tokens: int, rng: np.random.Generator) -> list[int]:
+    """Windows where the group fires on a task token of a target with a readout: one per document first, in
+    random order, until about ``max_tokens`` window tokens."""
+    if td.fires_NF is None:
+        return []
+    rows_ok = np.zeros(len(td.examples), dtype=bool)
+    for name, ro in td.readouts.items():
+        rows_ok[ro.rows] = True
+    fires = td.fires_NF[:, list(members)].any(1) & rows_ok
+    cand = [i for i, w in enumerate(td.windows) if fires[w.rows].any()]
+    if not cand:
+        return []
+    cand = np.array(cand)[rng.permutation(len(cand))]
+    rank, seen = [], {}
+    for i in cand.tolist():
+        d = td.windows[i].doc_index
+        rank.append(seen.get(d, 0))
+        seen[d] = seen.get(d, 0) + 1
+    order = cand[np.argsort(np.array(rank), kind="stable")]
+    chosen, total = [], 0
+    for i in order.tolist():
+        chosen.append(i)
+        total += len(td.windows[i].tokens_L)
+        if total >= max_tokens:
+            break
+    return sorted(chosen, key=lambda i: (-len(td.windows[i].tokens_L), i))
+
+
+@torch.no_grad()
+def evaluate_task(model: LoadedModel, hook: HookSpec, plan: Plan, td: TaskData, ev: Evaluator, read_layer: int,
+                  max_tokens: int, rng: np.random.Generator, steering: bool = True, progress: bool = True) -> TaskEval | None:
+    """Run the plan's arms on the task windows where the group fires and record the per-token readout loss
+    increase of every target (None when the group fires on no task token)."""
+    from sources.corpora import special_ids
+
+    chosen = choose_windows(td, plan.group.members, max_tokens, rng)
+    if not chosen:
+        return None
+    _, pad, _ = special_ids(model.tokenizer)
+    arms = [a for a in plan.arms if steering or a.kind not in ("steer", "steer_random")]
+    doc_keys = sorted({td.windows[i].doc_index for i in chosen})
+    doc_of = {d: k for k, d in enumerate(doc_keys)}
+    doc_ids = {td.windows[i].doc_index: td.windows[i].doc_id for i in chosen}
+    per_fwd = max(1, min(len(arms), ev.icfg.batch_size))
+    cb = max(1, min(len(chosen), ev.icfg.batch_size // per_fwd))
+    readouts = td.readouts
+    rec = {t: {(a.name, a.mode, a.alpha): {"doc": [], "target": [], "eff": [], "norm": []} for a in arms} for t in readouts}
+    gi = torch.as_tensor(plan.group.members)
+    n_tok = n_fires = 0
+    bar = progress_bar(total=math.ceil(len(chosen) / cb) * math.ceil(len(arms) / per_fwd),
+                       desc=f"task {td.family} {plan.group.group_id}", unit="fwd", progress=progress, mininterval=2.0)
+    for ws, tokens, mask in _batches(td.windows, chosen, cb, pad):
+        content = mask.to(model.device)
+        x, read = clean_hook_and_read(model, hook, tokens, read_layer)
+        x = x.float()
+        f = E.encode(ev.sae, x)
+        gf = fires_any(f[..., gi.to(f.device)], ev.thr[gi.to(ev.thr.device)]) & content
+        docs = np.array([doc_of[w.doc_index] for w in ws])
+        ch = Chunk(tokens, x, f, content, gf, None, read, docs)
+        # task tokens of each target in this chunk: (batch row, position, example row) and the clean loss
+        at = {}
+        for t, ro in readouts.items():
+            keep = set(ro.rows.tolist())
+            b_, p_, r_ = [], [], []
+            for b, w in enumerate(ws):
+                for p, r in zip(w.pos.tolist(), w.rows.tolist()):
+                    if r in keep:
+                        b_.append(b), p_.append(p), r_.append(r)
+            if not b_:
+                continue
+            b_, p_, r_ = (torch.as_tensor(v) for v in (b_, p_, r_))
+            at[t] = (b_, p_, r_.numpy(), ro.loss(read[b_, p_].cpu().numpy(), r_.numpy()))
+        rows_here = {r for w in ws for r in w.rows.tolist()}
+        n_tok += len(rows_here)
+        n_fires += len({int(r) for w_i, w in enumerate(ws) for p, r in zip(w.pos.tolist(), w.rows.tolist())
+                        if bool(gf[w_i, p])})
+        for a0 in range(0, len(arms), per_fwd):
+            sub = arms[a0:a0 + per_fwd]
+            deltas = [ev.delta(a, ch) for a in sub]
+            live = [i for i, d in enumerate(deltas) if bool(d.any())]
+            edited = {}
+            if live:
+                R = multi_arm_read(model, hook, ch.tokens, [(lambda x, d=deltas[i]: x + d.to(x.dtype)) for i in live], read_layer)
+                edited = {i: R[j] for j, i in enumerate(live)}
+            for i, (arm, d) in enumerate(zip(sub, deltas)):
+                tgt = ev.target(arm, ch)
+                norm = d.norm(dim=-1)
+                for t, (b_, p_, r_, clean) in at.items():
+                    r = rec[t][(arm.name, arm.mode, arm.alpha)]
+                    r["doc"].append(docs[b_.numpy()])
+                    r["target"].append(tgt[b_, p_].cpu().numpy())
+                    r["norm"].append(norm[b_, p_].cpu().numpy())
+                    if i in edited:
+                        r["eff"].append(readouts[t].loss(edited[i][b_, p_].cpu().numpy(), r_) - clean)
+                    else:
+                        r["eff"].append(np.zeros(len(r_)))
+            bar.update(1)
+        ch.cache.clear()
+    bar.close()
+    n_docs = len(doc_keys)
+    cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)  # noqa: E731
+    sums: dict[str, dict] = {}
+    for t, per_arm in rec.items():
+        if not any(len(v["doc"]) for v in per_arm.values()):
+            continue
+        sums[t] = {k: doc_sums(cat(v["doc"]).astype(np.int64), n_docs, cat(v["target"]).astype(bool),
+                               {effect_name(t): cat(v["eff"])}, cat(v["norm"])) for k, v in per_arm.items()}
+    return TaskEval(td.family, n_docs, [doc_ids[d] for d in doc_keys], len(chosen), n_tok, n_fires, sums, list(chosen))
+

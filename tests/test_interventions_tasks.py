@@ -1,0 +1,315 @@
+"""Task effects of interventions: cross-fitted probe readouts at a later layer, targeted logit margins, bad input.
+
+Tiny random models (tests/tiny.py) and the tiny TopK SAE of tests/test_interventions.py; seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from interventions.config import InterventionsConfig
+from interventions.evaluate import GroupSpec
+from interventions.forward import clean_hook_and_read, margin_effect, resolve_read_layer
+from interventions.pipeline import run_interventions
+from interventions.tasks import TaskData, TaskTarget, TaskWindow, effect_name, fit_readout, load_task_data
+from sources.config import DataSpec, HookSpec, StreamSpec
+from sources.errors import ConfigError
+from test_interventions import TinyTopKSAE
+from tiny import tiny_corpus_file, tiny_model
+
+HOOK = HookSpec(layer=1, site="resid_post")
+READ = 2
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return tiny_model("llama")
+
+
+@pytest.fixture(scope="module")
+def sae():
+    return TinyTopKSAE().eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return tiny_corpus_file(tmp_path_factory.mktemp("corpus_tasks"), n_docs=16)
+
+
+def _data(corpus):
+    return DataSpec(source="jsonl", path=str(corpus), context_len=32, max_tokens=4000), StreamSpec(batch_size=8, progress=False)
+
+
+def _group(model, sae, corpus):
+    """The 4 latents firing most often on the corpus (so the group fires on many task tokens)."""
+    from sources.corpora import iter_contexts
+
+    data, _ = _data(corpus)
+    tokens = torch.from_numpy(np.stack([c.tokens_L for c in iter_contexts(data, model.tokenizer)][:8]))
+    x, _ = clean_hook_and_read(model, HOOK, tokens, READ)
+    counts = (sae.encode(x.float()) > 0).sum((0, 1))
+    return tuple(sorted(counts.argsort(descending=True)[:4].tolist()))
+
+
+def _planted_task(model, sae, corpus, members, kind="regression", n_windows=14):
+    """Task windows = the first 24 tokens of one context per document; every content token is a task token.
+    Regression target: the group's total activation at the token (information the group's ablation removes);
+    classification target: whether that activation is above its median."""
+    from sources.corpora import iter_contexts
+
+    data, _ = _data(corpus)
+    seen, ctxs = set(), []
+    for c in iter_contexts(data, model.tokenizer):
+        if c.doc_index not in seen:
+            seen.add(c.doc_index)
+            ctxs.append(c)
+    ctxs = ctxs[:n_windows]
+    rows, windows, ys = [], [], []
+    for c in ctxs:
+        toks, mask = c.tokens_L[:24], c.mask_L[:24]
+        with torch.no_grad():
+            x, _ = clean_hook_and_read(model, HOOK, torch.from_numpy(toks)[None], READ)
+            a = sae.encode(x.float())[0][:, list(members)].sum(-1).numpy()
+        pos = np.flatnonzero(mask)
+        start = len(rows)
+        for p in pos:
+            rows.append({"task": "planted", "doc_index": c.doc_index, "doc_id": c.doc_id, "token_index": int(p)})
+            ys.append(float(a[p]))
+        windows.append(TaskWindow(c.doc_index, c.doc_id, toks, mask, pos.astype(np.int64), np.arange(start, len(rows))))
+    y = np.asarray(ys)
+    if kind == "classification":
+        y = (y > np.median(y)).astype(np.float64)
+    ex = pd.DataFrame(rows)
+    return TaskData("planted", ex, windows, [TaskTarget("planted/target", kind, np.arange(len(ex)), y)])
+
+
+def _cfg(**kw):
+    base = dict(modes=["zero"], max_members=2, n_controls=2, max_tokens=128, pool_tokens=2000, n_boot=200, batch_size=16,
+                min_docs=3, read_layer=READ, steering={"alphas": [0.0, 2.0], "n_random": 1},
+                tasks={"max_tokens": 10_000, "folds": 3, "l2": [1.0]})
+    base.update(kw)
+    return InterventionsConfig(**base)
+
+
+def _run(model, sae, corpus, members, td, **kw):
+    data, stream = _data(corpus)
+    return run_interventions(model, sae, HOOK, data, stream, [GroupSpec("gtask", members, "clique")], _cfg(**kw),
+                             np.zeros(sae.cfg.d_sae, dtype=np.float32), seed=0, progress=False, task_data=[td])
+
+
+@pytest.fixture(scope="module")
+def planted(model, sae, corpus):
+    members = _group(model, sae, corpus)
+    td = _planted_task(model, sae, corpus, members)
+    return members, td, _run(model, sae, corpus, members, td)
+
+
+# ----------------------------------------------------------------------------------- readout
+
+@pytest.mark.parametrize("kind", ["regression", "classification"])
+def test_the_cross_fitted_readout_loss_equals_sklearn_on_the_same_arrays(kind):
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.model_selection import GroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(0)
+    n, d = 240, 12
+    docs = np.repeat(np.arange(12), 20)
+    X = rng.normal(size=(n, d))
+    y = X @ rng.normal(size=d) + rng.normal(size=n)
+    if kind == "classification":
+        y = (y > 0).astype(np.float64)
+    ro = fit_readout(TaskTarget("t", kind, np.arange(n), y), X, docs, folds=4, l2=[3.0])
+    expected = np.empty(n)
+    for tr, te in GroupKFold(4).split(X, y, docs):
+        assert not set(docs[tr]) & set(docs[te])  # no evaluation document was used to fit its readout
+        if kind == "regression":
+            m = make_pipeline(StandardScaler(), Ridge(alpha=3.0)).fit(X[tr], y[tr])
+            expected[te] = (m.predict(X[te]) - y[te]) ** 2 / np.var(y)
+        else:
+            m = make_pipeline(StandardScaler(), LogisticRegression(C=1 / 3.0, max_iter=2000)).fit(X[tr], y[tr])
+            p1 = m.predict_proba(X[te])[:, 1]
+            expected[te] = -np.log(np.where(y[te] == 1, p1, 1 - p1))
+    np.testing.assert_allclose(ro.clean_loss, expected, rtol=1e-6, atol=1e-9)
+    # a perturbed residual is read by the same fold models
+    X2 = X + 0.3
+    np.testing.assert_allclose(ro.loss(X2[::-1], np.arange(n)[::-1]), ro.loss(X2, np.arange(n))[::-1], rtol=1e-12)
+
+
+def test_a_planted_group_whose_ablation_destroys_the_probed_information_has_a_clearly_positive_task_effect(planted, tmp_path):
+    members, td, res = planted
+    assert td.quality["planted/target"]["clean_r2"] > 0.5  # the readout works on the clean stream
+    eff = res.effects
+    name = effect_name("planted/target")
+    row = eff[(eff["arm"] == "group") & (eff["comparator"] == "clean") & (eff["effect"] == name) & (eff["scope"] == "fires")]
+    assert len(row) == 1
+    r = row.iloc[0]
+    assert r["estimate"] > 0.2 and r["ci_low"] > 0 and r["p_value"] < 0.01, r.to_dict()
+    # per unit of removed norm, and the comparisons, are there too
+    assert {effect_name("planted/target", True)} <= set(eff["effect"])
+    cmp = eff[(eff["arm"] == "group") & (eff["effect"] == name) & (eff["scope"] == "fires")]
+    assert {"clean", "best_single", "random_groups", "random_directions"} <= set(cmp["comparator"])
+    # steering along the alpha grid reads the task too; alpha = 0 changes nothing
+    st = eff[(eff["mode"] == "steer") & (eff["effect"] == name) & (eff["comparator"] == "clean")]
+    assert set(st["alpha"]) == {0.0, 2.0}
+    assert (st.loc[st["alpha"] == 0.0, "estimate"] == 0.0).all()
+    ev = res.effect_verdicts
+    assert ((ev["effect"] == name) & (ev["kind"] == "task")).any()
+    assert "task_beats_best_single_on" in res.verdicts.columns
+
+    from experiments.interventions import write_outputs
+    from interventions.report import render_report
+
+    write_outputs(tmp_path / "interventions", res, _cfg(), tmp_path)
+    back = pd.read_csv(tmp_path / "interventions" / "effect_verdicts.csv")
+    assert set(back["kind"]) == {"model", "task"} and len(back) == len(ev)
+    assert (tmp_path / "interventions" / "steering.png").exists()
+    text = render_report(tmp_path)
+    assert "Task effects at layer 2" in text and "planted/target" in text and "Decision-margin drop" in text
+
+
+def test_the_task_effect_equals_an_independent_recomputation_with_a_plain_pytorch_hook(planted, model, sae):
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import GroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    members, td, res = planted
+    te = res.evals[0].tasks[0]
+    y, docs = td.targets[0].y, td.doc_N
+    block = model.hf.model.layers[HOOK.layer]
+    read_block = model.hf.model.layers[READ]
+
+    def run(tokens, ablate):
+        seen = {}
+
+        def edit(_m, _i, out):
+            h = out[0] if isinstance(out, tuple) else out
+            f = sae.encode(h)
+            fires = (f[..., list(members)] > 0).any(-1) & torch.from_numpy(mask)[None]
+            new = h - (f[..., list(members)] * fires[..., None]) @ sae.W_dec[list(members)]
+            seen["fires"] = fires[0]
+            return (new, *out[1:]) if isinstance(out, tuple) else new
+
+        def grab(_m, _i, o):
+            seen["r"] = (o[0] if isinstance(o, tuple) else o)[0]
+
+        hs = [read_block.register_forward_hook(grab)]
+        if ablate:
+            hs.append(block.register_forward_hook(edit))
+        try:
+            with torch.no_grad():
+                model.hf(torch.from_numpy(tokens)[None])
+        finally:
+            for h in hs:
+                h.remove()
+        return seen
+
+    n = len(td.examples)
+    X_clean, X_edit = np.zeros((n, model.d_model)), np.zeros((n, model.d_model))
+    fires = np.zeros(n, dtype=bool)
+    used = np.zeros(n, dtype=bool)
+    for w_i in te.windows:
+        w = td.windows[w_i]
+        mask = w.mask_L
+        c, e = run(w.tokens_L, False), run(w.tokens_L, True)
+        X_clean[w.rows] = c["r"][w.pos].numpy()
+        X_edit[w.rows] = e["r"][w.pos].numpy()
+        fires[w.rows] = e["fires"][w.pos].numpy()
+        used[w.rows] = True
+    # the readout is fitted on the clean stream of every window of the task (not only the evaluated ones)
+    X_all = np.zeros((n, model.d_model))
+    for w in td.windows:
+        mask = w.mask_L
+        X_all[w.rows] = run(w.tokens_L, False)["r"][w.pos].numpy()
+    delta = np.zeros(n)
+    for tr, tst in GroupKFold(3).split(X_all, y, docs):
+        m = make_pipeline(StandardScaler(), Ridge(alpha=1.0)).fit(X_all[tr], y[tr])
+        delta[tst] = ((m.predict(X_edit[tst]) - y[tst]) ** 2 - (m.predict(X_clean[tst]) - y[tst]) ** 2) / np.var(y)
+    sel = used & fires
+    eff = res.effects
+    row = eff[(eff["arm"] == "group") & (eff["comparator"] == "clean") & (eff["effect"] == effect_name("planted/target"))
+              & (eff["scope"] == "fires")].iloc[0]
+    assert int(row["n"]) == int(sel.sum())
+    assert row["estimate"] == pytest.approx(delta[sel].mean(), rel=1e-3, abs=1e-5)
+
+
+def test_ablating_nothing_gives_task_and_margin_effects_of_exactly_zero(model, corpus):
+    sae = TinyTopKSAE(seed=3).eval().requires_grad_(False)
+    members = _group(model, sae, corpus)
+    sae.W_dec.data[list(members)] = 0.0  # the group's edit is exactly zero
+    td = _planted_task(model, sae, corpus, members, kind="classification")
+    res = _run(model, sae, corpus, members, td, steering={"enabled": False})
+    eff = res.effects
+    task = eff[eff["effect"].str.startswith("probe") & (eff["arm"] == "group") & (eff["comparator"] == "clean")]
+    assert len(task) and (task["estimate"].fillna(0.0) == 0.0).all()
+    assert (task.loc[task["effect"] == effect_name("planted/target"), "p_value"] == 1.0).all()
+    margin = eff[(eff["effect"] == "margin") & (eff["arm"] == "group") & (eff["comparator"] == "clean")]
+    np.testing.assert_allclose(margin["estimate"], 0.0, atol=1e-5)
+    assert res.verdicts["task_beats_best_single_on"].fillna("").eq("").all()
+
+
+def test_a_group_that_fires_on_no_task_token_has_no_task_rows(model, sae, corpus):
+    members = _group(model, sae, corpus)
+    td = _planted_task(model, sae, corpus, members)
+    td.windows = [TaskWindow(w.doc_index, w.doc_id, w.tokens_L, np.zeros_like(w.mask_L), w.pos[:0], w.rows[:0])
+                  for w in td.windows]  # no task token left
+    res = _run(model, sae, corpus, members, td, steering={"enabled": False})
+    assert not res.effects["effect"].str.startswith("probe").any()
+    assert (res.effects["effect"] == "margin").any()
+
+
+def test_the_margin_effect_is_the_drop_of_the_clean_top1_minus_top2_logit_difference():
+    g = torch.Generator().manual_seed(0)
+    clean, edited = torch.randn(2, 5, 11, generator=g), torch.randn(3, 2, 5, 11, generator=g)
+    m = margin_effect(torch.log_softmax(clean, -1), edited)
+    top = clean[1, 2].topk(2).indices
+    want = (clean[1, 2, top[0]] - clean[1, 2, top[1]]) - (edited[2, 1, 2, top[0]] - edited[2, 1, 2, top[1]])
+    assert m.shape == (3, 2, 5) and abs(float(m[2, 1, 2] - want)) < 1e-5
+    assert float(margin_effect(torch.log_softmax(clean, -1), clean[None]).abs().max()) < 1e-5
+
+
+# ----------------------------------------------------------------------------------- bad input
+
+def test_read_layer_auto_and_bad_read_layers(model):
+    assert resolve_read_layer(model, HOOK, "auto") == 2  # min(hook + 2, last layer)
+    assert resolve_read_layer(model, HookSpec(layer=0, site="resid_post"), "auto") == 2
+    assert resolve_read_layer(model, HookSpec(layer=2, site="resid_post"), "auto") is None  # nothing after the hook
+    assert resolve_read_layer(model, HOOK, None) is None
+    with pytest.raises(ConfigError, match="layer 9 does not exist"):
+        resolve_read_layer(model, HOOK, 9)
+    with pytest.raises(ConfigError, match="is not after the hook"):
+        resolve_read_layer(model, HOOK, 0)
+
+
+def test_a_task_the_probes_stage_did_not_build_is_a_clear_error(corpus, model):
+    data, _ = _data(corpus)
+    ex = pd.DataFrame({"task": ["url_position"], "doc_index": [0], "doc_id": ["doc0"], "window_start": [0],
+                       "token_index": [3], "since_start": [1], "since_slash": [1]})
+    with pytest.raises(ConfigError) as exc:
+        load_task_data(ex, data, model.tokenizer, None, families=["word_sense"])
+    assert exc.value.field == "interventions.tasks.tasks" and "has no examples" in exc.value.message
+    bad = ex.assign(task="bogus")
+    with pytest.raises(ConfigError, match="unknown task 'bogus'"):
+        load_task_data(bad, data, model.tokenizer, None)
+
+
+@pytest.mark.parametrize("override, start", [
+    ("interventions.tasks.tasks=[bogus]", "error: interventions.tasks.tasks.0:"),
+    ("interventions.read_layer=-3", "error: interventions.read_layer:"),
+    ("interventions.tasks.l2=[]", "error: interventions.tasks.l2:"),
+])
+def test_bad_task_settings_exit_2_with_one_line(tmp_path, override, start):
+    res = subprocess.run([sys.executable, "-m", "experiments.interventions", "--set", override, "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True, timeout=120)
+    lines = [line for line in res.stderr.strip().splitlines() if line.strip()]
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert lines[0].startswith(start) and "Traceback" not in res.stderr
