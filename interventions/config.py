@@ -99,6 +99,22 @@ class TaskEffectsConfig(Section):
         return None if v is None else list(dict.fromkeys(v))
 
 
+class LogitDiffSpec(Section):
+    """One entry of interventions.logit_diffs (name -> {targets, foils}): mean target logit minus mean foil logit."""
+
+    targets: list[str]
+    """Token strings (each must be one token of the model's tokenizer, e.g. "/" or " com"), averaged."""
+    foils: list[str]
+    """Token strings the targets are compared with, averaged."""
+
+    @field_validator("targets", "foils")
+    @classmethod
+    def _not_empty(cls, v):
+        if not v:
+            raise ValueError("give at least one token string")
+        return v
+
+
 class InterventionsConfig(Section):
     """Ablation and steering of co-occurrence groups vs single latents vs matched controls."""
 
@@ -149,6 +165,10 @@ class InterventionsConfig(Section):
     readouts (tasks:). auto: min(hook.layer + 2, last layer), none if the hook is already at the last layer's
     resid_post; None: off (no read or task effects)."""
     steering: SteeringConfig = Field(default_factory=SteeringConfig)
+    logit_diffs: dict[str, LogitDiffSpec] = Field(default_factory=dict)
+    """Targeted logit differences measured at every scored token (effect logit_diff:<name>): name -> {targets:
+    [...], foils: [...]}, e.g. url: {targets: ["/", "."], foils: [" the", " and"]}. Empty: only the clean model's
+    own top-1 vs top-2 margin (effect margin)."""
     tasks: TaskEffectsConfig = Field(default_factory=TaskEffectsConfig)
 
     @field_validator("read_layer")
@@ -156,6 +176,14 @@ class InterventionsConfig(Section):
     def _read_layer(cls, v):
         if isinstance(v, int) and not isinstance(v, bool) and v < 0:
             raise ValueError(f"a layer index is >= 0, got {v}; or give auto or null")
+        return v
+
+    @field_validator("logit_diffs")
+    @classmethod
+    def _ld_names(cls, v):
+        bad = [k for k in v if not k or ":" in k or k.strip() != k]
+        if bad:
+            raise ValueError(f"logit_diffs names must be non-empty, without ':' or surrounding spaces, got {bad[0]!r}")
         return v
 
     @field_validator("modes")

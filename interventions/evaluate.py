@@ -25,7 +25,8 @@ from sources.progress import progress_bar
 
 from interventions import edits as E
 from interventions.config import LATENT_MODES, InterventionsConfig
-from interventions.forward import (decision_pair, evaluable_positions, margin_drop, multi_arm_logits, next_token_logprobs,
+from interventions.forward import (decision_pair, evaluable_positions, logit_diff, margin_drop, multi_arm_logits,
+                                   next_token_logprobs,
                                    token_effects)
 from interventions.stats import DocSums, doc_sums, statistic
 from sources import sites
@@ -273,6 +274,8 @@ class Chunk:
     cache: dict = field(default_factory=dict)
     clean_pair: tuple | None = None
     """The clean model's top-1/top-2 next tokens and margin (forward.decision_pair)."""
+    clean_ld: dict = field(default_factory=dict)
+    """name -> the clean targeted logit difference [B, L] (interventions.logit_diffs)."""
 
 
 class Evaluator:
@@ -284,6 +287,8 @@ class Evaluator:
         self.W = E.effective_decoder(sae).to(model.device)
         self.thr = torch.as_tensor(threshold_F, dtype=torch.float32, device=model.device)
         self.mean_act = torch.as_tensor(pool.mean_act_F, dtype=torch.float32, device=model.device)
+        self.logit_ids: dict[str, tuple[list[int], list[int]]] = {}
+        """name -> (target ids, foil ids) of the targeted logit differences (set by run_interventions)."""
 
     # -- clean pass
     @torch.no_grad()
@@ -301,7 +306,9 @@ class Evaluator:
         f = E.encode(self.sae, x)
         gi = torch.as_tensor(members, device=f.device)
         gf = fires_any(f[..., gi], self.thr[gi]) & content
-        return Chunk(tokens, x, f, content, gf, next_token_logprobs(logits), read, docs, clean_pair=decision_pair(logits))
+        ld = {n: logit_diff(logits, t, fo) for n, (t, fo) in self.logit_ids.items()}
+        return Chunk(tokens, x, f, content, gf, next_token_logprobs(logits), read, docs, clean_pair=decision_pair(logits),
+                     clean_ld=ld)
 
     def target(self, arm: Arm, ch: Chunk) -> torch.Tensor:
         if arm.own_target:
@@ -375,6 +382,8 @@ class Records:
     ce: list = field(default_factory=list)
     kl: list = field(default_factory=list)
     margin: list = field(default_factory=list)
+    logit_diffs: dict = field(default_factory=dict)
+    """name -> per-token drops of the targeted logit difference."""
     norm: list = field(default_factory=list)
     read: list = field(default_factory=list)
 
@@ -383,6 +392,8 @@ class Records:
         eff = {"ce": cat(self.ce), "kl": cat(self.kl)}
         if self.margin:
             eff["margin"] = cat(self.margin)
+        for name, vals in self.logit_diffs.items():
+            eff[f"logit_diff:{name}"] = cat(vals)
         if self.read:
             eff["read"] = cat(self.read)
         return doc_sums(cat(self.doc).astype(np.int64), n_docs, cat(self.target).astype(bool), eff, cat(self.norm))
@@ -472,6 +483,7 @@ def evaluate_group(model: LoadedModel, sae, hook: HookSpec, plan: Plan, contexts
             logits, read = multi_arm_logits(model, hook, ch.tokens, fns, icfg.read_layer)
             dce_A, kl_A = token_effects(ch.clean_lp, logits, ch.tokens)
             margin_A = margin_drop(ch.clean_pair, logits)
+            ld_A = {n: ch.clean_ld[n] - logit_diff(logits, t, fo) for n, (t, fo) in ev.logit_ids.items()}
             del logits
             for i, (arm, d) in enumerate(zip(sub, deltas)):
                 rec = records[(arm.name, arm.mode, arm.alpha)]
@@ -480,6 +492,8 @@ def evaluate_group(model: LoadedModel, sae, hook: HookSpec, plan: Plan, contexts
                 rec.ce.append(dce_A[i][b_idx, t_idx].cpu().numpy())
                 rec.kl.append(kl_A[i][b_idx, t_idx].cpu().numpy())
                 rec.margin.append(margin_A[i][b_idx, t_idx].cpu().numpy())
+                for n, v in ld_A.items():
+                    rec.logit_diffs.setdefault(n, []).append(v[i][b_idx, t_idx].cpu().numpy())
                 rec.norm.append(d.norm(dim=-1)[b_idx, t_idx].cpu().numpy())
                 if read is not None:
                     change = (read[i] - ch.clean_read).norm(dim=-1) / ch.clean_read.norm(dim=-1).clamp_min(1e-12)

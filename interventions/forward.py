@@ -169,6 +169,24 @@ def margin_drop(pair: tuple[torch.Tensor, torch.Tensor], logits_BLV: torch.Tenso
     return m_c - (m_e[..., 0] - m_e[..., 1])
 
 
+def token_ids(tokenizer, strings: list[str], field: str) -> list[int]:
+    """The ids of token strings that must each be exactly one token (ConfigError naming ``field`` otherwise)."""
+    ids = []
+    for s in strings:
+        enc = tokenizer.encode(s, add_special_tokens=False)
+        if len(enc) != 1:
+            raise ConfigError(field, f"{s!r} is {len(enc)} tokens for this tokenizer ({enc[:6]}); give strings that are one "
+                                     "token each (mind the leading space, e.g. ' com')")
+        ids.append(int(enc[0]))
+    return ids
+
+
+def logit_diff(logits_BLV: torch.Tensor, target_ids: list[int], foil_ids: list[int]) -> torch.Tensor:
+    """Mean logit of ``target_ids`` minus mean logit of ``foil_ids`` at every position ``[..., B, L]``."""
+    lg = logits_BLV.float()
+    return lg[..., target_ids].mean(-1) - lg[..., foil_ids].mean(-1)
+
+
 def margin_effect(clean_logits_BLV: torch.Tensor, logits_BLV: torch.Tensor) -> torch.Tensor:
     """:func:`margin_drop` from the clean logits (or log-probabilities) directly."""
     return margin_drop(decision_pair(clean_logits_BLV), logits_BLV)

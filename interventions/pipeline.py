@@ -158,8 +158,10 @@ def group_rows(ge: GroupEval, icfg: InterventionsConfig, rng_boot: np.random.Gen
     gid, plan, s = ge.plan.group.group_id, ge.plan, ge.sums
     W = bootstrap_weights(ge.n_docs, icfg.n_boot, rng_boot)
     has_read = icfg.read_layer is not None
+    lds = [f"logit_diff:{n}" for n in icfg.logit_diffs]
     effects = (["ce", "kl", "margin", "ce_per_norm", "margin_per_norm", "sqrt_kl_per_norm"]
-               + (["read", "read_per_norm"] if has_read else []))
+               + (["read", "read_per_norm"] if has_read else [])
+               + [e for n in icfg.logit_diffs for e in (f"logit_diff:{n}", f"logit_diff_per_norm:{n}")])
     rows: list[dict] = []
     chosen = {}
 
@@ -177,7 +179,7 @@ def group_rows(ge: GroupEval, icfg: InterventionsConfig, rng_boot: np.random.Gen
             if arms.get(comp) is not None:
                 add("group", comp, mode, None, effects, arms["group"], arms[comp])
     if icfg.steering.enabled:
-        steer_eff = ["ce", "kl", "margin"] + (["read"] if has_read else [])
+        steer_eff = ["ce", "kl", "margin"] + (["read"] if has_read else []) + lds
         for a in icfg.steering.alphas:
             rand = pooled(s, [f"steer:random:{r}" for r in range(icfg.steering.n_random)], "steer", a)
             if rand is not None:
@@ -217,10 +219,13 @@ def run_interventions(model, sae, hook: HookSpec, data: DataSpec, stream: Stream
     (:func:`interventions.tasks.load_task_data`) adds the task effects at ``read_layer``.
     """
     from interventions.edits import effective_decoder
-    from interventions.forward import resolve_read_layer
+    from interventions.forward import resolve_read_layer, token_ids
     from interventions.tasks import evaluate_task, fit_task_readouts
 
     read_layer = resolve_read_layer(model, hook, icfg.read_layer)
+    logit_ids = {n: (token_ids(model.tokenizer, spec.targets, f"interventions.logit_diffs.{n}.targets"),
+                     token_ids(model.tokenizer, spec.foils, f"interventions.logit_diffs.{n}.foils"))
+                 for n, spec in icfg.logit_diffs.items()}
     icfg = icfg.model_copy(update={"read_layer": read_layer})
     tasks = list(task_data or []) if icfg.tasks.enabled else []
     if tasks and read_layer is None:
@@ -241,6 +246,7 @@ def run_interventions(model, sae, hook: HookSpec, data: DataSpec, stream: Stream
                                            "was the cooc stage run with another SAE?")
     W_eff = effective_decoder(sae).to(model.device)
     ev = Evaluator(model, sae, hook, pool, threshold_F, icfg)
+    ev.logit_ids = logit_ids
     for td in tasks:
         fit_task_readouts(model, sae, hook, td, read_layer, threshold_F, icfg.tasks.folds, icfg.tasks.l2, icfg.batch_size)
         for name, q in td.quality.items():

@@ -175,7 +175,9 @@ def _data(corpus):
 def test_effects_match_an_independent_pytorch_computation_and_outputs_are_tidy(model, sae, corpus, tmp_path):
     data, stream = _data(corpus)
     group = GroupSpec("gtest", (0, 1, 2, 3), "clique")
-    icfg = _small_cfg()
+    tok = model.tokenizer
+    single = [s for s in (tok.decode([i]) for i in range(4, 60)) if len(tok.encode(s, add_special_tokens=False)) == 1]
+    icfg = _small_cfg(logit_diffs={"pair": {"targets": single[:2], "foils": single[2:3]}})
     thr = np.zeros(sae.cfg.d_sae, dtype=np.float32)
     res = run_interventions(model, sae, HOOK, data, stream, [group], icfg, thr, seed=0, progress=False)
     eff = res.effects
@@ -208,10 +210,12 @@ def test_effects_match_an_independent_pytorch_computation_and_outputs_are_tidy(m
         return (new, *out[1:]) if isinstance(out, tuple) else new
 
     with torch.no_grad():
-        lp_clean = torch.log_softmax(model.hf(tokens).logits.float(), -1)
+        raw_clean = model.hf(tokens).logits.float()
+        lp_clean = torch.log_softmax(raw_clean, -1)
         handle = block.register_forward_hook(ablate)
         try:
-            lp_edit = torch.log_softmax(model.hf(tokens).logits.float(), -1)
+            raw_edit = model.hf(tokens).logits.float()
+            lp_edit = torch.log_softmax(raw_edit, -1)
         finally:
             handle.remove()
         h = {}
@@ -225,6 +229,21 @@ def test_effects_match_an_independent_pytorch_computation_and_outputs_are_tidy(m
     sel = scored & fires
     assert int(sel.sum()) == int(row["n"].iloc[0])
     assert abs(float(kl[sel].mean()) - est) <= 1e-4 * max(1.0, abs(est))
+    # the targeted logit difference (mean target logit - mean foil logit; effect = clean - edited) and the margin
+    t_ids = [tok.encode(s, add_special_tokens=False)[0] for s in single[:2]]
+    f_ids = [tok.encode(single[2], add_special_tokens=False)[0]]
+
+    def ld(raw):
+        return raw[..., t_ids].mean(-1) - raw[..., f_ids].mean(-1)
+
+    top = raw_clean.topk(2, dim=-1).indices
+    margin = lambda raw: raw.gather(-1, top)[..., 0] - raw.gather(-1, top)[..., 1]  # noqa: E731
+    for name, want in (("logit_diff:pair", (ld(raw_clean) - ld(raw_edit))[sel].mean()),
+                       ("margin", (margin(raw_clean) - margin(raw_edit))[sel].mean())):
+        got = eff[(eff["arm"] == "group") & (eff["comparator"] == "clean") & (eff["effect"] == name) & (eff["scope"] == "fires")]
+        assert abs(float(got["estimate"].iloc[0]) - float(want)) <= 1e-4 * max(1.0, abs(float(want))), name
+    assert {"logit_diff_per_norm:pair"} <= set(eff["effect"])
+    assert ((eff["mode"] == "steer") & (eff["effect"] == "logit_diff:pair")).any()
 
     from experiments.interventions import write_outputs
     from interventions.report import render_report

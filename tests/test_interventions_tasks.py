@@ -290,6 +290,13 @@ def test_read_layer_auto_and_bad_read_layers(model):
         resolve_read_layer(model, HOOK, 0)
 
 
+def test_a_logit_difference_token_that_is_not_one_token_is_a_clear_error(model, sae, corpus):
+    td = _planted_task(model, sae, corpus, (0, 1))
+    with pytest.raises(ConfigError) as exc:
+        _run(model, sae, corpus, (0, 1), td, logit_diffs={"url": {"targets": ["https://example.com/path"], "foils": ["the"]}})
+    assert exc.value.field == "interventions.logit_diffs.url.targets" and "tokens for this tokenizer" in exc.value.message
+
+
 def test_a_task_the_probes_stage_did_not_build_is_a_clear_error(corpus, model):
     data, _ = _data(corpus)
     ex = pd.DataFrame({"task": ["url_position"], "doc_index": [0], "doc_id": ["doc0"], "window_start": [0],
