@@ -132,7 +132,10 @@ def _load_gguf(gguf: Path):
             shutil.rmtree(cached, ignore_errors=True)
     log.info("dequantizing %s (first load; cached afterwards in %s)", gguf.name, cached)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    from sources.progress import third_party_quiet
+
+    with third_party_quiet():  # its conversion bar is plain tqdm, with no switch
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     try:
         _save_dequantized(model, tok, cached)
     except OSError as exc:  # an unwritable cache only costs speed

@@ -15,6 +15,7 @@ that can take long has a bar, shown or not, so this reaches every stage determin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -89,7 +90,9 @@ def third_party_bars(progress: bool = True) -> None:
     off by the same rule as ours, so ``--quiet`` and CI logs stay free of them."""
     from transformers.utils import logging as hf_logging
 
-    if bars_enabled(progress):
+    global _third_party_on
+    _third_party_on = bars_enabled(progress)
+    if _third_party_on:
         hf_logging.enable_progress_bar()
     else:
         hf_logging.disable_progress_bar()
@@ -99,4 +102,19 @@ def third_party_bars(progress: bool = True) -> None:
         (hub_utils.enable_progress_bars if bars_enabled(progress) else hub_utils.disable_progress_bars)()
     except (ImportError, AttributeError):  # pragma: no cover - older huggingface_hub
         pass
+
+
+_third_party_on = True
+
+
+@contextlib.contextmanager
+def third_party_quiet():
+    """Hide what a library prints on stderr (a plain tqdm bar with no switch, e.g. transformers' GGUF
+    conversion) while third-party bars are off. Log records still appear: logging handlers keep their
+    own reference to the real stderr."""
+    if _third_party_on:
+        yield
+        return
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
+        yield
 

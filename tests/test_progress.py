@@ -56,5 +56,14 @@ def test_transformers_bars_follow_the_same_rule(tty, monkeypatch):
     P.third_party_bars(True)
     assert hf_logging.is_progress_bar_enabled()
     monkeypatch.setenv("CI", "1")
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
     P.third_party_bars(True)
     assert not hf_logging.is_progress_bar_enabled()
+    import sys
+
+    from tqdm import tqdm
+
+    with P.third_party_quiet():  # a library's plain tqdm bar prints nowhere
+        for _ in tqdm(range(3), file=None, mininterval=0):
+            pass
+        assert sys.stderr is not P.sys.__stderr__ and sys.stderr.name == P.os.devnull
