@@ -151,12 +151,16 @@ def _sae_section(out: Path) -> dict:
     return {"rows": rows}
 
 
+WIN = ("beats", "win")
+"""Outcomes of a comparison that count as the group winning (interventions/stats.py writes beats/tie/loses)."""
+
 VERDICT_COLUMNS = [("group_id", "group"), ("group_size", "size"), ("structure", "structure"), ("n_docs", "docs"),
                    ("verdict", "verdict"), ("effect", "effect"), ("group_estimate", "group"),
                    ("best_single_estimate", "best single"), ("diff_vs_best_single", "Δ vs best single"),
                    ("ci_low_vs_best_single", "CI low"), ("ci_high_vs_best_single", "CI high"),
                    ("p_adj_vs_best_single", "p_adj"), ("beats_random_groups", "vs random groups"),
-                   ("beats_random_directions", "vs random directions")]
+                   ("beats_random_directions", "vs random directions"), ("better_unit_on", "better unit on"),
+                   ("task_beats_best_single_on", "task effects beating best single")]
 
 
 def _verdicts_section(out: Path, figdir: Path) -> dict:
@@ -170,16 +174,18 @@ def _verdicts_section(out: Path, figdir: Path) -> dict:
             val = r.get(col)
             cells.append(_p(val) if col.startswith("p_adj") else _fmt(val) if isinstance(val, float) else ("" if val is None else str(val)))
         rows.append({"cells": cells, "group_id": str(r["group_id"]),
-                     "win": str(r.get("beats_best_single")) == "win"})
+                     "win": str(r.get("beats_best_single")) in WIN})
     f = v.rename(columns={"diff_vs_best_single": "estimate", "ci_low_vs_best_single": "ci_low",
                           "ci_high_vs_best_single": "ci_high"}).copy()
-    f["win"] = f["beats_best_single"].astype(str) == "win"
+    f["win"] = f["beats_best_single"].astype(str).isin(WIN)
     f["label"] = f["group_id"] + " (" + f["group_size"].astype(str) + ")"
     png = figures.forest(f, "label", figdir / "verdicts_vs_best_single.png",
                          "group minus best single latent (primary effect, primary mode)", "difference (> 0: group has the larger effect)")
     n = len(v)
-    wins = int((v["beats_best_single"].astype(str) == "win").sum()) if "beats_best_single" in v else 0
+    wins = int(v["beats_best_single"].astype(str).isin(WIN).sum()) if "beats_best_single" in v else 0
+    better_any = int(v["better_unit_on"].fillna("").astype(str).str.strip().ne("").sum()) if "better_unit_on" in v else 0
     return {"ran": True, "header": [h for _, h in VERDICT_COLUMNS], "rows": rows, "figure": _png(png), "n": n, "wins": wins,
+            "better_any": better_any,
             "counts": v["verdict"].value_counts().to_dict() if "verdict" in v else {}}
 
 
@@ -229,6 +235,7 @@ def _cards(out: Path, cooc: dict, figdir: Path, seed: int) -> list[dict]:
     scatter = _csv(out / "explore" / "scatter.csv", dtype={"group_id": str})
     effects = _csv(out / "interventions" / "effects.csv", dtype={"group_id": str})
     verdicts = _csv(out / "verdicts.csv", dtype={"group_id": str})
+    effect_verdicts = _csv(out / "interventions" / "effect_verdicts.csv", dtype={"group_id": str})
     probes = _csv(out / "probes" / "results.csv", dtype={"group_id": str})
     examples = _csv(out / "probes" / "examples.csv")
     probe_sum = _json(out / "probes" / "summary.json")
@@ -293,12 +300,24 @@ def _cards(out: Path, cooc: dict, figdir: Path, seed: int) -> list[dict]:
         card["verdict"] = str(vr["verdict"].iloc[0]) if len(vr) and "verdict" in vr else None
         card["effects"] = _div(interactive.effects_chart(ge, primary)) if len(ge) else None
         card["effects_effect"] = primary
-        card["steering"] = _div(interactive.steering_chart(ge, "kl")) if len(ge) else None
-        comps = ge[(ge["comparator"] != "clean") & (ge["effect"] == primary) & (ge["scope"] == "fires")] if len(ge) else pd.DataFrame()
-        card["comparisons"] = [[c, m, _fmt(v), f"[{_fmt(lo)}, {_fmt(hi)}]", _p(p), _fmt(es)] for c, m, v, lo, hi, p, es in
-                               zip(comps.get("comparator", []), comps.get("mode", []), comps.get("estimate", []),
-                                   comps.get("ci_low", []), comps.get("ci_high", []), comps.get("p_adj", []),
-                                   comps.get("effect_size", []))]
+        shown = ["kl"] + sorted({x for x in ge.get("effect", []) if str(x).startswith("probe:")})
+        card["steering"] = _div(interactive.steering_chart(ge, shown)) if len(ge) else None
+        ev = effect_verdicts[effect_verdicts["group_id"] == gid] if not effect_verdicts.empty else pd.DataFrame()
+        card["comparisons"] = [
+            {"win": str(r.get("better_unit")) == "True" or str(r.get("beats_best_single")) in WIN,
+             "cells": [r.get("mode"), r.get("effect"), r.get("kind", ""), _fmt(r.get("group_estimate")), _fmt(r.get("best_single_estimate")),
+                       f"{_fmt(r.get('diff_vs_best_single'))} [{_fmt(r.get('ci_low_vs_best_single'))}, {_fmt(r.get('ci_high_vs_best_single'))}]",
+                       _p(r.get("p_adj_vs_best_single")), r.get("beats_best_single"),
+                       f"{r.get('beats_random_groups')} ({_p(r.get('p_adj_vs_random_groups'))})",
+                       f"{r.get('beats_random_directions')} ({_p(r.get('p_adj_vs_random_directions'))})",
+                       "yes" if str(r.get("better_unit")) == "True" else "no"]}
+            for r in ev.to_dict("records")]
+        if not card["comparisons"] and len(ge):  # runs from before effect_verdicts.csv existed
+            comps = ge[(ge["comparator"] != "clean") & (ge["effect"] == primary) & (ge["scope"] == "fires")]
+            card["comparisons"] = [{"win": False, "cells": [m, primary, "", "", "", f"{c}: {_fmt(v)} [{_fmt(lo)}, {_fmt(hi)}]",
+                                                            _p(p), "", "", "", ""]}
+                                   for c, m, v, lo, hi, p in zip(comps["comparator"], comps["mode"], comps["estimate"],
+                                                                 comps["ci_low"], comps["ci_high"], comps["p_adj"])]
         cards.append(card)
     return cards
 
@@ -314,7 +333,8 @@ def _summary(verdicts: dict, probes: dict, cooc: dict) -> list[str]:
     if verdicts.get("ran"):
         counts = "; ".join(f"{v}: {n}" for v, n in verdicts["counts"].items())
         lines.append(f"Interventions: {verdicts['wins']} of {verdicts['n']} groups beat their best single latent "
-                     f"on the primary effect ({counts}).")
+                     f"on the primary effect ({counts}); {verdicts['better_any']} of {verdicts['n']} are a better unit "
+                     "on at least one effect (model or task) against the best single latent and both matched controls.")
     return lines
 
 

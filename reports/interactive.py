@@ -150,24 +150,37 @@ def effects_chart(effects: pd.DataFrame, effect: str) -> go.Figure | None:
     return fig
 
 
-def steering_chart(effects: pd.DataFrame, effect: str = "kl") -> go.Figure | None:
-    """Dose-response: the effect of adding alpha*v along each group direction and along random directions."""
-    e = effects[(effects["mode"] == "steer") & (effects["comparator"] == "clean") & (effects["effect"] == effect)
-                & (effects["scope"] == "fires")].dropna(subset=["alpha"])
-    if e.empty:
+def steering_chart(effects: pd.DataFrame, effects_shown: list[str] | None = None) -> go.Figure | None:
+    """Dose-response: the effect of adding alpha*v along each group direction and along random directions of
+    the same norm, where the group fires; a menu switches between effects (KL, probe readouts, ...)."""
+    e = effects[(effects["mode"] == "steer") & (effects["comparator"] == "clean") & (effects["scope"] == "fires")
+                ].dropna(subset=["alpha"])
+    names = [x for x in (effects_shown or ["kl"]) if x in set(e["effect"])]
+    if not names:
         return None
-    fig = go.Figure()
-    for k, (arm, sub) in enumerate(e.sort_values("alpha").groupby("arm", sort=True)):
-        color = "grey" if "random" in arm else f"hsl({(k * 67) % 360},60%,45%)"
-        fig.add_trace(go.Scatter(x=list(sub["alpha"]) + list(sub["alpha"])[::-1],
-                                 y=list(sub["ci_high"]) + list(sub["ci_low"])[::-1], fill="toself", mode="lines", line=dict(width=0),
-                                 fillcolor=color.replace("hsl", "hsla").replace(")", ",0.15)") if color != "grey"
-                                 else "rgba(128,128,128,0.15)", hoverinfo="skip", showlegend=False))
-        fig.add_trace(go.Scatter(x=sub["alpha"], y=sub["estimate"], mode="lines+markers", name=arm, line=dict(color=color),
-                                 hovertext=[f"{arm}, α={a:g}: {v:.4g} [{lo:.4g}, {hi:.4g}]" for a, v, lo, hi in
-                                            zip(sub["alpha"], sub["estimate"], sub["ci_low"], sub["ci_high"])],
-                                 hoverinfo="text"))
-    fig.update_layout(**_LAYOUT, xaxis_title="α (steering strength)", yaxis_title=f"{effect} where the group fires")
+    fig, spans = go.Figure(), []
+    for name in names:
+        start = len(fig.data)
+        for k, (arm, sub) in enumerate(e[e["effect"] == name].sort_values("alpha").groupby("arm", sort=True)):
+            color = "rgb(128,128,128)" if "random" in arm else f"hsl({(k * 67) % 360},60%,45%)"
+            band = "rgba(128,128,128,0.15)" if "random" in arm else color.replace("hsl", "hsla").replace(")", ",0.15)")
+            fig.add_trace(go.Scatter(x=list(sub["alpha"]) + list(sub["alpha"])[::-1],
+                                     y=list(sub["ci_high"]) + list(sub["ci_low"])[::-1], fill="toself", mode="lines",
+                                     line=dict(width=0), fillcolor=band, hoverinfo="skip", showlegend=False))
+            fig.add_trace(go.Scatter(x=sub["alpha"], y=sub["estimate"], mode="lines+markers", name=arm, line=dict(color=color),
+                                     hovertext=[f"{arm}, α={a:g}: {v:.4g} [{lo:.4g}, {hi:.4g}]" for a, v, lo, hi in
+                                                zip(sub["alpha"], sub["estimate"], sub["ci_low"], sub["ci_high"])],
+                                     hoverinfo="text"))
+        spans.append((name, start, len(fig.data)))
+    n = len(fig.data)
+    for i in range(n):
+        fig.data[i].visible = spans[0][1] <= i < spans[0][2]
+    buttons = [dict(label=name, method="update", args=[{"visible": [a <= i < b for i in range(n)]},
+                                                       {"yaxis.title.text": f"{name} where the group fires"}])
+               for name, a, b in spans]
+    fig.update_layout(**_LAYOUT, xaxis_title="α (steering strength)", yaxis_title=f"{names[0]} where the group fires",
+                      updatemenus=[dict(buttons=buttons, direction="down", x=0.0, y=1.15, xanchor="left", yanchor="top")]
+                      if len(buttons) > 1 else [])
     return fig
 
 

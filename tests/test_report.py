@@ -104,6 +104,10 @@ def test_steer_writes_a_self_contained_report_with_every_section(run):
     for gid in explored:
         assert f'id="group-{gid}"' in page
     assert page.count('class="card group-card"') == len(explored)
+    wins = int(verdicts["beats_best_single"].isin(["beats"]).sum())
+    assert f"Interventions: {wins} of {len(verdicts)} groups beat their best single latent" in page
+    ev = pd.read_csv(out / "interventions" / "effect_verdicts.csv", dtype={"group_id": str})
+    assert "every effect" in page and len(ev)  # each evaluated group's card lists its effect verdicts
     assert sorted(p.name for p in (out / "figures").glob("*.png"))  # static figures saved beside the page
     assert (out / "figures" / "cooc_group_sizes.png").exists()
 
