@@ -2,79 +2,30 @@
 computations, a self-contained report.html, and ``python -m experiments.report`` rebuilding it."""
 
 import json
-import random
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
+import yaml
 
 from experiments.cli import build_config
 from experiments.config import ExperimentConfig
 from experiments.report import main as report_main
 from experiments.steer import main as steer_main
-from tiny import tiny_hf_model, tiny_tokenizer
-
-SENTENCES = [
-    "see https://example.com/{a}/path{j}/page?x={i} for details",
-    "the bank of the river was steep and the water of the stream rose near the bank",
-    "the bank lent money and the loan with credit from the bank was large",
-    "a bat flew out of the cave at night",
-]
+from tiny_pipeline import write_pipeline
 
 
-def tiny_run_config(root, **sections) -> "Path":  # noqa: F821
-    """A complete experiment config on a tiny llama, a random TopK SAE and a tiny JSONL corpus."""
-    from sae_lens import TopKSAE, TopKSAEConfig
-
-    model_dir = root / "model"
-    if not model_dir.exists():
-        tiny_hf_model("llama").save_pretrained(model_dir)
-        tiny_tokenizer().save_pretrained(model_dir)
-        torch.manual_seed(0)
-        sae = TopKSAE(TopKSAEConfig(d_in=32, d_sae=64, k=6))
-        with torch.no_grad():
-            sae.W_enc.normal_()
-            sae.W_dec.copy_(sae.W_enc.T / sae.W_enc.T.norm(dim=1, keepdim=True))
-        sae.save_model(root / "sae")
-        rng = random.Random(0)
-        with open(root / "corpus.jsonl", "w") as f:
-            for i in range(40):
-                parts = [rng.choice(SENTENCES).format(a="abc"[j % 3], j=j, i=i) for j in range(rng.randint(3, 6))]
-                f.write(json.dumps({"id": f"d{i}", "text": " ".join(parts)}) + "\n")
-    config = root / "config.yaml"
-    config.write_text(f"""
-model: {{name: {model_dir}, device: cpu}}
-hook: {{layer: 1}}
-sae: {{path: {root / 'sae'}}}
-data: {{source: jsonl, path: {root / 'corpus.jsonl'}, context_len: 32, max_tokens: 2000}}
-stream: {{batch_size: 8, cache: false}}
-cooc: {{min_npmi: 0.3, min_count: 3, min_occurrences: 5, max_group_size: 8}}
-probes:
-  n_groups: 2
-  min_count: 1
-  max_tokens: 300
-  prefix_tokens: 8
-  n_bootstrap: 200
-  n_controls: 2
-  n_freq_bins: 4
-  word_sense:
-    min_per_class: 5
-    lexicon:
-      bank: {{senses: {{river: [river, stream, water], finance: [money, loan, credit]}}}}
-interventions:
-  top_n: 2
-  modes: [zero]
-  max_members: 2
-  n_controls: 1
-  max_tokens: 128
-  pool_tokens: 1000
-  n_boot: 200
-  min_docs: 3
-  steering: {{alphas: [-2.0, 2.0], n_random: 1}}
-report: {{max_groups: 3, max_points: 50, top_contexts: 3}}
-""" + "".join(f"{k}: {v}\n" for k, v in sections.items()))
+def tiny_run_config(root: Path) -> Path:
+    """The tiny pipeline of tests/tiny_pipeline.py with steering, probe figures and the report switched on."""
+    config = write_pipeline(root)
+    data = yaml.safe_load(config.read_text())
+    data["stream"]["cache"] = False
+    data["probes"]["figures"] = True
+    data["interventions"].update(top_n=2, steering={"alphas": [-2.0, 2.0], "n_random": 1})
+    data["report"] = {"max_groups": 3, "max_points": 50, "top_contexts": 3}
+    config.write_text(yaml.safe_dump(data))
     return config
 
 
