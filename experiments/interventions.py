@@ -9,6 +9,7 @@ and ``OUT/verdicts.csv``. See docs/interventions.md.
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -24,6 +25,7 @@ log = logging.getLogger("experiments.interventions")
 
 STAGE = "interventions"
 SECTIONS = ("seed", "model", "hook", "sae", "data", "cooc", "probes", "interventions")  # not stream: results do not depend on it
+PARTIAL = ".partial"  # per-group checkpoints of an unfinished stage: interventions/.partial/<stage key>/
 COOC_HINT = "run python -m experiments.steer (or python -m experiments.cooc) with the same config and --out first"
 
 
@@ -35,6 +37,9 @@ def interventions_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, 
     ``interventions/effects.csv``, ``interventions/arms.csv``, ``interventions/verdicts.csv``,
     ``interventions/summary.json`` and a copy of the verdicts at ``run.out/verdicts.csv``. Reused when
     neither the config sections it depends on nor the cooc stage changed; ``force`` recomputes it.
+    An interrupted stage resumes from its per-group checkpoints (``interventions/.partial/<key>/``, removed
+    when the stage completes): finished groups are loaded, not recomputed, and the outputs are byte-identical
+    to an uninterrupted run's.
     """
     icfg = cfg.interventions
     if not icfg.enabled:
@@ -92,11 +97,32 @@ def interventions_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, 
     elif use_tasks:
         log.info("interventions: no task effects (the probes stage has not run in %s)", run.out)
     with run.stage(STAGE, key) as folder:
+        checkpoints = _checkpoint_folder(folder, key, fresh=force)
         result = run_interventions(session.model, session.sae, cfg.hook, cfg.data, cfg.stream, groups, icfg,
                                    firing_threshold_F(cfg.cooc, session.sae, d_sae), occ_F=occ, seed=cfg.seed, progress=progress,
-                                   task_data=task_data)
+                                   task_data=task_data, checkpoints=checkpoints)
         write_outputs(folder, result, icfg, run.out)
+        shutil.rmtree(folder / PARTIAL, ignore_errors=True)  # before the stage records its files
     return folder
+
+
+def _checkpoint_folder(folder: Path, key: str, fresh: bool = False) -> Path:
+    """``folder/.partial/<key>``: the per-group checkpoints of an unfinished stage with this key (see
+    interventions.pipeline.run_interventions). Checkpoints of other keys (another config) are removed, and
+    all of them with ``fresh`` (--fresh recomputes everything)."""
+    partial = folder / PARTIAL
+    if partial.is_dir():
+        for old in partial.iterdir():
+            if not (fresh or old.name != key):
+                continue
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
+    have = sorted(p.name for p in (partial / key).glob("group_*.pkl")) if (partial / key).is_dir() else []
+    if have:
+        log.info("interventions: resuming from %d group checkpoint(s) in %s", len(have), partial / key)
+    return partial / key
 
 
 def _occurrences(cooc_dir: Path, d_sae: int) -> np.ndarray | None:

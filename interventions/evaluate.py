@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from sources.progress import progress_bar
+from sources.progress import kill_point, progress_bar
 
 from interventions import edits as E
 from interventions.config import LATENT_MODES, InterventionsConfig
@@ -450,8 +450,11 @@ def choose_contexts(pool: Pool, group: GroupSpec, max_tokens: int, tail_tokens: 
 
 @torch.no_grad()
 def evaluate_group(model: LoadedModel, sae, hook: HookSpec, plan: Plan, contexts: list[Context], ev: Evaluator,
-                   progress: bool = True) -> GroupEval:
-    """Run every arm of ``plan`` on ``contexts`` (batched) and reduce to per-document sums."""
+                   progress: bool = True, kill_name: str | None = None) -> GroupEval:
+    """Run every arm of ``plan`` on ``contexts`` (batched) and reduce to per-document sums.
+
+    ``kill_name``: a second test-hook name counted at every forward pass besides the bar's own
+    (sources.progress.kill_point; the pipeline passes ``group <k> forward`` for the k-th group)."""
     icfg = ev.icfg
     lengths = [n for _, n in contexts]
     contexts = [c for c, _ in contexts]
@@ -500,6 +503,8 @@ def evaluate_group(model: LoadedModel, sae, hook: HookSpec, plan: Plan, contexts
                     rec.read.append(change[b_idx, t_idx].cpu().numpy())
             del read
             bar.update(1)
+            if kill_name is not None:
+                kill_point(kill_name)
         ch.cache.clear()
     bar.close()
     sums = {k: r.sums(n_docs) for k, r in records.items()}

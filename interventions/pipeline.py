@@ -4,6 +4,8 @@ group selection the stage uses (:func:`read_groups`, :func:`select_groups`)."""
 from __future__ import annotations
 
 import logging
+import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from interventions.stats import (COMPARATORS, EFFECTS_COLUMNS, adjust_run, boots
                                  effect_verdicts_frame, finish_rows, verdicts_frame)
 from sources.config import DataSpec, HookSpec, StreamSpec
 from sources.errors import ConfigError
-from sources.files import stable_hash
+from sources.files import atomic_path, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -211,16 +213,24 @@ def arms_rows(ge: GroupEval) -> list[dict]:
 
 def run_interventions(model, sae, hook: HookSpec, data: DataSpec, stream: StreamSpec, groups: list[GroupSpec],
                       icfg: InterventionsConfig, threshold_F: np.ndarray, occ_F: np.ndarray | None = None,
-                      seed: int = 0, progress: bool = True, task_data: list | None = None) -> InterventionsResult:
+                      seed: int = 0, progress: bool = True, task_data: list | None = None,
+                      checkpoints: str | Path | None = None) -> InterventionsResult:
     """Evaluate ``groups`` on the model: the whole stage without a run folder.
 
     ``threshold_F`` is the per-latent firing threshold of the cooc stage; ``occ_F`` the firing counts used
     to match control groups on frequency (default: the counts of the pool scan). ``task_data``
     (:func:`interventions.tasks.load_task_data`) adds the task effects at ``read_layer``.
+
+    ``checkpoints``: a folder for per-group checkpoints (the caller keys it by everything the results depend
+    on). The pool scan and every finished group (its effect rows before the run-wide BH adjustment, its
+    verdict inputs, arms and :class:`GroupEval`) are saved there atomically; groups (and the pool) found there
+    are loaded instead of recomputed. Each group draws from its own generators, seeded by ``(seed, group_id)``
+    (:func:`_rngs`), so a loaded group changes no later group's draws, and the run-wide statistics come out
+    exactly as in an uninterrupted run. The caller removes the folder once the outputs are written.
     """
     from interventions.edits import effective_decoder
     from interventions.forward import resolve_read_layer, token_ids
-    from interventions.tasks import evaluate_task, fit_task_readouts
+    from interventions.tasks import fit_task_readouts
 
     read_layer = resolve_read_layer(model, hook, icfg.read_layer)
     logit_ids = {n: (token_ids(model.tokenizer, spec.targets, f"interventions.logit_diffs.{n}.targets"),
@@ -239,7 +249,14 @@ def run_interventions(model, sae, hook: HookSpec, data: DataSpec, stream: Stream
                                    icfg.modes[0], icfg.primary_effect, icfg.alpha, icfg.min_docs),
                                    pd.DataFrame(columns=ARMS_COLUMNS), [],
                                    effect_verdicts_frame(pd.DataFrame(columns=EFFECTS_COLUMNS), icfg.alpha, icfg.min_docs))
-    pool: Pool = scan_pool(model, sae, data, hook, stream, groups, threshold_F, icfg.pool_tokens, progress=progress)
+    ckpt = Path(checkpoints) if checkpoints is not None else None
+    saved = _load(ckpt, POOL_FILE, "the pool scan")
+    if saved is not None:
+        pool: Pool = saved["pool"]
+        log.info("interventions: pool scan loaded from checkpoint")
+    else:
+        pool = scan_pool(model, sae, data, hook, stream, groups, threshold_F, icfg.pool_tokens, progress=progress)
+        _save(ckpt, POOL_FILE, {"version": CHECKPOINT_VERSION, "pool": pool})
     occ = pool.count_F if occ_F is None else np.asarray(occ_F)
     if occ.shape[0] != pool.count_F.shape[0]:
         raise ConfigError("interventions", f"occurrences has {occ.shape[0]} latents but the SAE has {pool.count_F.shape[0]}; "
@@ -253,31 +270,86 @@ def run_interventions(model, sae, hook: HookSpec, data: DataSpec, stream: Stream
             log.info("task %s: clean cross-fitted readout at layer %d: %s", name, read_layer,
                      ", ".join(f"{k} {v:.3g}" for k, v in q.items() if k.startswith("clean")))
     rows, infos, arms, evals = [], [], [], []
-    for g in groups:
-        r_ctx, r_plan, r_boot, r_fold, r_task, r_tboot, r_tfold = _rngs(seed, g.group_id, 7)
-        contexts = choose_contexts(pool, g, icfg.max_tokens, icfg.tail_tokens, r_ctx)
-        if not contexts:
-            log.warning("group %s never fires in the %d pool tokens; no verdict", g.group_id, pool.n_tokens)
-            infos.append({"group_id": g.group_id, "group_size": g.size, "structure": g.structure, "n_docs": 0,
-                          "n_tokens_fires": 0, "n_contexts": 0, "best_single_latents": ""})
-            continue
-        plan = plan_arms(g, pool, W_eff, occ, icfg, r_plan)
-        ge = evaluate_group(model, sae, hook, plan, contexts, ev, progress=progress)
-        for td in tasks:
-            te = evaluate_task(model, hook, plan, td, ev, read_layer, icfg.tasks.max_tokens, r_task,
-                               icfg.tasks.steering and icfg.steering.enabled, progress)
-            if te is None:
-                log.info("group %s fires on no %s task token; no task effects", g.group_id, td.family)
-            else:
-                ge.tasks.append(te)
-        g_rows, info = group_rows(ge, icfg, r_boot, r_fold, r_tboot, r_tfold)
-        rows += g_rows
-        infos.append(info)
-        arms += arms_rows(ge)
-        evals.append(ge)
-        log.info("group %s: %d arms on %d contexts (%d documents, %d tokens where it fires)", g.group_id, len(plan.arms),
-                 ge.n_contexts, ge.n_docs, ge.n_tokens_fires)
+    for k, g in enumerate(groups, 1):
+        done = _load(ckpt, _group_file(g.group_id), f"group {g.group_id}")
+        if done is not None and done.get("group_id") == g.group_id:
+            log.info("interventions: group %s loaded from checkpoint", g.group_id)
+        else:
+            done = _evaluate(g, k, model, sae, hook, pool, W_eff, occ, ev, icfg, seed, tasks, read_layer, progress)
+            _save(ckpt, _group_file(g.group_id), done)
+        rows += done["rows"]
+        infos.append(done["info"])
+        arms += done["arms"]
+        if done["eval"] is not None:
+            evals.append(done["eval"])
     effects = adjust_run(pd.DataFrame(rows, columns=[c for c in EFFECTS_COLUMNS if c != "p_adj"]).assign(p_adj=np.nan))
     verdicts = verdicts_frame(effects, infos, icfg.modes[0], icfg.primary_effect, icfg.alpha, icfg.min_docs)
     return InterventionsResult(effects, verdicts, pd.DataFrame(arms, columns=ARMS_COLUMNS), evals,
                                effect_verdicts_frame(effects, icfg.alpha, icfg.min_docs), tasks, read_layer)
+
+
+def _evaluate(g: GroupSpec, ordinal: int, model, sae, hook: HookSpec, pool: Pool, W_eff, occ: np.ndarray, ev: Evaluator,
+              icfg: InterventionsConfig, seed: int, tasks: list, read_layer: int | None, progress: bool) -> dict:
+    """Everything group ``g`` contributes to the run (what a checkpoint holds): its effect rows before the run-wide
+    BH adjustment, its verdict inputs, its arms and its :class:`GroupEval` (None when it never fires)."""
+    from interventions.tasks import evaluate_task
+
+    r_ctx, r_plan, r_boot, r_fold, r_task, r_tboot, r_tfold = _rngs(seed, g.group_id, 7)
+    contexts = choose_contexts(pool, g, icfg.max_tokens, icfg.tail_tokens, r_ctx)
+    if not contexts:
+        log.warning("group %s never fires in the %d pool tokens; no verdict", g.group_id, pool.n_tokens)
+        info = {"group_id": g.group_id, "group_size": g.size, "structure": g.structure, "n_docs": 0,
+                "n_tokens_fires": 0, "n_contexts": 0, "best_single_latents": ""}
+        return {"version": CHECKPOINT_VERSION, "group_id": g.group_id, "rows": [], "info": info, "arms": [], "eval": None}
+    plan = plan_arms(g, pool, W_eff, occ, icfg, r_plan)
+    ge = evaluate_group(model, sae, hook, plan, contexts, ev, progress=progress, kill_name=f"group {ordinal} forward")
+    for td in tasks:
+        te = evaluate_task(model, hook, plan, td, ev, read_layer, icfg.tasks.max_tokens, r_task,
+                           icfg.tasks.steering and icfg.steering.enabled, progress)
+        if te is None:
+            log.info("group %s fires on no %s task token; no task effects", g.group_id, td.family)
+        else:
+            ge.tasks.append(te)
+    g_rows, info = group_rows(ge, icfg, r_boot, r_fold, r_tboot, r_tfold)
+    log.info("group %s: %d arms on %d contexts (%d documents, %d tokens where it fires)", g.group_id, len(plan.arms),
+             ge.n_contexts, ge.n_docs, ge.n_tokens_fires)
+    return {"version": CHECKPOINT_VERSION, "group_id": g.group_id, "rows": g_rows, "info": info, "arms": arms_rows(ge),
+            "eval": ge}
+
+
+# ----------------------------------------------------------------------------------- checkpoints
+
+CHECKPOINT_VERSION = 1
+POOL_FILE = "pool.pkl"
+
+
+def _group_file(group_id: str) -> str:
+    """The checkpoint file of a group: ``group_<group_id>.pkl`` (a hash of the id when it is no plain file name)."""
+    gid = str(group_id)
+    if re.fullmatch(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,99}", gid):
+        return f"group_{gid}.pkl"
+    return f"group_{stable_hash(gid)}.pkl"
+
+
+def _save(folder: Path | None, name: str, obj) -> None:
+    if folder is None:
+        return
+    with atomic_path(folder / name) as tmp:
+        with open(tmp, "wb") as f:
+            pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _load(folder: Path | None, name: str, what: str):
+    """A checkpoint's object, or None when there is none or it cannot be read (then it is recomputed)."""
+    if folder is None or not (folder / name).is_file():
+        return None
+    try:
+        with open(folder / name, "rb") as f:
+            obj = pickle.load(f)
+    except Exception as exc:  # noqa: BLE001 - e.g. written by another version of the code: recompute
+        log.warning("interventions: cannot read the checkpoint of %s (%s); recomputing it", what, exc)
+        return None
+    if not isinstance(obj, dict) or obj.get("version") != CHECKPOINT_VERSION:
+        log.warning("interventions: the checkpoint of %s has another format; recomputing it", what)
+        return None
+    return obj

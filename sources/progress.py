@@ -10,7 +10,11 @@ a power cut or the OOM killer (no cleanup, no ``finally``, no atexit), right aft
 bars whose description starts with NAME: ``stream`` (a batch of activations computed and, with
 ``stream.cache``, written to the cache), ``cooc`` (a batch of latents counted), ``probe`` (a batch of
 probe windows through the model), ``interventions`` (one forward pass of a group's arms). Every loop
-that can take long has a bar, shown or not, so this reaches every stage deterministically.
+that can take long has a bar, shown or not, so this reaches every stage deterministically. One finer name
+is counted besides the bars: ``group K forward`` (one forward pass of the K-th group of the interventions
+stage, K = 1, 2, ... in the order of the selected groups), e.g. ``COOC_KILL_AT="group 2 forward:1"`` kills
+in the second group, after the first group's checkpoint was written (NAME is matched as a prefix, so
+``group 1 forward`` does not match group 10 and plain ``group`` counts the forwards of every group).
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Real subprocesses of ``python -m experiments.steer`` on the tiny on-disk pipelin
 A run is killed with SIGKILL (no cleanup, as by a power cut or the OOM killer) at a chosen step through the
 test hook ``COOC_KILL_AT=NAME:N`` (sources/progress.py), then started again with the same command; the
 final folder must equal an uninterrupted run's, file by file (JSON files compared without wall times).
+A second chain kills the interventions stage inside its second group (``group 2 forward:1``): the restart
+loads the first group from its checkpoint (interventions/.partial/<key>/) and computes only the others.
 
 To keep the wall time down, the chain of killed subprocesses runs in a thread while this process runs
 the pipeline twice from scratch (own caches), for the reproducibility test and as the reference; the
@@ -139,3 +141,63 @@ def test_a_resumed_run_gives_exactly_what_an_uninterrupted_run_gives(runs):
     assert chain[-1].returncode == 0, chain[-1].stderr[-2000:]
     assert not list((root / "resumed").rglob(".*.tmp*")), "a killed write left a temporary file behind"
     assert differences(root / "ref", root / "resumed") == []
+
+
+# ----------------------------------------------------------------------------------- per-group checkpoints
+
+# the killed run dies at the first forward pass of the second group, after the first group's checkpoint
+GROUP_KILL = "group 2 forward:1"
+
+
+@pytest.fixture(scope="module")
+def group_runs(tmp_path_factory):
+    """A 3-group interventions stage killed in its second group, restarted, and an uninterrupted reference."""
+    root = tmp_path_factory.mktemp("interrupt_groups")
+    config = write_pipeline(root / "inputs")
+    config.write_text(config.read_text().replace("top_n: 1", "top_n: 3"))
+    killed = {}
+
+    def kill_run():
+        killed["proc"] = steer(config, root / "resumed", root / "cache_resumed", GROUP_KILL)
+        partial = root / "resumed" / "interventions" / ".partial"
+        killed["left"] = sorted(str(p.relative_to(partial)) for p in partial.rglob("*.pkl")) if partial.exists() else []
+
+    lane = threading.Thread(target=kill_run)
+    lane.start()
+    run_in_process(config, root / "ref", root / "cache_ref")  # the reference, meanwhile
+    lane.join()
+    seen, logger = _Messages(), logging.getLogger()
+    level = logger.level
+    logger.addHandler(seen)
+    logger.setLevel(logging.INFO)
+    try:
+        run_in_process(config, root / "resumed", root / "cache_resumed")
+    finally:
+        logger.removeHandler(seen)
+        logger.setLevel(level)
+    order = [g["group_id"] for g in json.loads((root / "ref" / "interventions" / "summary.json").read_text())["groups"]]
+    return root, killed, seen.lines, order
+
+
+def test_a_run_killed_inside_a_group_resumes_from_the_finished_groups_checkpoints(group_runs):
+    root, killed, lines, order = group_runs
+    assert killed["proc"].returncode == -signal.SIGKILL, killed["proc"].stderr[-1500:]
+    assert len(order) >= 2, order
+    key = json.loads((root / "ref" / "manifest.json").read_text())["stages"]["interventions"]["key"]
+    # the killed run left the pool scan and the first group, not the second (it died in its first forward pass)
+    assert killed["left"] == sorted([f"{key}/pool.pkl", f"{key}/group_{order[0]}.pkl"]), killed["left"]
+    assert f"interventions: group {order[0]} loaded from checkpoint" in lines
+    assert "interventions: pool scan loaded from checkpoint" in lines
+    for g in order[1:]:  # computed, not loaded
+        assert f"interventions: group {g} loaded from checkpoint" not in lines
+        assert any(line.startswith(f"group {g}: ") and " arms on " in line for line in lines), lines
+    assert "cooc: up to date" in "\n".join(lines) and "probes: up to date" in "\n".join(lines)
+
+
+def test_a_run_resumed_from_group_checkpoints_gives_byte_identical_files_and_removes_them(group_runs):
+    root, _, _, _ = group_runs
+    assert not (root / "resumed" / "interventions" / ".partial").exists()
+    assert not (root / "ref" / "interventions" / ".partial").exists()
+    assert differences(root / "ref", root / "resumed") == []
+    m = json.loads((root / "resumed" / "manifest.json").read_text())
+    assert m["stages"]["interventions"]["complete"] and not any(".partial" in f for f in m["stages"]["interventions"]["files"])
