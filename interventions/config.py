@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from sources.config import Section
+from sources.config import Section, group_ids_or_auto
 
 Mode = Literal["zero", "mean", "clamp", "project_out", "mean_project"]
 """Ablation modes. SAE-latent modes (zero, mean, clamp) edit latents and keep the SAE error term;
@@ -196,9 +196,7 @@ class InterventionsConfig(Section):
     @field_validator("groups")
     @classmethod
     def _ids_not_empty(cls, v):
-        if isinstance(v, list) and not v:
-            raise ValueError("the list of group ids is empty; give ids from OUT/cooc/groups.csv or auto")
-        return v
+        return group_ids_or_auto(v)
 
     @model_validator(mode="after")
     def _clamp_needs_value(self):

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from sources.config import Section
+from sources.config import Section, group_ids_or_auto
 
 
 class ReportConfig(Section):
@@ -35,6 +35,4 @@ class ReportConfig(Section):
     @field_validator("groups")
     @classmethod
     def _ids_not_empty(cls, v):
-        if isinstance(v, list) and not v:
-            raise ValueError("the list of group ids is empty; give ids from OUT/cooc/groups.csv or auto")
-        return v
+        return group_ids_or_auto(v)

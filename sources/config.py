@@ -22,6 +22,13 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
+def group_ids_or_auto(v):
+    """Validator body for a ``groups:`` field that takes ``auto`` or a non-empty list of group ids."""
+    if isinstance(v, list) and not v:
+        raise ValueError("the list of group ids is empty; give ids from OUT/cooc/groups.csv or auto")
+    return v
+
+
 class HookSpec(Section):
     layer: int = Field(15, ge=0)
     """Transformer block index (0-based)."""

@@ -134,6 +134,8 @@ def test_an_unknown_report_group_is_a_clear_error(run, capsys):
     assert steer_main([str(config), "--out", str(out), "--quiet", "--set", "report.groups=[g_nope]"]) == 2
     err = capsys.readouterr().err
     assert "report.groups" in err and "g_nope" in err and "Traceback" not in err
+    assert steer_main([str(config), "--out", str(out), "--quiet", "--set", "report.groups=[]"]) == 2
+    assert "list of group ids is empty" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ a real headless browser
