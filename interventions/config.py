@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from sources.config import Section, group_ids_or_auto
+from sources.config import Section, group_ids_or_auto, positive_numbers
 
 Mode = Literal["zero", "mean", "clamp", "project_out", "mean_project"]
 """Ablation modes. SAE-latent modes (zero, mean, clamp) edit latents and keep the SAE error term;
@@ -84,11 +84,7 @@ class TaskEffectsConfig(Section):
     @field_validator("l2", mode="before")
     @classmethod
     def _l2(cls, v):
-        vals = [v] if isinstance(v, (int, float)) and not isinstance(v, bool) else v
-        if not isinstance(vals, (list, tuple)) or not vals or not all(
-                isinstance(a, (int, float)) and not isinstance(a, bool) and a > 0 for a in vals):
-            raise ValueError(f"give a positive number or a non-empty list of positive numbers, got {v!r}")
-        return sorted({float(a) for a in vals})
+        return positive_numbers(v)
 
     @field_validator("tasks")
     @classmethod

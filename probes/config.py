@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from probes.lexicon import DEFAULT_LEXICON
-from sources.config import Section
+from sources.config import Section, positive_numbers
 
 TaskName = Literal["url_position", "word_sense"]
 
@@ -126,11 +126,7 @@ class ProbesConfig(Section):
     @field_validator("regularisation", mode="before")
     @classmethod
     def _reg(cls, v):
-        vals = [v] if isinstance(v, (int, float)) and not isinstance(v, bool) else v
-        if not isinstance(vals, (list, tuple)) or not vals or not all(
-                isinstance(a, (int, float)) and not isinstance(a, bool) and a > 0 for a in vals):
-            raise ValueError(f"give a positive number or a non-empty list of positive numbers, got {v!r}")
-        return sorted({float(a) for a in vals})
+        return positive_numbers(v)
 
     @field_validator("tasks")
     @classmethod

@@ -29,6 +29,15 @@ def group_ids_or_auto(v):
     return v
 
 
+def positive_numbers(v) -> list[float]:
+    """Validator body for a grid given as one positive number or a non-empty list of them (sorted, unique)."""
+    vals = [v] if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+    if not isinstance(vals, (list, tuple)) or not vals or not all(
+            isinstance(a, (int, float)) and not isinstance(a, bool) and a > 0 for a in vals):
+        raise ValueError(f"give a positive number or a non-empty list of positive numbers, got {v!r}")
+    return sorted({float(a) for a in vals})
+
+
 class HookSpec(Section):
     layer: int = Field(15, ge=0)
     """Transformer block index (0-based)."""
