@@ -101,7 +101,7 @@ def child_memory(d_sae: int, l0: float, n_tokens: int, export: bool) -> None:
             break
         counter.update(acts)
     for s in range(len(counter.bounds_) - 1):
-        counter._consolidate(s)  # final merge: one run per shard
+        counter.shard(s)  # final merge: one run per shard
     rss_count = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t_count = time.perf_counter() - start
     n_pairs = counter.n_pairs_

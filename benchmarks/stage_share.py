@@ -131,7 +131,7 @@ def child_memory(d_sae: int, l0: float, n_tokens: int, min_count: int, min_occur
             print(f"counted {counter.n_tokens_:,} tokens, {counter.n_pairs_:,} stored pairs, peak RSS {rss():.2f} GB",
                   file=sys.stderr, flush=True)
     for s in range(len(counter.bounds_) - 1):
-        counter._consolidate(s)  # the final merge
+        counter.shard(s)  # the final merge
     out.update(count_s=time.perf_counter() - start, generate_s=gen, peak_rss_count_gb=rss(),
                tokens=int(counter.n_tokens_), l0=float(counter.occ_F.sum() / counter.n_tokens_),
                distinct_pairs=int(counter.n_pairs_), store_gb=counter.nbytes_ / 1e9)

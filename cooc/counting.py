@@ -156,7 +156,7 @@ class CooccurrenceCounter:
         return self
 
     def _count_binary(self, B_TF: sp.csr_matrix) -> None:
-        self._grow_dtype(self.n_tokens_ + B_TF.shape[0])
+        self.reserve(self.n_tokens_ + B_TF.shape[0])
         self.n_tokens_ += B_TF.shape[0]
         self.n_updates_ += 1
         self.occ_F += np.bincount(B_TF.indices, minlength=self.d_sae)
@@ -172,16 +172,19 @@ class CooccurrenceCounter:
                 right = B_TF[:, r0:] if r0 else B_TF
                 prod = _upper(sp.csr_matrix(left @ right))
                 if prod.nnz:
-                    self._push(s, prod)
+                    self.add_shard(s, prod)
         if self.prune_below > 0 and self.n_updates_ % self.prune_every == 0:
             self.prune(self.prune_below)
 
-    def _grow_dtype(self, n_tokens: int) -> None:
+    def reserve(self, n_tokens: int) -> None:
+        """Widen the stored counts to int64 once a count could exceed 2^31 - 1 (``n_tokens`` tokens in all)."""
         if self._dtype == np.int32 and n_tokens > _INT32_MAX:
             self._dtype = np.int64
             self._runs = [[r.astype(np.int64) for r in runs] for runs in self._runs]
 
-    def _push(self, s: int, run: sp.csr_matrix) -> None:
+    def add_shard(self, s: int, run: sp.csr_matrix) -> None:
+        """Add counts of row shard ``s`` (CSR, rows ``bounds_[s]..``, columns offset by ``bounds_[s]``), e.g.
+        another process's; merged lazily, like the counter's own batches."""
         runs = self._runs[s]
         runs.append(run)
         while len(runs) >= 2 and runs[-2].nnz <= 2 * runs[-1].nnz:
@@ -189,7 +192,9 @@ class CooccurrenceCounter:
             older = runs.pop()
             runs.append(sp.csr_matrix(older + newer))
 
-    def _consolidate(self, s: int) -> sp.csr_matrix | None:
+    def shard(self, s: int) -> sp.csr_matrix | None:
+        """All counts of row shard ``s`` as one canonical CSR (rows ``bounds_[s]..``, columns offset by
+        ``bounds_[s]``), or None when the shard holds no pair."""
         runs = self._runs[s]
         while len(runs) >= 2:
             newer = runs.pop()
@@ -200,7 +205,7 @@ class CooccurrenceCounter:
     def prune(self, below: int) -> "CooccurrenceCounter":
         """Drop stored pairs whose running count is < ``below`` (lossy; counts become lower bounds)."""
         for s in range(len(self._runs)):
-            run = self._consolidate(s)
+            run = self.shard(s)
             if run is not None:
                 before = run.nnz
                 run = _prune(run, below)
@@ -219,12 +224,12 @@ class CooccurrenceCounter:
                 and (self.theta_F is None or np.array_equal(other.theta_F, self.theta_F)))
         if not same:
             raise ConfigError("cooc", "cannot merge counters with different d_sae, thresholds or shards")
-        self._grow_dtype(self.n_tokens_ + other.n_tokens_)
+        self.reserve(self.n_tokens_ + other.n_tokens_)
         for s, theirs in enumerate(other._runs):
             runs = sorted(self._runs[s] + [r.astype(self._dtype) for r in theirs], key=lambda r: -r.nnz)
             self._runs[s] = []
             for run in runs:
-                self._push(s, run)
+                self.add_shard(s, run)
         self.n_tokens_ += other.n_tokens_
         self.n_updates_ += other.n_updates_
         self.n_pruned_ += other.n_pruned_
@@ -251,7 +256,7 @@ class CooccurrenceCounter:
         Latent ids are int32 (int64 beyond 2^31 latents) and counts keep the store's dtype, so the
         export costs 12 bytes per pair on top of the store.
         """
-        runs = [self._consolidate(s) for s in range(len(self._runs))]
+        runs = [self.shard(s) for s in range(len(self._runs))]
         total = sum(r.nnz for r in runs if r is not None)
         id_dtype = np.int32 if self.d_sae <= _INT32_MAX else np.int64
         i = np.empty(total, dtype=id_dtype)

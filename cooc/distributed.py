@@ -153,7 +153,7 @@ def reduce_counter(counter: CooccurrenceCounter, d: Dist) -> CooccurrenceCounter
     dist.reduce(occ, dst=0)
     n_shards = len(counter.bounds_) - 1
     if d.is_main:
-        counter._grow_dtype(sum(m["n_tokens"] for m in metas))  # int64 counts once any could exceed 2^31 - 1
+        counter.reserve(sum(m["n_tokens"] for m in metas))  # int64 counts once any could exceed 2^31 - 1
         for src in range(1, d.world_size):
             for s in range(n_shards):
                 nnz, n_rows = (int(x) for x in _recv(2, np.int64, src, d))
@@ -163,14 +163,14 @@ def reduce_counter(counter: CooccurrenceCounter, d: Dist) -> CooccurrenceCounter
                 indices = _recv(nnz, np.int32, src, d)
                 data = _recv(nnz, np.int64, src, d).astype(counter._dtype)
                 run = sp.csr_matrix((data, indices, indptr), shape=(n_rows, counter.d_sae - int(counter.bounds_[s])))
-                counter._push(s, run)
+                counter.add_shard(s, run)
         counter.occ_F = occ.cpu().numpy().astype(np.int64)
         counter.n_tokens_ = sum(m["n_tokens"] for m in metas)
         counter.n_updates_ = sum(m["n_updates"] for m in metas)
         counter.n_pruned_ = sum(m["n_pruned"] for m in metas)
         return counter
     for s in range(n_shards):
-        run = counter._consolidate(s)
+        run = counter.shard(s)
         nnz = 0 if run is None else int(run.nnz)
         n_rows = int(counter.bounds_[s + 1] - counter.bounds_[s])
         _send(np.array([nnz, n_rows], dtype=np.int64), 0, d)

@@ -109,7 +109,7 @@ def _from_matrix(counts: sp.spmatrix) -> tuple[UpperPairs, np.ndarray]:
 def _shard_pairs(counter: CooccurrenceCounter, s: int, tested_F: np.ndarray, min_count: int):
     """(i, j, count) of shard ``s``'s stored pairs of tested latents with count >= min_count, sorted by
     (i, j), and the number of its stored pairs of tested latents (any count); None for an empty shard."""
-    run = counter._consolidate(s)  # one canonical CSR per shard (rows r0.., columns offset by r0)
+    run = counter.shard(s)  # one canonical CSR per shard (rows r0.., columns offset by r0)
     if run is None or run.nnz == 0:
         return None
     r0 = int(counter.bounds_[s])
