@@ -69,13 +69,14 @@ def interventions_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, 
                                                        f"{examples_csv}; run python -m experiments.probe (or "
                                                        "python -m experiments.steer) with the same --out first, or set "
                                                        "interventions.tasks.tasks: null")
-    probes_key = probes_rec.get("key") if use_tasks and have_examples else None
+    probe_groups = _probe_groups(run.out) if icfg.groups == "auto" and icfg.probe_groups and probes_rec.get("complete") else None
+    probes_key = probes_rec.get("key") if (use_tasks and have_examples) or probe_groups is not None else None
     key = stable_hash({"sections": run.stage_key(*SECTIONS), "cooc": cooc_key, "probes": probes_key})
     folder = run.out / STAGE
     if not force and run.is_done(STAGE, key) and (folder / "effects.csv").exists() and (run.out / "verdicts.csv").exists():
         log.info("interventions: up to date in %s (use --fresh to recompute)", folder)
         return folder
-    select_groups(groups_df, icfg, source=str(cooc_dir / "groups.csv"))  # bad ids fail before the model loads
+    select_groups(groups_df, icfg, source=str(cooc_dir / "groups.csv"), probe_groups=probe_groups)  # bad ids fail early
 
     from interventions.pipeline import run_interventions
     from probes.dataset import firing_threshold_F  # the cooc stage's firing rule, shared with probes
@@ -83,7 +84,7 @@ def interventions_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, 
 
     session = open_session(cfg, progress)
     d_sae = session.d_sae
-    groups = select_groups(groups_df, icfg, d_sae=d_sae, source=str(cooc_dir / "groups.csv"))
+    groups = select_groups(groups_df, icfg, d_sae=d_sae, source=str(cooc_dir / "groups.csv"), probe_groups=probe_groups)
     occ = _occurrences(cooc_dir, d_sae)
     task_data = None
     if use_tasks and have_examples:
@@ -123,6 +124,17 @@ def _checkpoint_folder(folder: Path, key: str, fresh: bool = False) -> Path:
     if have:
         log.info("interventions: resuming from %d group checkpoint(s) in %s", len(have), partial / key)
     return partial / key
+
+
+def _probe_groups(out: Path) -> "pd.DataFrame | None":
+    """The probes stage's group enrichment table (OUT/probes/groups.csv), or None when it is missing or unusable."""
+    import pandas as pd
+
+    path = out / "probes" / "groups.csv"
+    if not path.exists():
+        return None
+    df = pd.read_csv(path, dtype={"group_id": str})
+    return df if {"task", "group_id", "enrichment", "selected"} <= set(df.columns) else None
 
 
 def _occurrences(cooc_dir: Path, d_sae: int) -> np.ndarray | None:

@@ -117,13 +117,18 @@ class InterventionsConfig(Section):
     enabled: bool = True
     """Run the stage in python -m experiments.steer."""
     groups: Literal["auto"] | list[str] = "auto"
-    """auto: the top_n groups of OUT/cooc/groups.csv ranked by rank_by; or explicit group ids (e.g. [g1a2b3c4d5e])."""
+    """auto: the top_n groups of OUT/cooc/groups.csv ranked by rank_by, then the probes stage's most enriched
+    groups per task (probe_groups); or explicit group ids (e.g. [g1a2b3c4d5e])."""
     top_n: int = Field(3, ge=1)
     """How many groups with groups: auto."""
     rank_by: str = "group_size"
     """Numeric column of groups.csv to rank groups by (descending) with groups: auto."""
     min_size: int = Field(2, ge=2)
     """With groups: auto, only groups with at least this many members."""
+    probe_groups: int = Field(1, ge=0)
+    """With groups: auto, also the probe_groups most task-enriched groups the probes stage selected for
+    each task (OUT/probes/groups.csv), after the top_n; 0: none. These are the groups whose task effects
+    say the most (e.g. the URL group)."""
     modes: list[Mode] = Field(default_factory=lambda: ["zero", "project_out"])
     """Ablation modes to run (zero, mean, clamp, project_out, mean_project); the first is the verdict's primary mode."""
     clamp_value: float = 5.0

@@ -42,8 +42,10 @@ def read_groups(path: str | Path) -> pd.DataFrame:
 
 
 def select_groups(df: pd.DataFrame, icfg: InterventionsConfig, d_sae: int | None = None,
-                  source: str = "groups.csv") -> list[GroupSpec]:
-    """The groups to evaluate: explicit ids (each must exist) or the top_n by ``rank_by``."""
+                  source: str = "groups.csv", probe_groups: pd.DataFrame | None = None) -> list[GroupSpec]:
+    """The groups to evaluate: explicit ids (each must exist), or the top_n by ``rank_by`` followed by the
+    ``icfg.probe_groups`` most enriched groups per task among those the probes stage selected
+    (``probe_groups``: OUT/probes/groups.csv with columns task, group_id, enrichment, selected)."""
     members = {g: tuple(sorted(int(x) for x in sub["latent"])) for g, sub in df.groupby("group_id", sort=False)}
     structure = {g: str(sub["structure"].iloc[0]) if "structure" in sub else "" for g, sub in df.groupby("group_id", sort=False)}
     if isinstance(icfg.groups, list):
@@ -62,6 +64,13 @@ def select_groups(df: pd.DataFrame, icfg: InterventionsConfig, d_sae: int | None
         per = per[per["size"] >= icfg.min_size].reset_index()
         per = per.sort_values(["rank", "group_id"], ascending=[False, True], kind="stable")
         ids = per["group_id"].head(icfg.top_n).tolist()
+        if icfg.probe_groups and probe_groups is not None and not probe_groups.empty:
+            sel = probe_groups[probe_groups["selected"].astype(bool) & probe_groups["group_id"].astype(str).isin(
+                per["group_id"])]
+            sel = sel.assign(group_id=sel["group_id"].astype(str)).sort_values(
+                ["task", "enrichment", "group_id"], ascending=[True, False, True], kind="stable")
+            for _, sub in sel.groupby("task", sort=True):
+                ids += [g for g in sub["group_id"].head(icfg.probe_groups) if g not in ids]
     out = [GroupSpec(g, members[g], structure[g]) for g in ids]
     if d_sae is not None:
         for g in out:

@@ -464,3 +464,18 @@ def test_sqrt_kl_per_norm_does_not_favour_larger_edits_where_kl_per_norm_would(m
         stats.append((statistic(s, "sqrt_kl_per_norm", "fires", one)[0], statistic(s, "kl", "fires", one)[0] / a))
     assert stats[1][0] == pytest.approx(stats[0][0], rel=0.05)  # scale-free
     assert stats[1][1] == pytest.approx(2 * stats[0][1], rel=0.1)  # naive KL / norm doubles with the edit
+
+
+def test_auto_groups_add_the_probe_stages_most_enriched_group_per_task():
+    groups = pd.DataFrame({"latent": range(12), "group_id": ["ga"] * 5 + ["gb"] * 4 + ["gc"] * 2 + ["gd"],
+                           "group_size": [5] * 5 + [4] * 4 + [2] * 2 + [1]})
+    probes = pd.DataFrame({"task": ["url_position", "url_position", "word_sense", "word_sense", "url_position"],
+                           "group_id": ["gc", "gb", "gc", "ga", "gd"], "enrichment": [9.0, 3.0, 5.0, 8.0, 99.0],
+                           "selected": [True, True, True, False, True]})
+    ids = lambda **kw: [g.group_id for g in select_groups(groups, InterventionsConfig(**kw), probe_groups=probes)]
+    # top 1 by size (ga), then url_position's most enriched selected group (gc; gd is below min_size),
+    # then word_sense's (gc again: not repeated; ga is not selected)
+    assert ids(top_n=1) == ["ga", "gc"]
+    assert ids(top_n=1, probe_groups=2) == ["ga", "gc", "gb"]
+    assert ids(top_n=1, probe_groups=0) == ["ga"]
+    assert [g.group_id for g in select_groups(groups, InterventionsConfig(top_n=1))] == ["ga"]  # no probes stage
