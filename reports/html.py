@@ -155,9 +155,8 @@ WIN = ("beats", "win")
 """Outcomes of a comparison that count as the group winning (interventions/stats.py writes beats/tie/loses)."""
 
 VERDICT_COLUMNS = [("group_id", "group"), ("group_size", "size"), ("structure", "structure"), ("n_docs", "docs"),
-                   ("verdict", "verdict"), ("effect", "effect"), ("group_estimate", "group"),
-                   ("best_single_estimate", "best single"), ("diff_vs_best_single", "Δ vs best single"),
-                   ("ci_low_vs_best_single", "CI low"), ("ci_high_vs_best_single", "CI high"),
+                   ("verdict", "verdict"), ("group_estimate", "group"),
+                   ("best_single_estimate", "best single"), ("diff_vs_best_single", "Δ vs best single [95% CI]"),
                    ("p_adj_vs_best_single", "p_adj"), ("beats_random_groups", "vs random groups"),
                    ("beats_random_directions", "vs random directions"), ("better_unit_on", "better unit on"),
                    ("task_beats_best_single_on", "task effects beating best single")]
@@ -172,7 +171,15 @@ def _verdicts_section(out: Path, figdir: Path) -> dict:
         cells = []
         for col, _ in VERDICT_COLUMNS:
             val = r.get(col)
-            cells.append(_p(val) if col.startswith("p_adj") else _fmt(val) if isinstance(val, float) else ("" if val is None else str(val)))
+            if val is None or (isinstance(val, float) and math.isnan(val)):
+                cells.append("—")
+            elif col.startswith("p_adj"):
+                cells.append(_p(val))
+            elif col == "diff_vs_best_single":
+                cells.append(f"{_fmt(val)} [{_fmt(r.get('ci_low_vs_best_single'))}, {_fmt(r.get('ci_high_vs_best_single'))}]")
+            else:
+                # long effect lists may wrap after ';' and '/' (zero-width space), never inside a name
+                cells.append(_fmt(val) if isinstance(val, float) else str(val).replace(";", "; ").replace("/", "/\u200b"))
         rows.append({"cells": cells, "group_id": str(r["group_id"]),
                      "win": str(r.get("beats_best_single")) in WIN})
     f = v.rename(columns={"diff_vs_best_single": "estimate", "ci_low_vs_best_single": "ci_low",
@@ -184,7 +191,9 @@ def _verdicts_section(out: Path, figdir: Path) -> dict:
     n = len(v)
     wins = int(v["beats_best_single"].astype(str).isin(WIN).sum()) if "beats_best_single" in v else 0
     better_any = int(v["better_unit_on"].fillna("").astype(str).str.strip().ne("").sum()) if "better_unit_on" in v else 0
+    effect = ", ".join(sorted({f"{m} / {e}" for m, e in zip(v.get("mode", []), v.get("effect", []))}))
     return {"ran": True, "header": [h for _, h in VERDICT_COLUMNS], "rows": rows, "figure": _png(png), "n": n, "wins": wins,
+            "effect": effect,
             "better_any": better_any,
             "counts": v["verdict"].value_counts().to_dict() if "verdict" in v else {}}
 

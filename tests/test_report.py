@@ -24,7 +24,7 @@ def tiny_run_config(root: Path) -> Path:
     data["stream"]["cache"] = False
     data["probes"]["figures"] = True
     data["interventions"].update(top_n=2, steering={"alphas": [-2.0, 2.0], "n_random": 1})
-    data["report"] = {"max_groups": 3, "max_points": 50, "top_contexts": 3}
+    data["report"] = {"max_groups": 6, "max_points": 50, "top_contexts": 3}
     config.write_text(yaml.safe_dump(data))
     return config
 
