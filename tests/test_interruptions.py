@@ -68,16 +68,8 @@ def runs(tmp_path_factory):
     run_in_process(config, root / "again", root / "cache_again")
     lane.join()
     # the last restart runs to the end (in this process: it is not killed, and that saves a start-up)
-    seen, logger = _Messages(), logging.getLogger()
-    level = logger.level
-    logger.addHandler(seen)
-    logger.setLevel(logging.INFO)
-    try:
-        run_in_process(config, root / "resumed", root / "cache_resumed")
-    finally:
-        logger.removeHandler(seen)
-        logger.setLevel(level)
-    chain.append(SimpleNamespace(returncode=0, stderr="\n".join(seen.lines)))
+    lines = run_logged(config, root / "resumed", root / "cache_resumed")
+    chain.append(SimpleNamespace(returncode=0, stderr="\n".join(lines)))
     return root, chain
 
 
@@ -88,6 +80,20 @@ class _Messages(logging.Handler):
 
     def emit(self, record):
         self.lines.append(record.getMessage())
+
+
+def run_logged(config, out, cache) -> list[str]:
+    """run_in_process, returning the log messages it emitted (INFO and above)."""
+    seen, logger = _Messages(), logging.getLogger()
+    level = logger.level
+    logger.addHandler(seen)
+    logger.setLevel(logging.INFO)
+    try:
+        run_in_process(config, out, cache)
+    finally:
+        logger.removeHandler(seen)
+        logger.setLevel(level)
+    return seen.lines
 
 
 def test_two_runs_of_the_same_config_and_seed_give_byte_identical_tables(runs):
@@ -166,17 +172,9 @@ def group_runs(tmp_path_factory):
     lane.start()
     run_in_process(config, root / "ref", root / "cache_ref")  # the reference, meanwhile
     lane.join()
-    seen, logger = _Messages(), logging.getLogger()
-    level = logger.level
-    logger.addHandler(seen)
-    logger.setLevel(logging.INFO)
-    try:
-        run_in_process(config, root / "resumed", root / "cache_resumed")
-    finally:
-        logger.removeHandler(seen)
-        logger.setLevel(level)
+    lines = run_logged(config, root / "resumed", root / "cache_resumed")
     order = [g["group_id"] for g in json.loads((root / "ref" / "interventions" / "summary.json").read_text())["groups"]]
-    return root, killed, seen.lines, order
+    return root, killed, lines, order
 
 
 def test_a_run_killed_inside_a_group_resumes_from_the_finished_groups_checkpoints(group_runs):
