@@ -10,7 +10,6 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from sources.progress import progress_bar
 
 from cooc.config import CoocConfig
 from cooc.counting import CooccurrenceCounter, check_csr
@@ -19,6 +18,7 @@ from cooc.outputs import write_outputs
 from cooc.scoring import score_pairs
 from sources.errors import ConfigError
 from sources.files import git_commit, package_versions
+from sources.progress import progress_bar
 
 
 @dataclass

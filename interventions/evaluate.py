@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from sources.progress import kill_point, progress_bar
 
 from interventions import edits as E
 from interventions.config import LATENT_MODES, InterventionsConfig
@@ -34,6 +33,7 @@ from sources.config import DataSpec, HookSpec, StreamSpec
 from sources.corpora import Context
 from sources.errors import ConfigError
 from sources.models import LoadedModel
+from sources.progress import kill_point, progress_bar
 
 log = logging.getLogger(__name__)
 

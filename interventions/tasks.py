@@ -42,6 +42,7 @@ from interventions.evaluate import Chunk, Evaluator, Plan, fires_any
 from interventions.forward import clean_hook_and_read, multi_arm_read
 from interventions.stats import doc_sums
 from sources.config import DataSpec, HookSpec
+from sources.corpora import pad_batch, special_ids
 from sources.errors import ConfigError
 from sources.models import LoadedModel
 from sources.progress import progress_bar
@@ -104,8 +105,6 @@ class TaskData:
 
 def windows_from_examples(examples: pd.DataFrame, doc_tokens: dict[int, np.ndarray], tokenizer) -> list[TaskWindow]:
     """Probe windows as the probes stage built them: BOS + document tokens ``window_start .. last task token``."""
-    from sources.corpora import special_ids
-
     bos, _, masked = special_ids(tokenizer)
     out = []
     for (di, start), sub in examples.groupby(["doc_index", "window_start"], sort=True):
@@ -300,12 +299,7 @@ def fit_readout(target: TaskTarget, X_ND: np.ndarray, doc_N: np.ndarray, folds: 
 def _batches(windows: list[TaskWindow], idx: list[int], size: int, pad: int):
     for b0 in range(0, len(idx), size):
         ws = [windows[i] for i in idx[b0:b0 + size]]
-        L = max(len(w.tokens_L) for w in ws)
-        tokens = np.full((len(ws), L), pad, dtype=np.int64)
-        mask = np.zeros((len(ws), L), dtype=bool)
-        for i, w in enumerate(ws):
-            tokens[i, :len(w.tokens_L)] = w.tokens_L
-            mask[i, :len(w.mask_L)] = w.mask_L
+        tokens, mask = pad_batch([w.tokens_L for w in ws], [w.mask_L for w in ws], pad)
         yield ws, torch.from_numpy(tokens), torch.from_numpy(mask)
 
 
@@ -314,8 +308,6 @@ def fit_task_readouts(model: LoadedModel, sae, hook: HookSpec, td: TaskData, rea
                       folds: int, l2: list[float], batch_size: int = 16) -> TaskData:
     """One clean pass over every window of ``td`` (stopping at ``read_layer``): the firing latents at each task
     token and the cross-fitted readout of every target."""
-    from sources.corpora import special_ids
-
     _, pad, _ = special_ids(model.tokenizer)
     n = len(td.examples)
     X = None
@@ -405,8 +397,6 @@ def evaluate_task(model: LoadedModel, hook: HookSpec, plan: Plan, td: TaskData, 
                   max_tokens: int, rng: np.random.Generator, steering: bool = True, progress: bool = True) -> TaskEval | None:
     """Run the plan's arms on the task windows where the group fires and record the per-token readout loss
     increase of every target (None when the group fires on no task token)."""
-    from sources.corpora import special_ids
-
     chosen = choose_windows(td, plan.group.members, max_tokens, rng)
     if not chosen:
         return None

@@ -28,11 +28,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
-from sources.progress import progress_bar
 
 from sources.config import DataSpec, HookSpec
-from sources.corpora import iter_documents, special_ids
+from sources.corpora import iter_documents, pad_batch, special_ids
 from sources.errors import ConfigError
+from sources.progress import progress_bar
 from sources.stream import encode_latents, hook_activations
 
 from probes.tasks import find_urls, label_occurrences, lexicon_regex, tokens_at_chars, url_token_targets
@@ -308,12 +308,7 @@ def run_windows(family: str, windows: list[_Window], model, sae, hook: HookSpec,
     bar = progress_bar(total=len(windows), unit="win", desc=f"probe {family}", progress=progress, mininterval=2.0)
     for b0 in range(0, len(order), batch_size):
         batch = [windows[i] for i in order[b0:b0 + batch_size]]
-        L = max(len(w.tokens) for w in batch)
-        tokens = np.full((len(batch), L), pad, dtype=np.int64)
-        mask = np.zeros((len(batch), L), dtype=bool)
-        for i, w in enumerate(batch):
-            tokens[i, :len(w.tokens)] = w.tokens
-            mask[i, :len(w.mask)] = w.mask
+        tokens, mask = pad_batch([w.tokens for w in batch], [w.mask for w in batch], pad)
         acts = hook_activations(model, torch.from_numpy(tokens), hook)
         mask_t = torch.from_numpy(mask).to(acts.device)
         b_idx, pos = (x.cpu().numpy() for x in mask_t.nonzero(as_tuple=True))

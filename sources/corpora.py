@@ -121,6 +121,18 @@ def special_ids(tokenizer) -> tuple[int, int, set[int]]:
     return bos, pad, masked
 
 
+def pad_batch(tokens: list[np.ndarray], masks: list[np.ndarray], pad: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token windows of different lengths as one batch: ``tokens_BL`` (int64, right-padded with ``pad``) and
+    ``mask_BL`` (each window's content mask, False on the padding)."""
+    L = max(len(t) for t in tokens)
+    tokens_BL = np.full((len(tokens), L), pad, dtype=np.int64)
+    mask_BL = np.zeros((len(tokens), L), dtype=bool)
+    for i, (t, m) in enumerate(zip(tokens, masks)):
+        tokens_BL[i, :len(t)] = t
+        mask_BL[i, :len(m)] = m
+    return tokens_BL, mask_BL
+
+
 def iter_contexts(spec: DataSpec, tokenizer, min_tokens: int = 8,
                   shard: tuple[int, int] | None = None) -> Iterator[Context]:
     """Tokenise documents into contexts of ``spec.context_len`` until ``spec.max_tokens`` positions.

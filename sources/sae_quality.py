@@ -27,12 +27,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sources.progress import progress_bar
 
 from sources.config import DataSpec, HookSpec, StreamSpec
 from sources.corpora import iter_contexts
 from sources.models import LoadedModel
 from sources.patching import clean_logits_and_site, run_with_site_edit
+from sources.progress import progress_bar
 from sources.stream import batched
 
 DEFAULT_HOLDOUT_EVERY = 10

@@ -21,7 +21,6 @@ from typing import Iterable, Iterator
 import numpy as np
 import scipy.sparse as sp
 import torch
-from sources.progress import progress_bar
 
 from sources import sites
 from sources.config import DataSpec, HookSpec, StreamSpec
@@ -29,6 +28,7 @@ from sources.corpora import Context, iter_contexts
 from sources.errors import ConfigError
 from sources.files import atomic_path, read_json, stable_hash, write_json
 from sources.models import LoadedModel, cache_root
+from sources.progress import progress_bar
 
 log = logging.getLogger(__name__)
 

@@ -139,3 +139,12 @@ def test_to_csr_keeps_exactly_the_nonzeros():
     m = to_csr(x)
     assert m.nnz == 3
     np.testing.assert_array_equal(m.toarray(), x.numpy())
+
+
+def test_pad_batch_right_pads_tokens_and_masks_the_padding():
+    from sources.corpora import pad_batch
+
+    tokens, mask = pad_batch([np.array([5, 6, 7]), np.array([8])], [np.array([False, True, True]), np.array([True])], pad=0)
+    np.testing.assert_array_equal(tokens, [[5, 6, 7], [8, 0, 0]])
+    np.testing.assert_array_equal(mask, [[False, True, True], [True, False, False]])
+    assert tokens.dtype == np.int64 and mask.dtype == bool
