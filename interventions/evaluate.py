@@ -416,6 +416,19 @@ class GroupEval:
     """Task evaluations of the group (:class:`interventions.tasks.TaskEval`), one per probe task family it fires on."""
 
 
+def documents_first(ids: np.ndarray, doc_of, rng: np.random.Generator) -> np.ndarray:
+    """``ids`` in a seeded random order that takes one item per document first, then second items of
+    documents, and so on (``doc_of(id)`` names an item's document): a prefix of it spans as many documents
+    as it can, and documents are the unit of the statistics."""
+    ids = ids[rng.permutation(len(ids))]
+    rank, seen = [], {}
+    for i in ids.tolist():
+        d = doc_of(i)
+        rank.append(seen.get(d, 0))
+        seen[d] = seen.get(d, 0) + 1
+    return ids[np.argsort(np.array(rank), kind="stable")]
+
+
 def choose_contexts(pool: Pool, group: GroupSpec, max_tokens: int, tail_tokens: int | None,
                     rng: np.random.Generator) -> list[tuple[Context, int]]:
     """A seeded sample of the pool's contexts in which the group fires: ``(context, length)`` pairs whose
@@ -429,14 +442,7 @@ def choose_contexts(pool: Pool, group: GroupSpec, max_tokens: int, tail_tokens: 
     last = pool.group_contexts.get(group.group_id, {})
     if not last:
         return []
-    ids = np.array(sorted(last))
-    ids = ids[rng.permutation(len(ids))]
-    rank, seen = [], {}
-    for i in ids.tolist():
-        d = pool.contexts[i].doc_index
-        rank.append(seen.get(d, 0))
-        seen[d] = seen.get(d, 0) + 1
-    order = ids[np.argsort(np.array(rank), kind="stable")]
+    order = documents_first(np.array(sorted(last)), lambda i: pool.contexts[i].doc_index, rng)
     chosen, total = [], 0
     for i in order.tolist():
         ctx = pool.contexts[i]

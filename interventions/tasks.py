@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 
 from interventions import edits as E
-from interventions.evaluate import Chunk, Evaluator, Plan, fires_any
+from interventions.evaluate import Chunk, Evaluator, Plan, documents_first, fires_any
 from interventions.forward import clean_hook_and_read, multi_arm_read
 from interventions.stats import doc_sums
 from sources.config import DataSpec, HookSpec
@@ -376,13 +376,7 @@ def choose_windows(td: TaskData, members: tuple[int, ...], max_tokens: int, rng:
     cand = [i for i, w in enumerate(td.windows) if fires[w.rows].any()]
     if not cand:
         return []
-    cand = np.array(cand)[rng.permutation(len(cand))]
-    rank, seen = [], {}
-    for i in cand.tolist():
-        d = td.windows[i].doc_index
-        rank.append(seen.get(d, 0))
-        seen[d] = seen.get(d, 0) + 1
-    order = cand[np.argsort(np.array(rank), kind="stable")]
+    order = documents_first(np.array(cand), lambda i: td.windows[i].doc_index, rng)
     chosen, total = [], 0
     for i in order.tolist():
         chosen.append(i)

@@ -479,3 +479,15 @@ def test_auto_groups_add_the_probe_stages_most_enriched_group_per_task():
     assert ids(top_n=1, probe_groups=2) == ["ga", "gc", "gb"]
     assert ids(top_n=1, probe_groups=0) == ["ga"]
     assert [g.group_id for g in select_groups(groups, InterventionsConfig(top_n=1))] == ["ga"]  # no probes stage
+
+
+def test_documents_first_orders_one_item_per_document_before_any_second():
+    from interventions.evaluate import documents_first
+
+    ids = np.arange(10)
+    doc = {i: i // 3 for i in ids}  # documents 0..3 with 3, 3, 3, 1 items
+    order = documents_first(ids, doc.get, np.random.default_rng(0))
+    assert sorted(order.tolist()) == ids.tolist()
+    assert len({doc[i] for i in order[:4]}) == 4  # the first round covers every document
+    assert len({doc[i] for i in order[4:7]}) == 3  # the second round: the documents with a second item
+    np.testing.assert_array_equal(order, documents_first(ids, doc.get, np.random.default_rng(0)))
