@@ -263,6 +263,19 @@ def _one(rows: list[dict], **eq) -> dict | None:
     return None
 
 
+def _comparison(c: dict | None, comp: str, tested: bool, alpha: float) -> dict:
+    """The verdict columns of one comparator from its comparison row ``c`` (group - comparator; None if
+    missing): beats_/diff_vs_/p_adj_vs_<comp>, and the interval and effect size against the best single latent.
+    ``tested``: enough documents for an outcome (otherwise "untested")."""
+    col = {f"beats_{comp}": outcome(c, alpha) if tested else "untested",
+           f"diff_vs_{comp}": np.nan if c is None else c["estimate"],
+           f"p_adj_vs_{comp}": np.nan if c is None else c["p_adj"]}
+    if comp == "best_single":
+        for key in ("ci_low", "ci_high", "effect_size"):
+            col[f"{key}_vs_best_single"] = np.nan if c is None else c[key]
+    return col
+
+
 def group_verdict(effects: pd.DataFrame, group_id: str, mode: str, effect: str, alpha: float, info: dict,
                   min_docs: int) -> dict:
     """One row of verdicts.csv from the (BH-adjusted) effects of one group."""
@@ -281,14 +294,9 @@ def group_verdict(effects: pd.DataFrame, group_id: str, mode: str, effect: str, 
     outcomes = {}
     enough = (info.get("n_docs") or 0) >= min_docs
     for comp in COMPARATORS:
-        r = _one(g, arm="group", comparator=comp, mode=mode, effect=effect, scope="fires")
-        outcomes[comp] = outcome(r, alpha) if enough else "untested"
-        base[f"beats_{comp}"] = outcomes[comp]
-        base[f"diff_vs_{comp}"] = np.nan if r is None else r["estimate"]
-        base[f"p_adj_vs_{comp}"] = np.nan if r is None else r["p_adj"]
-        if comp == "best_single":
-            base["ci_low_vs_best_single"] = np.nan if r is None else r["ci_low"]
-            base["ci_high_vs_best_single"] = np.nan if r is None else r["ci_high"]
+        base.update(_comparison(_one(g, arm="group", comparator=comp, mode=mode, effect=effect, scope="fires"),
+                                comp, enough, alpha))
+        outcomes[comp] = base[f"beats_{comp}"]
     wins = [r for r in g if r["arm"] == "group" and r["comparator"] == "best_single" and r["scope"] == "fires"]
 
     def ok(r):  # task effects have their own documents (the probe windows)
@@ -338,15 +346,8 @@ def effect_verdicts_frame(effects: pd.DataFrame, alpha: float, min_docs: int) ->
              "best_single_estimate": np.nan if best is None else best["estimate"]}
         res = {}
         for comp in COMPARATORS:
-            c = _one(rows, arm="group", comparator=comp)
-            res[comp] = outcome(c, alpha) if c is not None and own["n_docs"] >= min_docs else "untested"
-            r[f"beats_{comp}"] = res[comp]
-            r[f"diff_vs_{comp}"] = np.nan if c is None else c["estimate"]
-            r[f"p_adj_vs_{comp}"] = np.nan if c is None else c["p_adj"]
-            if comp == "best_single":
-                r["ci_low_vs_best_single"] = np.nan if c is None else c["ci_low"]
-                r["ci_high_vs_best_single"] = np.nan if c is None else c["ci_high"]
-                r["effect_size_vs_best_single"] = np.nan if c is None else c["effect_size"]
+            r.update(_comparison(_one(rows, arm="group", comparator=comp), comp, own["n_docs"] >= min_docs, alpha))
+            res[comp] = r[f"beats_{comp}"]
         r["better_unit"] = all(v == "beats" for v in res.values())
         out.append(r)
     return pd.DataFrame(out, columns=EFFECT_VERDICT_COLUMNS)
