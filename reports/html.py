@@ -29,15 +29,45 @@ TEMPLATE = Path(__file__).with_name("report.html.j2")
 
 # ------------------------------------------------------------------------------------ reading
 
-def _csv(path: Path, **kw) -> pd.DataFrame:
-    return pd.read_csv(path, **kw) if path.exists() else pd.DataFrame()
+PAIR_COLUMNS = ["i", "j", "count", "expected", "npmi", "p_value", "p_adj", "edge"]
 
 
-def _json(path: Path) -> dict:
-    try:
-        return read_json(path) if path.exists() else {}
-    except (OSError, ValueError):
-        return {}
+class _RunFiles:
+    """The files of a run folder, each read at most once; a missing (or, for JSON and the optional
+    pairs.parquet, unreadable) file reads as empty."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self._read: dict[str, object] = {}
+
+    def _once(self, rel: str, read):
+        if rel not in self._read:
+            self._read[rel] = read(self.out / rel)
+        return self._read[rel]
+
+    def csv(self, rel: str) -> pd.DataFrame:
+        return self._once(rel, lambda p: pd.read_csv(p, dtype={"group_id": str}) if p.exists() else pd.DataFrame())
+
+    def json(self, rel: str) -> dict:
+        def read(p):
+            try:
+                return read_json(p) if p.exists() else {}
+            except (OSError, ValueError):
+                return {}
+        return self._once(rel, read)
+
+    def occurrences(self) -> np.ndarray | None:
+        return self._once("cooc/occurrences.npy", lambda p: np.load(p) if p.exists() else None)
+
+    def pairs(self) -> pd.DataFrame:
+        def read(p):
+            if not p.exists():
+                return pd.DataFrame()
+            try:
+                return pd.read_parquet(p, columns=PAIR_COLUMNS)
+            except Exception:  # noqa: BLE001 - an unreadable optional file only loses two figures and the graphs' edges
+                return pd.DataFrame()
+        return self._once("cooc/pairs.parquet", read)
 
 
 def _fmt(x, digits: int = 3) -> str:
@@ -81,9 +111,9 @@ def _div(fig) -> str | None:
 
 # ------------------------------------------------------------------------------------ sections
 
-def _cooc_section(out: Path, figdir: Path) -> dict:
-    man = _json(out / "cooc" / "manifest.json")
-    groups = _csv(out / "cooc" / "groups.csv", dtype={"group_id": str})
+def _cooc_section(run: _RunFiles, figdir: Path) -> dict:
+    man = run.json("cooc/manifest.json")
+    groups = run.csv("cooc/groups.csv")
     if not man:
         return {"ran": False}
     rows = []
@@ -104,13 +134,7 @@ def _cooc_section(out: Path, figdir: Path) -> dict:
     rows.append(("method", str(man.get("method", cfg.get("method")))))
     rows.append(("independence test", f"{cfg.get('test')}, BH at α = {cfg.get('alpha')} over {_fmt(man.get('family_size'), 7)} pairs"))
     rows.append(("pairs scored / edges", f"{_fmt(man.get('n_pairs_scored'), 8)} / {_fmt(man.get('n_edges'), 7)}"))
-    pairs = pd.DataFrame()
-    ppath = out / "cooc" / "pairs.parquet"
-    if ppath.exists():
-        try:
-            pairs = pd.read_parquet(ppath, columns=["i", "j", "count", "expected", "npmi", "p_value", "p_adj", "edge"])
-        except Exception:  # noqa: BLE001 - an unreadable optional file only loses two figures
-            pairs = pd.DataFrame()
+    pairs = run.pairs()
     cut = {}
     if not pairs.empty and pairs["edge"].any():
         e = pairs[pairs["edge"].astype(bool)]
@@ -127,12 +151,11 @@ def _cooc_section(out: Path, figdir: Path) -> dict:
         ("Group sizes by structure", _png(figures.group_sizes(groups, figdir / "cooc_group_sizes.png"))),
         ("Null-model cut: NPMI of scored pairs", _png(figures.npmi_cut(pairs, cfg.get("min_npmi"), figdir / "cooc_npmi.png"))),
     ]
-    return {"ran": True, "rows": rows, "cut": cut, "structures": structures, "figures": [f for f in figs if f[1]],
-            "pairs": pairs}
+    return {"ran": True, "rows": rows, "cut": cut, "structures": structures, "figures": [f for f in figs if f[1]]}
 
 
-def _sae_section(out: Path) -> dict:
-    s = _json(out / "explore" / "summary.json")
+def _sae_section(run: _RunFiles) -> dict:
+    s = run.json("explore/summary.json")
     q = s.get("sae_quality_file") or {}
     here = s.get("sae") or {}
     rows = []
@@ -162,8 +185,8 @@ VERDICT_COLUMNS = [("group_id", "group"), ("group_size", "size"), ("structure", 
                    ("task_beats_best_single_on", "task effects beating best single")]
 
 
-def _verdicts_section(out: Path, figdir: Path) -> dict:
-    v = _csv(out / "verdicts.csv", dtype={"group_id": str})
+def _verdicts_section(run: _RunFiles, figdir: Path) -> dict:
+    v = run.csv("verdicts.csv")
     if v.empty:
         return {"ran": False}
     rows = []
@@ -198,8 +221,8 @@ def _verdicts_section(out: Path, figdir: Path) -> dict:
             "counts": v["verdict"].value_counts().to_dict() if "verdict" in v else {}}
 
 
-def _probes_section(out: Path, figdir: Path) -> dict:
-    r = _csv(out / "probes" / "results.csv", dtype={"group_id": str})
+def _probes_section(run: _RunFiles, figdir: Path) -> dict:
+    r = run.csv("probes/results.csv")
     if r.empty:
         return {"ran": False}
     comp = r[(r["row_type"] == "comparison") & r["p_adj"].notna()].copy()
@@ -237,23 +260,23 @@ def _labels_for(points: pd.DataFrame, examples: pd.DataFrame) -> dict[str, pd.Se
     return out
 
 
-def _cards(out: Path, cooc: dict, figdir: Path, seed: int) -> list[dict]:
-    summary = _json(out / "explore" / "summary.json")
-    groups = _csv(out / "cooc" / "groups.csv", dtype={"group_id": str})
-    contexts = _csv(out / "explore" / "contexts.csv", dtype={"group_id": str})
-    scatter = _csv(out / "explore" / "scatter.csv", dtype={"group_id": str})
-    effects = _csv(out / "interventions" / "effects.csv", dtype={"group_id": str})
-    verdicts = _csv(out / "verdicts.csv", dtype={"group_id": str})
-    effect_verdicts = _csv(out / "interventions" / "effect_verdicts.csv", dtype={"group_id": str})
-    probes = _csv(out / "probes" / "results.csv", dtype={"group_id": str})
-    examples = _csv(out / "probes" / "examples.csv")
-    probe_sum = _json(out / "probes" / "summary.json")
-    occ = np.load(out / "cooc" / "occurrences.npy") if (out / "cooc" / "occurrences.npy").exists() else None
-    pairs: pd.DataFrame = cooc.get("pairs", pd.DataFrame())
-    primary = "sqrt_kl_per_norm"
-    icfg = _json(out / "manifest.json").get("config", {}).get("interventions", {})
-    primary = icfg.get("primary_effect", primary)
-    n_list = int(_json(out / "manifest.json").get("config", {}).get("report", {}).get("max_members") or 12)
+def _cards(run: _RunFiles, seed: int) -> list[dict]:
+    out = run.out
+    summary = run.json("explore/summary.json")
+    groups = run.csv("cooc/groups.csv")
+    contexts = run.csv("explore/contexts.csv")
+    scatter = run.csv("explore/scatter.csv")
+    effects = run.csv("interventions/effects.csv")
+    verdicts = run.csv("verdicts.csv")
+    effect_verdicts = run.csv("interventions/effect_verdicts.csv")
+    probes = run.csv("probes/results.csv")
+    examples = run.csv("probes/examples.csv")
+    probe_sum = run.json("probes/summary.json")
+    occ = run.occurrences()
+    pairs = run.pairs()
+    config = run.json("manifest.json").get("config", {})
+    primary = config.get("interventions", {}).get("primary_effect", "sqrt_kl_per_norm")
+    n_list = int(config.get("report", {}).get("max_members") or 12)
     ids = list((summary.get("groups") or {}).keys())
     if not ids and not verdicts.empty:  # no exploration data: still give the evaluated groups a card
         ids = [str(g) for g in verdicts["group_id"]]
@@ -301,7 +324,7 @@ def _cards(out: Path, cooc: dict, figdir: Path, seed: int) -> list[dict]:
             f = (info.get("figures") or {}).get(gid)
             if f and (out / "probes" / "figures" / f["path"]).exists():
                 png = out / "probes" / "figures" / f["path"]
-                pts = _csv(png.with_suffix(".csv"))
+                pts = run.csv(f"probes/figures/{Path(f['path']).with_suffix('.csv')}")
                 card["probe_figures"].append((task, _png(png), _div(interactive.task_scatter(pts, task)) if len(pts) else None))
         # interventions
         ge = effects[effects["group_id"] == gid] if not effects.empty else pd.DataFrame()
@@ -349,14 +372,14 @@ def _summary(verdicts: dict, probes: dict, cooc: dict) -> list[str]:
 
 def write_report(out: Path) -> Path:
     """Render ``out/report.html`` (and ``out/figures/*.png``) from the run folder ``out``."""
-    manifest = _json(out / "manifest.json")
+    run = _RunFiles(out)
+    manifest = run.json("manifest.json")
     figdir = out / "figures"
-    cooc = _cooc_section(out, figdir)
-    sae = _sae_section(out)
-    verdicts = _verdicts_section(out, figdir)
-    probes = _probes_section(out, figdir)
-    cards = _cards(out, cooc, figdir, int(manifest.get("seed") or 0))
-    cooc.pop("pairs", None)
+    cooc = _cooc_section(run, figdir)
+    sae = _sae_section(run)
+    verdicts = _verdicts_section(run, figdir)
+    probes = _probes_section(run, figdir)
+    cards = _cards(run, int(manifest.get("seed") or 0))
     stages = [(k, v.get("complete"), v.get("wall_s"), v.get("finished", "")) for k, v in (manifest.get("stages") or {}).items()]
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE.parent)), autoescape=True,
                              undefined=jinja2.StrictUndefined)
