@@ -28,7 +28,8 @@ import scipy.sparse as sp
 import torch
 
 from sources.config import DataSpec, HookSpec, StreamSpec
-from sources.files import read_json, write_json
+from sources.errors import ConfigError
+from sources.files import atomic_path, read_json, write_json
 from sources.stream import encode_latents, iter_activation_batches
 from subspaces import reconstruction_pca
 
@@ -126,8 +127,6 @@ def collect(model, sae, data: DataSpec, hook: HookSpec, stream: StreamSpec, grou
                 rows[g].where.append(where[hit])
         order += len(where)
     if not stats.n_tokens:
-        from sources.errors import ConfigError
-
         raise ConfigError("data", "the corpus gave no tokens to explore; check data.max_tokens and the corpus")
 
     tok = model.tokenizer
@@ -181,8 +180,6 @@ def collect(model, sae, data: DataSpec, hook: HookSpec, stream: StreamSpec, grou
                "sae_quality_file": sae_quality, "top_contexts": top_contexts, "window": list(window),
                "max_points": max_points, "seed": seed}
     out.mkdir(parents=True, exist_ok=True)
-    from sources.files import atomic_path
-
     for name, df in (("contexts.csv", contexts), ("scatter.csv", scatter)):
         with atomic_path(out / name, "out") as tmp:
             df.to_csv(tmp, index=False)

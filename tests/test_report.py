@@ -217,3 +217,14 @@ def test_a_folder_with_only_the_cooc_stage_still_gets_a_page(run, tmp_path):
     assert "The probe stage has not finished in this folder." in page
     assert "Interventions did not run in this folder" in page
     assert 'id="cooc"' in page and "latents in groups" in page
+
+
+def test_explore_on_a_stream_without_tokens_is_a_clear_error(tmp_path, monkeypatch):
+    from reports import explore
+    from sources.errors import ConfigError
+
+    monkeypatch.setattr(explore, "iter_activation_batches", lambda *a, **k: iter(()))
+    with pytest.raises(ConfigError, match="gave no tokens to explore") as err:
+        explore.collect(None, None, None, None, None, {"g": (0, 1)}, np.zeros(4), np.zeros((4, 2)), tmp_path / "x")
+    assert err.value.field == "data"
+    assert not (tmp_path / "x").exists()  # nothing half-written
