@@ -65,9 +65,8 @@ def select_groups(df: pd.DataFrame, icfg: InterventionsConfig, d_sae: int | None
         per = per.sort_values(["rank", "group_id"], ascending=[False, True], kind="stable")
         ids = per["group_id"].head(icfg.top_n).tolist()
         if icfg.probe_groups and probe_groups is not None and not probe_groups.empty:
-            sel = probe_groups[probe_groups["selected"].astype(bool) & probe_groups["group_id"].astype(str).isin(
-                per["group_id"])]
-            sel = sel.assign(group_id=sel["group_id"].astype(str)).sort_values(
+            pg = probe_groups.assign(group_id=probe_groups["group_id"].astype(str))
+            sel = pg[pg["selected"].astype(bool) & pg["group_id"].isin(per["group_id"])].sort_values(
                 ["task", "enrichment", "group_id"], ascending=[True, False, True], kind="stable")
             for _, sub in sel.groupby("task", sort=True):
                 ids += [g for g in sub["group_id"].head(icfg.probe_groups) if g not in ids]
