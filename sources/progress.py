@@ -103,7 +103,7 @@ def third_party_bars(progress: bool = True) -> None:
     try:
         import huggingface_hub.utils as hub_utils
 
-        (hub_utils.enable_progress_bars if bars_enabled(progress) else hub_utils.disable_progress_bars)()
+        (hub_utils.enable_progress_bars if _third_party_on else hub_utils.disable_progress_bars)()
     except (ImportError, AttributeError):  # pragma: no cover - older huggingface_hub
         pass
 
