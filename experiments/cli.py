@@ -10,7 +10,9 @@ import argparse
 import errno
 import functools
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -81,8 +83,15 @@ def build_config(cls: type[C], path: str | Path | None, overrides: list[str] | N
         raise format_validation_error(exc) from None
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors (unknown flag, missing value) are one line and exit 2 like every other bad input."""
+
+    def error(self, message: str):
+        raise ConfigError("arguments", f"{message}; see {self.prog} --help")
+
+
 def parser(prog: str, description: str, config_default: Path | None = DEFAULT_CONFIG) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=description)
+    p = ArgumentParser(prog=prog, description=description)
     p.add_argument("config", nargs="?", default=None if config_default is None else str(config_default),
                    help="YAML config (default: %(default)s)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -93,28 +102,60 @@ def parser(prog: str, description: str, config_default: Path | None = DEFAULT_CO
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: temporary files are removed on the way out and the run resumes."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def entry_point(main: Callable[[list[str] | None], Any]) -> Callable[[list[str] | None], int]:
-    """Wrap a stage's main so that ConfigError becomes exit code 2 and one line on stderr."""
+    """Wrap a stage's main so that every failure a user can cause is one line on stderr: ConfigError and OS
+    errors exit 2, Ctrl-C exits 130 and SIGTERM 143 (both resumable). Folder locks are released on the way out."""
 
     @functools.wraps(main)
     def wrapped(argv: list[str] | None = None) -> int:
+        from experiments.run import release_locks
+
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _terminate), signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             main(argv)
         except ConfigError as exc:
             print(f"error: {exc.field}: {exc.message}", file=sys.stderr)
             return EXIT_USAGE
         except OSError as exc:
-            if exc.errno not in DISK_ERRNOS:
-                raise
-            # a write that bypassed sources.files (a library's own file): still one line, no traceback
-            where = f" ({exc.filename})" if exc.filename else ""
-            print(f"error: out: {exc.strerror or exc}{where}; free space or choose a writable --out folder; "
-                  "finished stages are kept", file=sys.stderr)
+            print(f"error: {_os_message(exc)}", file=sys.stderr)
             return EXIT_USAGE
+        except MemoryError:
+            print("error: memory: the machine ran out of memory; lower data.max_tokens, stream.batch_size or "
+                  "interventions.batch_size, or use a machine with more memory; finished stages are kept", file=sys.stderr)
+            return EXIT_USAGE
+        except Terminated:
+            print("terminated (SIGTERM); rerun the same command to resume from the last checkpoint", file=sys.stderr)
+            return 143
         except KeyboardInterrupt:
             print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
             return 130
+        finally:
+            release_locks()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous[0])
+                signal.signal(signal.SIGINT, previous[1])
         return 0
 
     return wrapped
+
+
+def _os_message(exc: OSError) -> str:
+    """One line for an OS error that escaped the project's own writers (a library's file, an OS limit)."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno in DISK_ERRNOS:
+        return (f"out: {exc.strerror or exc}{where}; free space or choose a writable --out folder; "
+                "finished stages are kept")
+    if exc.errno == errno.ENAMETOOLONG:
+        return f"path: file name too long{where}; use shorter names (a component may have at most 255 bytes)"
+    return f"file: {exc.strerror or exc}{where}; check the path and its permissions"

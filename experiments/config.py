@@ -13,11 +13,11 @@ from cooc.config import CoocConfig
 from interventions.config import InterventionsConfig
 from probes.config import ProbesConfig
 from reports.config import ReportConfig
-from sources.config import ActivationsSpec, DataSpec, HookSpec, ModelSpec, SAESpec, Section, StreamSpec
+from sources.config import ActivationsSpec, DataSpec, HookSpec, ModelSpec, SAESpec, Section, Seed, StreamSpec
 
 
 class ExperimentConfig(Section):
-    seed: int = 0
+    seed: Seed = 0
     """Seed for every random choice (controls, splits, bootstrap)."""
     out: str = "runs/default"
     """Output folder; --out overrides it."""

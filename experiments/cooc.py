@@ -19,6 +19,7 @@ from pathlib import Path
 from experiments.cli import build_config, entry_point, parser
 from experiments.config import ExperimentConfig
 from experiments.run import Run
+from sources.corpora import check_corpus
 from sources.files import stable_hash
 
 log = logging.getLogger("experiments.cooc")
@@ -152,6 +153,8 @@ def main(argv: list[str] | None = None) -> None:
             shutdown()
         return
     run = Run(out, cfg.model_dump(mode="json"), fresh=args.fresh)
+    if cfg.activations.source == "stream":
+        check_corpus(cfg.data)  # before the stream starts; the model and SAE are checked as they load
     cooc_stage(cfg, run, progress=not args.quiet, force=args.fresh)
 
 

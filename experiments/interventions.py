@@ -17,15 +17,15 @@ import numpy as np
 
 from experiments.cli import build_config, entry_point, parser
 from experiments.config import ExperimentConfig
-from experiments.run import Run
+from experiments.preflight import check_inputs
+from experiments.run import PARTIAL, RECOMPUTE, Run, read_manifest
 from sources.errors import ConfigError
-from sources.files import atomic_path, read_json, stable_hash, write_json
+from sources.files import atomic_path, read_csv, stable_hash, write_json
 
 log = logging.getLogger("experiments.interventions")
 
 STAGE = "interventions"
 SECTIONS = ("seed", "model", "hook", "sae", "data", "cooc", "probes", "interventions")  # not stream: results do not depend on it
-PARTIAL = ".partial"  # per-group checkpoints of an unfinished stage: interventions/.partial/<stage key>/
 COOC_HINT = "run python -m experiments.steer (or python -m experiments.cooc) with the same config and --out first"
 
 
@@ -37,7 +37,7 @@ def interventions_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, 
     ``interventions/effects.csv``, ``interventions/arms.csv``, ``interventions/verdicts.csv``,
     ``interventions/summary.json`` and a copy of the verdicts at ``run.out/verdicts.csv``. Reused when
     neither the config sections it depends on nor the cooc stage changed; ``force`` recomputes it.
-    An interrupted stage resumes from its per-group checkpoints (``interventions/.partial/<key>/``, removed
+    An interrupted stage resumes from its per-group checkpoints (``.staging/interventions/.partial/<key>/``, removed
     when the stage completes): finished groups are loaded, not recomputed, and the outputs are byte-identical
     to an uninterrupted run's.
     """
@@ -48,19 +48,21 @@ def interventions_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, 
     from interventions.pipeline import read_groups, select_groups
 
     cooc_dir = run.out / "cooc"
-    groups_df = read_groups(cooc_dir / "groups.csv")
     cooc_key = run.manifest["stages"].get("cooc", {}).get("key")
     from experiments.cooc import stage_key as cooc_stage_key
 
-    if cooc_key != cooc_stage_key(cfg, run) or not run.files_intact("cooc"):  # e.g. the SAE's files were replaced
+    if cooc_key != cooc_stage_key(cfg, run):  # e.g. the SAE's files were replaced
         raise ConfigError("cooc", f"the co-occurrence stage in {run.out} was computed from other inputs than this "
-                          f"config's (settings, or the content of its model, SAE or corpus files) or its files "
-                          f"changed since; {COOC_HINT}")
+                          f"config's (settings, or the content of its model, SAE or corpus files); {COOC_HINT}")
+    run.require_intact("cooc", RECOMPUTE)
+    groups_df = read_groups(cooc_dir / "groups.csv")
     if groups_df.empty:  # e.g. a corpus too short for any latent to fire cooc.min_occurrences times
         raise ConfigError("interventions", f"the co-occurrence stage found no groups ({cooc_dir / 'groups.csv'} is empty), "
                           "so there is nothing to intervene on; stream more tokens (data.max_tokens, a longer corpus), "
                           "lower cooc.min_occurrences / cooc.min_count, or set interventions.enabled: false")
     probes_rec = run.manifest["stages"].get("probes", {})
+    if probes_rec.get("complete"):
+        run.require_intact("probes", RECOMPUTE)  # its task examples and group enrichment are read below
     examples_csv = run.out / "probes" / "examples.csv"
     use_tasks = icfg.tasks.enabled and icfg.read_layer is not None
     have_examples = bool(probes_rec.get("complete")) and examples_csv.exists()
@@ -73,7 +75,7 @@ def interventions_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, 
     probes_key = probes_rec.get("key") if (use_tasks and have_examples) or probe_groups is not None else None
     key = stable_hash({"sections": run.stage_key(*SECTIONS), "cooc": cooc_key, "probes": probes_key})
     folder = run.out / STAGE
-    if not force and run.is_done(STAGE, key) and (folder / "effects.csv").exists() and (run.out / "verdicts.csv").exists():
+    if not force and run.is_done(STAGE, key):
         log.info("interventions: up to date in %s (use --fresh to recompute)", folder)
         return folder
     select_groups(groups_df, icfg, source=str(cooc_dir / "groups.csv"), probe_groups=probe_groups)  # bad ids fail early
@@ -92,7 +94,7 @@ def interventions_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, 
 
         from interventions.tasks import load_task_data
 
-        examples = pd.read_csv(examples_csv, dtype={"doc_id": str}, low_memory=False)
+        examples = read_csv(examples_csv, "probes", RECOMPUTE, dtype={"doc_id": str}, low_memory=False)
         task_data = load_task_data(examples, cfg.data, session.model.tokenizer, cfg.probes, cfg.seed, icfg.tasks.tasks,
                                    source=str(examples_csv))
     elif use_tasks:
@@ -102,9 +104,9 @@ def interventions_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, 
         result = run_interventions(session.model, session.sae, cfg.hook, cfg.data, cfg.stream, groups, icfg,
                                    firing_threshold_F(cfg.cooc, session.sae, d_sae), occ_F=occ, seed=cfg.seed, progress=progress,
                                    task_data=task_data, checkpoints=checkpoints)
-        write_outputs(folder, result, icfg, run.out)
-        shutil.rmtree(folder / PARTIAL, ignore_errors=True)  # before the stage records its files
-    return folder
+        write_outputs(folder, result, icfg)
+    run.publish(STAGE, "verdicts.csv")  # OUT/verdicts.csv, recorded with the stage
+    return run.out / STAGE
 
 
 def _checkpoint_folder(folder: Path, key: str, fresh: bool = False) -> Path:
@@ -128,12 +130,10 @@ def _checkpoint_folder(folder: Path, key: str, fresh: bool = False) -> Path:
 
 def _probe_groups(out: Path) -> "pd.DataFrame | None":
     """The probes stage's group enrichment table (OUT/probes/groups.csv), or None when it is missing or unusable."""
-    import pandas as pd
-
     path = out / "probes" / "groups.csv"
     if not path.exists():
         return None
-    df = pd.read_csv(path, dtype={"group_id": str})
+    df = read_csv(path, "probes", RECOMPUTE, dtype={"group_id": str})
     return df if {"task", "group_id", "enrichment", "selected"} <= set(df.columns) else None
 
 
@@ -147,8 +147,8 @@ def _occurrences(cooc_dir: Path, d_sae: int) -> np.ndarray | None:
     return occ
 
 
-def write_outputs(folder: Path, result, icfg, out: Path) -> None:
-    """Write the stage's files (each atomically); ``out/verdicts.csv`` last."""
+def write_outputs(folder: Path, result, icfg) -> None:
+    """Write the stage's files (each atomically); the stage publishes ``verdicts.csv`` to the run folder."""
     folder = Path(folder)
     with atomic_path(folder / "effects.csv") as tmp:
         result.effects.to_csv(tmp, index=False)
@@ -185,8 +185,6 @@ def write_outputs(folder: Path, result, icfg, out: Path) -> None:
             plot_dose_response(result.effects, tmp)
     with atomic_path(folder / "verdicts.csv") as tmp:
         result.verdicts.to_csv(tmp, index=False)
-    with atomic_path(Path(out) / "verdicts.csv") as tmp:
-        result.verdicts.to_csv(tmp, index=False)
 
 
 @entry_point
@@ -197,15 +195,13 @@ def main(argv: list[str] | None = None) -> None:
     if not (out / "manifest.json").exists():
         raise ConfigError("out", f"{out} holds no run (no manifest.json); {COOC_HINT}")
     config = cfg.model_dump(mode="json")
-    try:
-        old = read_json(out / "manifest.json").get("config", {})
-    except (ValueError, OSError):
-        old = {}
+    old = read_manifest(out).get("config", {})
     changed = [s for s in ("model", "hook", "sae", "data", "cooc") if s in old and old.get(s) != config.get(s)]
     if changed:
         raise ConfigError(changed[0], f"differs from the run in {out} (sections changed: {', '.join(changed)}), so its "
                                       f"cooc outputs do not match this config; {COOC_HINT}, or use the run's own config")
     run = Run(out, config)
+    check_inputs(cfg, run, progress=not args.quiet)
     if not run.manifest["stages"].get("cooc", {}).get("complete"):
         raise ConfigError("cooc", f"{out} has no finished co-occurrence stage; {COOC_HINT}")
     folder = interventions_stage(cfg, run, progress=not args.quiet, force=args.fresh)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from experiments.cli import build_config, entry_point, parser
 from experiments.config import ExperimentConfig
+from experiments.preflight import check_inputs
 from experiments.run import Run
 from probes.inputs import COOC_HINT
 from sources.errors import ConfigError
@@ -40,9 +41,7 @@ def probe_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, force: b
         raise ConfigError("cooc", f"the co-occurrence stage in {run.out} was computed with other settings than this config "
                           f"(model, hook, sae, data, activations, cooc or seed differ), so its groups do not belong to it; "
                           f"{COOC_HINT}, or use the run's own config")
-    if not run.files_intact("cooc"):
-        raise ConfigError("cooc", f"files of the co-occurrence stage in {run.out} are missing or changed since it "
-                          f"finished; {COOC_HINT}")
+    run.require_intact("cooc", COOC_HINT)
     key = stable_hash({"sections": run.stage_key(*SECTIONS), "cooc": cooc_rec.get("key")})
     if not force and run.is_done(STAGE, key):
         log.info("probes: up to date in %s (use --fresh to recompute)", run.out / STAGE)
@@ -62,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     if not (out / "manifest.json").exists():
         raise ConfigError("out", f"{out} holds no run (no manifest.json); {COOC_HINT}")
     run = Run(out, cfg.model_dump(mode="json"))
+    check_inputs(cfg, run, progress=not args.quiet)
     folder = probe_stage(cfg, run, progress=not args.quiet, force=args.fresh)
     log.info("done: %s", folder / "results.csv")
 

@@ -8,17 +8,16 @@ PCA views of each reported group) and then this.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-from experiments.cli import entry_point
-from experiments.run import Run
+from experiments.cli import ArgumentParser, entry_point
+from experiments.run import RECOMPUTE, Run, lock_folder, verify_record
 from sources.errors import ConfigError
-from sources.files import stable_hash
+from sources.files import read_csv, stable_hash
 
 log = logging.getLogger("experiments.report")
 
@@ -38,10 +37,10 @@ def report_groups(out: Path, rcfg, groups_df: pd.DataFrame) -> dict[str, tuple[i
     chosen: list[str] = []
     verdicts = out / "verdicts.csv"
     if verdicts.exists():
-        chosen += [str(g) for g in pd.read_csv(verdicts, dtype={"group_id": str})["group_id"]]
+        chosen += [str(g) for g in read_csv(verdicts, "interventions", RECOMPUTE, dtype={"group_id": str})["group_id"]]
     probe_groups = out / "probes" / "groups.csv"
     if probe_groups.exists():
-        pg = pd.read_csv(probe_groups, dtype={"group_id": str})
+        pg = read_csv(probe_groups, "probes", RECOMPUTE, dtype={"group_id": str})
         if "selected" in pg:
             chosen += [str(g) for g in pg.loc[pg["selected"].astype(bool), "group_id"]]
     sizes = groups_df.groupby("group_id")["latent"].size().sort_values(ascending=False, kind="stable")
@@ -57,7 +56,10 @@ def explore_stage(cfg, run: Run, progress: bool = True, force: bool = False) -> 
     groups_csv = run.out / "cooc" / "groups.csv"
     if not groups_csv.exists():
         raise ConfigError("report", f"needs the cooc stage's {groups_csv}; run python -m experiments.steer first")
-    groups_df = pd.read_csv(groups_csv, dtype={"group_id": str})
+    for stage in ("cooc", "probes", "interventions"):  # the files report_groups reads
+        if run.manifest["stages"].get(stage, {}).get("complete"):
+            run.require_intact(stage, RECOMPUTE)
+    groups_df = read_csv(groups_csv, "cooc", RECOMPUTE, dtype={"group_id": str})
     groups = report_groups(run.out, cfg.report, groups_df)
     cooc_key = run.manifest["stages"].get("cooc", {}).get("key")
     key = stable_hash({"sections": run.stage_key(*SECTIONS), "cooc": cooc_key, "groups": groups})
@@ -91,12 +93,14 @@ def build_report(out: str | Path) -> Path:
         raise ConfigError("OUT", f"{out} is not a folder; give the --out folder of a python -m experiments.steer run")
     if not (out / "manifest.json").exists():
         raise ConfigError("OUT", f"{out} holds no run (no manifest.json); run python -m experiments.steer --out {out} first")
+    lock_folder(out)  # not while a run writes to it
+    verify_record(out)  # refuse files changed since their stage recorded them
     return write_report(out)
 
 
 @entry_point
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="python -m experiments.report", description=__doc__.splitlines()[0])
     p.add_argument("out", nargs="?", default="runs/default", help="output folder of a run (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="only errors")
     args = p.parse_args(argv)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from experiments.cli import build_config, entry_point, parser
 from experiments.config import ExperimentConfig
+from experiments.preflight import check_inputs
 from experiments.run import Run
 from sources.files import write_text
 
@@ -29,10 +30,8 @@ def run_pipeline(cfg: ExperimentConfig, out: Path, fresh: bool = False, progress
     from experiments.probe import probe_stage
     from experiments.report import build_report, explore_stage
     from interventions.report import render_report
-    from sources.session import open_session
-
-    open_session(cfg, progress)  # fail early (exit 2) on a bad model/SAE/hook, before any output exists
-    run = Run(out, cfg.model_dump(mode="json"), fresh=fresh)
+    run = Run(out, cfg.model_dump(mode="json"), fresh=fresh)  # locks the folder; writes nothing yet
+    check_inputs(cfg, run, progress)  # bad corpus/model/SAE/hook/group ids: exit 2 before any stage starts
     cooc_stage(cfg, run, progress=progress, force=fresh)
     probe_stage(cfg, run, progress=progress, force=fresh)
     interventions_stage(cfg, run, progress=progress, force=fresh)

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from sources.config import Section, group_ids_or_auto, positive_numbers
+from sources.config import Section, Seed, group_ids_or_auto, positive_numbers
 
 Mode = Literal["zero", "mean", "clamp", "project_out", "mean_project"]
 """Ablation modes. SAE-latent modes (zero, mean, clamp) edit latents and keep the SAE error term;
@@ -152,7 +152,7 @@ class InterventionsConfig(Section):
     """Fewer evaluation documents than this: the group gets no verdict (insufficient data)."""
     batch_size: int = Field(16, ge=1)
     """Sequences per forward pass (arms x contexts stacked along the batch dimension)."""
-    seed: int | None = None
+    seed: Seed | None = None
     """Seed for context sampling, controls and the bootstrap; None uses the experiment's seed."""
     alpha: float = Field(0.05, gt=0, lt=1)
     """Significance level: BH false discovery rate and 1 - confidence of the intervals."""

@@ -19,7 +19,7 @@ from interventions.stats import (COMPARATORS, EFFECTS_COLUMNS, adjust_run, boots
                                  effect_verdicts_frame, finish_rows, verdicts_frame)
 from sources.config import DataSpec, HookSpec, StreamSpec
 from sources.errors import ConfigError
-from sources.files import atomic_path, stable_hash
+from sources.files import atomic_path, read_csv, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def read_groups(path: str | Path) -> pd.DataFrame:
     if not path.exists():
         raise ConfigError("interventions", f"needs the cooc stage's {path}; run python -m experiments.steer "
                                            "(or python -m experiments.cooc) with the same --out first")
-    df = pd.read_csv(path)
+    df = read_csv(path, "cooc", "rerun python -m experiments.steer (or python -m experiments.cooc) with the same --out")
     missing = [c for c in ("latent", "group_id") if c not in df.columns]
     if missing:
         raise ConfigError("interventions", f"{path} lacks the column(s) {', '.join(missing)}; is it a cooc groups.csv?")

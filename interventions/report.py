@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from sources.errors import RECOMPUTE
+from sources.files import read_csv
+
 EFFECT_WORDS = {
     "sqrt_kl_per_norm": "change of the next-token distribution per unit of residual norm removed "
                         "(sqrt(2 KL) / RMS edit norm, which does not favour larger edits)",
@@ -62,9 +65,9 @@ def render_report(out_dir: str | Path) -> str:
     if not vpath.exists():
         return ("## Interventions\n\nNot run: no `verdicts.csv` in this folder (the interventions stage is disabled "
                 "or has not finished).\n")
-    v = pd.read_csv(vpath, dtype={"group_id": str, "best_single_latents": str})
+    v = read_csv(vpath, "interventions", RECOMPUTE, dtype={"group_id": str, "best_single_latents": str})
     epath = out / "interventions" / "effects.csv"
-    eff = pd.read_csv(epath, dtype={"group_id": str}) if epath.exists() else pd.DataFrame()
+    eff = read_csv(epath, "interventions", RECOMPUTE, dtype={"group_id": str}) if epath.exists() else pd.DataFrame()
     summary = {}
     spath = out / "interventions" / "summary.json"
     if spath.exists():
@@ -129,7 +132,7 @@ def _task_section(out: Path, summary: dict, v: pd.DataFrame, alpha: float) -> li
     path = out / "interventions" / "effect_verdicts.csv"
     if not path.exists():
         return []
-    ev = pd.read_csv(path, dtype={"group_id": str})
+    ev = read_csv(path, "interventions", RECOMPUTE, dtype={"group_id": str})
     if ev.empty:
         return []
     mode = str(v["mode"].iloc[0])

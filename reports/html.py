@@ -20,7 +20,8 @@ import plotly.offline
 import yaml
 
 from reports import figures, interactive
-from sources.files import read_json, write_text
+from sources.errors import RECOMPUTE
+from sources.files import read_csv, read_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class _RunFiles:
         return self._read[rel]
 
     def csv(self, rel: str) -> pd.DataFrame:
-        return self._once(rel, lambda p: pd.read_csv(p, dtype={"group_id": str}) if p.exists() else pd.DataFrame())
+        return self._once(rel, lambda p: read_csv(p, "OUT", RECOMPUTE, dtype={"group_id": str}) if p.exists() else pd.DataFrame())
 
     def json(self, rel: str) -> dict:
         def read(p):

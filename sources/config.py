@@ -7,19 +7,41 @@ experiment config in :mod:`experiments.config` composes them.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Site = Literal["resid_pre", "resid_post", "mlp_out", "attn_out"]
 DType = Literal["float32", "bfloat16"]
 Device = Literal["auto", "cpu", "cuda"]
 
+SEED_MAX = 2**32 - 1
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+"""A seed every RNG the project uses accepts (numpy, torch and scikit-learn's random_state: 0 .. 2**32 - 1)."""
+INT64_MAX = 2**63 - 1
+
+
+def _int64_range(v):
+    """Every integer in a config, also inside lists, fits numpy's int64 (larger ones overflow arrays and RNGs)."""
+    if isinstance(v, (list, tuple)):
+        for x in v:
+            _int64_range(x)
+    elif isinstance(v, int) and not isinstance(v, bool) and not -INT64_MAX - 1 <= v <= INT64_MAX:
+        raise ValueError(f"integer {v} is out of range; give a value between {-INT64_MAX - 1} and {INT64_MAX}")
+    return v
+
 
 class Section(BaseModel):
-    """Base for every config section: unknown keys are errors, values are validated on assignment."""
+    """Base for every config section: unknown keys are errors, values are validated on assignment,
+    floats must be finite (NaN and infinities are refused where they are parsed) and integers fit int64."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True,
+                              allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _fits_int64(cls, v):
+        return _int64_range(v)
 
 
 def group_ids_or_auto(v):
@@ -64,7 +86,7 @@ class TrainSpec(Section):
     training_tokens: int = Field(1_000_000, ge=1)
     batch_size: int = Field(4096, ge=1)
     lr: float = Field(4e-4, gt=0)
-    seed: int = 0
+    seed: Seed = 0
 
 
 class SAESpec(Section):

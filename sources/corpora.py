@@ -18,6 +18,8 @@ import numpy as np
 
 from sources.config import DataSpec
 from sources.errors import ConfigError
+from sources.hub import require_hub
+from sources.sniff import check_utf8, regular_file
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,25 @@ def _expand(path: str, field: str = "data.path") -> list[Path]:
         files = [p] if p.exists() else []
     if not files:
         raise ConfigError(field, f"{path} matches no file; give an existing file, directory or glob")
+    for f in files:
+        regular_file(f, field, "corpus file")  # a glob can match a folder; only regular files are documents
     return files
+
+
+def check_corpus(spec: DataSpec) -> None:
+    """Open every input of ``spec`` before any stage starts: text/JSONL files must be regular UTF-8 files,
+    an ``hf_disk`` folder must exist, a Hub dataset needs a reachable Hub (ConfigError otherwise)."""
+    if spec.source in ("text", "jsonl"):
+        if not spec.path:
+            raise ConfigError("data.path", f"data.source: {spec.source} needs data.path (file, directory or glob)")
+        for f in _expand(spec.path):
+            check_utf8(f, "data.path")
+    elif spec.source == "hf_disk":
+        if not spec.path or not Path(spec.path).expanduser().is_dir():
+            raise ConfigError("data.path", f"data.source: hf_disk needs data.path of a dataset folder saved with "
+                                           f"save_to_disk (got {spec.path!r})")
+    elif spec.source == "hub":
+        require_hub("data.name", f"dataset {spec.name!r}", "use data.source: builtin, text, jsonl or hf_disk")
 
 
 def iter_documents(spec: DataSpec) -> Iterator[tuple[str, str]]:
@@ -77,6 +97,7 @@ def _read_text(f: Path) -> str:
 
 
 def _iter_jsonl(f: Path, text_field: str) -> Iterator[tuple[str, str]]:
+    check_utf8(f, "data.path")
     with open(f, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -96,12 +117,17 @@ def _iter_hf(spec: DataSpec) -> Iterator[tuple[str, str]]:
     if spec.source == "hf_disk":
         if not spec.path or not Path(spec.path).expanduser().exists():
             raise ConfigError("data.path", f"data.source: hf_disk needs data.path of a dataset saved with save_to_disk (got {spec.path!r})")
-        ds = datasets.load_from_disk(str(Path(spec.path).expanduser()))
+        try:
+            ds = datasets.load_from_disk(str(Path(spec.path).expanduser()))
+        except Exception as exc:  # noqa: BLE001 - a folder that is not a saved dataset
+            raise ConfigError("data.path", f"{spec.path} is not a dataset saved with save_to_disk "
+                                           f"({type(exc).__name__})") from None
         if isinstance(ds, datasets.DatasetDict):
             if spec.split not in ds:
                 raise ConfigError("data.split", f"split {spec.split!r} not in dataset; available: {', '.join(ds)}")
             ds = ds[spec.split]
     else:
+        require_hub("data.name", f"dataset {spec.name!r}", "use data.source: builtin, text, jsonl or hf_disk")
         try:
             ds = datasets.load_dataset(spec.name, split=spec.split, streaming=True)
         except Exception as exc:  # network, missing dataset, bad split: all user-facing

@@ -7,6 +7,8 @@ in ``experiments`` turn it into a single line on stderr and exit code 2.
 from __future__ import annotations
 
 EXIT_USAGE = 2
+RECOMPUTE = "rerun python -m experiments.steer with the run's config and the same --out to recompute it"
+"""The fix for a run file that was changed, truncated or emptied since its stage recorded it."""
 
 
 class ConfigError(Exception):

@@ -30,6 +30,7 @@ def atomic_path(path: str | os.PathLike, field: str = "out") -> Iterator[Path]:
         raise _os_error(field, path, exc) from None
     tmp = Path(tmp)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the mode the user's umask gives
         yield tmp
         os.replace(tmp, path)
     except OSError as exc:
@@ -37,6 +38,12 @@ def atomic_path(path: str | os.PathLike, field: str = "out") -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _os_error(field: str, path: Path, exc: OSError) -> ConfigError:
@@ -58,6 +65,21 @@ def write_json(path: str | os.PathLike, obj: Any, field: str = "out") -> None:
 
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def read_csv(path: str | os.PathLike, field: str, fix: str, **kwargs):
+    """``pandas.read_csv`` of a run file; an empty, truncated, non-UTF-8 or unreadable file is a ConfigError
+    naming the file and ``fix``, never a traceback."""
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path, **kwargs)
+    except pd.errors.EmptyDataError:
+        raise ConfigError(field, f"{path} is empty; {fix}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(field, f"{path} is not a readable CSV ({type(exc).__name__}); {fix}") from None
+    except OSError as exc:
+        raise ConfigError(field, f"cannot read {path} ({exc.strerror or exc}); {fix}") from None
 
 
 def stable_hash(obj: Any, n: int = 16) -> str:

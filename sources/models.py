@@ -29,6 +29,8 @@ from sources import sites
 from sources.config import ModelSpec
 from sources.errors import ConfigError
 from sources.files import stable_hash
+from sources.hub import require_hub
+from sources.sniff import check_gguf, check_model_folder
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +133,15 @@ def _load_gguf(gguf: Path):
             log.warning("the dequantized cache %s is unreadable (%s); rebuilding it", cached, type(exc).__name__)
             shutil.rmtree(cached, ignore_errors=True)
     log.info("dequantizing %s (first load; cached afterwards in %s)", gguf.name, cached)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     from sources.progress import third_party_quiet
 
-    with third_party_quiet():  # its conversion bar is plain tqdm, with no switch
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        with third_party_quiet():  # its conversion bar is plain tqdm, with no switch
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as exc:  # noqa: BLE001 - a damaged or unsupported GGUF file is the user's input
+        raise ConfigError("model.name", f"could not load the GGUF file {gguf} ({type(exc).__name__}: {_first_line(exc)}); "
+                                        "give an intact GGUF of a transformers-supported architecture") from None
     try:
         _save_dequantized(model, tok, cached)
     except OSError as exc:  # an unwritable cache only costs speed
@@ -163,18 +169,27 @@ def _save_dequantized(model, tok, cached: Path) -> None:
 def _load_hf(name: str, local: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    aliases = ", ".join(BUILTIN_MODELS)
+    if local:
+        check_model_folder(Path(name), "model.name")
+    else:
+        require_hub("model.name", f"model {name!r}", f"use a built-in alias ({aliases}), a local model folder or a .gguf file")
     try:
         tok = AutoTokenizer.from_pretrained(name, local_files_only=local)
         model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, local_files_only=local)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever a user's folder or a Hub name makes transformers raise
         where = "local directory" if local else "Hugging Face id"
-        aliases = ", ".join(BUILTIN_MODELS)
         raise ConfigError(
             "model.name",
-            f"could not load {name!r} as a {where} ({type(exc).__name__}); use a built-in alias ({aliases}), "
-            "a local model directory, a .gguf file, or a Hub id when the Hub is reachable",
+            f"could not load {name!r} as a {where} ({type(exc).__name__}: {_first_line(exc)}); use a built-in alias "
+            f"({aliases}), a local model directory, a .gguf file, or a Hub id when the Hub is reachable",
         ) from None
     return model, tok
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def load_model(spec: ModelSpec, progress: bool = True) -> LoadedModel:
@@ -196,8 +211,7 @@ def load_model(spec: ModelSpec, progress: bool = True) -> LoadedModel:
         identity = {"alias": name, "file": gguf.name, "size": gguf.stat().st_size, "sha": file_digest(gguf)}
     elif name.endswith(".gguf"):
         gguf = Path(name).expanduser()
-        if not gguf.is_file():
-            raise ConfigError("model.name", f"GGUF file {name} does not exist")
+        check_gguf(gguf, "model.name")
         model, tok = _load_gguf(gguf)
         identity = {"file": gguf.name, "size": gguf.stat().st_size, "sha": file_digest(gguf)}
     elif Path(name).expanduser().is_dir():

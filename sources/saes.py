@@ -18,7 +18,9 @@ import torch
 from sources.config import DataSpec, HookSpec, SAESpec, StreamSpec
 from sources.errors import ConfigError
 from sources.files import stable_hash
+from sources.hub import require_hub
 from sources.models import LoadedModel, cache_root
+from sources.sniff import check_sae_folder
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 log = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ def load_sae_dir(path: str | Path, device: torch.device | str = "cpu", field: st
     missing = [f for f in ("cfg.json", "sae_weights.safetensors") if not (path / f).exists()]
     if missing:
         raise ConfigError(field, f"{path} is not in sae_lens disk format: missing {', '.join(missing)}")
+    check_sae_folder(path, field)
     try:
         return _sae_class().load_from_disk(path, device=str(device))
     except Exception as exc:  # corrupt weights or config written by another version
@@ -70,6 +73,7 @@ def check_pretrained_id(release: str, sae_id: str) -> dict:
 
 def load_pretrained(release: str, sae_id: str, device: torch.device | str = "cpu"):
     info = check_pretrained_id(release, sae_id)
+    require_hub("sae.release", f"{release}/{sae_id} ({info['repo_id']})", "use sae.path, sae.builtin or sae.train")
     try:
         return _sae_class().from_pretrained(release, sae_id, device=str(device))
     except Exception as exc:  # almost always: the Hub is not reachable

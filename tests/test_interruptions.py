@@ -5,7 +5,7 @@ A run is killed with SIGKILL (no cleanup, as by a power cut or the OOM killer) a
 test hook ``COOC_KILL_AT=NAME:N`` (sources/progress.py), then started again with the same command; the
 final folder must equal an uninterrupted run's, file by file (JSON files compared without wall times).
 A second chain kills the interventions stage inside its second group (``group 2 forward:1``): the restart
-loads the first group from its checkpoint (interventions/.partial/<key>/) and computes only the others.
+loads the first group from its checkpoint (.staging/interventions/.partial/<key>/) and computes only the others.
 
 To keep the wall time down, the chain of killed subprocesses runs in a thread while this process runs
 the pipeline twice from scratch (own caches), for the reproducibility test and as the reference; the
@@ -58,6 +58,8 @@ def runs(tmp_path_factory):
             manifest = root / "resumed" / "manifest.json"  # what the killed run left behind
             stages = json.loads(manifest.read_text())["stages"] if manifest.exists() else {}
             chain[-1].stages_left = {k: v.get("complete") for k, v in stages.items()}
+            staging = root / "resumed" / ".staging"  # where the killed stage was writing
+            chain[-1].staging = sorted(p.name for p in staging.iterdir()) if staging.exists() else []
             chain[-1].cached = len(list((root / "cache_resumed").glob("activations/*/batch_*.pt")))
 
     lane = threading.Thread(target=kill_chain)
@@ -125,12 +127,13 @@ def test_each_killed_run_died_by_sigkill_where_asked_and_left_no_finished_stage_
     _, chain = runs
     killed = chain[:-1]
     assert [r.returncode for r in killed] == [-signal.SIGKILL] * len(KILLS), [r.stderr[-1500:] for r in killed]
-    # stream:3 -> three batches cached, cooc unfinished
-    assert killed[0].cached == 3 and killed[0].stages_left == {"cooc": False}
+    # the record holds only finished stages; the killed stage's files are in OUT/.staging/<stage>, never in OUT/<stage>
+    # stream:3 -> three batches cached, cooc unfinished (nothing recorded)
+    assert killed[0].cached == 3 and killed[0].stages_left == {} and killed[0].staging == ["cooc"]
     # probe:1 -> cooc finished, probes unfinished
-    assert killed[1].stages_left == {"cooc": True, "probes": False}
+    assert killed[1].stages_left == {"cooc": True} and killed[1].staging == ["probes"]
     # interventions:1 -> cooc and probes finished, interventions unfinished
-    assert killed[2].stages_left == {"cooc": True, "probes": True, "interventions": False}
+    assert killed[2].stages_left == {"cooc": True, "probes": True} and killed[2].staging == ["interventions"]
 
 
 def test_rerunning_resumes_from_the_last_checkpoint(runs):
@@ -165,7 +168,7 @@ def group_runs(tmp_path_factory):
 
     def kill_run():
         killed["proc"] = steer(config, root / "resumed", root / "cache_resumed", GROUP_KILL)
-        partial = root / "resumed" / "interventions" / ".partial"
+        partial = root / "resumed" / ".staging" / "interventions" / ".partial"  # the unfinished stage's folder
         killed["left"] = sorted(str(p.relative_to(partial)) for p in partial.rglob("*.pkl")) if partial.exists() else []
 
     lane = threading.Thread(target=kill_run)
@@ -194,8 +197,8 @@ def test_a_run_killed_inside_a_group_resumes_from_the_finished_groups_checkpoint
 
 def test_a_run_resumed_from_group_checkpoints_gives_byte_identical_files_and_removes_them(group_runs):
     root, _, _, _ = group_runs
-    assert not (root / "resumed" / "interventions" / ".partial").exists()
-    assert not (root / "ref" / "interventions" / ".partial").exists()
+    for run in ("resumed", "ref"):
+        assert not (root / run / "interventions" / ".partial").exists() and not (root / run / ".staging").exists()
     assert differences(root / "ref", root / "resumed") == []
     m = json.loads((root / "resumed" / "manifest.json").read_text())
     assert m["stages"]["interventions"]["complete"] and not any(".partial" in f for f in m["stages"]["interventions"]["files"])

@@ -138,8 +138,10 @@ def test_a_config_that_differs_from_the_cooc_stage_is_refused(setup, capsys):
 
 def test_unknown_explicit_groups_are_a_config_error(setup, capsys):
     _, config, out = setup
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert main([str(config), "--out", str(out), "--quiet", "--set", "probes.groups=[g0a, g99]"]) == 2
-    assert "probes.groups: group id(s) ['g99']" in capsys.readouterr().err
+    assert "probes.groups: group id 'g99' does not exist in" in capsys.readouterr().err  # before the stage starts
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # the run record is untouched
 
 
 def test_explicit_groups_are_probed_even_if_not_enriched(setup, tmp_path):

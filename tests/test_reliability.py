@@ -299,11 +299,11 @@ def test_no_space_left_is_one_line_exit_2_and_earlier_results_stay(cooc_run, cap
     monkeypatch.setattr("cooc.outputs.sp.save_npz", full_disk)
     assert cooc_main([str(cfg), "--out", str(out), "--quiet", "--fresh"]) == 2
     assert "no space left on device while writing" in _one_line(capsys)
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["stages"]["cooc"]["complete"] is False  # honest: the recomputation did not finish
-    before.pop(out / "manifest.json")
-    assert all(p.read_bytes() == b for p, b in before.items())  # every earlier result file is unchanged
-    assert not list(out.rglob(".*.tmp*"))
+    # the recomputation wrote into OUT/.staging/cooc and never finished: the earlier run record (manifest and
+    # every result file) is byte-identical and still complete, and no temporary file or staging folder is left
+    _intact(out, before)
+    assert json.loads((out / "manifest.json").read_text())["stages"]["cooc"]["complete"] is True
+    assert not list(out.rglob(".*.tmp*")) and not (out / ".staging").exists()
 
 
 def test_a_disk_error_outside_the_atomic_writers_is_still_one_line(cooc_run, capsys, monkeypatch):
