@@ -116,8 +116,9 @@ def entry_point(main: Callable[[list[str] | None], Any]) -> Callable[[list[str] 
 
     @functools.wraps(main)
     def wrapped(argv: list[str] | None = None) -> int:
-        from experiments.run import release_locks
+        from experiments.run import held_locks, release_locks
 
+        locks_before = held_locks()
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
         previous = None
         if threading.current_thread() is threading.main_thread():
@@ -130,6 +131,10 @@ def entry_point(main: Callable[[list[str] | None], Any]) -> Callable[[list[str] 
         except OSError as exc:
             print(f"error: {_os_message(exc)}", file=sys.stderr)
             return EXIT_USAGE
+        except RecursionError:
+            print("error: input: a file or value is nested too deeply to read; check the config and input files",
+                  file=sys.stderr)
+            return EXIT_USAGE
         except MemoryError:
             print("error: memory: the machine ran out of memory; lower data.max_tokens, stream.batch_size or "
                   "interventions.batch_size, or use a machine with more memory; finished stages are kept", file=sys.stderr)
@@ -141,10 +146,11 @@ def entry_point(main: Callable[[list[str] | None], Any]) -> Callable[[list[str] 
             print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
             return 130
         finally:
-            release_locks()
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous[0])
-                signal.signal(signal.SIGINT, previous[1])
+            release_locks(held_locks() - locks_before)  # this command's own; a caller's stay held
+            if previous is not None:  # the start-up handler of experiments/__init__ is not put back
+                starting = getattr(previous[0], "__name__", "") == "_while_starting"
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if starting else previous[0])
+                signal.signal(signal.SIGINT, signal.default_int_handler if starting else previous[1])
         return 0
 
     return wrapped

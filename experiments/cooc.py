@@ -83,6 +83,7 @@ def cooc_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, force: bo
     with run.stage(STAGE, key) as folder:
         result = run_cooc(batches, d_sae, cfg.cooc, folder, progress=progress, seed=cfg.seed, theta_F=theta_F,
                           extra={"input": info, "cache_key": key})
+    folder = run.out / STAGE  # where the finished stage now lies
     log.info("cooc: %d tokens, %d tested latents, %d edges, %d groups (%s) -> %s", result.n_tokens,
              result.manifest["n_tested_latents"], result.manifest["n_edges"], len(result.groups), cfg.cooc.method,
              folder)
@@ -132,6 +133,7 @@ def cooc_stage_distributed(cfg: ExperimentConfig, out: Path, d, fresh: bool = Fa
     with run.stage(STAGE, key) as folder:
         result = analyse(counter, cfg.cooc, folder, seed=cfg.seed, extra={"input": info, "cache_key": key},
                          start=start)
+    folder = out / STAGE
     log.info("cooc: %d tokens on %d ranks, %d tested latents, %d edges, %d groups (%s) -> %s", result.n_tokens,
              d.world_size, result.manifest["n_tested_latents"], result.manifest["n_edges"], len(result.groups),
              cfg.cooc.method, folder)

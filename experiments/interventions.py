@@ -99,13 +99,12 @@ def interventions_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, 
                                    source=str(examples_csv))
     elif use_tasks:
         log.info("interventions: no task effects (the probes stage has not run in %s)", run.out)
-    with run.stage(STAGE, key) as folder:
+    with run.stage(STAGE, key, copies=("verdicts.csv",)) as folder:  # OUT/verdicts.csv, recorded with the stage
         checkpoints = _checkpoint_folder(folder, key, fresh=force)
         result = run_interventions(session.model, session.sae, cfg.hook, cfg.data, cfg.stream, groups, icfg,
                                    firing_threshold_F(cfg.cooc, session.sae, d_sae), occ_F=occ, seed=cfg.seed, progress=progress,
                                    task_data=task_data, checkpoints=checkpoints)
         write_outputs(folder, result, icfg)
-    run.publish(STAGE, "verdicts.csv")  # OUT/verdicts.csv, recorded with the stage
     return run.out / STAGE
 
 
@@ -148,7 +147,7 @@ def _occurrences(cooc_dir: Path, d_sae: int) -> np.ndarray | None:
 
 
 def write_outputs(folder: Path, result, icfg) -> None:
-    """Write the stage's files (each atomically); the stage publishes ``verdicts.csv`` to the run folder."""
+    """Write the stage's files (each atomically); the stage copies ``verdicts.csv`` to the run folder."""
     folder = Path(folder)
     with atomic_path(folder / "effects.csv") as tmp:
         result.effects.to_csv(tmp, index=False)

@@ -40,10 +40,16 @@ def check_inputs(cfg, run: Run | None = None, progress: bool = True, session: bo
 def check_activation_width(path: Path, d_sae: int) -> None:
     """A precomputed activation file must have one column per latent of the configured SAE."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            shape = tuple(int(x) for x in npz["shape"])
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return  # not a scipy .npz: the cooc stage's reader says so in its own words
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return  # not a numpy file: the cooc stage's reader says so in its own words
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        return  # a dense .npy array: likewise
+    with npz:
+        try:
+            shape = tuple(int(x) for x in np.asarray(npz["shape"]).ravel())
+        except (OSError, ValueError, KeyError, TypeError, OverflowError, EOFError, zipfile.BadZipFile):
+            return
     if len(shape) == 2 and shape[1] != d_sae:
         raise ConfigError("activations.path", f"{path} has {shape[1]} latents per token but the configured SAE has "
                                               f"d_sae={d_sae}; give the activation file computed with this SAE, or set "

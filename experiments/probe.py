@@ -50,7 +50,7 @@ def probe_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, force: b
 
     with run.stage(STAGE, key) as folder:
         run_probes(cfg, cooc_dir, folder, progress)
-    return folder
+    return run.out / STAGE
 
 
 @entry_point

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.cli import ArgumentParser, entry_point
-from experiments.run import RECOMPUTE, Run, lock_folder, verify_record
+from experiments.run import RECOMPUTE, Run, lock_folder, release_locks, verify_record
 from sources.errors import ConfigError
 from sources.files import read_csv, stable_hash
 
@@ -81,7 +81,7 @@ def explore_stage(cfg, run: Run, progress: bool = True, force: bool = False) -> 
                 decoder_as_applied(s.sae), folder, top_contexts=cfg.report.top_contexts,
                 window=(cfg.report.context_left, cfg.report.context_right), max_points=cfg.report.max_points,
                 seed=cfg.seed, progress=progress, sae_quality=read_quality(sae_folder(cfg.sae, s.model, cfg.hook, cfg.data)))
-    return folder
+    return run.out / STAGE
 
 
 def build_report(out: str | Path) -> Path:
@@ -93,9 +93,13 @@ def build_report(out: str | Path) -> Path:
         raise ConfigError("OUT", f"{out} is not a folder; give the --out folder of a python -m experiments.steer run")
     if not (out / "manifest.json").exists():
         raise ConfigError("OUT", f"{out} holds no run (no manifest.json); run python -m experiments.steer --out {out} first")
-    lock_folder(out)  # not while a run writes to it
-    verify_record(out)  # refuse files changed since their stage recorded them
-    return write_report(out)
+    took = lock_folder(out)  # not while a run writes to it
+    try:
+        verify_record(out)  # refuse files changed since their stage recorded them
+        return write_report(out)
+    finally:
+        if took:
+            release_locks([out])
 
 
 @entry_point

@@ -46,15 +46,19 @@ _LOCKS: dict[Path, int] = {}  # folder -> open descriptor holding this process's
 _CREATED: list[Path] = []  # folders lock_folder created, removed again by release_locks if left empty
 
 
-def lock_folder(out: Path) -> None:
-    """Hold an exclusive lock on ``out`` (created if missing) for the rest of this process.
+def lock_folder(out: Path) -> bool:
+    """Hold an exclusive lock on ``out`` (created if missing) until :func:`release_locks`; True when this call
+    took it, False when this process already held it.
 
     Re-entrant within a process; a folder another live process holds is refused with one line. The lock is
     an ``flock`` on the folder's own descriptor, so no file is written and a killed holder frees it at once.
     """
-    out = Path(out).resolve()
+    try:
+        out = Path(out).resolve()
+    except (OSError, ValueError) as exc:
+        raise ConfigError("out", f"{out!r} is not a usable folder name ({exc}); choose another --out") from None
     if out in _LOCKS:
-        return
+        return False
     try:
         if out.exists() and not out.is_dir():
             raise ConfigError("out", f"{out} exists and is not a folder; choose another --out")
@@ -72,19 +76,27 @@ def lock_folder(out: Path) -> None:
         raise ConfigError("out", f"{out} is in use by another running command (it holds the folder's lock); wait for "
                                  "it to finish or choose another --out") from None
     _LOCKS[out] = fd
+    return True
 
 
-def release_locks(remove_empty: bool = True) -> None:
-    """Release every folder lock of this process; folders it created and left empty are removed."""
-    for out, fd in list(_LOCKS.items()):
+def held_locks() -> set[Path]:
+    return set(_LOCKS)
+
+
+def release_locks(folders=None) -> None:
+    """Release this process's locks on ``folders`` (default: all); a folder lock_folder created and that is
+    still empty is removed, so a refused command leaves no trace."""
+    for out in list(_LOCKS) if folders is None else [Path(f).resolve() for f in folders]:
+        fd = _LOCKS.pop(out, None)
+        if fd is None:
+            continue
         os.close(fd)
-        del _LOCKS[out]
-    while remove_empty and _CREATED:
-        out = _CREATED.pop()
-        try:
-            out.rmdir()  # only if empty: a refused command leaves no trace
-        except OSError:
-            pass
+        if out in _CREATED:
+            _CREATED.remove(out)
+            try:
+                out.rmdir()  # only if empty
+            except OSError:
+                pass
 
 
 def read_manifest(out: Path) -> dict:
@@ -100,9 +112,8 @@ def read_manifest(out: Path) -> dict:
     except OSError as exc:
         raise ConfigError("out", f"cannot read {path} ({exc.strerror}); {fix}") from None
     stages = m.get("stages") if isinstance(m, dict) else None
-    if not isinstance(stages, dict) or not all(
-            isinstance(rec, dict) and isinstance(rec.get("files", {}), dict)
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in rec.get("files", {}).items())
+    if not isinstance(stages, dict) or not isinstance(m.get("config", {}), dict) or not all(
+            isinstance(rec, dict) and all(_str_map(rec.get(k, {})) for k in ("files", "copies"))
             for rec in stages.values()):
         raise ConfigError("out", f"{path} is damaged (not a run record: it needs a 'stages' mapping of stage records); {fix}")
     return m
@@ -135,6 +146,10 @@ def verify_record(out: Path) -> dict:
     return manifest
 
 
+def _str_map(obj) -> bool:
+    return isinstance(obj, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in obj.items())
+
+
 @dataclass
 class Run:
     out: Path
@@ -144,7 +159,7 @@ class Run:
 
     def __post_init__(self):
         self.out = Path(self.out)
-        lock_folder(self.out)
+        self._owns_lock = lock_folder(self.out)
         for stale in self.out.glob(".*.tmp*"):  # an atomic write of a killed process (the lock is ours now)
             stale.unlink(missing_ok=True)
         old = {} if self.fresh else read_manifest(self.out)
@@ -190,10 +205,11 @@ class Run:
         _refuse_changed(stage, self._changed_file(stage), fix)
 
     @contextmanager
-    def stage(self, stage: str, key: str) -> Iterator[Path]:
+    def stage(self, stage: str, key: str, copies: tuple[str, ...] = ()) -> Iterator[Path]:
         """Run a stage's body in ``OUT/.staging/<stage>/`` (yielded); when it returns normally, that folder
-        replaces ``OUT/<stage>/`` and the stage is recorded complete (key, wall time, file digests). When it
-        raises, the staging folder is emptied (but for its ``.partial`` checkpoints) and nothing else changes."""
+        replaces ``OUT/<stage>/``, the files named in ``copies`` are copied to ``OUT/`` (e.g. verdicts.csv) and
+        the stage is recorded complete (key, wall time, file digests). When it raises, the staging folder is
+        emptied (but for its ``.partial`` checkpoints) and nothing else changes."""
         staging = self.out / STAGING / stage
         try:
             staging.mkdir(parents=True, exist_ok=True)
@@ -207,46 +223,58 @@ class Run:
             _clear(staging, keep=PARTIAL)
             _remove_empty(staging, self.out / STAGING)
             raise
-        signals = {signal.SIGINT, signal.SIGTERM}
-        if threading.current_thread() is threading.main_thread():  # a signal now waits until the record is written
-            signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-        try:
-            self._commit(stage, key, staging, start)
+        main = threading.current_thread() is threading.main_thread()
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if main else None
+        try:  # a signal now waits until the record is written
+            self._commit(stage, key, staging, copies, round(time.perf_counter() - start, 2))
         finally:
-            if threading.current_thread() is threading.main_thread():
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+            if held is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
-    def _commit(self, stage: str, key: str, staging: Path, start: float) -> None:
-        """``staging`` replaces ``OUT/<stage>`` and the manifest records the stage (signals blocked meanwhile)."""
+    def _commit(self, stage: str, key: str, staging: Path, copies: tuple[str, ...], wall_s: float) -> None:
+        """``staging`` replaces ``OUT/<stage>``, ``copies`` go to ``OUT/``, then the manifest is replaced. An error
+        on the way (a full disk) restores the earlier folder and record; only a SIGKILL or power cut in these few
+        milliseconds can leave new files under the old record's digests (which then refuses them)."""
         shutil.rmtree(staging / PARTIAL, ignore_errors=True)
         files = {str(p.relative_to(staging)): file_digest(p) for p in sorted(staging.rglob("*"))
                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(staging).parts)}
-        folder = self.out / stage
-        old = self.out / STAGING / f"{stage}.replaced"
+        record = {"key": key, "complete": True, "wall_s": wall_s, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                  "files": files, "config_hash": self.manifest["config_hash"]}
+        if copies:
+            record["copies"] = {name: files[name] for name in copies}
+        manifest = {**self.manifest, "stages": {**self.manifest["stages"], stage: record}, "complete": False}
+        folder, old = self.out / stage, self.out / STAGING / f"{stage}.replaced"
+        shutil.rmtree(old, ignore_errors=True)
+        moved = []
         try:
-            shutil.rmtree(old, ignore_errors=True)
-            if folder.exists():
-                os.replace(folder, old)
-            os.replace(staging, folder)
-        except OSError as exc:
-            raise ConfigError("out", f"cannot move {staging} to {folder} ({exc.strerror}); choose a writable --out "
-                                     "folder") from None
+            with atomic_path(self.out / "manifest.json") as manifest_tmp:
+                manifest_tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+                if folder.exists():
+                    os.replace(folder, old)
+                    moved.append((old, folder))
+                os.replace(staging, folder)
+                moved.append((folder, staging))
+                for name in copies:
+                    with atomic_path(self.out / name) as tmp:
+                        shutil.copyfile(folder / name, tmp)
+            # the manifest was renamed into place when the block ended
+        except BaseException as exc:
+            for src, dst in reversed(moved):  # put the earlier stage folder back
+                os.replace(src, dst)
+            if isinstance(exc, OSError):
+                raise ConfigError("out", f"cannot move {staging} to {folder} ({exc.strerror}); choose a writable "
+                                         "--out folder") from None
+            raise
         shutil.rmtree(old, ignore_errors=True)
         _remove_empty(self.out / STAGING)
-        self.manifest["stages"][stage] = {"key": key, "complete": True, "wall_s": round(time.perf_counter() - start, 2),
-                                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "files": files,
-                                          "config_hash": self.manifest["config_hash"]}
-        self.manifest["complete"] = False  # until finish() finds every stage of this config done
+        self.manifest = manifest  # until finish() finds every stage of this config done, the folder is incomplete
         self._current.add(stage)
-        self._write()
 
-    def publish(self, stage: str, name: str) -> None:
-        """Copy ``OUT/<stage>/<name>`` to ``OUT/<name>`` (atomically) and record the copy with the stage."""
-        rec = self.manifest["stages"][stage]
-        with atomic_path(self.out / name) as tmp:
-            shutil.copyfile(self.out / stage / name, tmp)
-        rec["copies"] = {**rec.get("copies", {}), name: rec["files"][name]}
-        self._write()
+    def close(self) -> None:
+        """Release the folder lock if this Run took it (a process's locks also end with the process)."""
+        if self._owns_lock:
+            release_locks([self.out])
+            self._owns_lock = False
 
     def finish(self, stages: list[str]) -> None:
         """Record whether every stage of this config is complete; the stages verified or computed in this

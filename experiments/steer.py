@@ -31,15 +31,19 @@ def run_pipeline(cfg: ExperimentConfig, out: Path, fresh: bool = False, progress
     from experiments.report import build_report, explore_stage
     from interventions.report import render_report
     run = Run(out, cfg.model_dump(mode="json"), fresh=fresh)  # locks the folder; writes nothing yet
-    check_inputs(cfg, run, progress)  # bad corpus/model/SAE/hook/group ids: exit 2 before any stage starts
-    cooc_stage(cfg, run, progress=progress, force=fresh)
-    probe_stage(cfg, run, progress=progress, force=fresh)
-    interventions_stage(cfg, run, progress=progress, force=fresh)
-    explore_stage(cfg, run, progress=progress, force=fresh)
-    write_text(run.out / "report.md", render_report(run.out))
-    run.finish([s for s in STAGES if (s != "interventions" or cfg.interventions.enabled) and (s != "explore" or cfg.report.enabled)])
-    if cfg.report.enabled:
-        build_report(run.out)
+    try:
+        check_inputs(cfg, run, progress)  # bad corpus/model/SAE/hook/group ids: exit 2 before any stage starts
+        cooc_stage(cfg, run, progress=progress, force=fresh)
+        probe_stage(cfg, run, progress=progress, force=fresh)
+        interventions_stage(cfg, run, progress=progress, force=fresh)
+        explore_stage(cfg, run, progress=progress, force=fresh)
+        write_text(run.out / "report.md", render_report(run.out))
+        run.finish([s for s in STAGES if (s != "interventions" or cfg.interventions.enabled)
+                    and (s != "explore" or cfg.report.enabled)])
+        if cfg.report.enabled:
+            build_report(run.out)
+    finally:
+        run.close()
     return run
 
 

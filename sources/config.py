@@ -21,27 +21,31 @@ Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 INT64_MAX = 2**63 - 1
 
 
-def _int64_range(v):
-    """Every integer in a config, also inside lists, fits numpy's int64 (larger ones overflow arrays and RNGs)."""
+def _plain_value(v):
+    """Every integer in a config, also inside lists, fits numpy's int64 (larger ones overflow arrays and RNGs);
+    no string holds a NUL character (the OS refuses it in paths with an exception, not a message)."""
     if isinstance(v, (list, tuple)):
         for x in v:
-            _int64_range(x)
+            _plain_value(x)
     elif isinstance(v, int) and not isinstance(v, bool) and not -INT64_MAX - 1 <= v <= INT64_MAX:
         raise ValueError(f"integer {v} is out of range; give a value between {-INT64_MAX - 1} and {INT64_MAX}")
+    elif isinstance(v, str) and "\x00" in v:
+        raise ValueError("contains a NUL character, which no file name or id may hold")
     return v
 
 
 class Section(BaseModel):
     """Base for every config section: unknown keys are errors, values are validated on assignment,
-    floats must be finite (NaN and infinities are refused where they are parsed) and integers fit int64."""
+    floats must be finite (NaN and infinities are refused where they are parsed), integers fit int64 and strings
+    hold no NUL character."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True,
                               allow_inf_nan=False)
 
     @field_validator("*", mode="after")
     @classmethod
-    def _fits_int64(cls, v):
-        return _int64_range(v)
+    def _plain_values(cls, v):
+        return _plain_value(v)
 
 
 def group_ids_or_auto(v):

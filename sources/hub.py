@@ -25,8 +25,15 @@ def offline_mode() -> bool:
 
 @lru_cache(maxsize=None)
 def hub_reachable(endpoint: str | None = None) -> bool:
-    url = urlparse(endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    port = url.port or (443 if url.scheme == "https" else 80)
+    """Whether the Hub's host accepts a TCP connection within TIMEOUT_S. Behind a proxy, or with an endpoint
+    this cannot parse, it answers True and leaves the decision to the libraries."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
+        return True
+    try:
+        url = urlparse(endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+        port = url.port or (443 if url.scheme == "https" else 80)
+    except ValueError:
+        return True
     try:
         with socket.create_connection((url.hostname or "huggingface.co", port), timeout=TIMEOUT_S):
             return True

@@ -43,7 +43,7 @@ def check_json_mapping(path: Path, field: str, need: tuple[str, ...] = ()) -> di
     regular_file(path, field)
     try:
         obj = json.loads(path.read_bytes().decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ConfigError(field, f"{path} is not valid JSON (truncated or not a JSON file)") from None
     if not isinstance(obj, dict):
         raise ConfigError(field, f"{path} must hold a JSON object (a mapping), got {type(obj).__name__}")
@@ -70,7 +70,8 @@ def check_safetensors(path: Path, field: str) -> None:
                 try:
                     header = json.loads(f.read(n).decode("utf-8"))
                     ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
-                except (ValueError, UnicodeDecodeError, KeyError, TypeError, IndexError, AttributeError):
+                except (ValueError, UnicodeDecodeError, KeyError, TypeError, IndexError, AttributeError,
+                        OverflowError, RecursionError):
                     problem = "its header is not valid safetensors JSON"
                 else:
                     if 8 + n + max(ends, default=0) > size:
