@@ -35,7 +35,7 @@ def report_groups(out: Path, rcfg, groups_df: pd.DataFrame) -> dict[str, tuple[i
                                                f"({len(members)} groups, e.g. {', '.join(list(members)[:3]) or 'none'})")
         return {g: members[g] for g in dict.fromkeys(rcfg.groups)}
     chosen: list[str] = []
-    verdicts = out / "verdicts.csv"
+    verdicts = out / "interventions" / "verdicts.csv"
     if verdicts.exists():
         chosen += [str(g) for g in read_csv(verdicts, "interventions", RECOMPUTE, dtype={"group_id": str})["group_id"]]
     probe_groups = out / "probes" / "groups.csv"

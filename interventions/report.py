@@ -59,9 +59,9 @@ def _count(v: pd.DataFrame, col: str, value: str) -> int:
 
 
 def render_report(out_dir: str | Path) -> str:
-    """Markdown summarising ``OUT/verdicts.csv`` and ``OUT/interventions/effects.csv`` for a researcher."""
+    """Markdown summarising ``OUT/interventions/verdicts.csv`` and ``OUT/interventions/effects.csv`` for a researcher."""
     out = Path(out_dir)
-    vpath = out / "verdicts.csv"
+    vpath = out / "interventions" / "verdicts.csv"  # the stage's own file (OUT/verdicts.csv is a copy of it)
     if not vpath.exists():
         return ("## Interventions\n\nNot run: no `verdicts.csv` in this folder (the interventions stage is disabled "
                 "or has not finished).\n")

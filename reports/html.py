@@ -187,7 +187,7 @@ VERDICT_COLUMNS = [("group_id", "group"), ("group_size", "size"), ("structure", 
 
 
 def _verdicts_section(run: _RunFiles, figdir: Path) -> dict:
-    v = run.csv("verdicts.csv")
+    v = run.csv("interventions/verdicts.csv")
     if v.empty:
         return {"ran": False}
     rows = []
@@ -268,7 +268,7 @@ def _cards(run: _RunFiles, seed: int) -> list[dict]:
     contexts = run.csv("explore/contexts.csv")
     scatter = run.csv("explore/scatter.csv")
     effects = run.csv("interventions/effects.csv")
-    verdicts = run.csv("verdicts.csv")
+    verdicts = run.csv("interventions/verdicts.csv")
     effect_verdicts = run.csv("interventions/effect_verdicts.csv")
     probes = run.csv("probes/results.csv")
     examples = run.csv("probes/examples.csv")

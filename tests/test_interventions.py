@@ -248,10 +248,10 @@ def test_effects_match_an_independent_pytorch_computation_and_outputs_are_tidy(m
     from experiments.interventions import write_outputs
     from interventions.report import render_report
 
-    write_outputs(tmp_path / "interventions", res, icfg, tmp_path)
+    write_outputs(tmp_path / "interventions", res, icfg)
     back = pd.read_csv(tmp_path / "interventions" / "effects.csv")
     assert len(back) == len(eff)
-    assert pd.read_csv(tmp_path / "verdicts.csv").shape[0] == 1
+    assert pd.read_csv(tmp_path / "interventions" / "verdicts.csv").shape[0] == 1
     text = render_report(tmp_path)
     assert "gtest" in text and "better units" in text
 

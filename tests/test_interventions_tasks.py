@@ -168,7 +168,7 @@ def test_a_planted_group_whose_ablation_destroys_the_probed_information_has_a_cl
     from experiments.interventions import write_outputs
     from interventions.report import render_report
 
-    write_outputs(tmp_path / "interventions", res, _cfg(), tmp_path)
+    write_outputs(tmp_path / "interventions", res, _cfg())
     back = pd.read_csv(tmp_path / "interventions" / "effect_verdicts.csv")
     assert set(back["kind"]) == {"model", "task"} and len(back) == len(ev)
     assert (tmp_path / "interventions" / "steering.png").exists()
