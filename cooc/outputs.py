@@ -9,7 +9,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from cooc.counting import UpperPairs, symmetric
-from sources.files import atomic_path, read_json, write_json
+from sources.files import atomic_path, write_json
 
 FILES = ("occurrences.npy", "counts.npz", "jaccard.npz", "pairs.parquet", "groups.csv", "manifest.json")
 
@@ -48,17 +48,3 @@ def write_outputs(out_dir: str | Path, occ_F: np.ndarray, pairs: UpperPairs, sco
         if (out / name).exists():
             paths[name] = str(out / name)
     return paths
-
-
-def up_to_date(out_dir: str | Path, cache_key: str) -> bool:
-    """True when ``out_dir`` holds a complete earlier result made with the same cache key."""
-    out = Path(out_dir)
-    manifest = out / "manifest.json"
-    if not manifest.exists():
-        return False
-    try:
-        old = read_json(manifest)
-    except (OSError, ValueError):
-        return False
-    needed = [n for n in FILES if n != "pairs.parquet" or old.get("config", {}).get("write_pairs") != "none"]
-    return old.get("cache_key") == cache_key and all((out / n).exists() for n in needed)

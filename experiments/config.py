@@ -32,7 +32,3 @@ class ExperimentConfig(Section):
     interventions: InterventionsConfig = Field(default_factory=InterventionsConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
 
-
-def config_schema() -> dict:
-    """JSON schema of the experiment config (rendered into docs/config.md)."""
-    return ExperimentConfig.model_json_schema()

@@ -19,8 +19,12 @@ from pathlib import Path
 from experiments.cli import build_config, entry_point, parser
 from experiments.config import ExperimentConfig
 from experiments.run import Run
-from sources.corpora import check_corpus
+from sources.corpora import check_corpus, data_fingerprint
 from sources.files import stable_hash
+from sources.fingerprint import file_digest
+from sources.models import model_fingerprint
+from sources.saes import sae_fingerprint
+from sources.session import open_session
 
 log = logging.getLogger("experiments.cooc")
 
@@ -48,22 +52,22 @@ def _input(cfg: ExperimentConfig, progress: bool, shard: tuple[int, int] | None 
             start, stop = row_range(n_rows, *shard)
             acts_TF = acts_TF[start:stop]
         return iter_chunks(acts_TF, cfg.cooc.chunk_tokens), acts_TF.shape[1], None, info
-    from sources.stream import iter_latent_batches, sae_thresholds
-
-    theta_F = sae_thresholds(cfg) if cfg.cooc.use_sae_threshold else None
+    session = open_session(cfg, progress)
+    theta_F = session.threshold_F() if cfg.cooc.use_sae_threshold else None
     d_sae = None if theta_F is None else theta_F.shape[0]
     if shard is not None and d_sae is None:
-        from sources.session import open_session
+        d_sae = session.d_sae  # a rank whose shard is empty still needs the width
+    return session.latent_batches(progress, shard), d_sae, theta_F, {"source": "stream"}
 
-        d_sae = open_session(cfg, progress).d_sae  # a rank whose shard is empty still needs the width
-    return iter_latent_batches(cfg, progress, shard), d_sae, theta_F, {"source": "stream"}
+
+def inputs_fingerprint(cfg: ExperimentConfig) -> dict:
+    """Content identity of the config's model, SAE and corpus (the stream stage key includes it)."""
+    return {"model": model_fingerprint(cfg.model), "sae": sae_fingerprint(cfg.sae), "data": data_fingerprint(cfg.data)}
 
 
 def stage_key(cfg: ExperimentConfig, run: Run) -> str:
     """Hash of what the stage's result depends on: config sections and the content of its inputs (the
     activation file; or the model weights, SAE files and corpus files, see sources.fingerprint)."""
-    from sources.fingerprint import file_digest, inputs_fingerprint
-
     if cfg.activations.source == "file":
         path = Path(cfg.activations.path)
         fingerprint = [str(path.resolve()), file_digest(path)] if path.is_file() else None

@@ -167,12 +167,6 @@ def summarize_many(est: np.ndarray, boot: np.ndarray, n_docs: np.ndarray, alpha:
     return out
 
 
-def summarize(est: float, boot: np.ndarray, n_docs: int, alpha: float) -> dict:
-    """:func:`summarize_many` for one statistic."""
-    res = summarize_many(np.array([est]), np.asarray(boot)[None, :], np.array([n_docs]), alpha)
-    return {k: float(v[0]) for k, v in res.items()}
-
-
 def _n(s: DocSums, scope: str) -> tuple[int, int]:
     n = s.get("n", scope)
     return int(n.sum()), int((n > 0).sum())

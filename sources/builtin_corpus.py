@@ -351,7 +351,7 @@ def corpus_files(alias: str) -> list[Path]:
     """The installed data files the built-in corpus ``alias`` is read from, in a fixed order.
 
     The packages are pinned by version; their files' bytes are hashed as well
-    (:func:`sources.fingerprint.data_fingerprint`), so an edited or corrupted installation gives
+    (:func:`sources.corpora.data_fingerprint`), so an edited or corrupted installation gives
     another activation-cache key instead of silently reusing activations of the old text.
     """
     corpus = get_builtin_corpus(alias)

@@ -17,7 +17,9 @@ from typing import Iterator
 import numpy as np
 
 from sources.config import DataSpec
+from sources.builtin_corpus import BUILTIN_CORPORA, corpus_files
 from sources.errors import ConfigError
+from sources.fingerprint import folder_digest, tree_digest
 from sources.hub import require_hub
 from sources.sniff import check_utf8, regular_file
 
@@ -70,8 +72,6 @@ def check_corpus(spec: DataSpec) -> None:
 def iter_documents(spec: DataSpec) -> Iterator[tuple[str, str]]:
     """Yield ``(doc_id, text)`` in a deterministic order."""
     if spec.source == "builtin":
-        from sources.builtin_corpus import BUILTIN_CORPORA
-
         if spec.name not in BUILTIN_CORPORA:
             raise ConfigError("data.name", f"unknown built-in corpus {spec.name!r}; available: {', '.join(BUILTIN_CORPORA)}")
         yield from BUILTIN_CORPORA[spec.name].documents()
@@ -207,3 +207,14 @@ def iter_contexts(spec: DataSpec, tokenizer, min_tokens: int = 8,
                 return
     if index == 0:
         raise ConfigError("data", "the corpus yielded no tokens; check data.path / data.name and that documents are not empty")
+
+
+def data_fingerprint(spec: DataSpec) -> dict:
+    """Content identity of ``data:``: the digest of the corpus's source files (a Hub dataset: {})."""
+    if spec.source == "builtin":
+        return {"builtin": spec.name, "sha": tree_digest(corpus_files(spec.name))}
+    if spec.source in ("text", "jsonl") and spec.path:
+        return {"files": tree_digest(_expand(spec.path))}
+    if spec.source == "hf_disk" and spec.path and Path(spec.path).expanduser().is_dir():
+        return {"hf_disk": folder_digest(spec.path)}
+    return {}  # a Hub dataset: identified by the data: section itself (name, split)

@@ -28,7 +28,7 @@ def format_validation_error(exc) -> ConfigError:
     """Turn a pydantic ValidationError into one ConfigError naming the first bad field."""
     errors = exc.errors()
     first = errors[0]
-    loc = ".".join(str(p) for p in first.get("loc", ()) if not isinstance(p, int) or True)
+    loc = ".".join(str(p) for p in first.get("loc", ()))
     loc = loc or "config"
     kind = first.get("type", "")
     value = first.get("input")

@@ -40,6 +40,11 @@ def atomic_path(path: str | os.PathLike, field: str = "out") -> Iterator[Path]:
             tmp.unlink()
 
 
+def cache_root() -> Path:
+    """The cache folder shared by every run: ``$COOC_CACHE``, default ``~/.cache/cooc-groups``."""
+    return Path(os.environ.get("COOC_CACHE", Path.home() / ".cache" / "cooc-groups"))
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -86,14 +91,6 @@ def stable_hash(obj: Any, n: int = 16) -> str:
     """Content hash of a JSON-serialisable object (key order does not matter)."""
     blob = json.dumps(obj, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:n]
-
-
-def file_hash(path: str | os.PathLike, n: int = 16) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:n]
 
 
 def package_versions() -> dict[str, str]:

@@ -28,15 +28,13 @@ import torch
 from sources import sites
 from sources.config import ModelSpec
 from sources.errors import ConfigError
-from sources.files import stable_hash
+from sources.files import cache_root, stable_hash
+from sources.fingerprint import file_digest, folder_digest
 from sources.hub import require_hub
+from sources.progress import third_party_bars, third_party_quiet
 from sources.sniff import check_gguf, check_model_folder
 
 log = logging.getLogger(__name__)
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("COOC_CACHE", Path.home() / ".cache" / "cooc-groups"))
 
 
 @dataclass(frozen=True)
@@ -113,8 +111,6 @@ def _dtype(name: str) -> torch.dtype:
 
 
 def _gguf_cache_dir(gguf: Path) -> Path:
-    from sources.fingerprint import file_digest
-
     key = stable_hash({"file": gguf.name, "sha": file_digest(gguf)}, 12)  # content: a replaced file is re-dequantized
     return cache_root() / "models" / f"{gguf.stem}-{key}"
 
@@ -133,8 +129,6 @@ def _load_gguf(gguf: Path):
             log.warning("the dequantized cache %s is unreadable (%s); rebuilding it", cached, type(exc).__name__)
             shutil.rmtree(cached, ignore_errors=True)
     log.info("dequantizing %s (first load; cached afterwards in %s)", gguf.name, cached)
-    from sources.progress import third_party_quiet
-
     try:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         with third_party_quiet():  # its conversion bar is plain tqdm, with no switch
@@ -200,9 +194,6 @@ def load_model(spec: ModelSpec, progress: bool = True) -> LoadedModel:
     ``identity`` (which keys the activation cache) holds a digest of the weight files' content
     (sources.fingerprint), so replaced weights under the same name never reuse cached activations.
     """
-    from sources.fingerprint import file_digest, folder_digest
-    from sources.progress import third_party_bars
-
     third_party_bars(progress)
     name = spec.name
     if name in BUILTIN_MODELS:
@@ -253,3 +244,17 @@ def wrap_model(model, tokenizer, spec: ModelSpec, name: str = "model", identity:
         family=family.name,
         identity={**(identity or {"name": name}), "dtype": spec.dtype},
     )
+
+
+def model_fingerprint(spec: ModelSpec) -> dict:
+    """Content identity of ``model:``: the GGUF file's or the model folder's digest (a Hub id: its name)."""
+    name = spec.name
+    if name in BUILTIN_MODELS:
+        gguf = BUILTIN_MODELS[name].locate()
+        return {"alias": name, "file": gguf.name, "sha": file_digest(gguf)}
+    path = Path(name).expanduser()
+    if name.endswith(".gguf") and path.is_file():
+        return {"file": path.name, "sha": file_digest(path)}
+    if path.is_dir():
+        return {"dir": path.name, "sha": folder_digest(path)}
+    return {"name": name}  # a Hub id (or an unknown name, which load_model rejects)

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sources.config import DataSpec, HookSpec, SAESpec, StreamSpec
+from sources.config import DataSpec, HookSpec, SAESpec
 from sources.errors import ConfigError
-from sources.files import stable_hash
+from sources.files import cache_root, stable_hash
+from sources.fingerprint import folder_digest
 from sources.hub import require_hub
-from sources.models import LoadedModel, cache_root
+from sources.models import LoadedModel
 from sources.sniff import check_sae_folder
 
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -101,9 +102,9 @@ def sae_folder(spec: SAESpec, model: LoadedModel, hook: HookSpec, data: DataSpec
     return trained_sae_dir(spec, model, hook, data) if data is not None else None
 
 
-def load_sae(spec: SAESpec, model: LoadedModel, hook: HookSpec, data: DataSpec | None = None,
-             stream: StreamSpec | None = None, progress: bool = True):
-    """Load the SAE described by ``spec`` on the model's device and check that it fits model and hook."""
+def load_sae(spec: SAESpec, model: LoadedModel, hook: HookSpec, data: DataSpec | None = None):
+    """Load the SAE described by ``spec`` on the model's device and check that it fits model and hook
+    (a ``train:`` spec loads the SAE trained for this model, hook and corpus; see sources.session)."""
     device = model.device
     if spec.builtin is not None:
         if spec.builtin not in BUILTIN_SAES:
@@ -117,11 +118,9 @@ def load_sae(spec: SAESpec, model: LoadedModel, hook: HookSpec, data: DataSpec |
         if data is None:
             raise ConfigError("sae.train", "training an SAE needs a data: section")
         folder = trained_sae_dir(spec, model, hook, data)
-        if not (folder / "cfg.json").exists():
-            from sources.sae_training import train_sae
-
-            log.info("training an SAE (cached afterwards in %s)", folder)
-            train_sae(spec.train, model, hook, data, stream or StreamSpec(), folder, progress=progress)
+        if not (folder / "cfg.json").exists():  # training on demand is the session's decision (sources.session)
+            raise ConfigError("sae.train", f"this SAE has not been trained yet (nothing in {folder}); open a session "
+                                           "(python -m experiments.steer) or run python -m experiments.train_sae")
         sae = load_sae_dir(folder, device, field="sae.train")
     check_compatible(sae, model, hook, check_hook=spec.check_hook)
     sae.eval()
@@ -147,3 +146,14 @@ def sae_threshold_F(sae) -> np.ndarray | None:
     if isinstance(theta, torch.Tensor) and theta.ndim == 1:
         return theta.detach().float().cpu().numpy()
     return None
+
+
+def sae_fingerprint(spec: SAESpec) -> dict:
+    """Content identity of ``sae:``: the digest of its folder in sae_lens disk format."""
+    if spec.builtin is not None and spec.builtin in BUILTIN_SAES:
+        return {"builtin": spec.builtin, "sha": folder_digest(BUILTIN_SAE_DIR / BUILTIN_SAES[spec.builtin])}
+    if spec.path is not None and Path(spec.path).expanduser().is_dir():
+        return {"path": Path(spec.path).name, "sha": folder_digest(spec.path)}
+    # a sae_lens release is identified by release and id; a trained SAE by its training spec, which
+    # (with the model's and corpus's content) keys the folder it is trained into
+    return {"spec": spec.model_dump(mode="json")}

@@ -1,14 +1,26 @@
-"""Model + SAE loaded once per process for a config, checked against each other."""
+"""Model + SAE loaded once per process for a config, checked against each other.
+
+The session is where sources' pieces meet: it loads the model (sources.models), trains the configured SAE
+on demand when a ``sae.train`` spec has no trained folder yet (sources.sae_training), loads it
+(sources.saes) and streams its latents over the corpus (sources.stream).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
-from sources.config import DataSpec, HookSpec, ModelSpec, SAESpec, StreamSpec
+import numpy as np
+
+from sources.config import DataSpec, HookSpec, StreamSpec
 from sources.models import LoadedModel, load_model
-from sources.saes import load_sae
+from sources.sae_training import train_sae
+from sources.saes import load_sae, sae_threshold_F, trained_sae_dir
+from sources.stream import LatentBatch, iter_latents
+
+log = logging.getLogger(__name__)
 
 _CACHE: dict[str, "Session"] = {}
 _MODELS: dict[str, LoadedModel] = {}
@@ -26,18 +38,31 @@ class Session:
     def d_sae(self) -> int:
         return int(self.sae.cfg.d_sae)
 
+    def threshold_F(self) -> np.ndarray | None:
+        """Per-latent JumpReLU threshold θ of the SAE, or None."""
+        return sae_threshold_F(self.sae)
+
+    def latent_batches(self, progress: bool = True, shard: tuple[int, int] | None = None) -> Iterator[LatentBatch]:
+        """SAE latents over the session's corpus (``shard=(rank, world_size)``: only that rank's contexts)."""
+        return iter_latents(self.model, self.sae, self.data, self.hook, self.stream, progress, shard)
+
 
 def open_session(cfg, progress: bool = True) -> Session:
     """Load (or reuse) the model and SAE of an experiment config (anything with model/hook/sae/data/stream)."""
-    model_spec: ModelSpec = cfg.model
-    sae_spec: SAESpec = cfg.sae
+    model_spec = cfg.model
+    sae_spec = cfg.sae
     key = json.dumps({"model": model_spec.model_dump(), "sae": sae_spec.model_dump(), "hook": cfg.hook.model_dump()}, sort_keys=True)
     if key not in _CACHE:
         model_key = json.dumps(model_spec.model_dump(), sort_keys=True)
         if model_key not in _MODELS:
             _MODELS[model_key] = load_model(model_spec, progress)
         model = _MODELS[model_key]
-        sae = load_sae(sae_spec, model, cfg.hook, cfg.data, cfg.stream, progress=progress)
+        if sae_spec.train is not None:
+            folder = trained_sae_dir(sae_spec, model, cfg.hook, cfg.data)
+            if not (folder / "cfg.json").exists():
+                log.info("training an SAE (cached afterwards in %s)", folder)
+                train_sae(sae_spec.train, model, cfg.hook, cfg.data, cfg.stream or StreamSpec(), folder, progress=progress)
+        sae = load_sae(sae_spec, model, cfg.hook, cfg.data)
         _CACHE[key] = Session(model, sae, cfg.hook, cfg.data, cfg.stream)
     s = _CACHE[key]
     s.data, s.stream = cfg.data, cfg.stream

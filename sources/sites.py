@@ -97,17 +97,6 @@ def n_layers(model: torch.nn.Module) -> int:
     return len(model.get_submodule(blocks_path(model)))
 
 
-def final_norm_path(model: torch.nn.Module) -> str:
-    family = family_of(model)
-    for path in family.final_norm:
-        try:
-            model.get_submodule(path)
-            return path
-        except AttributeError:
-            continue
-    raise ConfigError("model.name", f"could not find the final norm in this {family.name} model")
-
-
 def resolve(model: torch.nn.Module, layer: int, site: str) -> SitePath:
     """Map a user's (layer, site) to a module path of ``model``, with clear errors when out of range."""
     if site not in SITES:

@@ -24,10 +24,10 @@ import torch
 
 from sources import sites
 from sources.config import DataSpec, HookSpec, StreamSpec
-from sources.corpora import Context, iter_contexts
+from sources.corpora import Context, data_fingerprint, iter_contexts
 from sources.errors import ConfigError
-from sources.files import atomic_path, read_json, stable_hash, write_json
-from sources.models import LoadedModel, cache_root
+from sources.files import atomic_path, cache_root, read_json, stable_hash, write_json
+from sources.models import LoadedModel
 from sources.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -82,14 +82,8 @@ def hook_activations(model: LoadedModel, tokens_BL: torch.Tensor, hook: HookSpec
     return sites.first_tensor(saved)
 
 
-def n_batches(data: DataSpec, stream: StreamSpec) -> int:
-    return -(-(-(-data.max_tokens // data.context_len)) // stream.batch_size)
-
-
 def cache_dir_for(model: LoadedModel, hook: HookSpec, data: DataSpec, stream: StreamSpec,
                   shard: tuple[int, int] | None = None) -> Path:
-    from sources.fingerprint import data_fingerprint
-
     spec = {"model": model.identity, "hook": hook.model_dump(), "data": data.model_dump(),
             "corpus": data_fingerprint(data), "batch_size": stream.batch_size, "version": 2}
     if shard is not None and shard[1] > 1:
@@ -190,22 +184,3 @@ def iter_latents(model: LoadedModel, sae, data: DataSpec, hook: HookSpec, stream
         ctx_index = np.array([c.index for c in batch.contexts])[b_idx.numpy()]
         latents = encode_latents(sae, batch.masked_acts_ND())
         yield LatentBatch(to_csr(latents), ctx_index, pos.numpy())
-
-
-def iter_latent_batches(cfg, progress: bool = True, shard: tuple[int, int] | None = None) -> Iterator[LatentBatch]:
-    """SAE latents over the corpus of an experiment config (model, hook, sae, data, stream sections).
-
-    ``shard=(rank, world_size)``: only that rank's contexts (``index % world_size == rank``).
-    """
-    from sources.session import open_session
-
-    s = open_session(cfg, progress)
-    yield from iter_latents(s.model, s.sae, cfg.data, cfg.hook, cfg.stream, progress, shard)
-
-
-def sae_thresholds(cfg) -> np.ndarray | None:
-    """Per-latent JumpReLU threshold θ of the config's SAE, or None."""
-    from sources.saes import sae_threshold_F
-    from sources.session import open_session
-
-    return sae_threshold_F(open_session(cfg).sae)

@@ -86,7 +86,7 @@ def test_a_corpus_file_rewritten_with_same_size_and_mtime_gets_a_new_cache(tmp_p
 
 
 def test_replaced_model_weights_under_the_same_name_get_a_new_cache(tmp_path, cache):
-    from sources.fingerprint import model_fingerprint
+    from sources.models import model_fingerprint
     from sources.models import load_model
 
     folder = tmp_path / "model"
@@ -128,7 +128,8 @@ def test_a_replaced_sae_changes_the_cooc_key_and_later_stages_refuse_the_stale_g
 
 def test_the_builtin_corpus_is_keyed_by_the_content_of_its_package_files(tmp_path, monkeypatch):
     from sources import builtin_corpus as bc
-    from sources.fingerprint import data_fingerprint, tree_digest
+    from sources.corpora import data_fingerprint
+    from sources.fingerprint import tree_digest
 
     files = bc.corpus_files("default")
     assert len(files) > 600 and files[-1].name == "summaries_en-us.json" and all(f.is_file() for f in files)

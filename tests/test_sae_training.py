@@ -143,16 +143,28 @@ def test_the_training_batches_are_one_shuffled_pass_over_the_unmasked_activation
     assert not yielded - stream_rows
 
 
-def test_load_sae_with_a_train_spec_trains_once_then_reuses_the_cached_sae(cache, model, data, monkeypatch):
+def test_a_session_with_a_train_spec_trains_once_then_reuses_the_cached_sae(cache, model, data, monkeypatch):
+    from types import SimpleNamespace
+
+    from sources import session as sess
+    from sources.config import ModelSpec
+
     spec = SAESpec(builtin=None, train=short_spec(seed=3))
-    sae = load_sae(spec, model, HOOK, data, STREAM, progress=False)
+    with pytest.raises(ConfigError, match="not been trained yet"):  # loading never trains: the session decides
+        load_sae(spec, model, HOOK, data)
+    monkeypatch.setattr(sess, "load_model", lambda spec, progress=True: model)
+    monkeypatch.setattr(sess, "_CACHE", {})
+    monkeypatch.setattr(sess, "_MODELS", {})
+    cfg = SimpleNamespace(model=ModelSpec(name="tiny", device="cpu"), sae=spec, hook=HOOK, data=data, stream=STREAM)
+    sae = sess.open_session(cfg, progress=False).sae
     assert sae.cfg.d_sae == 32
 
     def fail(*a, **k):
         raise AssertionError("trained again")
 
-    monkeypatch.setattr("sources.sae_training.train_sae", fail)
-    again = load_sae(spec, model, HOOK, data, STREAM, progress=False)
+    monkeypatch.setattr(sess, "train_sae", fail)
+    monkeypatch.setattr(sess, "_CACHE", {})
+    again = sess.open_session(cfg, progress=False).sae
     torch.testing.assert_close(again.W_dec, sae.W_dec)
 
 
