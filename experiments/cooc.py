@@ -52,12 +52,16 @@ def _input(cfg: ExperimentConfig, progress: bool, shard: tuple[int, int] | None 
             start, stop = row_range(n_rows, *shard)
             acts_TF = acts_TF[start:stop]
         return iter_chunks(acts_TF, cfg.cooc.chunk_tokens), acts_TF.shape[1], None, info
-    session = open_session(cfg, progress)
-    theta_F = session.threshold_F() if cfg.cooc.use_sae_threshold else None
+    theta_F = open_session(cfg, progress).threshold_F() if cfg.cooc.use_sae_threshold else None
     d_sae = None if theta_F is None else theta_F.shape[0]
     if shard is not None and d_sae is None:
-        d_sae = session.d_sae  # a rank whose shard is empty still needs the width
-    return session.latent_batches(progress, shard), d_sae, theta_F, {"source": "stream"}
+        d_sae = open_session(cfg, progress).d_sae  # a rank whose shard is empty still needs the width
+    return _latent_batches(cfg, progress, shard), d_sae, theta_F, {"source": "stream"}
+
+
+def _latent_batches(cfg: ExperimentConfig, progress: bool, shard: tuple[int, int] | None):
+    """The session's latents, opened when the first batch is asked for (inside the stage)."""
+    yield from open_session(cfg, progress).latent_batches(progress, shard)
 
 
 def inputs_fingerprint(cfg: ExperimentConfig) -> dict:
@@ -67,7 +71,7 @@ def inputs_fingerprint(cfg: ExperimentConfig) -> dict:
 
 def stage_key(cfg: ExperimentConfig, run: Run) -> str:
     """Hash of what the stage's result depends on: config sections and the content of its inputs (the
-    activation file; or the model weights, SAE files and corpus files, see sources.fingerprint)."""
+    activation file; or the model weights, SAE files and corpus files, see inputs_fingerprint)."""
     if cfg.activations.source == "file":
         path = Path(cfg.activations.path)
         fingerprint = [str(path.resolve()), file_digest(path)] if path.is_file() else None

@@ -63,7 +63,7 @@ def render_report(out_dir: str | Path) -> str:
     out = Path(out_dir)
     vpath = out / "interventions" / "verdicts.csv"  # the stage's own file (OUT/verdicts.csv is a copy of it)
     if not vpath.exists():
-        return ("## Interventions\n\nNot run: no `verdicts.csv` in this folder (the interventions stage is disabled "
+        return ("## Interventions\n\nNot run: no `interventions/verdicts.csv` in this folder (the interventions stage is disabled "
                 "or has not finished).\n")
     v = read_csv(vpath, "interventions", RECOMPUTE, dtype={"group_id": str, "best_single_latents": str})
     epath = out / "interventions" / "effects.csv"

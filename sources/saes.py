@@ -120,7 +120,8 @@ def load_sae(spec: SAESpec, model: LoadedModel, hook: HookSpec, data: DataSpec |
         folder = trained_sae_dir(spec, model, hook, data)
         if not (folder / "cfg.json").exists():  # training on demand is the session's decision (sources.session)
             raise ConfigError("sae.train", f"this SAE has not been trained yet (nothing in {folder}); open a session "
-                                           "(python -m experiments.steer) or run python -m experiments.train_sae")
+                                           "with this config (sources.session.open_session, or python -m "
+                                           "experiments.steer), which trains it into that folder")
         sae = load_sae_dir(folder, device, field="sae.train")
     check_compatible(sae, model, hook, check_hook=spec.check_hook)
     sae.eval()

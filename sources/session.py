@@ -15,6 +15,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from sources.config import DataSpec, HookSpec, StreamSpec
+from sources.errors import ConfigError
 from sources.models import LoadedModel, load_model
 from sources.sae_training import train_sae
 from sources.saes import load_sae, sae_threshold_F, trained_sae_dir
@@ -58,6 +59,8 @@ def open_session(cfg, progress: bool = True) -> Session:
             _MODELS[model_key] = load_model(model_spec, progress)
         model = _MODELS[model_key]
         if sae_spec.train is not None:
+            if cfg.data is None:
+                raise ConfigError("sae.train", "training an SAE needs a data: section")
             folder = trained_sae_dir(sae_spec, model, cfg.hook, cfg.data)
             if not (folder / "cfg.json").exists():
                 log.info("training an SAE (cached afterwards in %s)", folder)

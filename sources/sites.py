@@ -32,20 +32,18 @@ class Family:
     """Path, relative to a block, of the module whose output is added to the residual by attention."""
     mlp_out: str
     """Same for the MLP."""
-    final_norm: tuple[str, ...]
     lm_head: str = "lm_head"
 
 
-LLAMA = Family("llama", ("model.layers",), "self_attn", "mlp", ("model.norm",))
-GEMMA = Family("gemma", ("model.layers",), "self_attn", "mlp", ("model.norm",))
+LLAMA = Family("llama", ("model.layers",), "self_attn", "mlp")
+GEMMA = Family("gemma", ("model.layers",), "self_attn", "mlp")
 GEMMA_POSTNORM = Family(
     "gemma3",
     ("model.layers", "model.language_model.layers"),
     "post_attention_layernorm",
     "post_feedforward_layernorm",
-    ("model.norm", "model.language_model.norm"),
 )
-GPT2 = Family("gpt2", ("transformer.h",), "attn", "mlp", ("transformer.ln_f",))
+GPT2 = Family("gpt2", ("transformer.h",), "attn", "mlp")
 
 FAMILIES: dict[str, Family] = {
     "llama": LLAMA,

@@ -1,6 +1,8 @@
 """The project's import graph is a layered DAG: data flows one way.
 
-Every import counts, also those inside functions (a cycle hidden in a function is still a cycle). Packages
+Every import counts, also those inside functions (a cycle hidden in a function is still a cycle) and
+``importlib.import_module("...")`` with a literal name; reaching a submodule only as an attribute of an
+imported package (``import sources; sources.session...``) is not seen, and the project does not do it. Packages
 are ranked sources < cooc, subspaces, stats < probes < interventions < reports < experiments; a module may
 import its own package and lower ranks only, and no set of modules may import each other in a circle.
 """
@@ -41,7 +43,10 @@ def import_graph(known: dict[str, Path]) -> nx.DiGraph:
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             targets = []
-            if isinstance(node, ast.Import):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
+                    "import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant):
+                targets = [str(node.args[0].value)]  # importlib.import_module("pkg.mod") counts too
+            elif isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
