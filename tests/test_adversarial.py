@@ -171,21 +171,28 @@ def _damage(data: bytes, how: str, draw) -> bytes:
 DAMAGE = st.sampled_from(["truncate", "empty", "json_shape", "random", "bad_utf8"])
 
 
-@FAST
-@given(data=st.data())
-def test_a_damaged_model_folder_is_one_line(done, capsys, tmp_path_factory, data):
-    root, config, out = done
-    folder = tmp_path_factory.mktemp("model")
-    shutil.copytree(root / "inputs" / "model", folder, dirs_exist_ok=True)
-    target = folder / data.draw(st.sampled_from(["config.json", "model.safetensors"]))
+def damaged_copy(source: Path, tmp_path_factory, names: list[str], data) -> Path:
+    """A copy of the folder ``source`` with one of ``names`` damaged as hypothesis draws it (a safetensors file
+    is truncated, emptied, replaced by random bytes or given a header whose offsets overflow)."""
+    folder = tmp_path_factory.mktemp(source.name)
+    shutil.copytree(source, folder, dirs_exist_ok=True)
+    target = folder / data.draw(st.sampled_from(names))
     how = data.draw(DAMAGE)
-    if target.name == "model.safetensors" and how == "bad_utf8":
+    if target.suffix == ".safetensors" and how == "bad_utf8":
         how = "truncate"
-    if target.name == "model.safetensors" and how == "json_shape":  # a header whose offsets overflow
+    if target.suffix == ".safetensors" and how == "json_shape":  # a header whose offsets overflow
         header = b'{"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 1e999]}}'
         target.write_bytes(len(header).to_bytes(8, "little") + header)
     else:
         target.write_bytes(_damage(target.read_bytes(), how, data.draw))
+    return folder
+
+
+@FAST
+@given(data=st.data())
+def test_a_damaged_model_folder_is_one_line(done, capsys, tmp_path_factory, data):
+    root, config, out = done
+    folder = damaged_copy(root / "inputs" / "model", tmp_path_factory, ["config.json", "model.safetensors"], data)
     refused(capsys, steer_main, steer_argv(config, out, f"model.name={folder}"), "model.name", folder=out)
 
 
@@ -201,13 +208,7 @@ def test_a_file_named_gguf_that_is_not_one_is_one_line(done, capsys, tmp_path, c
 @given(data=st.data())
 def test_a_damaged_sae_folder_is_one_line(done, capsys, tmp_path_factory, data):
     root, config, out = done
-    folder = tmp_path_factory.mktemp("sae")
-    shutil.copytree(root / "inputs" / "sae", folder, dirs_exist_ok=True)
-    target = folder / data.draw(st.sampled_from(["cfg.json", "sae_weights.safetensors"]))
-    how = data.draw(DAMAGE)
-    if target.name.endswith(".safetensors") and how == "bad_utf8":
-        how = "truncate"
-    target.write_bytes(_damage(target.read_bytes(), how, data.draw))
+    folder = damaged_copy(root / "inputs" / "sae", tmp_path_factory, ["cfg.json", "sae_weights.safetensors"], data)
     refused(capsys, steer_main, steer_argv(config, out, f"sae.path={folder}"), "sae", folder=out)
 
 
