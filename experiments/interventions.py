@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from experiments.cli import build_config, entry_point, parser
 from experiments.config import ExperimentConfig
@@ -90,8 +91,6 @@ def interventions_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, 
     occ = _occurrences(cooc_dir, d_sae)
     task_data = None
     if use_tasks and have_examples:
-        import pandas as pd
-
         from interventions.tasks import load_task_data
 
         examples = read_csv(examples_csv, "probes", RECOMPUTE, dtype={"doc_id": str}, low_memory=False)

@@ -104,7 +104,7 @@ def read_manifest(out: Path) -> dict:
     path = Path(out) / "manifest.json"
     if not path.exists():
         return {}
-    fix = f"rerun with --fresh to recompute the folder, or choose another --out"
+    fix = "rerun with --fresh to recompute the folder, or choose another --out"
     try:
         m = json.loads(path.read_bytes().decode("utf-8"))
     except (ValueError, UnicodeDecodeError):

@@ -26,7 +26,7 @@ from sources import sites
 from sources.config import DataSpec, HookSpec, StreamSpec
 from sources.corpora import Context, data_fingerprint, iter_contexts
 from sources.errors import ConfigError
-from sources.files import atomic_path, cache_root, read_json, stable_hash, write_json
+from sources.files import atomic_path, cache_root, stable_hash, write_json
 from sources.models import LoadedModel
 from sources.progress import progress_bar
 

@@ -14,7 +14,6 @@ or a consistent new one, and the rerun ends where an uninterrupted run ends.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import signal
