@@ -18,23 +18,21 @@ import numpy as np
 from experiments.cooc import stage_key as cooc_stage_key
 from experiments.run import Run
 from sources.corpora import check_corpus
+from sources.config import require_known_groups
 from sources.errors import ConfigError
 from sources.files import read_csv
 from sources.session import open_session
 
 
-def check_inputs(cfg, run: Run | None = None, progress: bool = True, session: bool = True):
-    """Open every input of ``cfg``; returns the model+SAE session when ``session`` (else None)."""
-    if cfg.activations.source == "stream" or session:
-        check_corpus(cfg.data)
-    s = None
-    if session:
-        s = open_session(cfg, progress)
-        if cfg.activations.source == "file":
-            check_activation_width(Path(cfg.activations.path), s.d_sae)
+def check_inputs(cfg, run: Run | None = None, progress: bool = True) -> None:
+    """Open every input of ``cfg``: corpus, model and SAE, a precomputed activation file's width and (with
+    ``run``) explicit group ids."""
+    check_corpus(cfg.data)
+    s = open_session(cfg, progress)
+    if cfg.activations.source == "file":
+        check_activation_width(Path(cfg.activations.path), s.d_sae)
     if run is not None:
         check_group_ids(cfg, run)
-    return s
 
 
 def check_activation_width(path: Path, d_sae: int) -> None:
@@ -65,10 +63,6 @@ def check_group_ids(cfg, run: Run) -> None:
         return
     groups_csv = run.out / "cooc" / "groups.csv"
     df = read_csv(groups_csv, "cooc", "rerun with --fresh", dtype={"group_id": str}, usecols=["group_id"])
-    known = set(df["group_id"].dropna().astype(str))
+    known = list(dict.fromkeys(df["group_id"].dropna().astype(str)))
     for field, ids in explicit.items():
-        unknown = [str(g) for g in ids if str(g) not in known]
-        if unknown:
-            some = ", ".join(sorted(known)[:3]) or "none"
-            raise ConfigError(field, f"group id {unknown[0]!r} does not exist in {groups_csv} ({len(known)} groups, "
-                                     f"e.g. {some}); give ids from that file or auto")
+        require_known_groups(field, ids, known, groups_csv)

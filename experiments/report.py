@@ -16,6 +16,7 @@ import pandas as pd
 
 from experiments.cli import ArgumentParser, entry_point
 from experiments.run import RECOMPUTE, Run, lock_folder, release_locks, verify_record
+from sources.config import require_known_groups
 from sources.errors import ConfigError
 from sources.files import read_csv, stable_hash
 
@@ -29,10 +30,7 @@ def report_groups(out: Path, rcfg, groups_df: pd.DataFrame) -> dict[str, tuple[i
     """The groups that get a card: explicit ids, or the evaluated groups first, then the largest ones."""
     members = {str(g): tuple(sorted(int(x) for x in sub["latent"])) for g, sub in groups_df.groupby("group_id", sort=False)}
     if isinstance(rcfg.groups, list):
-        unknown = [g for g in rcfg.groups if g not in members]
-        if unknown:
-            raise ConfigError("report.groups", f"group id {unknown[0]!r} does not exist in {out / 'cooc' / 'groups.csv'} "
-                                               f"({len(members)} groups, e.g. {', '.join(list(members)[:3]) or 'none'})")
+        require_known_groups("report.groups", rcfg.groups, members, out / "cooc" / "groups.csv")
         return {g: members[g] for g in dict.fromkeys(rcfg.groups)}
     chosen: list[str] = []
     verdicts = out / "interventions" / "verdicts.csv"

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Iterator
 
 from sources.errors import RECOMPUTE, ConfigError
-from sources.files import atomic_path, git_commit, git_dirty, package_versions, stable_hash, write_json
+from sources.files import atomic_path, git_commit, git_dirty, json_text, package_versions, stable_hash, write_json
 from sources.fingerprint import file_digest
 
 log = logging.getLogger(__name__)
@@ -248,7 +248,7 @@ class Run:
         moved = []
         try:
             with atomic_path(self.out / "manifest.json") as manifest_tmp:
-                manifest_tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+                manifest_tmp.write_text(json_text(manifest))
                 if folder.exists():
                     os.replace(folder, old)
                     moved.append((old, folder))

@@ -17,7 +17,7 @@ from interventions.evaluate import (Evaluator, GroupEval, GroupSpec, Pool, best_
                                     plan_arms, pooled, scan_pool)
 from interventions.stats import (COMPARATORS, EFFECTS_COLUMNS, adjust_run, bootstrap_weights, effect_row,
                                  effect_verdicts_frame, finish_rows, verdicts_frame)
-from sources.config import DataSpec, HookSpec, StreamSpec
+from sources.config import DataSpec, HookSpec, StreamSpec, require_known_groups
 from sources.errors import ConfigError
 from sources.files import atomic_path, read_csv, stable_hash
 
@@ -49,11 +49,7 @@ def select_groups(df: pd.DataFrame, icfg: InterventionsConfig, d_sae: int | None
     members = {g: tuple(sorted(int(x) for x in sub["latent"])) for g, sub in df.groupby("group_id", sort=False)}
     structure = {g: str(sub["structure"].iloc[0]) if "structure" in sub else "" for g, sub in df.groupby("group_id", sort=False)}
     if isinstance(icfg.groups, list):
-        unknown = [g for g in icfg.groups if g not in members]
-        if unknown:
-            some = ", ".join(list(members)[:3]) or "none"
-            raise ConfigError("interventions.groups", f"group id {unknown[0]!r} does not exist in {source} "
-                                                      f"({len(members)} groups, e.g. {some})")
+        require_known_groups("interventions.groups", icfg.groups, members, source)
         ids = list(dict.fromkeys(icfg.groups))
     else:
         numeric = [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c]) and c != "latent"]

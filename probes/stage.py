@@ -25,6 +25,7 @@ from probes.inputs import read_cooc
 from probes.plots import group_pca_figure
 from probes.selection import enrichment_table, select_groups
 from probes.targets import url_targets, word_sense_targets
+from sources.config import require_known_groups
 from sources.errors import ConfigError
 from sources.files import atomic_path, write_json
 
@@ -51,12 +52,7 @@ def run_probes(cfg, cooc_dir: str | Path, out_dir: str | Path, progress: bool = 
     if pc.groups == "auto":
         cand = {g: m for g, m in cooc.members.items() if pc.min_group_size <= len(m) <= pc.max_group_size}
     else:  # checked before any model is loaded
-        unknown = [g for g in pc.groups if g not in cooc.members]
-        if unknown:
-            known = sorted(cooc.members)
-            shown = ", ".join(known[:3]) + (", ..." if len(known) > 3 else "") if known else "none"
-            raise ConfigError("probes.groups", f"group id(s) {unknown} are not in {cooc.folder}/groups.csv "
-                              f"({len(known)} groups, e.g. {shown})")
+        require_known_groups("probes.groups", pc.groups, sorted(cooc.members), cooc.folder / "groups.csv")
         cand = {g: cooc.members[g] for g in pc.groups}
     if model is None or sae is None:
         from sources.session import open_session

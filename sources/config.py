@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sources.errors import ConfigError
+
 Site = Literal["resid_pre", "resid_post", "mlp_out", "attn_out"]
 DType = Literal["float32", "bfloat16"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -53,6 +55,17 @@ def group_ids_or_auto(v):
     if isinstance(v, list) and not v:
         raise ValueError("the list of group ids is empty; give ids from OUT/cooc/groups.csv or auto")
     return v
+
+
+def require_known_groups(field: str, ids, known, source) -> None:
+    """ConfigError naming the first of ``ids`` that is not among ``known`` (the groups of ``source``, a cooc
+    groups.csv); the one check behind probes.groups, interventions.groups and report.groups."""
+    known = list(known)
+    unknown = [str(g) for g in ids if str(g) not in set(known)]
+    if unknown:
+        some = ", ".join(known[:3]) or "none"
+        raise ConfigError(field, f"group id {unknown[0]!r} does not exist in {source} ({len(known)} groups, e.g. "
+                                 f"{some}); give ids from that file or auto")
 
 
 def positive_numbers(v) -> list[float]:

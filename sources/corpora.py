@@ -62,9 +62,7 @@ def check_corpus(spec: DataSpec) -> None:
         for f in _expand(spec.path):
             check_utf8(f, "data.path")
     elif spec.source == "hf_disk":
-        if not spec.path or not Path(spec.path).expanduser().is_dir():
-            raise ConfigError("data.path", f"data.source: hf_disk needs data.path of a dataset folder saved with "
-                                           f"save_to_disk (got {spec.path!r})")
+        _hf_disk_folder(spec)
     elif spec.source == "hub":
         require_hub("data.name", f"dataset {spec.name!r}", "use data.source: builtin, text, jsonl or hf_disk")
 
@@ -97,28 +95,37 @@ def _read_text(f: Path) -> str:
 
 
 def _iter_jsonl(f: Path, text_field: str) -> Iterator[tuple[str, str]]:
-    check_utf8(f, "data.path")
-    with open(f, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError("data.path", f"{f}:{lineno} is not valid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict) or text_field not in obj:
-                raise ConfigError("data.text_field", f"{f}:{lineno} has no field {text_field!r}; set data.text_field to the text's key")
-            yield str(obj.get("id", f"{f.name}:{lineno}")), str(obj[text_field])
+    try:
+        with open(f, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ConfigError("data.path", f"{f}:{lineno} is not valid JSON ({exc.msg})") from None
+                if not isinstance(obj, dict) or text_field not in obj:
+                    raise ConfigError("data.text_field", f"{f}:{lineno} has no field {text_field!r}; set data.text_field to the text's key")
+                yield str(obj.get("id", f"{f.name}:{lineno}")), str(obj[text_field])
+    except UnicodeDecodeError:  # raised by reading the file (a consumer's own errors never enter here)
+        raise ConfigError("data.path", f"{f} is not UTF-8 text; convert it to UTF-8") from None
+
+
+def _hf_disk_folder(spec: DataSpec) -> Path:
+    """The folder of a ``data.source: hf_disk`` dataset (ConfigError when it is not a folder)."""
+    if not spec.path or not Path(spec.path).expanduser().is_dir():
+        raise ConfigError("data.path", f"data.source: hf_disk needs data.path of a dataset folder saved with "
+                                       f"save_to_disk (got {spec.path!r})")
+    return Path(spec.path).expanduser()
 
 
 def _iter_hf(spec: DataSpec) -> Iterator[tuple[str, str]]:
     import datasets
 
     if spec.source == "hf_disk":
-        if not spec.path or not Path(spec.path).expanduser().exists():
-            raise ConfigError("data.path", f"data.source: hf_disk needs data.path of a dataset saved with save_to_disk (got {spec.path!r})")
+        folder = _hf_disk_folder(spec)
         try:
-            ds = datasets.load_from_disk(str(Path(spec.path).expanduser()))
+            ds = datasets.load_from_disk(str(folder))
         except Exception as exc:  # noqa: BLE001 - a folder that is not a saved dataset
             raise ConfigError("data.path", f"{spec.path} is not a dataset saved with save_to_disk "
                                            f"({type(exc).__name__})") from None

@@ -64,8 +64,13 @@ def write_text(path: str | os.PathLike, text: str, field: str = "out") -> None:
         tmp.write_text(text)
 
 
+def json_text(obj: Any) -> str:
+    """How every JSON output is written: sorted keys, indent 2, a final newline."""
+    return json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+
+
 def write_json(path: str | os.PathLike, obj: Any, field: str = "out") -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", field)
+    write_text(path, json_text(obj), field)
 
 
 def read_json(path: str | os.PathLike) -> Any:
