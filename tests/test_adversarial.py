@@ -187,12 +187,17 @@ def damaged_copy(source: Path, tmp_path_factory, names: list[str], data) -> Path
     return folder
 
 
+@pytest.mark.parametrize("folder_name, names, setting, field", [
+    ("model", ["config.json", "model.safetensors"], "model.name", "model.name"),
+    ("sae", ["cfg.json", "sae_weights.safetensors"], "sae.path", "sae"),
+])
 @FAST
 @given(data=st.data())
-def test_a_damaged_model_folder_is_one_line(done, capsys, tmp_path_factory, data):
+def test_a_damaged_model_or_sae_folder_is_one_line(done, capsys, tmp_path_factory, folder_name, names, setting, field,
+                                                   data):
     root, config, out = done
-    folder = damaged_copy(root / "inputs" / "model", tmp_path_factory, ["config.json", "model.safetensors"], data)
-    refused(capsys, steer_main, steer_argv(config, out, f"model.name={folder}"), "model.name", folder=out)
+    folder = damaged_copy(root / "inputs" / folder_name, tmp_path_factory, names, data)
+    refused(capsys, steer_main, steer_argv(config, out, f"{setting}={folder}"), field, folder=out)
 
 
 @pytest.mark.parametrize("content", [b"hello, I am a text file\n", b"", b"GGU", b"GGUF\x03\x00\x00\x00garbage"])
@@ -203,30 +208,16 @@ def test_a_file_named_gguf_that_is_not_one_is_one_line(done, capsys, tmp_path, c
     refused(capsys, steer_main, steer_argv(config, out, f"model.name={fake}"), "model.name", folder=out)
 
 
-@FAST
-@given(data=st.data())
-def test_a_damaged_sae_folder_is_one_line(done, capsys, tmp_path_factory, data):
-    root, config, out = done
-    folder = damaged_copy(root / "inputs" / "sae", tmp_path_factory, ["cfg.json", "sae_weights.safetensors"], data)
-    refused(capsys, steer_main, steer_argv(config, out, f"sae.path={folder}"), "sae", folder=out)
+def test_a_jsonl_file_with_invalid_utf8_read_without_the_preflight_is_a_config_error(tmp_path):
+    from sources.config import DataSpec
+    from sources.corpora import iter_documents
+    from sources.errors import ConfigError
 
-
-@FAST
-@given(data=st.data())
-def test_a_damaged_corpus_file_is_one_line(done, capsys, tmp_path_factory, data):
-    root, config, out = done
-    folder = tmp_path_factory.mktemp("corpus")
-    source = data.draw(st.sampled_from(["jsonl", "text"]))
-    good = (root / "inputs" / "corpus.jsonl").read_bytes()
-    how = data.draw(st.sampled_from(["bad_utf8", "json_shape", "empty", "folder_in_glob"]))
-    if source == "text" and how == "json_shape":
-        how = "bad_utf8"  # any text is a valid text document
-    (folder / "a.txt").write_bytes(good if how == "folder_in_glob" else _damage(good, how, data.draw))
-    if how == "folder_in_glob":
-        (folder / "b.txt").mkdir()
-    field = "data" if how == "empty" else "data.path" if how != "json_shape" else "data.text_field"
-    refused(capsys, steer_main, steer_argv(config, out, f"data.source={source}", f"data.path={folder}/*.txt"),
-            field, folder=out)
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b'{"text": "fine"}\n{"text": "bro\xffken"}\n')
+    with pytest.raises(ConfigError, match="is not UTF-8 text") as exc:
+        list(iter_documents(DataSpec(source="jsonl", path=str(path))))
+    assert exc.value.field == "data.path"
 
 
 @FAST
