@@ -84,12 +84,14 @@ def held_locks() -> set[Path]:
 
 
 def release_locks(folders=None) -> None:
-    """Release this process's locks on ``folders`` (default: all); a folder lock_folder created and that is
-    still empty is removed, so a refused command leaves no trace."""
+    """Release this process's locks on ``folders`` (default: all). Temporary files still in a folder then
+    are this process's (no other writer held the lock), left by an interrupted write: they are removed. A
+    folder lock_folder created and that is still empty is removed, so a refused command leaves no trace."""
     for out in list(_LOCKS) if folders is None else [Path(f).resolve() for f in folders]:
         fd = _LOCKS.pop(out, None)
         if fd is None:
             continue
+        _remove_temporaries(out)  # e.g. a signal that landed inside an atomic write's own cleanup
         os.close(fd)
         if out in _CREATED:
             _CREATED.remove(out)
@@ -160,8 +162,7 @@ class Run:
     def __post_init__(self):
         self.out = Path(self.out)
         self._owns_lock = lock_folder(self.out)
-        for stale in self.out.glob(".*.tmp*"):  # an atomic write of a killed process (the lock is ours now)
-            stale.unlink(missing_ok=True)
+        _remove_temporaries(self.out)  # atomic writes of a killed process (the lock is ours now)
         old = {} if self.fresh else read_manifest(self.out)
         self._current: set[str] = set()  # stages verified or computed for this config in this process
         self.manifest = {
@@ -283,6 +284,14 @@ class Run:
             self.manifest["stages"][s]["config_hash"] = self.manifest["config_hash"]
         self.manifest["complete"] = all(s in self._current for s in stages)
         self._write()
+
+
+def _remove_temporaries(out: Path) -> None:
+    """Delete the temporary files of atomic writes (``.NAME.XXXX.tmp...``) anywhere under ``out``; only the
+    holder of the folder's lock may call this."""
+    for stale in out.rglob(".*.tmp*"):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
 
 
 def _clear(folder: Path, keep: str) -> None:
