@@ -123,7 +123,7 @@ def memory(d_sae: int, l0: float, n_tokens: int, export: bool) -> dict:
 def pruning(prune_below: int, prune_every: int, seed: int = 0) -> dict:
     """Exact versus pruned counts on planted data: what changes downstream."""
     from cooc import CoocConfig, run_cooc
-    from cooc.evaluate import adjusted_rand, labels_from_groups
+    from cooc.recovery import adjusted_rand, labels_from_groups
     from cooc.inputs import iter_chunks
     from cooc.synthetic import planted
 

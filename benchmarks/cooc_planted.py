@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cooc import CoocConfig, run_cooc  # noqa: E402
-from cooc.evaluate import recovery  # noqa: E402
+from cooc.recovery import recovery  # noqa: E402
 from cooc.inputs import iter_chunks  # noqa: E402
 from cooc.synthetic import planted  # noqa: E402
 

@@ -10,7 +10,7 @@ times, alternating within each repeat so that machine load hits all alike:
 * ``plain``: ``model.hf(tokens_BL)``, a plain transformers forward of the B contexts (no nnsight, no edit);
 * ``plain A·B``: the same for the A·B rows (what batching the arms costs without nnsight and edits);
 * ``arms``: ``multi_arm_logits`` with A arms, each adding a precomputed SAE-latent ablation delta
-  (zeroing 6 latents of the default SAE, as ``interventions.evaluate`` precomputes it) at the hook;
+  (zeroing 6 latents of the default SAE, as ``interventions.arms`` precomputes it) at the hook;
 * ``+ effects``: ``arms`` plus ``token_effects`` (ΔCE and KL per position, what each arm is scored on).
 
 Ratios: per-arm cost = arms / A / plain (goal <= 1.2x), the same with effects, and the nnsight+edit
@@ -35,9 +35,10 @@ sys.path.insert(0, str(ROOT))
 def main() -> None:
     from experiments.cli import DEFAULT_CONFIG, build_config
     from experiments.config import ExperimentConfig
-    from interventions.edits import encode, effective_decoder, latent_delta
+    from interventions.edits import latent_delta
     from interventions.forward import multi_arm_logits, next_token_logprobs, token_effects
     from sources.corpora import iter_contexts
+    from sources.sae_view import SAEView
     from sources.session import open_session
     from sources.stream import hook_activations
 
@@ -54,7 +55,8 @@ def main() -> None:
     model, sae, hook = s.model, s.sae, cfg.hook
     contexts = list(iter_contexts(cfg.data, model.tokenizer))[:16]
     tokens_all = torch.from_numpy(np.stack([c.tokens_L for c in contexts]))
-    W_eff = effective_decoder(sae)
+    view = SAEView(sae)
+    W_eff = view.decoder_FD()
     rng = np.random.default_rng(0)
     d_sae = int(sae.cfg.d_sae)
     print(f"torch threads {torch.get_num_threads()}; {model.name} ({cfg.model.dtype}), edit at layer {hook.layer} "
@@ -69,7 +71,7 @@ def main() -> None:
             tokens = tokens_all[:B].to(model.device)
             t0 = time.perf_counter()
             x = hook_activations(model, tokens, hook).float()
-            f = encode(sae, x)
+            f = view.encode(x)
             deltas = [latent_delta(sae, x, rng.choice(d_sae, args.latents, replace=False).tolist(), "zero", f=f,
                                    W_eff=W_eff) for _ in range(A)]
             t_delta = time.perf_counter() - t0

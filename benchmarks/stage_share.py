@@ -6,7 +6,7 @@
 1. ``share`` (default): counting's share of the streaming stage on the default model and SAE. Every
    batch of the built-in corpus goes through the three steps the stage runs, each timed on its own:
    model forward truncated at the hook (``sources.stream.hook_activations``), SAE encode + sparse
-   conversion (``encode_latents`` + ``to_csr``) and counting (``CooccurrenceCounter.update``; the
+   conversion (``SAEView.encode_sparse``) and counting (``CooccurrenceCounter.update``; the
    final merge is added to counting). Prints each step's seconds and share of the total; goal:
    counting <= 10 %. ``--random-sae``: a random sae_lens TopK SAE of width 4096 built in-process
    instead of the built-in one (same width and k), for when the built-in SAE is not there yet.
@@ -53,7 +53,8 @@ def share(args) -> None:
     from experiments.config import ExperimentConfig
     from sources.corpora import iter_contexts
     from sources.session import open_session
-    from sources.stream import batched, encode_latents, hook_activations, to_csr
+    from sources.sae_view import SAEView
+    from sources.stream import batched, hook_activations
 
     cfg = build_config(ExperimentConfig, DEFAULT_CONFIG, [f"data.max_tokens={args.tokens}",
                                                           f"stream.batch_size={args.batch_size}"])
@@ -73,7 +74,7 @@ def share(args) -> None:
     # warm-up (not timed): one batch through every step
     first = torch.from_numpy(np.stack([c.tokens_L for c in batches[0]]))
     warm = hook_activations(model, first, cfg.hook)
-    CooccurrenceCounter(d_sae).update(to_csr(encode_latents(sae, warm.reshape(-1, warm.shape[-1]))))
+    CooccurrenceCounter(d_sae).update(SAEView(sae).encode_sparse(warm.reshape(-1, warm.shape[-1])))
     t = {"forward": 0.0, "encode": 0.0, "count": 0.0}
     n_tokens = 0
     for contexts in batches:
@@ -82,7 +83,7 @@ def share(args) -> None:
         t0 = time.perf_counter()
         acts_BLD = hook_activations(model, tokens_BL, cfg.hook)
         t1 = time.perf_counter()
-        latents = to_csr(encode_latents(sae, acts_BLD[mask_BL.to(acts_BLD.device)]))
+        latents = SAEView(sae).encode_sparse(acts_BLD[mask_BL.to(acts_BLD.device)])
         t2 = time.perf_counter()
         counter.update(latents)
         t3 = time.perf_counter()

@@ -13,9 +13,9 @@ from cooc.config import CoocConfig, SizeTargetSpec
 from cooc.counting import CooccurrenceCounter, binarise
 from cooc.groups import Group, GroupFinder, group_id, groups_frame
 from cooc.run import CoocResult, run_cooc
-from cooc.scoring import bh_adjust, score_pairs
+from cooc.scoring import score_pairs
 from cooc.structure import Structure, describe
 
 __all__ = ["CoocConfig", "SizeTargetSpec", "CooccurrenceCounter", "binarise", "Group", "GroupFinder",
-           "group_id", "groups_frame", "CoocResult", "run_cooc", "bh_adjust", "score_pairs", "Structure",
+           "group_id", "groups_frame", "CoocResult", "run_cooc", "score_pairs", "Structure",
            "describe"]

@@ -22,6 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from sources.errors import ConfigError
+from sources.sae_view import fires
 
 _INT32_MAX = np.iinfo(np.int32).max
 
@@ -70,14 +71,8 @@ def binarise(latents_TF: sp.csr_matrix, threshold: float, theta_F: np.ndarray | 
         if keep_T.shape != (latents_TF.shape[0],):
             raise ConfigError("mask", f"mask has shape {keep_T.shape}, expected ({latents_TF.shape[0]},)")
         latents_TF = latents_TF[keep_T]
-    cut = threshold if theta_F is None else threshold + theta_F[latents_TF.indices]
-    fires = latents_TF.data > cut
-    row_T = np.repeat(np.arange(latents_TF.shape[0]), np.diff(latents_TF.indptr))
-    per_row_T = np.bincount(row_T[fires], minlength=latents_TF.shape[0])
-    indptr = np.concatenate([[0], np.cumsum(per_row_T)]).astype(latents_TF.indices.dtype)
-    indices = latents_TF.indices[fires]
-    data = np.ones(indices.shape[0], dtype=np.int32)
-    return sp.csr_matrix((data, indices, indptr), shape=latents_TF.shape)
+    fired_TF = fires(latents_TF, threshold if theta_F is None else threshold + theta_F)
+    return sp.csr_matrix((np.ones(fired_TF.nnz, dtype=np.int32), fired_TF.indices, fired_TF.indptr), shape=latents_TF.shape)
 
 
 def shard_bounds(d_sae: int, n_shards: int) -> np.ndarray:

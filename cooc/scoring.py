@@ -42,29 +42,9 @@ from scipy import stats
 
 from cooc.counting import CooccurrenceCounter, UpperPairs
 from sources.errors import ConfigError
+from stats.multiple import bh_adjust
 
 PAIR_COLUMNS = ["i", "j", "count", "expected", "jaccard", "npmi", "p_value", "p_adj"]
-
-
-def bh_adjust(p_values: np.ndarray, m: int | None = None) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values for ``p_values`` within a family of ``m >= len`` tests.
-
-    The m - len(p_values) untested members are taken to have p = 1 (they rank last and their
-    own adjusted values are 1), which is what running BH on the padded vector would give.
-    """
-    p = np.asarray(p_values, dtype=np.float64)
-    n = p.shape[0]
-    m = n if m is None else int(m)
-    if m < n:
-        raise ValueError(f"family size m={m} is smaller than the {n} p-values given")
-    if n == 0:
-        return p.copy()
-    order = np.argsort(p, kind="stable")
-    scaled = p[order] * m / np.arange(1, n + 1)
-    adj_sorted = np.minimum.accumulate(scaled[::-1])[::-1]
-    out = np.empty(n)
-    out[order] = np.minimum(adj_sorted, 1.0)
-    return out
 
 
 def upper_tail(count: np.ndarray, n_i: np.ndarray, n_j: np.ndarray, n_tokens: int,

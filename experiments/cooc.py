@@ -52,7 +52,7 @@ def _input(cfg: ExperimentConfig, progress: bool, shard: tuple[int, int] | None 
             start, stop = row_range(n_rows, *shard)
             acts_TF = acts_TF[start:stop]
         return iter_chunks(acts_TF, cfg.cooc.chunk_tokens), acts_TF.shape[1], None, info
-    theta_F = open_session(cfg, progress).threshold_F() if cfg.cooc.use_sae_threshold else None
+    theta_F = open_session(cfg, progress).theta_F() if cfg.cooc.use_sae_threshold else None
     d_sae = None if theta_F is None else theta_F.shape[0]
     if shard is not None and d_sae is None:
         d_sae = open_session(cfg, progress).d_sae  # a rank whose shard is empty still needs the width

@@ -82,7 +82,6 @@ def interventions_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, 
     select_groups(groups_df, icfg, source=str(cooc_dir / "groups.csv"), probe_groups=probe_groups)  # bad ids fail early
 
     from interventions.pipeline import run_interventions
-    from probes.dataset import firing_threshold_F  # the cooc stage's firing rule, shared with probes
     from sources.session import open_session
 
     session = open_session(cfg, progress)
@@ -101,7 +100,7 @@ def interventions_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, 
     with run.stage(STAGE, key, copies=("verdicts.csv",)) as folder:  # OUT/verdicts.csv, recorded with the stage
         checkpoints = _checkpoint_folder(folder, key, fresh=force)
         result = run_interventions(session.model, session.sae, cfg.hook, cfg.data, cfg.stream, groups, icfg,
-                                   firing_threshold_F(cfg.cooc, session.sae, d_sae), occ_F=occ, seed=cfg.seed, progress=progress,
+                                   session.view(cfg.cooc.threshold, cfg.cooc.use_sae_threshold).threshold_F, occ_F=occ, seed=cfg.seed, progress=progress,
                                    task_data=task_data, checkpoints=checkpoints)
         write_outputs(folder, result, icfg)
     return run.out / STAGE
@@ -177,7 +176,7 @@ def write_outputs(folder: Path, result, icfg) -> None:
     }
     write_json(folder / "summary.json", summary)
     if (result.effects["mode"] == "steer").any():
-        from interventions.report import plot_dose_response
+        from interventions.markdown import plot_dose_response
 
         with atomic_path(folder / "steering.png") as tmp:
             plot_dose_response(result.effects, tmp)
@@ -204,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         raise ConfigError("cooc", f"{out} has no finished co-occurrence stage; {COOC_HINT}")
     folder = interventions_stage(cfg, run, progress=not args.quiet, force=args.fresh)
     if folder is not None:
-        from interventions.report import render_report
+        from interventions.markdown import render_report
 
         sys.stdout.write(render_report(out))
         log.info("done: %s", folder / "effects.csv")

@@ -66,7 +66,6 @@ def explore_stage(cfg, run: Run, progress: bool = True, force: bool = False) -> 
         return run.out / STAGE
     if not groups:
         log.info("explore: the cooc stage found no groups; the report has no group cards")
-    from probes.dataset import decoder_as_applied, firing_threshold_F
     from reports.explore import collect, read_quality
     from sources.saes import sae_folder
     from sources.session import open_session
@@ -74,9 +73,9 @@ def explore_stage(cfg, run: Run, progress: bool = True, force: bool = False) -> 
     s = open_session(cfg, progress)
     data = cfg.data if cfg.report.max_tokens is None else cfg.data.model_copy(
         update={"max_tokens": min(cfg.report.max_tokens, cfg.data.max_tokens)})
+    view = s.view(cfg.cooc.threshold, cfg.cooc.use_sae_threshold)  # the cooc stage's firing rule
     with run.stage(STAGE, key) as folder:
-        collect(s.model, s.sae, data, cfg.hook, cfg.stream, groups, firing_threshold_F(cfg.cooc, s.sae, s.d_sae),
-                decoder_as_applied(s.sae), folder, top_contexts=cfg.report.top_contexts,
+        collect(s.model, s.sae, data, cfg.hook, cfg.stream, groups, view.threshold_F, view.decoder_np(), folder, top_contexts=cfg.report.top_contexts,
                 window=(cfg.report.context_left, cfg.report.context_right), max_points=cfg.report.max_points,
                 seed=cfg.seed, progress=progress, sae_quality=read_quality(sae_folder(cfg.sae, s.model, cfg.hook, cfg.data)))
     return run.out / STAGE

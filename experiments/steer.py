@@ -29,7 +29,7 @@ def run_pipeline(cfg: ExperimentConfig, out: Path, fresh: bool = False, progress
     from experiments.interventions import interventions_stage
     from experiments.probe import probe_stage
     from experiments.report import build_report, explore_stage
-    from interventions.report import render_report
+    from interventions.markdown import render_report
     run = Run(out, cfg.model_dump(mode="json"), fresh=fresh)  # locks the folder; writes nothing yet
     try:
         check_inputs(cfg, run, progress)  # bad corpus/model/SAE/hook/group ids: exit 2 before any stage starts

@@ -9,9 +9,9 @@ keeping the SAE's error term ``x - sae(x)``::
     x' = sae.decode(f') + (x - sae.decode(f)) = x + (sae.decode(f') - sae.decode(f))
        = x + sum_i (f'_i - f_i) * W_dec_eff[i] * s(x)
 
-where ``W_dec_eff`` is the decoder as the SAE applies it (rows divided by their norm for TopK SAEs with
-``rescale_acts_by_decoder_norm``) and ``s(x)`` undoes the SAE's run-time input normalisation (1 for
-``normalize_activations: none``). Only the changed latents contribute, so a no-op edit adds exactly 0.
+where ``W_dec_eff`` is the decoder as the SAE applies it and ``s(x)`` undoes the SAE's run-time input
+normalisation (both from :class:`sources.sae_view.SAEView`). Only the changed latents contribute, so a
+no-op edit adds exactly 0. ``sae`` arguments accept an sae_lens SAE or its view.
 
 Subspace edits act on the residual directly, with ``B`` an orthonormal basis ``[D, k]`` of the subspace:
 ``project_out`` (x - B B^T x), ``mean_project`` (x - B B^T (x - mu)), ``set_coordinates``
@@ -29,47 +29,9 @@ from typing import Callable, Sequence
 import torch
 
 from sources.errors import ConfigError
+from sources.sae_view import as_view
 
 Tensor = torch.Tensor
-
-
-# ----------------------------------------------------------------------------------- SAE geometry
-
-def effective_decoder(sae) -> Tensor:
-    """Decoder rows ``[d_sae, d_in]`` (float32) as the SAE applies them to its encoded activations."""
-    W = sae.W_dec.detach().float()
-    if getattr(sae.cfg, "rescale_acts_by_decoder_norm", False):
-        W = W / W.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return W
-
-
-def output_scale(sae, x: Tensor) -> Tensor | None:
-    """Per-token factor ``[..., 1]`` by which the SAE's decode output is rescaled, or None when it is 1."""
-    norm = getattr(sae.cfg, "normalize_activations", "none")
-    if norm in ("none", None, "expected_average_only_in"):
-        return None
-    xf = x.float()
-    if norm == "constant_norm_rescale":
-        return xf.norm(dim=-1, keepdim=True) / (xf.shape[-1] ** 0.5)
-    if norm == "layer_norm":
-        return (xf - xf.mean(dim=-1, keepdim=True)).std(dim=-1, keepdim=True)
-    raise ConfigError("sae", f"SAE input normalisation {norm!r} is not supported by interventions "
-                             "(supported: none, expected_average_only_in, constant_norm_rescale, layer_norm)")
-
-
-@torch.no_grad()
-def encode(sae, x: Tensor) -> Tensor:
-    """Latent activations ``[..., d_sae]`` (float32) of activations ``x [..., d_in]``."""
-    W = sae.W_dec
-    f = sae.encode(x.to(device=W.device, dtype=W.dtype))
-    if f.is_sparse:
-        f = f.to_dense()
-    return f.float().to(x.device)
-
-
-def firing(f: Tensor, threshold: Tensor | float = 0.0) -> Tensor:
-    """Where latents fire: activation > threshold (a scalar or one value per column)."""
-    return f > threshold
 
 
 # ----------------------------------------------------------------------------------- latent edits
@@ -100,19 +62,20 @@ def latent_delta(sae, x: Tensor, latents: Sequence[int], mode: str = "zero", *, 
                  positions: Tensor | None = None, W_eff: Tensor | None = None) -> Tensor:
     """Change ``[..., d_in]`` of the residual when ``latents`` are edited (error term kept).
 
-    ``f`` (the SAE's latents of ``x``) and ``W_eff`` (:func:`effective_decoder`) can be passed to avoid
+    ``f`` (the SAE's latents of ``x``) and ``W_eff`` (``SAEView.decoder_FD()``) can be passed to avoid
     recomputing them.
     """
+    view = as_view(sae)
     idx = torch.as_tensor(list(latents), dtype=torch.long)
     if idx.numel() == 0:
         return torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     if f is None:
-        f = encode(sae, x)
-    W = effective_decoder(sae) if W_eff is None else W_eff
+        f = view.encode(x)
+    W = view.decoder_FD() if W_eff is None else W_eff
     f_K = f[..., idx.to(f.device)]
     change = new_latent_values(f_K, mode, mean_K=mean_K, clamp_K=clamp_K, positions=positions) - f_K
     delta = change @ W[idx.to(W.device)].to(change.device)
-    scale = output_scale(sae, x)
+    scale = view.output_scale(x)
     if scale is not None:
         delta = delta * scale.to(delta.device)
     return delta
@@ -121,10 +84,11 @@ def latent_delta(sae, x: Tensor, latents: Sequence[int], mode: str = "zero", *, 
 def sae_latent_edit(sae, latents: Sequence[int], mode: str = "zero", *, mean_K: Tensor | None = None,
                     clamp_K: Tensor | None = None, positions: Tensor | None = None) -> Callable[[Tensor], Tensor]:
     """An ``EditFn`` for :func:`sources.patching.run_with_edits`: encode, edit ``latents``, decode, add the error back."""
-    W = effective_decoder(sae)
+    view = as_view(sae)
+    W = view.decoder_FD()
 
     def edit(x: Tensor) -> Tensor:
-        return x + latent_delta(sae, x, latents, mode, mean_K=mean_K, clamp_K=clamp_K, positions=positions,
+        return x + latent_delta(view, x, latents, mode, mean_K=mean_K, clamp_K=clamp_K, positions=positions,
                                 W_eff=W).to(x.dtype)
 
     return edit

@@ -13,12 +13,13 @@ import numpy as np
 import pandas as pd
 
 from interventions.config import InterventionsConfig
-from interventions.evaluate import (Evaluator, GroupEval, GroupSpec, Pool, best_single, choose_contexts, evaluate_group,
+from interventions.arms import (Evaluator, GroupEval, GroupSpec, Pool, best_single, choose_contexts, evaluate_group,
                                     plan_arms, pooled, scan_pool)
-from interventions.stats import (COMPARATORS, EFFECTS_COLUMNS, adjust_run, bootstrap_weights, effect_row,
+from interventions.effects import (COMPARATORS, EFFECTS_COLUMNS, adjust_run, bootstrap_weights, effect_row,
                                  effect_verdicts_frame, finish_rows, verdicts_frame)
 from sources.config import DataSpec, HookSpec, StreamSpec, require_known_groups
 from sources.errors import ConfigError
+from sources.sae_view import as_view
 from sources.files import atomic_path, read_csv, stable_hash
 
 log = logging.getLogger(__name__)
@@ -232,7 +233,6 @@ def run_interventions(model, sae, hook: HookSpec, data: DataSpec, stream: Stream
     (:func:`_rngs`), so a loaded group changes no later group's draws, and the run-wide statistics come out
     exactly as in an uninterrupted run. The caller removes the folder once the outputs are written.
     """
-    from interventions.edits import effective_decoder
     from interventions.forward import resolve_read_layer, token_ids
     from interventions.tasks import fit_task_readouts
 
@@ -265,7 +265,7 @@ def run_interventions(model, sae, hook: HookSpec, data: DataSpec, stream: Stream
     if occ.shape[0] != pool.count_F.shape[0]:
         raise ConfigError("interventions", f"occurrences has {occ.shape[0]} latents but the SAE has {pool.count_F.shape[0]}; "
                                            "was the cooc stage run with another SAE?")
-    W_eff = effective_decoder(sae).to(model.device)
+    W_eff = as_view(sae).decoder_FD().to(model.device)
     ev = Evaluator(model, sae, hook, pool, threshold_F, icfg)
     ev.logit_ids = logit_ids
     for td in tasks:

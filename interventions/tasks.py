@@ -37,15 +37,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from interventions import edits as E
-from interventions.evaluate import Chunk, Evaluator, Plan, documents_first, fires_any
+from interventions.arms import Chunk, Evaluator, Plan, documents_first, fires_any
 from interventions.forward import clean_hook_and_read, multi_arm_read
-from interventions.stats import doc_sums
+from interventions.effects import doc_sums
 from sources.config import DataSpec, HookSpec
 from sources.corpora import pad_batch, special_ids
 from sources.errors import ConfigError
 from sources.models import LoadedModel
 from sources.progress import progress_bar
+from sources.sae_view import as_view, fires
 
 log = logging.getLogger(__name__)
 
@@ -311,21 +311,22 @@ def fit_task_readouts(model: LoadedModel, sae, hook: HookSpec, td: TaskData, rea
     _, pad, _ = special_ids(model.tokenizer)
     n = len(td.examples)
     X = None
-    fires = None
+    fired_NF = None
     thr = torch.as_tensor(threshold_F, dtype=torch.float32)
+    view = as_view(sae)
     order = sorted(range(len(td.windows)), key=lambda i: -len(td.windows[i].tokens_L))
     for ws, tokens, _ in _batches(td.windows, order, batch_size, pad):
         x, read = clean_hook_and_read(model, hook, tokens, read_layer)
         for i, w in enumerate(ws):
             pos = torch.as_tensor(w.pos)
             r = read[i, pos].cpu().numpy()
-            f = E.encode(sae, x[i, pos].float()).cpu()
+            f = view.encode(x[i, pos].float()).cpu()
             if X is None:
                 X = np.zeros((n, r.shape[1]), dtype=np.float32)
-                fires = np.zeros((n, f.shape[1]), dtype=bool)
+                fired_NF = np.zeros((n, f.shape[1]), dtype=bool)
             X[w.rows] = r
-            fires[w.rows] = (f > thr).numpy()
-    td.fires_NF = fires
+            fired_NF[w.rows] = fires(f, thr).numpy()
+    td.fires_NF = fired_NF
     doc = td.doc_N
     for t in td.targets:
         ro = fit_readout(t, X[t.rows], doc[t.rows], folds, l2)
@@ -372,8 +373,8 @@ def choose_windows(td: TaskData, members: tuple[int, ...], max_tokens: int, rng:
     rows_ok = np.zeros(len(td.examples), dtype=bool)
     for name, ro in td.readouts.items():
         rows_ok[ro.rows] = True
-    fires = td.fires_NF[:, list(members)].any(1) & rows_ok
-    cand = [i for i, w in enumerate(td.windows) if fires[w.rows].any()]
+    hit_N = td.fires_NF[:, list(members)].any(1) & rows_ok
+    cand = [i for i, w in enumerate(td.windows) if hit_N[w.rows].any()]
     if not cand:
         return []
     order = documents_first(np.array(cand), lambda i: td.windows[i].doc_index, rng)
@@ -411,7 +412,7 @@ def evaluate_task(model: LoadedModel, hook: HookSpec, plan: Plan, td: TaskData, 
         content = mask.to(model.device)
         x, read = clean_hook_and_read(model, hook, tokens, read_layer)
         x = x.float()
-        f = E.encode(ev.sae, x)
+        f = ev.sae.encode(x)
         gf = fires_any(f[..., gi.to(f.device)], ev.thr[gi.to(ev.thr.device)]) & content
         docs = np.array([doc_of[w.doc_index] for w in ws])
         ch = Chunk(tokens, x, f, content, gf, None, read, docs)

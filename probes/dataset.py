@@ -33,7 +33,8 @@ from sources.config import DataSpec, HookSpec
 from sources.corpora import iter_documents, pad_batch, special_ids
 from sources.errors import ConfigError
 from sources.progress import progress_bar
-from sources.stream import encode_latents, hook_activations
+from sources.sae_view import as_view, fires
+from sources.stream import hook_activations
 
 from probes.tasks import find_urls, label_occurrences, lexicon_regex, tokens_at_chars, url_token_targets
 
@@ -266,31 +267,6 @@ def build_windows(docs: list[_Doc], tokenizer, prefix: int, context_len: int) ->
     return out
 
 
-def firing_threshold_F(cooc_cfg, sae, d_sae: int) -> np.ndarray:
-    """Per-latent firing threshold of the co-occurrence stage: ``threshold`` (+ the SAE's JumpReLU θ if used)."""
-    from sources.saes import sae_threshold_F
-
-    thr = np.full(d_sae, float(getattr(cooc_cfg, "threshold", 0.0)), dtype=np.float32)
-    if getattr(cooc_cfg, "use_sae_threshold", True):
-        theta = sae_threshold_F(sae)
-        if theta is not None:
-            thr = thr + theta.astype(np.float32)
-    return thr
-
-
-def decoder_as_applied(sae) -> np.ndarray:
-    """``[d_sae, d_model]`` decoder rows as the SAE's ``decode`` applies them to its activations.
-
-    TopK SAEs trained with ``rescale_acts_by_decoder_norm`` divide each row by its norm when decoding,
-    so the reconstruction of a group is ``sum_i a_i W_dec[i] / ||W_dec[i]||`` there. (Spans and unit
-    directions do not depend on this; the group-restricted reconstruction and its PCA do.)
-    """
-    W = sae.W_dec.detach().float().cpu().numpy()
-    if getattr(sae.cfg, "rescale_acts_by_decoder_norm", False):
-        W = W / np.maximum(np.linalg.norm(W, axis=1, keepdims=True), 1e-12)
-    return W
-
-
 def run_windows(family: str, windows: list[_Window], model, sae, hook: HookSpec, batch_size: int, threshold_F: np.ndarray,
                 membership_FG: sp.csr_matrix | None, group_ids: np.ndarray, progress: bool = False) -> ProbeData:
     """Forward every window to the hook, encode with the SAE, keep the task tokens' rows and group firing counts."""
@@ -304,6 +280,7 @@ def run_windows(family: str, windows: list[_Window], model, sae, hook: HookSpec,
     lat_rows: list[sp.csr_matrix] = []
     meta: list[dict] = []
     thr = torch.as_tensor(threshold_F)
+    view = as_view(sae)
     n_tok = 0
     bar = progress_bar(total=len(windows), unit="win", desc=f"probe {family}", progress=progress, mininterval=2.0)
     for b0 in range(0, len(order), batch_size):
@@ -313,13 +290,13 @@ def run_windows(family: str, windows: list[_Window], model, sae, hook: HookSpec,
         mask_t = torch.from_numpy(mask).to(acts.device)
         b_idx, pos = (x.cpu().numpy() for x in mask_t.nonzero(as_tuple=True))
         flat = acts[mask_t]
-        lat = encode_latents(sae, flat).cpu()
+        lat = view.encode(flat).cpu()
         n_tok += len(b_idx)
         is_task = np.array([pos[j] in batch[b_idx[j]].task_pos for j in range(len(b_idx))], dtype=bool)
         is_ignored = np.array([pos[j] in batch[b_idx[j]].ignore_pos for j in range(len(b_idx))], dtype=bool)
         if n_groups:
-            fires = (lat > thr.to(lat.dtype)).numpy()
-            any_G = (sp.csr_matrix(fires.astype(np.float32)) @ membership_FG).toarray() > 0
+            fired = fires(lat, thr).numpy()
+            any_G = (sp.csr_matrix(fired.astype(np.float32)) @ membership_FG).toarray() > 0
             task_fires += any_G[is_task].sum(0)
             other_fires += any_G[~is_task & ~is_ignored].sum(0)
         n_other += int((~is_task & ~is_ignored).sum())

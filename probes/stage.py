@@ -19,14 +19,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from probes.dataset import build_probe_data, decoder_as_applied, firing_threshold_F
-from probes.evaluate import COLUMNS, Settings, evaluate_target, finalize, skipped_row
+from probes.dataset import build_probe_data
+from probes.comparison import COLUMNS, Settings, evaluate_target, finalize, skipped_row
 from probes.inputs import read_cooc
 from probes.plots import group_pca_figure
 from probes.selection import enrichment_table, select_groups
 from probes.targets import url_targets, word_sense_targets
 from sources.config import require_known_groups
 from sources.errors import ConfigError
+from sources.sae_view import SAEView
 from sources.files import atomic_path, write_json
 
 log = logging.getLogger("probes")
@@ -63,8 +64,9 @@ def run_probes(cfg, cooc_dir: str | Path, out_dir: str | Path, progress: bool = 
     if cooc.d_sae != d_sae:
         raise ConfigError("cooc", f"{cooc.folder}/occurrences.npy has {cooc.d_sae} latents but the configured SAE has {d_sae}; "
                           "the cooc outputs belong to another SAE: rerun `python -m experiments.cooc` with this config")
-    W_dec = decoder_as_applied(sae)
-    thr = firing_threshold_F(cfg.cooc, sae, d_sae)
+    view = SAEView(sae, cfg.cooc.threshold, cfg.cooc.use_sae_threshold)  # the cooc stage's firing rule
+    W_dec = view.decoder_np()
+    thr = view.threshold_F
     settings = Settings.from_config(pc, cfg.seed)
 
     rows: list[dict] = []

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from probes.evaluate import Target
+from probes.comparison import Target
 
 
 def url_targets(examples: pd.DataFrame) -> tuple[list[Target], list[tuple[str, str]]]:

@@ -30,7 +30,8 @@ import torch
 from sources.config import DataSpec, HookSpec, StreamSpec
 from sources.errors import ConfigError
 from sources.files import atomic_path, read_json, write_json
-from sources.stream import encode_latents, iter_activation_batches
+from sources.sae_view import as_view, fires
+from sources.stream import iter_activation_batches
 from subspaces import reconstruction_pca
 
 log = logging.getLogger(__name__)
@@ -58,14 +59,14 @@ class SAEStats:
 
     def add(self, x_ND: torch.Tensor, recon_ND: torch.Tensor, latents_NF: torch.Tensor, threshold_F: torch.Tensor) -> None:
         x = x_ND.double()
-        fires = latents_NF > threshold_F
+        fired = fires(latents_NF, threshold_F)
         self.n_tokens += x.shape[0]
-        self.sum_l0 += float(fires.sum())
+        self.sum_l0 += float(fired.sum())
         self.sse += float(((x - recon_ND.double()) ** 2).sum())
         s = x.sum(0).cpu().numpy()
         self.sum_x_D = s if self.sum_x_D is None else self.sum_x_D + s
         self.sum_x2 += float((x ** 2).sum())
-        f = fires.any(0).cpu().numpy()
+        f = fired.any(0).cpu().numpy()
         self.fired_F = f if self.fired_F is None else self.fired_F | f
 
     def to_dict(self) -> dict:
@@ -91,6 +92,7 @@ def collect(model, sae, data: DataSpec, hook: HookSpec, stream: StreamSpec, grou
     char_starts: dict[int, np.ndarray] = {}
     stats = SAEStats()
     thr_F = torch.as_tensor(threshold_F, dtype=torch.float32)
+    view = as_view(sae)
     order = 0
     for batch in iter_activation_batches(model, data, hook, stream, progress=progress):
         mask = batch.mask_BL
@@ -101,15 +103,14 @@ def collect(model, sae, data: DataSpec, hook: HookSpec, stream: StreamSpec, grou
             doc_ids[c.index] = getattr(c, "doc_id", "") or ""
             char_starts[c.index] = np.asarray(c.spans_L2)[:, 0]
         x_ND = batch.masked_acts_ND()
-        lat_NF = encode_latents(sae, x_ND)
-        with torch.no_grad():
-            recon = sae.decode(lat_NF.to(sae.W_dec.dtype)).float()
+        lat_NF = view.encode(x_ND)
+        recon = view.decode(lat_NF)
         stats.add(x_ND.float().to(recon.device), recon, lat_NF, thr_F.to(lat_NF.device))
         sub = lat_NF[:, torch.as_tensor(union, device=lat_NF.device)].cpu().numpy()  # [N, U]
-        fires = sub > threshold_F[union]
+        fired = fires(sub, threshold_F[union])
         where = np.column_stack([ctx_index, pos.numpy()])
         for j, f in enumerate(union):  # top contexts per latent
-            hits = np.flatnonzero(fires[:, j])
+            hits = np.flatnonzero(fired[:, j])
             if not len(hits):
                 continue
             best = hits[np.argsort(-sub[hits, j], kind="stable")[:top_contexts]]
@@ -121,7 +122,7 @@ def collect(model, sae, data: DataSpec, hook: HookSpec, stream: StreamSpec, grou
                 elif item > h[0]:
                     heapq.heapreplace(h, item)
         for g, cols in member_cols.items():
-            hit = fires[:, cols].any(1)
+            hit = fired[:, cols].any(1)
             if hit.any():
                 rows[g].acts.append(sub[hit][:, cols].astype(np.float32))
                 rows[g].where.append(where[hit])
@@ -168,7 +169,7 @@ def collect(model, sae, data: DataSpec, hook: HookSpec, stream: StreamSpec, grou
         texts = [text(int(c), int(p)) for c, p in where[sel]]
         scatter_parts.append(pd.DataFrame({
             "group_id": g, "pc1": xy[keep, 0], "pc2": xy[keep, 1], "strength": acts.sum(1),
-            "n_active": (acts > threshold_F[members]).sum(1), "top_latent": members[acts.argmax(1)],
+            "n_active": fires(acts, threshold_F[members]).sum(1), "top_latent": members[acts.argmax(1)],
             "doc_id": [doc_ids.get(int(c), "") for c in where[sel, 0]], "context_index": where[sel, 0],
             "position": where[sel, 1],
             "char_start": [int(char_starts[int(c)][int(p)]) for c, p in where[sel]], "left": [t[0] for t in texts], "token": [t[1] for t in texts],

@@ -176,7 +176,7 @@ def _sae_section(run: _RunFiles) -> dict:
 
 
 WIN = ("beats", "win")
-"""Outcomes of a comparison that count as the group winning (interventions/stats.py writes beats/tie/loses)."""
+"""Outcomes of a comparison that count as the group winning (interventions/effects.py writes beats/tie/loses)."""
 
 VERDICT_COLUMNS = [("group_id", "group"), ("group_size", "size"), ("structure", "structure"), ("n_docs", "docs"),
                    ("verdict", "verdict"), ("group_estimate", "group"),

@@ -33,6 +33,7 @@ from sources.corpora import iter_contexts
 from sources.models import LoadedModel
 from sources.patching import clean_logits_and_site, run_with_site_edit
 from sources.progress import progress_bar
+from sources.sae_view import as_view
 from sources.stream import batched
 
 DEFAULT_HOLDOUT_EVERY = 10
@@ -102,9 +103,9 @@ def next_token_ce_sum(logits_BLV: torch.Tensor, tokens_BL: torch.Tensor, mask_BL
 
 def _sae_apply(sae, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(latents, reconstruction) in float32 for activations x [..., d_in]."""
-    x = x.to(device=sae.W_dec.device, dtype=sae.W_dec.dtype)
-    feats = sae.encode(x)
-    return feats.float(), sae.decode(feats).float()
+    view = as_view(sae)
+    feats = view.encode(x)
+    return feats, view.decode(feats)
 
 
 @torch.no_grad()

@@ -12,7 +12,6 @@ import logging
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from sources.config import DataSpec, HookSpec, SAESpec
@@ -139,14 +138,6 @@ def check_compatible(sae, model: LoadedModel, hook: HookSpec, check_hook: bool =
     if check_hook and recorded and recorded != site.hook_name:
         raise ConfigError("hook", f"the SAE was trained at {recorded} but hook is {site.hook_name}; set hook.layer/hook.site "
                           "to match the SAE, or sae.check_hook: false to use it anyway")
-
-
-def sae_threshold_F(sae) -> np.ndarray | None:
-    """Per-latent JumpReLU threshold θ (as used by the firing rule act > t + θ), or None."""
-    theta = getattr(sae, "threshold", None)
-    if isinstance(theta, torch.Tensor) and theta.ndim == 1:
-        return theta.detach().float().cpu().numpy()
-    return None
 
 
 def sae_fingerprint(spec: SAESpec) -> dict:

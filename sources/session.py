@@ -18,7 +18,8 @@ from sources.config import DataSpec, HookSpec, StreamSpec
 from sources.errors import ConfigError
 from sources.models import LoadedModel, load_model
 from sources.sae_training import train_sae
-from sources.saes import load_sae, sae_threshold_F, trained_sae_dir
+from sources.sae_view import SAEView
+from sources.saes import load_sae, trained_sae_dir
 from sources.stream import LatentBatch, iter_latents
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,13 @@ class Session:
     def d_sae(self) -> int:
         return int(self.sae.cfg.d_sae)
 
-    def threshold_F(self) -> np.ndarray | None:
+    def view(self, threshold: float = 0.0, use_sae_threshold: bool = True) -> SAEView:
+        """The session's SAE seen through :class:`sources.sae_view.SAEView`, firing above ``threshold`` (+ θ)."""
+        return SAEView(self.sae, threshold, use_sae_threshold)
+
+    def theta_F(self) -> np.ndarray | None:
         """Per-latent JumpReLU threshold θ of the SAE, or None."""
-        return sae_threshold_F(self.sae)
+        return SAEView(self.sae).theta_F
 
     def latent_batches(self, progress: bool = True, shard: tuple[int, int] | None = None) -> Iterator[LatentBatch]:
         """SAE latents over the session's corpus (``shard=(rank, world_size)``: only that rank's contexts)."""

@@ -29,6 +29,7 @@ from sources.errors import ConfigError
 from sources.files import atomic_path, cache_root, stable_hash, write_json
 from sources.models import LoadedModel
 from sources.progress import progress_bar
+from sources.sae_view import as_view
 
 log = logging.getLogger(__name__)
 
@@ -158,29 +159,12 @@ def check_finite(acts_BLD: torch.Tensor, mask_BL: torch.Tensor, contexts: list[C
                                    f"overflow there (try model.dtype: float32, or check the weights)")
 
 
-def encode_latents(sae, acts_ND: torch.Tensor) -> torch.Tensor:
-    """SAE latent activations [N, d_sae] (float32) for activations [N, d_in]."""
-    with torch.no_grad():
-        x = acts_ND.to(device=sae.W_dec.device, dtype=sae.W_dec.dtype)
-        return sae.encode(x).float()
-
-
-def to_csr(latents_NF: torch.Tensor) -> sp.csr_matrix:
-    """Dense latent activations -> scipy CSR holding the nonzero entries."""
-    dense = latents_NF.detach().cpu()
-    idx = dense.nonzero(as_tuple=False)
-    rows = idx[:, 0].numpy()
-    cols = idx[:, 1].numpy()
-    vals = dense[idx[:, 0], idx[:, 1]].numpy().astype(np.float32)
-    return sp.csr_matrix((vals, (rows, cols)), shape=tuple(dense.shape))
-
-
 def iter_latents(model: LoadedModel, sae, data: DataSpec, hook: HookSpec, stream: StreamSpec,
                  progress: bool = True, shard: tuple[int, int] | None = None) -> Iterator[LatentBatch]:
     """SAE latents of every unmasked position, as sparse batches (``shard``: see iter_activation_batches)."""
+    view = as_view(sae)
     for batch in iter_activation_batches(model, data, hook, stream, progress, shard):
         mask = batch.mask_BL
         b_idx, pos = mask.nonzero(as_tuple=True)
         ctx_index = np.array([c.index for c in batch.contexts])[b_idx.numpy()]
-        latents = encode_latents(sae, batch.masked_acts_ND())
-        yield LatentBatch(to_csr(latents), ctx_index, pos.numpy())
+        yield LatentBatch(view.encode_sparse(batch.masked_acts_ND()), ctx_index, pos.numpy())

@@ -1,6 +1,6 @@
 """Shared statistics: vectorised probe metrics, document-level bootstrap, paired tests, BH correction, grouped CV.
 
-Used by ``probes`` and by the interventions stage; nothing here knows about models or SAEs.
+Used by ``cooc`` (BH over pairs), ``probes`` and ``interventions``; nothing here knows about models or SAEs.
 """
 
 from stats.bootstrap import Comparison, Estimate, cluster_bootstrap_weights, estimate_with_ci, paired_test, percentile_ci

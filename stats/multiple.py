@@ -1,4 +1,8 @@
-"""Multiple-comparison correction over all tests of a run."""
+"""Multiple-comparison correction: Benjamini-Hochberg, the framework's only implementation.
+
+Every family of the framework is corrected here: co-occurring pairs (cooc.scoring, whose family counts
+pairs it never stored), probe comparisons and intervention effects.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,36 @@ import numpy as np
 from statsmodels.stats.multitest import multipletests
 
 
-def bh_adjust(p_values) -> np.ndarray:
-    """Benjamini–Hochberg adjusted p-values (statsmodels ``fdr_bh``); NaN entries stay NaN and are not counted."""
+def bh_adjust(p_values, m: int | None = None) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values; NaN entries stay NaN and are not counted.
+
+    ``m``: the family size when it is larger than the finite p-values given. The ``m - n`` members not
+    given are taken to have p = 1 (they rank last; their own adjusted values would be 1), which is what
+    BH on the padded vector gives without building it (a co-occurrence family has K(K-1)/2 pairs, most
+    never stored). Without ``m`` (or with m = n) this is statsmodels' ``fdr_bh``; with a larger ``m`` it
+    is the same step-up, ``min(1, min_{j >= i} p_(j) / (j / m))``, checked against statsmodels on the
+    padded vector in the tests.
+    """
     p = np.asarray(p_values, dtype=np.float64)
     out = np.full(p.shape, np.nan)
     ok = np.isfinite(p)
-    if ok.any():
-        if ((p[ok] < 0) | (p[ok] > 1)).any():
-            raise ValueError("p-values must lie in [0, 1]")
-        out[ok] = multipletests(p[ok], method="fdr_bh")[1]
+    n = int(ok.sum())
+    m = n if m is None else int(m)
+    if m < n:
+        raise ValueError(f"family size m={m} is smaller than the {n} p-values given")
+    if not n:
+        return out
+    q = p[ok]
+    if ((q < 0) | (q > 1)).any():
+        raise ValueError("p-values must lie in [0, 1]")
+    if m == n:
+        out[ok] = multipletests(q, method="fdr_bh")[1]
+        return out
+    order = np.argsort(q, kind="stable")
+    raw = q[order] / (np.arange(1, n + 1) / float(m))
+    adj = np.minimum.accumulate(raw[::-1])[::-1]
+    adj[adj > 1] = 1
+    res = np.empty(n)
+    res[order] = adj
+    out[ok] = res
     return out

@@ -22,6 +22,8 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 
+from sources.sae_view import fires
+
 
 def as_numpy(x) -> np.ndarray:
     """numpy view of an array-like or a (possibly GPU, possibly grad-tracking) torch tensor."""
@@ -207,7 +209,7 @@ def _fires_any(latents_NF, latents, threshold) -> np.ndarray:
     thr = np.asarray(threshold, dtype=np.float64)
     if thr.ndim == 1 and thr.size != 1:
         thr = thr[idx]
-    return (A > thr).any(1)
+    return fires(A, thr).any(1)
 
 
 def reconstruction_pca(latents_NF, W_dec_FD, latents, n_components: int | None = None, threshold=0.0) -> PCA:

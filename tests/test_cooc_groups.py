@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from cooc import CoocConfig, GroupFinder, describe, group_id, run_cooc
-from cooc.evaluate import adjusted_rand, recovery
+from cooc.recovery import adjusted_rand, recovery
 from cooc.groups import _local_cut, largest_component
 from cooc.inputs import iter_chunks
 from cooc.structure import degree_centralisation

@@ -8,7 +8,8 @@ import scipy.sparse as sp
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from cooc import CooccurrenceCounter, GroupFinder, bh_adjust, score_pairs
+from cooc import CooccurrenceCounter, GroupFinder, score_pairs
+from stats import bh_adjust
 from cooc.scoring import upper_tail
 from cooc.synthetic import independent_chunk, planted
 

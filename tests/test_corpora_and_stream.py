@@ -9,7 +9,8 @@ import torch
 from sources.config import DataSpec, HookSpec, StreamSpec
 from sources.corpora import iter_contexts, iter_documents
 from sources.errors import ConfigError
-from sources.stream import cache_dir_for, hook_activations, iter_activation_batches, iter_latents, to_csr
+from sources.stream import cache_dir_for, hook_activations, iter_activation_batches, iter_latents
+from sources.sae_view import to_csr
 from tiny import tiny_corpus_file, tiny_model, tiny_tokenizer
 
 

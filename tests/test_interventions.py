@@ -17,10 +17,11 @@ import torch
 
 from interventions import edits as E
 from interventions.config import InterventionsConfig
-from interventions.evaluate import Arm, GroupEval, GroupSpec, Plan
+from sources.sae_view import SAEView
+from interventions.arms import Arm, GroupEval, GroupSpec, Plan
 from interventions.forward import check_read_layer, multi_arm_logits, token_effects
 from interventions.pipeline import group_rows, read_groups, run_interventions, select_groups
-from interventions.stats import adjust_run, doc_sums, verdicts_frame
+from interventions.effects import adjust_run, doc_sums, verdicts_frame
 from sources.config import DataSpec, HookSpec, StreamSpec
 from sources.errors import ConfigError
 from sources.patching import clean_logits, run_with_edits
@@ -110,7 +111,7 @@ def test_a_zero_group_ablation_changes_the_residual_by_exactly_minus_the_members
 
 
 def test_the_batched_multi_arm_forward_equals_the_arms_run_one_by_one(model, sae, tokens):
-    W = E.effective_decoder(sae)
+    W = SAEView(sae).decoder_FD()
     basis = E.decoder_basis(W, [3, 5, 7])
     mu = torch.randn(model.d_model)
     v = torch.randn(model.d_model)
@@ -246,7 +247,7 @@ def test_effects_match_an_independent_pytorch_computation_and_outputs_are_tidy(m
     assert ((eff["mode"] == "steer") & (eff["effect"] == "logit_diff:pair")).any()
 
     from experiments.interventions import write_outputs
-    from interventions.report import render_report
+    from interventions.markdown import render_report
 
     write_outputs(tmp_path / "interventions", res, icfg)
     back = pd.read_csv(tmp_path / "interventions" / "effects.csv")
@@ -400,7 +401,7 @@ def test_the_cli_exits_2_with_one_line(tmp_path, args, start):
 def test_the_vectorised_p_values_are_the_two_sided_version_of_the_shared_paired_t_test():
     from stats import paired_test
 
-    from interventions.stats import summarize_many
+    from interventions.effects import summarize_many
 
     rng = np.random.default_rng(3)
     n_docs = np.array([6, 12, 40])
@@ -432,7 +433,7 @@ def test_latent_edits_equal_decode_differences_for_a_sae_lens_topk_sae_with_deco
 
 
 def test_the_pool_of_contexts_does_not_depend_on_the_stream_batch_size(model, sae, corpus):
-    from interventions.evaluate import scan_pool
+    from interventions.arms import scan_pool
 
     data, _ = _data(corpus)
     groups = [GroupSpec("ga", (0, 1, 2)), GroupSpec("gb", (5, 6))]
@@ -445,7 +446,7 @@ def test_the_pool_of_contexts_does_not_depend_on_the_stream_batch_size(model, sa
 
 
 def test_sqrt_kl_per_norm_does_not_favour_larger_edits_where_kl_per_norm_would(model, tokens):
-    from interventions.stats import statistic
+    from interventions.effects import statistic
 
     with torch.no_grad():
         lp = torch.log_softmax(clean_logits(model, tokens), -1)
@@ -482,7 +483,7 @@ def test_auto_groups_add_the_probe_stages_most_enriched_group_per_task():
 
 
 def test_documents_first_orders_one_item_per_document_before_any_second():
-    from interventions.evaluate import documents_first
+    from interventions.arms import documents_first
 
     ids = np.arange(10)
     doc = {i: i // 3 for i in ids}  # documents 0..3 with 3, 3, 3, 1 items

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from interventions.config import InterventionsConfig
-from interventions.evaluate import GroupSpec
+from interventions.arms import GroupSpec
 from interventions.forward import clean_hook_and_read, margin_effect, resolve_read_layer
 from interventions.pipeline import run_interventions
 from interventions.tasks import TaskData, TaskTarget, TaskWindow, effect_name, fit_readout, load_task_data
@@ -166,7 +166,7 @@ def test_a_planted_group_whose_ablation_destroys_the_probed_information_has_a_cl
     assert "task_beats_best_single_on" in res.verdicts.columns
 
     from experiments.interventions import write_outputs
-    from interventions.report import render_report
+    from interventions.markdown import render_report
 
     write_outputs(tmp_path / "interventions", res, _cfg())
     back = pd.read_csv(tmp_path / "interventions" / "effect_verdicts.csv")

@@ -13,7 +13,7 @@ from experiments.config import ExperimentConfig
 from experiments.cooc import stage_key as cooc_stage_key
 from experiments.probe import main, probe_stage
 from experiments.run import Run
-from probes.evaluate import COLUMNS
+from probes.comparison import COLUMNS
 from sources.errors import ConfigError
 from tiny import tiny_hf_model, tiny_tokenizer
 

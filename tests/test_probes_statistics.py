@@ -11,7 +11,7 @@ from sklearn.model_selection import cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from probes.evaluate import (COLUMNS, Settings, Target, choose_strength, evaluate_target, finalize, fit_predict, inner_splits,
+from probes.comparison import (COLUMNS, Settings, Target, choose_strength, evaluate_target, finalize, fit_predict, inner_splits,
                              univariate_scores)
 from probes.linear import logistic_fit, logistic_path, ridge_fit, ridge_path
 from stats import grouped_folds

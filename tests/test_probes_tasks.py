@@ -209,7 +209,7 @@ def test_group_reconstructions_use_the_decoder_as_the_sae_applies_it(rescale):
     import torch
     from sae_lens import TopKSAE, TopKSAEConfig
 
-    from probes.dataset import decoder_as_applied
+    from sources.sae_view import SAEView
 
     torch.manual_seed(0)
     sae = TopKSAE(TopKSAEConfig(d_in=8, d_sae=16, k=3, rescale_acts_by_decoder_norm=rescale))
@@ -222,5 +222,5 @@ def test_group_reconstructions_use_the_decoder_as_the_sae_applies_it(rescale):
     only_group = torch.zeros_like(acts)
     only_group[:, members] = acts[:, members]
     expect = (sae.decode(only_group) - sae.b_dec).detach().numpy()
-    W = decoder_as_applied(sae)
+    W = SAEView(sae).decoder_np()
     np.testing.assert_allclose(acts[:, members].detach().numpy() @ W[members], expect, atol=1e-5)

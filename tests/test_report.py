@@ -86,7 +86,7 @@ def test_the_pca_view_matches_sklearn_on_the_group_reconstruction(run):
     config, out = run
     from sklearn.decomposition import PCA
 
-    from probes.dataset import decoder_as_applied
+    from sources.sae_view import SAEView
     from sources.session import open_session
     from sources.stream import iter_latents
 
@@ -95,7 +95,7 @@ def test_the_pca_view_matches_sklearn_on_the_group_reconstruction(run):
     dense = np.concatenate([b.latents.toarray() for b in iter_latents(s.model, s.sae, cfg.data, cfg.hook, cfg.stream, progress=False)])
     summary = json.loads((out / "explore" / "summary.json").read_text())
     scatter = pd.read_csv(out / "explore" / "scatter.csv", dtype={"group_id": str})
-    W = decoder_as_applied(s.sae).astype(np.float64)
+    W = SAEView(s.sae).decoder_np().astype(np.float64)
     checked = 0
     for gid, info in summary["groups"].items():
         if "explained_variance_ratio" not in info:

@@ -10,7 +10,7 @@ The pipeline for a group ``G`` with members ``m_1..m_k``:
    (:func:`subspaces.matched_groups`) and ``n_controls`` random directions norm-matched to the group's edit;
    and the steering arms (each direction and the random directions, at every alpha).
 3. :func:`evaluate_group` runs clean passes and batched multi-arm passes over the group's evaluation
-   contexts and reduces per-token effects to per-document sums (:mod:`interventions.stats`).
+   contexts and reduces per-token effects to per-document sums (:mod:`interventions.effects`).
 """
 
 from __future__ import annotations
@@ -27,13 +27,14 @@ from interventions.config import LATENT_MODES, InterventionsConfig
 from interventions.forward import (decision_pair, evaluable_positions, logit_diff, margin_drop, multi_arm_logits,
                                    next_token_logprobs,
                                    token_effects)
-from interventions.stats import DocSums, doc_sums, statistic
+from interventions.effects import DocSums, doc_sums, statistic
 from sources import sites
 from sources.config import DataSpec, HookSpec, StreamSpec
 from sources.corpora import Context
 from sources.errors import ConfigError
 from sources.models import LoadedModel
 from sources.progress import kill_point, progress_bar
+from sources.sae_view import as_view, fires
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class Pool:
 
 
 def fires_any(f_K: torch.Tensor, thr_K: torch.Tensor) -> torch.Tensor:
-    return (f_K > thr_K).any(-1)
+    return fires(f_K, thr_K).any(-1)
 
 
 @torch.no_grad()
@@ -83,6 +84,7 @@ def scan_pool(model: LoadedModel, sae, data: DataSpec, hook: HookSpec, stream: S
 
     F = int(sae.cfg.d_sae)
     thr = torch.as_tensor(threshold_F, dtype=torch.float32)
+    view = as_view(sae)
     count = torch.zeros(F, dtype=torch.float64)
     act_sum = torch.zeros(F, dtype=torch.float64)
     mu = torch.zeros(model.d_model, dtype=torch.float64)
@@ -100,8 +102,8 @@ def scan_pool(model: LoadedModel, sae, data: DataSpec, hook: HookSpec, stream: S
         contexts = batch.contexts[:keep]
         b_idx, pos = mask.nonzero(as_tuple=True)
         x = batch.acts_BLD[:keep][mask.to(batch.acts_BLD.device)].float().cpu()
-        f = E.encode(sae, x).cpu()
-        fire = f > thr
+        f = view.encode(x).cpu()
+        fire = fires(f, thr)
         count += fire.sum(0).double()
         act_sum += (f * fire).sum(0).double()
         mu += x.sum(0).double()
@@ -283,8 +285,9 @@ class Evaluator:
 
     def __init__(self, model: LoadedModel, sae, hook: HookSpec, pool: Pool, threshold_F: np.ndarray,
                  icfg: InterventionsConfig):
-        self.model, self.sae, self.hook, self.pool, self.icfg = model, sae, hook, pool, icfg
-        self.W = E.effective_decoder(sae).to(model.device)
+        self.model, self.hook, self.pool, self.icfg = model, hook, pool, icfg
+        self.sae = as_view(sae)
+        self.W = self.sae.decoder_FD().to(model.device)
         self.thr = torch.as_tensor(threshold_F, dtype=torch.float32, device=model.device)
         self.mean_act = torch.as_tensor(pool.mean_act_F, dtype=torch.float32, device=model.device)
         self.logit_ids: dict[str, tuple[list[int], list[int]]] = {}
@@ -303,7 +306,7 @@ class Evaluator:
         content = content.to(self.model.device)
         x, logits, read = clean_pass(self.model, self.hook, tokens, self.icfg.read_layer)
         x = x.float()
-        f = E.encode(self.sae, x)
+        f = self.sae.encode(x)
         gi = torch.as_tensor(members, device=f.device)
         gf = fires_any(f[..., gi], self.thr[gi]) & content
         ld = {n: logit_diff(logits, t, fo) for n, (t, fo) in self.logit_ids.items()}

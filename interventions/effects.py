@@ -34,7 +34,7 @@ the always-significant "KL > 0" rows cannot loosen the thresholds of the compari
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
