@@ -17,7 +17,7 @@ def bh_adjust(p_values, m: int | None = None) -> np.ndarray:
     given are taken to have p = 1 (they rank last; their own adjusted values would be 1), which is what
     BH on the padded vector gives without building it (a co-occurrence family has K(K-1)/2 pairs, most
     never stored). Without ``m`` (or with m = n) this is statsmodels' ``fdr_bh``; with a larger ``m`` it
-    is the same step-up, ``min(1, min_{j >= i} p_(j) / (j / m))``, checked against statsmodels on the
+    is the same step-up, ``min(1, min_{j >= i} p_(j) m / j)``, checked against statsmodels on the
     padded vector in the tests.
     """
     p = np.asarray(p_values, dtype=np.float64)
@@ -36,9 +36,8 @@ def bh_adjust(p_values, m: int | None = None) -> np.ndarray:
         out[ok] = multipletests(q, method="fdr_bh")[1]
         return out
     order = np.argsort(q, kind="stable")
-    raw = q[order] / (np.arange(1, n + 1) / float(m))
-    adj = np.minimum.accumulate(raw[::-1])[::-1]
-    adj[adj > 1] = 1
+    raw = q[order] * m / np.arange(1, n + 1)
+    adj = np.minimum(np.minimum.accumulate(raw[::-1])[::-1], 1.0)
     res = np.empty(n)
     res[order] = adj
     out[ok] = res
