@@ -20,21 +20,22 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from interventions import edits as E
-from interventions.config import LATENT_MODES, InterventionsConfig
-from interventions.forward import (decision_pair, evaluable_positions, logit_diff, margin_drop, multi_arm_logits,
-                                   next_token_logprobs,
-                                   token_effects)
+from interventions.config import InterventionsConfig
 from interventions.effects import DocSums, doc_sums, statistic
+from interventions.forward import (decision_pair, evaluable_positions, logit_diff, margin_drop, multi_arm_logits,
+                                   next_token_logprobs, token_effects)
+from interventions.modes import LATENT_MODES, MODES
 from sources import sites
 from sources.config import DataSpec, HookSpec, StreamSpec
 from sources.corpora import Context
 from sources.errors import ConfigError
 from sources.models import LoadedModel
 from sources.progress import kill_point, progress_bar
-from sources.sae_view import as_view, fires
+from sources.sae_view import as_view, fires, to_csr
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,10 @@ class Pool:
     """group id -> {context index: position of the group's last firing token in that context}."""
     group_acts: dict[str, list[np.ndarray]] = field(default_factory=dict)
     """Members' activations [n, k] at tokens where the group fires (at most ``max_rows`` rows)."""
+    sample_latents_SF: sp.csr_matrix | None = None
+    """Latents of every content token of the pool (only when a mode needs ``pool_latents``: resample)."""
+    sample_doc_S: np.ndarray | None = None
+    """Document id of each row of ``sample_latents_SF``."""
 
 
 def fires_any(f_K: torch.Tensor, thr_K: torch.Tensor) -> torch.Tensor:
@@ -78,8 +83,10 @@ def fires_any(f_K: torch.Tensor, thr_K: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def scan_pool(model: LoadedModel, sae, data: DataSpec, hook: HookSpec, stream: StreamSpec, groups: list[GroupSpec],
-              threshold_F: np.ndarray, pool_tokens: int, progress: bool = True, max_rows: int = 20_000) -> Pool:
-    """One pass over at most ``pool_tokens`` tokens of the activation stream (through its cache)."""
+              threshold_F: np.ndarray, pool_tokens: int, progress: bool = True, max_rows: int = 20_000,
+              keep_latents: bool = False) -> Pool:
+    """One pass over at most ``pool_tokens`` tokens of the activation stream (through its cache); with
+    ``keep_latents`` also the latents of every pool token (what the resample mode draws from)."""
     from sources.stream import iter_activation_batches
 
     F = int(sae.cfg.d_sae)
@@ -95,6 +102,8 @@ def scan_pool(model: LoadedModel, sae, data: DataSpec, hook: HookSpec, stream: S
         pool.group_contexts[g.group_id] = {}
         pool.group_acts[g.group_id] = []
     rows_kept = {g.group_id: 0 for g in groups}
+    sample_rows: list[sp.csr_matrix] = []
+    sample_docs: list[str] = []
     for batch in iter_activation_batches(model, data, hook, stream, progress=progress):
         # whole contexts up to pool_tokens, whatever the stream's batch size: the pool does not depend on it
         keep = min(len(batch.contexts), max(1, math.ceil((pool_tokens - seen) / batch.tokens_BL.shape[1])))
@@ -104,6 +113,9 @@ def scan_pool(model: LoadedModel, sae, data: DataSpec, hook: HookSpec, stream: S
         x = batch.acts_BLD[:keep][mask.to(batch.acts_BLD.device)].float().cpu()
         f = view.encode(x).cpu()
         fire = fires(f, thr)
+        if keep_latents:
+            sample_rows.append(to_csr(f))
+            sample_docs += [contexts[b].doc_id for b in b_idx.tolist()]
         count += fire.sum(0).double()
         act_sum += (f * fire).sum(0).double()
         mu += x.sum(0).double()
@@ -134,6 +146,9 @@ def scan_pool(model: LoadedModel, sae, data: DataSpec, hook: HookSpec, stream: S
         pool.mean_act_F = np.where(count.numpy() > 0, act_sum.numpy() / count.numpy(), 0.0)
     pool.mu_D = (mu / max(n_tok, 1)).float()
     pool.resid_norm = norm_sum / max(n_tok, 1)
+    if keep_latents:
+        pool.sample_latents_SF = sp.vstack(sample_rows).tocsr() if sample_rows else sp.csr_matrix((0, F), dtype=np.float32)
+        pool.sample_doc_S = np.array(sample_docs, dtype=object)
     return pool
 
 
@@ -154,6 +169,8 @@ class Arm:
     """Residual-norm size of one alpha unit."""
     vector: torch.Tensor | None = None
     basis: torch.Tensor | None = None
+    seed: int | None = None
+    """Seed of the arm's own random draws (the resample mode's source tokens)."""
 
     @property
     def own_target(self) -> bool:
@@ -209,8 +226,8 @@ def steering_directions(group: GroupSpec, pool: Pool, W_eff: torch.Tensor, which
 
 
 def plan_arms(group: GroupSpec, pool: Pool, W_eff: torch.Tensor, occ_F: np.ndarray, icfg: InterventionsConfig,
-              rng: np.random.Generator) -> Plan:
-    """Every arm of the group's comparisons (see the module docstring)."""
+              rng: np.random.Generator, arm_seed: int | None = None) -> Plan:
+    """Every arm of the group's comparisons (see the module docstring); ``arm_seed`` seeds the arms' own draws."""
     from subspaces import matched_groups
 
     members = list(group.members)
@@ -235,15 +252,16 @@ def plan_arms(group: GroupSpec, pool: Pool, W_eff: torch.Tensor, occ_F: np.ndarr
 
     arms: list[Arm] = []
     for mode in icfg.modes:
-        sub = mode not in LATENT_MODES
+        sub = MODES[mode].edits == "subspace"
 
         def basis(lat):
             return E.decoder_basis(W_eff, lat) if sub else None
 
-        arms.append(Arm("group", "group", mode, tuple(members), basis=basis(members)))
-        arms += [Arm(f"member:{m}", "member", mode, (m,), basis=basis([m])) for m in tested]
-        arms += [Arm(f"random_group:{r}", "random_group", mode, rg, basis=basis(rg)) for r, rg in enumerate(random_groups)]
-        arms += [Arm(f"random_direction:{r}", "random_direction", mode, tuple(members), vector=u)
+        arms.append(Arm("group", "group", mode, tuple(members), basis=basis(members), seed=arm_seed))
+        arms += [Arm(f"member:{m}", "member", mode, (m,), basis=basis([m]), seed=arm_seed) for m in tested]
+        arms += [Arm(f"random_group:{r}", "random_group", mode, rg, basis=basis(rg), seed=arm_seed)
+                 for r, rg in enumerate(random_groups)]
+        arms += [Arm(f"random_direction:{r}", "random_direction", mode, tuple(members), vector=u, seed=arm_seed)
                  for r, u in enumerate(directions)]
     steer_dirs, group_norm = {}, 0.0
     st = icfg.steering
@@ -278,6 +296,10 @@ class Chunk:
     """The clean model's top-1/top-2 next tokens and margin (forward.decision_pair)."""
     clean_ld: dict = field(default_factory=dict)
     """name -> the clean targeted logit difference [B, L] (interventions.logit_diffs)."""
+    doc_ids: list | None = None
+    """Document id of each row (the resample mode draws from other documents)."""
+    key: tuple = ()
+    """Names the chunk within its pass, so that seeded per-chunk draws do not depend on batching of arms."""
 
 
 class Evaluator:
@@ -296,7 +318,7 @@ class Evaluator:
     # -- clean pass
     @torch.no_grad()
     def clean_chunk(self, contexts: list[Context], docs: np.ndarray, members: tuple[int, ...],
-                    lengths: list[int] | None = None) -> Chunk:
+                    lengths: list[int] | None = None, key: tuple = ()) -> Chunk:
         """Clean pass over contexts cut to ``lengths`` (padded to the longest; the padding is masked)."""
         L = max(lengths) if lengths else len(contexts[0].tokens_L)
         tokens = torch.from_numpy(np.stack([c.tokens_L[:L] for c in contexts]))
@@ -311,7 +333,7 @@ class Evaluator:
         gf = fires_any(f[..., gi], self.thr[gi]) & content
         ld = {n: logit_diff(logits, t, fo) for n, (t, fo) in self.logit_ids.items()}
         return Chunk(tokens, x, f, content, gf, next_token_logprobs(logits), read, docs, clean_pair=decision_pair(logits),
-                     clean_ld=ld)
+                     clean_ld=ld, doc_ids=[c.doc_id for c in contexts], key=key)
 
     def target(self, arm: Arm, ch: Chunk) -> torch.Tensor:
         if arm.own_target:
@@ -325,25 +347,13 @@ class Evaluator:
             return ch.cache[key]
         pos = self.target(arm, ch)
         if arm.kind == "random_direction":
-            ref = self.delta(Arm("group", "group", arm.mode, arm.latents, basis=self._group_basis(arm, ch)), ch)
+            ref = self.delta(Arm("group", "group", arm.mode, arm.latents, basis=self._group_basis(arm, ch), seed=arm.seed), ch)
             d = E.norm_matched_delta(ref, arm.vector)
         elif arm.kind in ("steer", "steer_random"):
             where = ch.content if self.icfg.steering.positions == "all" else ch.group_fires
             d = E.steer_delta(ch.x, arm.vector, arm.alpha * arm.scale, where)
-        elif arm.mode in LATENT_MODES:
-            lat = list(arm.latents)
-            clamp = None
-            if arm.mode == "clamp":
-                base = self.mean_act[lat] if self.icfg.clamp_units == "mean_activation" else torch.ones(len(lat), device=self.W.device)
-                clamp = self.icfg.clamp_value * base
-            d = E.latent_delta(self.sae, ch.x, lat, arm.mode, f=ch.f, mean_K=self.mean_act[lat], clamp_K=clamp,
-                               positions=pos, W_eff=self.W)
-        elif arm.mode == "project_out":
-            d = E.project_out_delta(ch.x, arm.basis, pos)
-        elif arm.mode == "mean_project":
-            d = E.mean_project_delta(ch.x, arm.basis, self.pool.mu_D, pos)
-        else:  # pragma: no cover - config validation prevents it
-            raise ValueError(arm.mode)
+        else:  # an ablation: its mode's entry of the table says how
+            d = MODES[arm.mode].delta(self, arm, ch, pos)
         ch.cache[key] = d
         return d
 
@@ -483,7 +493,7 @@ def evaluate_group(model: LoadedModel, sae, hook: HookSpec, plan: Plan, contexts
     for c0 in range(0, len(contexts), cb):
         ctxs = contexts[c0:c0 + cb]
         docs = np.array([doc_of[c.doc_index] for c in ctxs])
-        ch = ev.clean_chunk(ctxs, docs, plan.group.members, lengths[c0:c0 + cb])
+        ch = ev.clean_chunk(ctxs, docs, plan.group.members, lengths[c0:c0 + cb], key=("model", c0))
         scored = evaluable_positions(ch.content)
         n_fires += int((scored & ch.group_fires).sum())
         b_idx, t_idx = scored.nonzero(as_tuple=True)

@@ -13,13 +13,11 @@ from pydantic import Field, field_validator, model_validator
 
 from sources.config import Section, Seed, group_ids_or_auto, positive_numbers
 
-Mode = Literal["zero", "mean", "clamp", "project_out", "mean_project"]
-"""Ablation modes. SAE-latent modes (zero, mean, clamp) edit latents and keep the SAE error term;
-subspace modes (project_out, mean_project) edit the residual stream directly."""
+from interventions.modes import MODES
 
-LATENT_MODES = ("zero", "mean", "clamp")
-SUBSPACE_MODES = ("project_out", "mean_project")
-MODES = LATENT_MODES + SUBSPACE_MODES
+Mode = Literal[tuple(MODES)]  # type: ignore[valid-type]
+"""Ablation modes, the names of :data:`interventions.modes.MODES`. SAE-latent modes (zero, mean, clamp, resample)
+edit latents and keep the SAE error term; subspace modes (project_out, mean_project) edit the residual directly."""
 
 Effect = Literal["sqrt_kl_per_norm", "ce_per_norm", "margin_per_norm", "kl", "ce", "margin"]
 TaskFamily = Literal["url_position", "word_sense"]
@@ -130,7 +128,8 @@ class InterventionsConfig(Section):
     each task (OUT/probes/groups.csv), after the top_n; 0: none. These are the groups whose task effects
     say the most (e.g. the URL group)."""
     modes: list[Mode] = Field(default_factory=lambda: ["zero", "project_out"])
-    """Ablation modes to run (zero, mean, clamp, project_out, mean_project); the first is the verdict's primary mode."""
+    """Ablation modes to run (zero, mean, clamp, resample, project_out, mean_project); the first is the verdict's
+    primary mode."""
     clamp_value: float = 5.0
     """Value the clamp mode sets every edited latent to, in clamp_units."""
     clamp_units: Literal["mean_activation", "absolute"] = "mean_activation"

@@ -3,7 +3,7 @@
 Every edit is expressed as an additive change ``delta`` to the activations ``x`` at the hook, so that
 "change nothing" is ``delta == 0`` and reproduces the clean model bit for bit.
 
-SAE-latent edits (modes ``zero``, ``mean``, ``clamp``) encode ``x``, change the chosen latents and decode,
+SAE-latent edits (modes ``zero``, ``mean``, ``clamp``, ``resample``) encode ``x``, change the chosen latents and decode,
 keeping the SAE's error term ``x - sae(x)``::
 
     x' = sae.decode(f') + (x - sae.decode(f)) = x + (sae.decode(f') - sae.decode(f))
@@ -37,11 +37,12 @@ Tensor = torch.Tensor
 # ----------------------------------------------------------------------------------- latent edits
 
 def new_latent_values(f_K: Tensor, mode: str, *, mean_K: Tensor | None = None, clamp_K: Tensor | None = None,
-                      positions: Tensor | None = None) -> Tensor:
+                      values_K: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
     """The edited values of the chosen latents ``f_K [..., K]``.
 
     zero: 0 everywhere. mean: ``mean_K`` (each latent's mean activation over the tokens where it fires)
-    at ``positions``. clamp: ``clamp_K`` at ``positions``. Outside ``positions`` the latents are unchanged.
+    at ``positions``. clamp: ``clamp_K`` at ``positions``. resample: ``values_K`` (per token, shaped like ``f_K``; the
+    values at other tokens, see interventions.modes) at ``positions``. Outside ``positions`` the latents are unchanged.
     """
     if mode == "zero":
         new = torch.zeros_like(f_K)
@@ -50,15 +51,19 @@ def new_latent_values(f_K: Tensor, mode: str, *, mean_K: Tensor | None = None, c
         if value is None:
             raise ValueError(f"mode {mode!r} needs per-latent {'mean_K' if mode == 'mean' else 'clamp_K'} values")
         new = value.to(f_K).expand_as(f_K).clone()
+    elif mode == "resample":
+        if values_K is None or values_K.shape != f_K.shape:
+            raise ValueError(f"mode 'resample' needs values_K shaped like the latents {tuple(f_K.shape)}")
+        new = values_K.to(f_K).clone()
     else:
-        raise ConfigError("interventions.modes", f"unknown latent mode {mode!r}; allowed: zero, mean, clamp")
+        raise ConfigError("interventions.modes", f"unknown latent mode {mode!r}; allowed: zero, mean, clamp, resample")
     if positions is not None:
         new = torch.where(positions.unsqueeze(-1).to(f_K.device), new, f_K)
     return new
 
 
 def latent_delta(sae, x: Tensor, latents: Sequence[int], mode: str = "zero", *, f: Tensor | None = None,
-                 mean_K: Tensor | None = None, clamp_K: Tensor | None = None,
+                 mean_K: Tensor | None = None, clamp_K: Tensor | None = None, values_K: Tensor | None = None,
                  positions: Tensor | None = None, W_eff: Tensor | None = None) -> Tensor:
     """Change ``[..., d_in]`` of the residual when ``latents`` are edited (error term kept).
 
@@ -73,7 +78,7 @@ def latent_delta(sae, x: Tensor, latents: Sequence[int], mode: str = "zero", *, 
         f = view.encode(x)
     W = view.decoder_FD() if W_eff is None else W_eff
     f_K = f[..., idx.to(f.device)]
-    change = new_latent_values(f_K, mode, mean_K=mean_K, clamp_K=clamp_K, positions=positions) - f_K
+    change = new_latent_values(f_K, mode, mean_K=mean_K, clamp_K=clamp_K, values_K=values_K, positions=positions) - f_K
     delta = change @ W[idx.to(W.device)].to(change.device)
     scale = view.output_scale(x)
     if scale is not None:

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from interventions.config import InterventionsConfig
+from interventions.modes import needs
 from interventions.arms import (Evaluator, GroupEval, GroupSpec, Pool, best_single, choose_contexts, evaluate_group,
                                     plan_arms, pooled, scan_pool)
 from interventions.effects import (COMPARATORS, EFFECTS_COLUMNS, adjust_run, bootstrap_weights, effect_row,
@@ -259,7 +260,8 @@ def run_interventions(model, sae, hook: HookSpec, data: DataSpec, stream: Stream
         pool: Pool = saved["pool"]
         log.info("interventions: pool scan loaded from checkpoint")
     else:
-        pool = scan_pool(model, sae, data, hook, stream, groups, threshold_F, icfg.pool_tokens, progress=progress)
+        pool = scan_pool(model, sae, data, hook, stream, groups, threshold_F, icfg.pool_tokens, progress=progress,
+                         keep_latents="pool_latents" in needs(icfg.modes))
         _save(ckpt, POOL_FILE, {"version": CHECKPOINT_VERSION, "pool": pool})
     occ = pool.count_F if occ_F is None else np.asarray(occ_F)
     if occ.shape[0] != pool.count_F.shape[0]:
@@ -298,14 +300,14 @@ def _evaluate(g: GroupSpec, ordinal: int, model, sae, hook: HookSpec, pool: Pool
     BH adjustment, its verdict inputs, its arms and its :class:`GroupEval` (None when it never fires)."""
     from interventions.tasks import evaluate_task
 
-    r_ctx, r_plan, r_boot, r_fold, r_task, r_tboot, r_tfold = _rngs(seed, g.group_id, 7)
+    r_ctx, r_plan, r_boot, r_fold, r_task, r_tboot, r_tfold, r_arms = _rngs(seed, g.group_id, 8)
     contexts = choose_contexts(pool, g, icfg.max_tokens, icfg.tail_tokens, r_ctx)
     if not contexts:
         log.warning("group %s never fires in the %d pool tokens; no verdict", g.group_id, pool.n_tokens)
         info = {"group_id": g.group_id, "group_size": g.size, "structure": g.structure, "n_docs": 0,
                 "n_tokens_fires": 0, "n_contexts": 0, "best_single_latents": ""}
         return {"version": CHECKPOINT_VERSION, "group_id": g.group_id, "rows": [], "info": info, "arms": [], "eval": None}
-    plan = plan_arms(g, pool, W_eff, occ, icfg, r_plan)
+    plan = plan_arms(g, pool, W_eff, occ, icfg, r_plan, arm_seed=int(r_arms.integers(2**32)))
     ge = evaluate_group(model, sae, hook, plan, contexts, ev, progress=progress, kill_name=f"group {ordinal} forward")
     for td in tasks:
         te = evaluate_task(model, hook, plan, td, ev, read_layer, icfg.tasks.max_tokens, r_task,
@@ -323,7 +325,7 @@ def _evaluate(g: GroupSpec, ordinal: int, model, sae, hook: HookSpec, pool: Pool
 
 # ----------------------------------------------------------------------------------- checkpoints
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: the pool may hold the latents of its tokens (resample), arms carry a seed
 POOL_FILE = "pool.pkl"
 
 

@@ -408,14 +408,14 @@ def evaluate_task(model: LoadedModel, hook: HookSpec, plan: Plan, td: TaskData, 
     n_tok = n_fires = 0
     bar = progress_bar(total=math.ceil(len(chosen) / cb) * math.ceil(len(arms) / per_fwd),
                        desc=f"task {td.family} {plan.group.group_id}", unit="fwd", progress=progress, mininterval=2.0)
-    for ws, tokens, mask in _batches(td.windows, chosen, cb, pad):
+    for n_chunk, (ws, tokens, mask) in enumerate(_batches(td.windows, chosen, cb, pad)):
         content = mask.to(model.device)
         x, read = clean_hook_and_read(model, hook, tokens, read_layer)
         x = x.float()
         f = ev.sae.encode(x)
         gf = fires_any(f[..., gi.to(f.device)], ev.thr[gi.to(ev.thr.device)]) & content
         docs = np.array([doc_of[w.doc_index] for w in ws])
-        ch = Chunk(tokens, x, f, content, gf, None, read, docs)
+        ch = Chunk(tokens, x, f, content, gf, None, read, docs, doc_ids=[w.doc_id for w in ws], key=("task", td.family, n_chunk))
         # task tokens of each target in this chunk: (batch row, position, example row) and the clean loss
         at = {}
         for t, ro in readouts.items():

@@ -360,7 +360,7 @@ def test_a_group_id_that_does_not_exist_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("override, field, fragment", [
     ("interventions.steering.alphas=[]", "interventions.steering.alphas", "alpha grid is empty"),
-    ("interventions.modes=[zero, shuffle]", "interventions.modes.1", "'zero', 'mean', 'clamp', 'project_out' or 'mean_project'"),
+    ("interventions.modes=[zero, shuffle]", "interventions.modes.1", "'zero', 'mean', 'clamp', 'resample', 'project_out' or 'mean_project'"),
     ("interventions.modes=[]", "interventions.modes", "at least one mode"),
     ("interventions.groups=[]", "interventions.groups", "list of group ids is empty"),
     ("interventions.nboot=5", "interventions.nboot", "unknown key"),
@@ -492,3 +492,70 @@ def test_documents_first_orders_one_item_per_document_before_any_second():
     assert len({doc[i] for i in order[:4]}) == 4  # the first round covers every document
     assert len({doc[i] for i in order[4:7]}) == 3  # the second round: the documents with a second item
     np.testing.assert_array_equal(order, documents_first(ids, doc.get, np.random.default_rng(0)))
+
+
+# ----------------------------------------------------------------------------------- the modes table, resample
+
+def test_every_configurable_mode_has_one_table_entry_with_an_edit_function():
+    import typing
+
+    from interventions.config import Mode
+    from interventions.modes import MODES
+
+    assert set(typing.get_args(Mode)) == set(MODES)
+    assert all(m.edits in ("latents", "subspace") and callable(m.delta) and m.doc for m in MODES.values())
+    assert MODES["resample"].needs == {"pool_latents"} and not MODES["zero"].needs
+
+
+def test_a_resample_edit_equals_the_decode_difference_with_the_latents_of_another_input():
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    torch.manual_seed(1)
+    sae = TopKSAE(TopKSAEConfig(d_in=16, d_sae=40, k=5, rescale_acts_by_decoder_norm=True)).eval()
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(40, 1) * 3 + 0.2)
+        x, other = torch.randn(2, 6, 16), torch.randn(2, 6, 16)
+        f, f_other = sae.encode(x), sae.encode(other)
+        group = (f.flatten(0, 1).gt(0).sum(0) + f_other.flatten(0, 1).gt(0).sum(0)).argsort(descending=True)[:4].tolist()
+        where = torch.rand(2, 6) > 0.3
+        f_new = f.clone()
+        f_new[..., group] = torch.where(where[..., None], f_other[..., group], f[..., group])
+        expected = sae.decode(f_new) - sae.decode(f)  # sae_lens's own decode, not the framework's decoder rows
+        got = E.latent_delta(sae, x, group, "resample", values_K=f_other[..., group], positions=where)
+    assert expected.abs().max() > 1e-2
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="values_K"):
+        E.latent_delta(sae, x, group, "resample")
+
+
+def test_resample_sources_come_from_other_documents_and_are_seeded():
+    from interventions.modes import resample_rows
+
+    docs_S = np.array(["a"] * 50 + ["b"] * 3 + ["c"] * 2, dtype=object)
+    rows = resample_rows(docs_S, ["a", "b", "c"], (3, 40), np.random.default_rng(0))
+    for b, own in enumerate("abc"):
+        assert (docs_S[rows[b]] != own).all()
+    again = resample_rows(docs_S, ["a", "b", "c"], (3, 40), np.random.default_rng(0))
+    assert (rows == again).all()
+    assert not (rows == resample_rows(docs_S, ["a", "b", "c"], (3, 40), np.random.default_rng(1))).all()
+    alone = resample_rows(np.array(["a"] * 5, dtype=object), ["a"], (1, 4), np.random.default_rng(0))
+    assert ((alone >= 0) & (alone < 5)).all()  # one document only: its own tokens are all there is
+
+
+def test_the_resample_mode_runs_end_to_end_reproducibly_and_depends_on_the_seed(model, sae, corpus):
+    data, stream = _data(corpus)
+    group = GroupSpec("gres", (0, 1, 2, 3), "clique")
+    thr = np.zeros(sae.cfg.d_sae, dtype=np.float32)
+    icfg = _small_cfg(modes=["resample", "zero"], steering={"enabled": False})
+    runs = [run_interventions(model, sae, HOOK, data, stream, [group], icfg, thr, seed=s, progress=False) for s in (0, 0, 5)]
+    eff = runs[0].effects
+    res = eff[(eff["mode"] == "resample") & (eff["arm"] == "group") & (eff["comparator"] == "clean")
+              & (eff["effect"] == "kl") & (eff["scope"] == "fires")]
+    assert len(res) == 1 and float(res["estimate"].iloc[0]) > 0  # the edit changes the model where the group fires
+    assert {"best_single", "random_groups", "random_directions"} <= set(eff.loc[eff["mode"] == "resample", "arm"])
+    assert runs[0].verdicts["mode"].iloc[0] == "resample"
+    pd.testing.assert_frame_equal(runs[0].effects, runs[1].effects)
+    other_seed = runs[2].effects.set_index(["arm", "comparator", "mode", "effect", "scope"])["estimate"]
+    same = eff.set_index(["arm", "comparator", "mode", "effect", "scope"])["estimate"]
+    key = ("group", "clean", "resample", "kl", "fires")
+    assert other_seed.loc[key] != same.loc[key]
