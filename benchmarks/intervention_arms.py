@@ -39,7 +39,6 @@ def main() -> None:
     from interventions.forward import multi_arm_logits, next_token_logprobs, token_effects
     from sources.corpora import iter_contexts
     from sources.sae_view import SAEView
-    from sources.session import open_session
     from sources.stream import hook_activations
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -51,7 +50,7 @@ def main() -> None:
     layouts = [tuple(int(v) for v in s.split("x")) for s in args.layout.split(",")]
     cfg = build_config(ExperimentConfig, DEFAULT_CONFIG, [f"data.context_len={args.context_len}",
                                                           f"data.max_tokens={args.context_len * 16}"])
-    s = open_session(cfg, progress=False)
+    s = cfg.session(progress=False)
     model, sae, hook = s.model, s.sae, cfg.hook
     contexts = list(iter_contexts(cfg.data, model.tokenizer))[:16]
     tokens_all = torch.from_numpy(np.stack([c.tokens_L for c in contexts]))

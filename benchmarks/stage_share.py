@@ -52,7 +52,6 @@ def share(args) -> None:
     from experiments.cli import DEFAULT_CONFIG, build_config
     from experiments.config import ExperimentConfig
     from sources.corpora import iter_contexts
-    from sources.session import open_session
     from sources.sae_view import SAEView
     from sources.stream import batched, hook_activations
 
@@ -65,7 +64,7 @@ def share(args) -> None:
         sae = random_topk_sae(model.d_model if hasattr(model, "d_model") else model.hf.config.hidden_size, 4096, args.k)
         sae_name = f"random sae_lens TopK, d_sae 4096, k {args.k}"
     else:
-        s = open_session(cfg, progress=False)
+        s = cfg.session(progress=False)
         model, sae = s.model, s.sae
         sae_name = f"built-in ({cfg.sae.builtin}), d_sae {int(sae.cfg.d_sae)}"
     d_sae = int(sae.cfg.d_sae)

@@ -32,3 +32,9 @@ class ExperimentConfig(Section):
     interventions: InterventionsConfig = Field(default_factory=InterventionsConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
 
+
+    def session(self, progress: bool = True):
+        """The :class:`sources.session.Session` of this experiment's model, SAE, hook, corpus and stream."""
+        from sources.session import open_session
+
+        return open_session(self.model, self.sae, self.hook, self.data, self.stream, progress=progress)

@@ -24,7 +24,6 @@ from sources.files import stable_hash
 from sources.fingerprint import file_digest
 from sources.models import model_fingerprint
 from sources.saes import sae_fingerprint
-from sources.session import open_session
 
 log = logging.getLogger("experiments.cooc")
 
@@ -52,16 +51,16 @@ def _input(cfg: ExperimentConfig, progress: bool, shard: tuple[int, int] | None 
             start, stop = row_range(n_rows, *shard)
             acts_TF = acts_TF[start:stop]
         return iter_chunks(acts_TF, cfg.cooc.chunk_tokens), acts_TF.shape[1], None, info
-    theta_F = open_session(cfg, progress).theta_F() if cfg.cooc.use_sae_threshold else None
+    theta_F = cfg.session(progress).theta_F() if cfg.cooc.use_sae_threshold else None
     d_sae = None if theta_F is None else theta_F.shape[0]
     if shard is not None and d_sae is None:
-        d_sae = open_session(cfg, progress).d_sae  # a rank whose shard is empty still needs the width
+        d_sae = cfg.session(progress).d_sae  # a rank whose shard is empty still needs the width
     return _latent_batches(cfg, progress, shard), d_sae, theta_F, {"source": "stream"}
 
 
 def _latent_batches(cfg: ExperimentConfig, progress: bool, shard: tuple[int, int] | None):
     """The session's latents, opened when the first batch is asked for (inside the stage)."""
-    yield from open_session(cfg, progress).latent_batches(progress, shard)
+    yield from cfg.session(progress).latent_batches(progress, shard)
 
 
 def inputs_fingerprint(cfg: ExperimentConfig) -> dict:
@@ -148,9 +147,14 @@ def cooc_stage_distributed(cfg: ExperimentConfig, out: Path, d, fresh: bool = Fa
     return folder
 
 
+def parse_args(argv: list[str] | None = None):
+    """The command line of ``python -m experiments.cooc`` (also what tests check the docs' commands with)."""
+    return parser("python -m experiments.cooc", __doc__.splitlines()[0]).parse_args(argv)
+
+
 @entry_point
 def main(argv: list[str] | None = None) -> None:
-    args = parser("python -m experiments.cooc", __doc__.splitlines()[0]).parse_args(argv)
+    args = parse_args(argv)
     cfg = build_config(ExperimentConfig, args.config, args.overrides)
     out = Path(args.out or cfg.out)
     from cooc.distributed import init_from_env, shutdown

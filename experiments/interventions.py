@@ -82,9 +82,8 @@ def interventions_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, 
     select_groups(groups_df, icfg, source=str(cooc_dir / "groups.csv"), probe_groups=probe_groups)  # bad ids fail early
 
     from interventions.pipeline import run_interventions
-    from sources.session import open_session
 
-    session = open_session(cfg, progress)
+    session = cfg.session(progress)
     d_sae = session.d_sae
     groups = select_groups(groups_df, icfg, d_sae=d_sae, source=str(cooc_dir / "groups.csv"), probe_groups=probe_groups)
     occ = _occurrences(cooc_dir, d_sae)
@@ -184,9 +183,14 @@ def write_outputs(folder: Path, result, icfg) -> None:
         result.verdicts.to_csv(tmp, index=False)
 
 
+def parse_args(argv: list[str] | None = None):
+    """The command line of ``python -m experiments.interventions`` (also what tests check the docs' commands with)."""
+    return parser("python -m experiments.interventions", __doc__.splitlines()[0]).parse_args(argv)
+
+
 @entry_point
 def main(argv: list[str] | None = None) -> None:
-    args = parser("python -m experiments.interventions", __doc__.splitlines()[0]).parse_args(argv)
+    args = parse_args(argv)
     cfg = build_config(ExperimentConfig, args.config, args.overrides)
     out = Path(args.out or cfg.out)
     if not (out / "manifest.json").exists():

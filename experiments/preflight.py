@@ -21,14 +21,13 @@ from sources.corpora import check_corpus
 from sources.config import require_known_groups
 from sources.errors import ConfigError
 from sources.files import read_csv
-from sources.session import open_session
 
 
 def check_inputs(cfg, run: Run | None = None, progress: bool = True) -> None:
     """Open every input of ``cfg``: corpus, model and SAE, a precomputed activation file's width and (with
     ``run``) explicit group ids."""
     check_corpus(cfg.data)
-    s = open_session(cfg, progress)
+    s = cfg.session(progress)
     if cfg.activations.source == "file":
         check_activation_width(Path(cfg.activations.path), s.d_sae)
     if run is not None:

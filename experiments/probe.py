@@ -53,9 +53,14 @@ def probe_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, force: b
     return run.out / STAGE
 
 
+def parse_args(argv: list[str] | None = None):
+    """The command line of ``python -m experiments.probe`` (also what tests check the docs' commands with)."""
+    return parser("python -m experiments.probe", __doc__.splitlines()[0]).parse_args(argv)
+
+
 @entry_point
 def main(argv: list[str] | None = None) -> None:
-    args = parser("python -m experiments.probe", __doc__.splitlines()[0]).parse_args(argv)
+    args = parse_args(argv)
     cfg = build_config(ExperimentConfig, args.config, args.overrides)
     out = Path(args.out or cfg.out)
     if not (out / "manifest.json").exists():

@@ -68,9 +68,8 @@ def explore_stage(cfg, run: Run, progress: bool = True, force: bool = False) -> 
         log.info("explore: the cooc stage found no groups; the report has no group cards")
     from reports.explore import collect, read_quality
     from sources.saes import sae_folder
-    from sources.session import open_session
 
-    s = open_session(cfg, progress)
+    s = cfg.session(progress)
     data = cfg.data if cfg.report.max_tokens is None else cfg.data.model_copy(
         update={"max_tokens": min(cfg.report.max_tokens, cfg.data.max_tokens)})
     view = s.view(cfg.cooc.threshold, cfg.cooc.use_sae_threshold)  # the cooc stage's firing rule
@@ -99,12 +98,17 @@ def build_report(out: str | Path) -> Path:
             release_locks([out])
 
 
-@entry_point
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None):
+    """The command line of ``python -m experiments.report``."""
     p = ArgumentParser(prog="python -m experiments.report", description=__doc__.splitlines()[0])
     p.add_argument("out", nargs="?", default="runs/default", help="output folder of a run (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="only errors")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+@entry_point
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.quiet:
         logging.getLogger().setLevel(logging.WARNING)
     path = build_report(args.out)

@@ -47,9 +47,14 @@ def run_pipeline(cfg: ExperimentConfig, out: Path, fresh: bool = False, progress
     return run
 
 
+def parse_args(argv: list[str] | None = None):
+    """The command line of ``python -m experiments.steer`` (also what tests check the docs' commands with)."""
+    return parser("python -m experiments.steer", __doc__.splitlines()[0]).parse_args(argv)
+
+
 @entry_point
 def main(argv: list[str] | None = None) -> None:
-    args = parser("python -m experiments.steer", __doc__.splitlines()[0]).parse_args(argv)
+    args = parse_args(argv)
     cfg = build_config(ExperimentConfig, args.config, args.overrides)
     out = Path(args.out or cfg.out)
     run = run_pipeline(cfg, out, fresh=args.fresh, progress=not args.quiet)

@@ -40,9 +40,14 @@ def build_parser():
     return p
 
 
+def parse_args(argv: list[str] | None = None):
+    """The command line of ``python -m experiments.train_sae``."""
+    return build_parser().parse_args(argv)
+
+
 @entry_point
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     cfg = build_config(ExperimentConfig, args.config, args.overrides)
     if cfg.sae.train is None:
         raise ConfigError("sae.train", "this config has no sae.train section; add one (see experiments/configs/train_default_sae.yaml)")

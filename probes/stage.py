@@ -28,6 +28,7 @@ from probes.targets import url_targets, word_sense_targets
 from sources.config import require_known_groups
 from sources.errors import ConfigError
 from sources.sae_view import SAEView
+from sources.session import open_session
 from sources.files import atomic_path, write_json
 
 log = logging.getLogger("probes")
@@ -56,9 +57,7 @@ def run_probes(cfg, cooc_dir: str | Path, out_dir: str | Path, progress: bool = 
         require_known_groups("probes.groups", pc.groups, sorted(cooc.members), cooc.folder / "groups.csv")
         cand = {g: cooc.members[g] for g in pc.groups}
     if model is None or sae is None:
-        from sources.session import open_session
-
-        s = open_session(cfg, progress)
+        s = open_session(cfg.model, cfg.sae, cfg.hook, cfg.data, cfg.stream, progress=progress)
         model, sae = s.model, s.sae
     d_sae = int(sae.W_dec.shape[0])
     if cooc.d_sae != d_sae:

@@ -13,14 +13,15 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
+import torch
 
-from sources.config import DataSpec, HookSpec, StreamSpec
+from sources.config import DataSpec, HookSpec, ModelSpec, SAESpec, StreamSpec
 from sources.errors import ConfigError
 from sources.models import LoadedModel, load_model
 from sources.sae_training import train_sae
 from sources.sae_view import SAEView
 from sources.saes import load_sae, trained_sae_dir
-from sources.stream import LatentBatch, iter_latents
+from sources.stream import LatentBatch, hook_activations, iter_latents
 
 log = logging.getLogger(__name__)
 
@@ -48,30 +49,53 @@ class Session:
         """Per-latent JumpReLU threshold θ of the SAE, or None."""
         return SAEView(self.sae).theta_F
 
+    def activations(self, tokens_BL) -> torch.Tensor:
+        """Activations ``[B, L, D]`` at the session's hook for tokens ``[B, L]`` (a forward pass stopped there)."""
+        t = torch.as_tensor(tokens_BL)
+        return hook_activations(self.model, t[None] if t.ndim == 1 else t, self.hook)
+
+    def tokens(self, text: str) -> torch.Tensor:
+        """``text`` as token ids ``[1, L]`` of the session's tokenizer (its special tokens added as it adds them)."""
+        return self.model.tokenizer(text, return_tensors="pt").input_ids
+
     def latent_batches(self, progress: bool = True, shard: tuple[int, int] | None = None) -> Iterator[LatentBatch]:
         """SAE latents over the session's corpus (``shard=(rank, world_size)``: only that rank's contexts)."""
         return iter_latents(self.model, self.sae, self.data, self.hook, self.stream, progress, shard)
 
 
-def open_session(cfg, progress: bool = True) -> Session:
-    """Load (or reuse) the model and SAE of an experiment config (anything with model/hook/sae/data/stream)."""
-    model_spec = cfg.model
-    sae_spec = cfg.sae
-    key = json.dumps({"model": model_spec.model_dump(), "sae": sae_spec.model_dump(), "hook": cfg.hook.model_dump()}, sort_keys=True)
+def _spec(cls, value, field: str):
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        return cls.model_validate(value)
+    raise ConfigError(field, f"give a {cls.__name__} or a dict of its fields, got {type(value).__name__}")
+
+
+def open_session(model: ModelSpec | dict | None = None, sae: SAESpec | dict | None = None, hook: HookSpec | dict | None = None,
+                 data: DataSpec | dict | None = None, stream: StreamSpec | dict | None = None, *, progress: bool = True) -> Session:
+    """Load (or reuse) a model and its SAE, checked against each other at ``hook``.
+
+    Each argument is its own spec (or a dict of its fields); left out, it is the default: SmolLM2-135M, the built-in
+    SAE, layer 15's resid_post, the built-in corpus. ``data`` and ``stream`` are what :meth:`Session.latent_batches`
+    reads (and what an ``sae.train`` spec trains on, on demand, the first time). Models and SAEs are loaded once per
+    process and shared by sessions that name the same ones.
+    """
+    model_spec, sae_spec, hook = _spec(ModelSpec, model, "model"), _spec(SAESpec, sae, "sae"), _spec(HookSpec, hook, "hook")
+    data, stream = _spec(DataSpec, data, "data"), _spec(StreamSpec, stream, "stream")
+    key = json.dumps({"model": model_spec.model_dump(), "sae": sae_spec.model_dump(), "hook": hook.model_dump()}, sort_keys=True)
     if key not in _CACHE:
         model_key = json.dumps(model_spec.model_dump(), sort_keys=True)
         if model_key not in _MODELS:
             _MODELS[model_key] = load_model(model_spec, progress)
-        model = _MODELS[model_key]
+        loaded = _MODELS[model_key]
         if sae_spec.train is not None:
-            if cfg.data is None:
-                raise ConfigError("sae.train", "training an SAE needs a data: section")
-            folder = trained_sae_dir(sae_spec, model, cfg.hook, cfg.data)
+            folder = trained_sae_dir(sae_spec, loaded, hook, data)
             if not (folder / "cfg.json").exists():
                 log.info("training an SAE (cached afterwards in %s)", folder)
-                train_sae(sae_spec.train, model, cfg.hook, cfg.data, cfg.stream or StreamSpec(), folder, progress=progress)
-        sae = load_sae(sae_spec, model, cfg.hook, cfg.data)
-        _CACHE[key] = Session(model, sae, cfg.hook, cfg.data, cfg.stream)
+                train_sae(sae_spec.train, loaded, hook, data, stream, folder, progress=progress)
+        _CACHE[key] = Session(loaded, load_sae(sae_spec, loaded, hook, data), hook, data, stream)
     s = _CACHE[key]
-    s.data, s.stream = cfg.data, cfg.stream
+    s.data, s.stream = data, stream
     return s

@@ -66,11 +66,10 @@ def test_steer_writes_a_self_contained_report_with_every_section(run):
 def test_top_contexts_are_the_largest_activations_of_each_latent(run):
     """contexts.csv against an independent pass: encode every activation and take the top-k per latent."""
     config, out = run
-    from sources.session import open_session
     from sources.stream import iter_latents
 
     cfg = build_config(ExperimentConfig, config)
-    s = open_session(cfg, progress=False)
+    s = cfg.session(progress=False)
     batches = list(iter_latents(s.model, s.sae, cfg.data, cfg.hook, cfg.stream, progress=False))
     dense = np.concatenate([b.latents.toarray() for b in batches])
     contexts = pd.read_csv(out / "explore" / "contexts.csv", dtype={"group_id": str})
@@ -87,11 +86,10 @@ def test_the_pca_view_matches_sklearn_on_the_group_reconstruction(run):
     from sklearn.decomposition import PCA
 
     from sources.sae_view import SAEView
-    from sources.session import open_session
     from sources.stream import iter_latents
 
     cfg = build_config(ExperimentConfig, config)
-    s = open_session(cfg, progress=False)
+    s = cfg.session(progress=False)
     dense = np.concatenate([b.latents.toarray() for b in iter_latents(s.model, s.sae, cfg.data, cfg.hook, cfg.stream, progress=False)])
     summary = json.loads((out / "explore" / "summary.json").read_text())
     scatter = pd.read_csv(out / "explore" / "scatter.csv", dtype={"group_id": str})

@@ -144,8 +144,6 @@ def test_the_training_batches_are_one_shuffled_pass_over_the_unmasked_activation
 
 
 def test_a_session_with_a_train_spec_trains_once_then_reuses_the_cached_sae(cache, model, data, monkeypatch):
-    from types import SimpleNamespace
-
     from sources import session as sess
     from sources.config import ModelSpec
 
@@ -155,8 +153,8 @@ def test_a_session_with_a_train_spec_trains_once_then_reuses_the_cached_sae(cach
     monkeypatch.setattr(sess, "load_model", lambda spec, progress=True: model)
     monkeypatch.setattr(sess, "_CACHE", {})
     monkeypatch.setattr(sess, "_MODELS", {})
-    cfg = SimpleNamespace(model=ModelSpec(name="tiny", device="cpu"), sae=spec, hook=HOOK, data=data, stream=STREAM)
-    sae = sess.open_session(cfg, progress=False).sae
+    specs = dict(model=ModelSpec(name="tiny", device="cpu"), sae=spec, hook=HOOK, data=data, stream=STREAM)
+    sae = sess.open_session(**specs, progress=False).sae
     assert sae.cfg.d_sae == 32
 
     def fail(*a, **k):
@@ -164,7 +162,7 @@ def test_a_session_with_a_train_spec_trains_once_then_reuses_the_cached_sae(cach
 
     monkeypatch.setattr(sess, "train_sae", fail)
     monkeypatch.setattr(sess, "_CACHE", {})
-    again = sess.open_session(cfg, progress=False).sae
+    again = sess.open_session(**specs, progress=False).sae
     torch.testing.assert_close(again.W_dec, sae.W_dec)
 
 

@@ -6,7 +6,6 @@ import torch
 
 from experiments.cli import DEFAULT_CONFIG, build_config
 from experiments.config import ExperimentConfig
-from sources.session import open_session
 from sources.stream import iter_latents
 
 pytestmark = pytest.mark.smoke
@@ -15,7 +14,7 @@ pytestmark = pytest.mark.smoke
 @pytest.fixture(scope="module")
 def session():
     cfg = build_config(ExperimentConfig, DEFAULT_CONFIG, ["data.max_tokens=384", "stream.batch_size=3", "stream.cache=false"])
-    return cfg, open_session(cfg, progress=False)
+    return cfg, cfg.session(progress=False)
 
 
 def test_the_default_model_predicts_paris(session):
