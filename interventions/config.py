@@ -14,13 +14,15 @@ from pydantic import Field, field_validator, model_validator
 from sources.config import Section, Seed, group_ids_or_auto, positive_numbers
 
 from interventions.modes import MODES
+from probes.tasks import TASKS
 
 Mode = Literal[tuple(MODES)]  # type: ignore[valid-type]
 """Ablation modes, the names of :data:`interventions.modes.MODES`. SAE-latent modes (zero, mean, clamp, resample)
 edit latents and keep the SAE error term; subspace modes (project_out, mean_project) edit the residual directly."""
 
 Effect = Literal["sqrt_kl_per_norm", "ce_per_norm", "margin_per_norm", "kl", "ce", "margin"]
-TaskFamily = Literal["url_position", "word_sense"]
+TaskFamily = Literal[tuple(TASKS)]  # type: ignore[valid-type]
+"""A registered probe task (probes.tasks.TASKS)."""
 SteerDirection = Literal["pc1", "decoder_mean", "decoder_top"]
 
 
@@ -65,7 +67,8 @@ class TaskEffectsConfig(Section):
     """Measure task effects when the probes stage has built task examples (OUT/probes/examples.csv) and a
     read_layer is set; a group that fires on no task token of a task gets no rows for it."""
     tasks: list[TaskFamily] | None = None
-    """Probe task families to use (url_position, word_sense); None: every family the probes stage built.
+    """Probe task families to use (registered in probes.tasks: url_position, word_sense, quotation); None: every
+    family the probes stage built.
     A family listed here must have examples in OUT/probes/examples.csv."""
     max_tokens: int = Field(768, ge=1)
     """Probe-window tokens per group and task family (windows where the group fires on a task token, one
@@ -88,7 +91,7 @@ class TaskEffectsConfig(Section):
     @classmethod
     def _tasks(cls, v):
         if v is not None and not v:
-            raise ValueError("the task list is empty; give url_position and/or word_sense, null for every task "
+            raise ValueError(f"the task list is empty; give some of {', '.join(TASKS)}, null for every task "
                              "the probes stage built, or set interventions.tasks.enabled: false")
         return None if v is None else list(dict.fromkeys(v))
 

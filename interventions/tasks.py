@@ -40,6 +40,8 @@ import torch
 from interventions.arms import Chunk, Evaluator, Plan, documents_first, fires_any
 from interventions.forward import clean_hook_and_read, multi_arm_read
 from interventions.effects import doc_sums
+from probes.documents import iter_probe_documents
+from probes.tasks import TASKS
 from sources.config import DataSpec, HookSpec
 from sources.corpora import pad_batch, special_ids
 from sources.errors import ConfigError
@@ -49,7 +51,7 @@ from sources.sae_view import as_view, fires
 
 log = logging.getLogger(__name__)
 
-FAMILIES = ("url_position", "word_sense")
+FAMILIES = tuple(TASKS)
 INNER_FOLDS = 3
 
 
@@ -123,21 +125,11 @@ def windows_from_examples(examples: pd.DataFrame, doc_tokens: dict[int, np.ndarr
 
 
 def task_targets(family: str, examples: pd.DataFrame, probes_cfg=None, seed: int = 0) -> list[TaskTarget]:
-    """The probe stage's targets of ``family`` with enough data (``probes.targets``): both URL-position
-    regressions; one sense classification per word (``word_sense/resolved`` is left out: it is about the
-    window, not about what the model reads)."""
-    from probes.targets import url_targets, word_sense_targets
-
-    if family == "url_position":
-        targets, _ = url_targets(examples)
-    elif family == "word_sense":
-        ws = probes_cfg.word_sense
-        lexicon = {w: e.model_dump() for w, e in ws.lexicon.items()}
-        targets, _ = word_sense_targets(examples, lexicon, ws.min_per_class, probes_cfg.folds, ws.balance_resolved,
-                                        np.random.default_rng([int(seed), 7]))
-        targets = [t for t in targets if t.task.endswith("/sense")]
-    else:
+    """The probe stage's targets of ``family`` that the task effects read out (``Task.readout_targets``; e.g. the
+    word-sense task leaves out ``word_sense/resolved``: it is about the window, not about what the model reads)."""
+    if family not in TASKS:
         raise ConfigError("interventions.tasks.tasks", f"unknown task {family!r}; allowed: {', '.join(FAMILIES)}")
+    targets = TASKS[family].readout_targets(examples, probes_cfg, seed)
     return [TaskTarget(t.task, t.kind, np.asarray(t.rows, dtype=np.int64), np.asarray(t.y, dtype=np.float64))
             for t in targets]
 
@@ -146,8 +138,6 @@ def load_task_data(examples: pd.DataFrame, data: DataSpec, tokenizer, probes_cfg
                    families: list[str] | None = None, source: str = "OUT/probes/examples.csv") -> list[TaskData]:
     """Task data of every family in ``examples`` (the probes stage's examples.csv), or of ``families``
     (each must have examples). Documents are re-read from the corpus and re-tokenised (checked by id)."""
-    from probes.dataset import iter_probe_documents
-
     have = list(dict.fromkeys(examples["task"].astype(str))) if len(examples) and "task" in examples else []
     unknown = [f for f in have if f not in FAMILIES]
     if unknown:

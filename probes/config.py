@@ -4,72 +4,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, create_model, field_validator, model_validator
 
-from probes.lexicon import DEFAULT_LEXICON
+from probes.tasks import TASKS
 from sources.config import Section, positive_numbers
 
-TaskName = Literal["url_position", "word_sense"]
+TaskName = Literal[tuple(TASKS)]  # type: ignore[valid-type]
+"""A registered probe task (probes.tasks.TASKS)."""
 
 
-class WordSenseEntry(Section):
-    """One ambiguous word: exactly two senses with their cue words."""
-
-    senses: dict[str, list[str]]
-    """Sense name -> cue words (single lowercase words, matched as whole words, case-insensitively)."""
-    exclude: list[str] = []
-    """Phrases containing the word (e.g. "west bank") whose occurrences are dropped."""
-    window_before: int | None = Field(None, ge=0)
-    """Words before the occurrence searched for cues (default: word_sense.window_words)."""
-    window_after: int | None = Field(None, ge=0)
-    """Words after the occurrence searched for cues (default: word_sense.window_words)."""
-
-    @field_validator("senses")
-    @classmethod
-    def _two_senses(cls, v):
-        if len(v) != 2:
-            raise ValueError(f"give exactly two senses, got {len(v)}: {', '.join(v) or 'none'}")
-        for name, cues in v.items():
-            if not cues:
-                raise ValueError(f"sense {name!r} has no cue words")
-            bad = [c for c in cues if not c.isalpha()]
-            if bad:
-                raise ValueError(f"cue words must be single words of letters; sense {name!r} has {bad[:3]}")
-        a, b = (set(c.lower() for c in cues) for cues in v.values())
-        if a & b:
-            raise ValueError(f"cue words shared by both senses: {sorted(a & b)[:5]}")
-        return {name: [c.lower() for c in cues] for name, cues in v.items()}
-
-
-class WordSenseSpec(Section):
-    lexicon: dict[str, WordSenseEntry] = Field(default_factory=lambda: {w: WordSenseEntry(**e) for w, e in DEFAULT_LEXICON.items()})
-    """Ambiguous words and their sense cues (default: the built-in lexicon in probes/lexicon.py)."""
-    window_words: int = Field(15, ge=1)
-    """Words on each side of an occurrence searched for cue words."""
-    max_per_word: int = Field(40, ge=2)
-    """At most this many occurrences per word (drawn at random, up to half per sense when both have enough)."""
-    min_per_class: int = Field(20, ge=2)
-    """A sense (or resolved) target needs at least this many examples of each class, else it is skipped with a reason."""
-    balance_resolved: bool = True
-    """Resolved-vs-unresolved uses, per word, equally many of each, so word identity carries no information about it."""
-
-    @field_validator("lexicon")
-    @classmethod
-    def _words(cls, v):
-        bad = [w for w in v if not w.isalpha()]
-        if bad:
-            raise ValueError(f"lexicon words must be single words of letters, got {bad[:3]}")
-        if not v:
-            raise ValueError("the lexicon is empty; give at least one word or drop word_sense from probes.tasks")
-        return {w.lower(): e for w, e in v.items()}
-
-
-class UrlPositionSpec(Section):
-    max_urls_per_doc: int = Field(2, ge=1)
-    """At most this many URLs per document (drawn at random), so that examples spread over many documents."""
-
-
-class ProbesConfig(Section):
+class _ProbesSection(Section):
     """What latent groups encode, probed against single latents, matched controls and the full residual stream."""
 
     tasks: list[TaskName] = ["url_position", "word_sense"]
@@ -109,8 +53,6 @@ class ProbesConfig(Section):
     """Document-grouped inner folds that choose the L2 strength."""
     figures: bool = True
     """Write PCA scatter plots of each probed group under probes/figures/."""
-    url_position: UrlPositionSpec = UrlPositionSpec()
-    word_sense: WordSenseSpec = Field(default_factory=WordSenseSpec)
 
     @field_validator("groups", mode="before")
     @classmethod
@@ -132,7 +74,7 @@ class ProbesConfig(Section):
     @classmethod
     def _tasks(cls, v):
         if not v:
-            raise ValueError("give at least one task (url_position, word_sense)")
+            raise ValueError(f"give at least one task ({', '.join(TASKS)})")
         return list(dict.fromkeys(v))
 
     @model_validator(mode="after")
@@ -140,3 +82,10 @@ class ProbesConfig(Section):
         if self.min_group_size > self.max_group_size:
             raise ValueError(f"min_group_size ({self.min_group_size}) must be <= max_group_size ({self.max_group_size})")
         return self
+
+
+ProbesConfig = create_model(
+    "ProbesConfig", __base__=_ProbesSection, __module__=__name__, __doc__=_ProbesSection.__doc__,
+    **{name: (t.spec, Field(default_factory=t.spec, description=f"The {name} task (probes/tasks/{name}.py)."))
+       for name, t in TASKS.items() if t.spec is not None})
+"""The ``probes:`` section: the shared settings above plus one section per registered task that has one."""

@@ -21,22 +21,21 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from itertools import islice
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from sources.config import DataSpec, HookSpec
-from sources.corpora import iter_documents, pad_batch, special_ids
+from sources.config import HookSpec
+from sources.corpora import pad_batch, special_ids
 from sources.errors import ConfigError
 from sources.progress import progress_bar
 from sources.sae_view import as_view, fires
 from sources.stream import hook_activations
 
-from probes.tasks import find_urls, label_occurrences, lexicon_regex, tokens_at_chars, url_token_targets
+from probes.documents import Doc, iter_probe_documents
+from probes.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -71,19 +70,6 @@ class ProbeData:
         return self.examples["doc_index"].to_numpy()
 
 
-def iter_probe_documents(spec: DataSpec, max_documents: int | None = None) -> Iterator[tuple[int, str, str]]:
-    """``(doc_index, doc_id, text)`` in corpus order, skipping held-out documents as ``iter_contexts`` does."""
-    docs = enumerate(iter_documents(spec))
-    if max_documents is not None:
-        docs = islice(docs, max_documents)
-    for doc_index, (doc_id, text) in docs:
-        if spec.holdout_every:
-            held_out = doc_index % spec.holdout_every == spec.holdout_every - 1
-            if held_out != spec.holdout_only:
-                continue
-        yield doc_index, doc_id, text
-
-
 def plan_windows(positions, prefix: int, context_len: int) -> list[tuple[int, int, list[int]]]:
     """Greedy probe windows over sorted token positions of one document.
 
@@ -111,132 +97,12 @@ def plan_windows(positions, prefix: int, context_len: int) -> list[tuple[int, in
     return out
 
 
-@dataclass
-class _Doc:
-    doc_index: int
-    doc_id: str
-    text: str
-    ids: np.ndarray
-    spans: np.ndarray
-    rows: list[dict]
-    """Task tokens: dicts with token_index and task fields."""
-    ignore: set[int]
-    """Token positions that are task-like but not chosen (neither task nor 'other' for enrichment)."""
-
-
-def _tokenize(tokenizer, text: str) -> tuple[np.ndarray, np.ndarray]:
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = np.asarray(enc["input_ids"], dtype=np.int64)
-    spans = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
-    return ids, spans
-
-
-# --- task-specific example selection ------------------------------------------------------------
-
-
-def select_url_examples(docs, tokenizer, max_tokens: int, max_urls_per_doc: int, rng: np.random.Generator) -> tuple[list[_Doc], int]:
-    """Random documents with URLs, up to ``max_urls_per_doc`` random URLs each, until ``max_tokens`` URL tokens."""
-    cands = [(di, did, text, urls) for di, did, text in docs if (urls := find_urls(text))]
-    order = rng.permutation(len(cands))
-    chosen: list[_Doc] = []
-    total = 0
-    for k in order:
-        if total >= max_tokens:
-            break
-        di, did, text, urls = cands[k]
-        pick = sorted(rng.choice(len(urls), size=min(max_urls_per_doc, len(urls)), replace=False).tolist())
-        ids, spans = _tokenize(tokenizer, text)
-        rows: list[dict] = []
-        ignore: set[int] = set()
-        picked = {urls[i].start for i in pick}
-        for u in urls:
-            t = url_token_targets(spans, u, text)
-            if u.start not in picked:
-                ignore.update(int(p) for p in t.positions)
-                continue
-            if total >= max_tokens:
-                ignore.update(int(p) for p in t.positions)
-                continue
-            for p, a, b in zip(t.positions, t.since_start, t.since_slash):
-                rows.append({"token_index": int(p), "url": u.text, "url_start": u.start, "since_start": int(a), "since_slash": int(b)})
-            total += len(t.positions)
-        taken = {r["token_index"] for r in rows}
-        ignore -= taken
-        if rows:
-            chosen.append(_Doc(di, did, text, ids, spans, rows, ignore))
-    return chosen, len(cands)
-
-
-def select_word_sense_examples(docs, tokenizer, lexicon: dict, window_words: int, max_per_word: int, max_tokens: int,
-                               rng: np.random.Generator) -> tuple[list[_Doc], int, pd.DataFrame]:
-    """Labelled occurrences, at most ``max_per_word`` per word (up to half per sense when both senses have enough).
-
-    Also returns a table of label counts per word and status over *all* occurrences found (for the report).
-    """
-    pattern = lexicon_regex(lexicon)
-    found: list[tuple[int, str, str, object]] = []
-    stats: dict[tuple[str, str], int] = {}
-    n_docs = 0
-    texts = {}
-    for di, did, text in docs:
-        if not pattern.search(text):
-            continue
-        n_docs += 1
-        for occ in label_occurrences(text, lexicon, window_words):
-            key = (occ.word, occ.sense or occ.status)
-            stats[key] = stats.get(key, 0) + 1
-            if occ.sense is not None:
-                found.append((di, did, occ.word, occ))
-                texts[di] = (did, text)
-    by_word: dict[str, dict[str, list[int]]] = {}
-    for k, (_, _, w, occ) in enumerate(found):
-        by_word.setdefault(w, {}).setdefault(occ.sense, []).append(k)
-    keep: list[int] = []
-    for w in sorted(by_word):
-        senses = by_word[w]
-        pools = {s: rng.permutation(idx).tolist() for s, idx in sorted(senses.items())}
-        half = max_per_word // 2
-        take = {s: min(len(p), half) for s, p in pools.items()}
-        spare = max_per_word - sum(take.values())
-        for s, p in pools.items():  # fill up from a sense with more occurrences
-            extra = min(spare, len(p) - take[s])
-            take[s] += extra
-            spare -= extra
-        for s, p in pools.items():
-            keep.extend(p[:take[s]])
-    if len(keep) > max_tokens:
-        keep = rng.choice(keep, size=max_tokens, replace=False).tolist()
-    per_doc: dict[int, list] = {}
-    for k in sorted(keep):
-        di, did, w, occ = found[k]
-        per_doc.setdefault(di, []).append(occ)
-    chosen: list[_Doc] = []
-    for di in sorted(per_doc):
-        did, text = texts[di]
-        ids, spans = _tokenize(tokenizer, text)
-        rows = []
-        at = tokens_at_chars(spans, [occ.end - 1 for occ in per_doc[di]])
-        for occ, p in zip(per_doc[di], at):
-            if p < 0:
-                continue
-            rows.append({"token_index": int(p), "word": occ.word, "sense": occ.sense, "cues": " ".join(occ.cues),
-                         "_occ": occ})
-        # other occurrences of lexicon words in the document are neither task nor 'other' tokens
-        others = tokens_at_chars(spans, [m.end() - 1 for m in pattern.finditer(text)])
-        ignore = {int(p) for p in others if p >= 0} - {r["token_index"] for r in rows}
-        if rows:
-            chosen.append(_Doc(di, did, text, ids, spans, rows, ignore))
-    table = pd.DataFrame([{"word": w, "label": lab, "count": c} for (w, lab), c in sorted(stats.items())],
-                         columns=["word", "label", "count"])
-    return chosen, n_docs, table
-
-
 # --- model pass -----------------------------------------------------------------------------------
 
 
 @dataclass
 class _Window:
-    doc: _Doc
+    doc: Doc
     start: int
     end: int
     tokens: np.ndarray
@@ -246,7 +112,7 @@ class _Window:
     ignore_pos: set[int]
 
 
-def build_windows(docs: list[_Doc], tokenizer, prefix: int, context_len: int) -> list[_Window]:
+def build_windows(docs: list[Doc], tokenizer, prefix: int, context_len: int) -> list[_Window]:
     bos, _, masked = special_ids(tokenizer)
     out = []
     for doc in docs:
@@ -344,36 +210,26 @@ def membership_matrix(groups: dict[str, tuple[int, ...]], d_sae: int) -> tuple[s
 
 def build_probe_data(family: str, cfg, model, sae, groups: dict[str, tuple[int, ...]], threshold_F: np.ndarray,
                      progress: bool = False) -> tuple[ProbeData | None, dict]:
-    """The probe dataset of ``family`` (url_position | word_sense) for an experiment config, plus a report dict.
+    """The probe dataset of the registered task ``family`` for an experiment config, plus a report dict.
 
     Returns ``(None, report)`` when the corpus holds no candidate at all.
     """
     pc = cfg.probes
+    task = get_task(family)
     rng = np.random.default_rng([int(cfg.seed), _family_code(family)])
     docs = iter_probe_documents(cfg.data, pc.max_documents)
     report: dict = {"family": family}
-    if family == "url_position":
-        chosen, n_cand = select_url_examples(docs, model.tokenizer, pc.max_tokens, pc.url_position.max_urls_per_doc, rng)
-        report["candidate_documents"] = n_cand
-    elif family == "word_sense":
-        ws = pc.word_sense
-        lexicon = {w: e.model_dump() for w, e in ws.lexicon.items()}
-        chosen, n_cand, table = select_word_sense_examples(docs, model.tokenizer, lexicon, ws.window_words, ws.max_per_word,
-                                                           pc.max_tokens, rng)
-        report["candidate_documents"] = n_cand
-        report["label_counts"] = table.to_dict(orient="records")
-    else:  # pragma: no cover - the config restricts the names
-        raise ConfigError("probes.tasks", f"unknown task {family!r}")
+    sel = task.select(docs, model.tokenizer, pc, rng)
+    chosen, n_cand = sel.docs, sel.n_candidates
+    report["candidate_documents"] = n_cand
+    report.update(sel.report)
     if not chosen:
         return None, report
     windows = build_windows(chosen, model.tokenizer, pc.prefix_tokens, cfg.data.context_len)
     M, ids = membership_matrix(groups, int(sae.W_dec.shape[0])) if groups else (None, np.zeros(0, dtype=object))
     data = run_windows(family, windows, model, sae, cfg.hook, cfg.stream.batch_size, threshold_F, M, ids, progress)
     data.n_candidate_docs = n_cand
-    if family == "word_sense" and len(data.examples):
-        occ = data.examples.pop("_occ")
-        vis = data.examples["_visible_from"].to_numpy()
-        data.examples["resolved"] = [o.resolved(int(v)) for o, v in zip(occ, vis)]
+    data.examples = task.finish(data.examples)
     if "_visible_from" in data.examples:
         data.examples = data.examples.rename(columns={"_visible_from": "visible_from_char"})
     report.update({"documents": int(data.examples["doc_index"].nunique()) if data.n else 0, "task_tokens": data.n,

@@ -24,7 +24,7 @@ from probes.comparison import COLUMNS, Settings, evaluate_target, finalize, skip
 from probes.inputs import read_cooc
 from probes.plots import group_pca_figure
 from probes.selection import enrichment_table, select_groups
-from probes.targets import url_targets, word_sense_targets
+from probes.tasks import get_task
 from sources.config import require_known_groups
 from sources.errors import ConfigError
 from sources.sae_view import SAEView
@@ -81,9 +81,9 @@ def run_probes(cfg, cooc_dir: str | Path, out_dir: str | Path, progress: bool = 
         log.info("probes: %s: %s task tokens from %s documents (%s windows, %s tokens through the model) in %.0f s", family,
                  report.get("task_tokens", 0), report.get("documents", 0), report.get("windows", 0),
                  report.get("window_tokens", 0), timings[f"{family}_dataset_s"])
+        task = get_task(family)
         if data is None or data.n == 0:
-            what = "URL" if family == "url_position" else "labelled ambiguous-word occurrence"
-            reason = (f"no {what} found in the scanned documents of the corpus ({report.get('candidate_documents', 0)} "
+            reason = (f"no {task.noun} found in the scanned documents of the corpus ({report.get('candidate_documents', 0)} "
                       f"candidate documents; data: {cfg.data.source}/{cfg.data.name}); see docs/probes.md")
             rows.append(skipped_row(family, reason))
             fam["skipped"] = reason
@@ -109,13 +109,7 @@ def run_probes(cfg, cooc_dir: str | Path, out_dir: str | Path, progress: bool = 
             fam["no_groups"] = reason
             log.warning("probes: %s: %s", family, reason)
 
-        rng = np.random.default_rng([int(cfg.seed), 7])
-        if family == "url_position":
-            targets, skipped = url_targets(data.examples)
-        else:
-            ws = pc.word_sense
-            lexicon = {w: e.model_dump() for w, e in ws.lexicon.items()}
-            targets, skipped = word_sense_targets(data.examples, lexicon, ws.min_per_class, pc.folds, ws.balance_resolved, rng)
+        targets, skipped = task.targets(data.examples, pc, np.random.default_rng([int(cfg.seed), 7]))
         for task, reason in skipped:
             rows.append(skipped_row(task, reason))
             log.info("probes: %s skipped: %s", task, reason)
@@ -150,28 +144,22 @@ def run_probes(cfg, cooc_dir: str | Path, out_dir: str | Path, progress: bool = 
     return df
 
 
-FIGURE_COLUMNS = ["doc_id", "token", "url", "since_start", "since_slash", "word", "sense", "resolved"]
-"""Columns of examples.csv copied beside each PCA figure (``<task>_group<id>.csv``, with pc1 and pc2)."""
+FIGURE_COLUMNS = ("doc_id", "token")
+"""Columns of examples.csv copied beside each PCA figure (``<task>_group<id>.csv``, with pc1 and pc2), before the
+task's own ``figure_columns``."""
 
 
 def _figures(family, data, targets, groups, W_dec, thr, folder: Path) -> dict:
     ex = data.examples
-    if family == "url_position":
-        panels = [("characters since the URL started", ex["since_start"].to_numpy(), "continuous"),
-                  ("characters since the last '/'", ex["since_slash"].to_numpy(), "continuous")]
-    else:
-        sense_words = {t.task.split("/")[1] for t in targets if t.task.endswith("/sense")}
-        sense = [f"{w}:{s}" if w in sense_words else None for w, s in zip(ex["word"], ex["sense"])]
-        panels = [("sense resolved by the preceding text", np.where(ex["resolved"], "resolved", "unresolved"), "categorical"),
-                  ("ambiguous word", ex["word"].to_numpy(), "categorical")]
-        if any(s is not None for s in sense):
-            panels.append(("sense (words with a sense probe)", np.array(sense, dtype=object), "categorical"))
+    task = get_task(family)
+    panels = task.panels(ex, targets)
+    columns = [c for c in (*FIGURE_COLUMNS, *task.figure_columns) if c in ex]
     out = {}
     for gid, members in groups.items():
         path = folder / f"{family}_group{gid}.png"
         info = group_pca_figure(path, f"{family}: group {gid} ({len(members)} latents), PCA of its reconstruction "
                                 f"on task tokens where it fires", data.latents_NF, W_dec, members, thr, panels,
-                                table=ex[[c for c in FIGURE_COLUMNS if c in ex]])
+                                table=ex[columns])
         if info is not None:
             out[str(gid)] = {"path": str(path.name), **info}
     return out

@@ -19,6 +19,7 @@ import pandas as pd
 import plotly.offline
 import yaml
 
+from probes.tasks import TASKS
 from reports import figures, interactive
 from sources.errors import RECOMPUTE
 from sources.files import read_csv, read_json, write_text
@@ -245,19 +246,21 @@ def _probes_section(run: _RunFiles, figdir: Path) -> dict:
 
 
 def _labels_for(points: pd.DataFrame, examples: pd.DataFrame) -> dict[str, pd.Series]:
-    """Probe-task labels (URL position, word sense) of scatter tokens that are also probe examples."""
+    """Probe-task labels (each registered task's first scatter column) of scatter tokens that are also probe examples."""
     if examples.empty or points.empty or "char_start" not in points:
         return {}
     out = {}
     key = points["doc_id"].astype(str) + "@" + points["char_start"].astype("Int64").astype(str)
-    for task, col in (("url_position", "since_start"), ("word_sense", "sense")):
+    for task, t in TASKS.items():
+        col = t.scatter_columns[0]
         ex = examples[examples["task"] == task]
         if ex.empty or col not in ex:
             continue
         m = dict(zip(ex["doc_id"].astype(str) + "@" + ex["char_start"].astype("Int64").astype(str), ex[col]))
         s = key.map(m)
         if s.notna().any():
-            out[f"{task}: {col}"] = pd.to_numeric(s, errors="coerce") if col != "sense" else s
+            numeric = pd.api.types.is_numeric_dtype(ex[col]) and not pd.api.types.is_bool_dtype(ex[col])
+            out[f"{task}: {col}"] = pd.to_numeric(s, errors="coerce") if numeric else s
     return out
 
 

@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from probes.tasks import TASKS
+
 _LAYOUT = dict(template="plotly_white", margin=dict(l=50, r=20, t=40, b=40), height=380, font=dict(size=11))
 
 
@@ -185,15 +187,13 @@ def steering_chart(effects: pd.DataFrame, effects_shown: list[str] | None = None
 
 
 def task_scatter(points: pd.DataFrame, task: str) -> go.Figure | None:
-    """A probe task's tokens in the group's PCA plane, coloured by each label (buttons switch), hover: token and URL/word."""
-    if points.empty:
+    """A probe task's tokens in the group's PCA plane, coloured by each of the task's scatter columns (buttons switch),
+    hover: the task's line per token (``probes.tasks.Task.hover``)."""
+    if points.empty or task not in TASKS:
         return None
-    if task == "url_position":
-        labels = [c for c in ("since_start", "since_slash") if c in points]
-        hover = [f"{html.escape(str(t))} in {html.escape(str(u))}" for t, u in zip(points.get("token", ""), points.get("url", ""))]
-    else:
-        labels = [c for c in ("sense", "resolved", "word") if c in points]
-        hover = [f"{html.escape(str(w))}: {html.escape(str(s))}" for w, s in zip(points.get("word", ""), points.get("sense", ""))]
+    t = TASKS[task]
+    labels = [c for c in t.scatter_columns if c in points]
+    hover = [html.escape(h) for h in t.hover(points)]
     hover = [f"{h}<br>{html.escape(str(d))}" for h, d in zip(hover, points.get("doc_id", ""))]
     fig, spans = go.Figure(), []
     for name in labels:

@@ -154,3 +154,48 @@ def test_explicit_groups_are_probed_even_if_not_enriched(setup, tmp_path):
                  "--set", "probes.figures=false"]) == 0
     df = pd.read_csv(copy / "probes" / "results.csv")
     assert set(df["group_id"].dropna()) == {"g1b"}
+
+
+QUOTED = [
+    'he said "the river bank was steep" and left',
+    'the sign read "closed for the day" at noon',
+    "the bank of the river was steep and the water rose",
+    'a bat flew out of the cave and "we ran home fast" she wrote',
+]
+
+
+def test_the_quotation_task_runs_end_to_end_from_one_module_and_one_registry_entry(setup, tmp_path):
+    from probes.tasks import TASKS
+
+    root, config, _ = setup
+    assert "quotation" in TASKS
+    rng = random.Random(1)
+    corpus = tmp_path / "quoted.jsonl"
+    with open(corpus, "w") as f:
+        for i in range(40):
+            f.write(json.dumps({"id": f"q{i}", "text": " ".join(rng.choice(QUOTED) for _ in range(rng.randint(3, 6)))}) + "\n")
+    text = config.read_text().replace(str(root / "corpus.jsonl"), str(corpus))
+    text = text.replace("probes:\n", "probes:\n  tasks: [quotation]\n  quotation: {min_per_class: 10}\n", 1)
+    qconfig = tmp_path / "quoted.yaml"
+    qconfig.write_text(text)
+    cfg = build_config(ExperimentConfig, qconfig)
+    out = tmp_path / "run"
+    run = Run(out, cfg.model_dump(mode="json"))
+    with run.stage("cooc", cooc_stage_key(cfg, run)) as folder:
+        pd.DataFrame({"latent": list(range(7)), "group_id": ["g0a"] * 3 + ["g1b"] * 4, "group_size": [3] * 3 + [4] * 4,
+                      "structure": "clique"}).to_csv(folder / "groups.csv", index=False)
+        np.save(folder / "occurrences.npy", np.random.default_rng(0).integers(0, 1000, 64))
+    assert main([str(qconfig), "--out", str(out), "--quiet"]) == 0
+    df = pd.read_csv(out / "probes" / "results.csv")
+    assert {"quotation/inside", "quotation/since_open"} <= set(df["task"])
+    assert (df.loc[df["task"] == "quotation/inside", "row_type"] != "skipped").all()
+    ex = pd.read_csv(out / "probes" / "examples.csv", dtype={"doc_id": str})
+    assert set(ex["task"]) == {"quotation"} and ex["inside"].any() and (~ex["inside"]).any()
+    docs = {json.loads(line)["id"]: json.loads(line)["text"] for line in corpus.read_text().splitlines()}
+    for r in ex.itertuples():  # inside tokens lie between a pair of quotes, outside tokens in no quoted span
+        body = docs[r.doc_id]
+        opened = body[:r.char_start].count('"') % 2 == 1
+        assert opened == r.inside, (r.doc_id, r.token, r.char_start)
+        if r.inside:
+            assert r.since_open == r.char_end - 1 - body.rindex('"', 0, r.char_start)
+    assert list((out / "probes" / "figures").glob("quotation_group*.png"))

@@ -13,8 +13,8 @@ from probes.config import ProbesConfig
 from probes.dataset import plan_windows
 from probes.lexicon import DEFAULT_LEXICON
 from probes.selection import enrichment_table, select_groups
-from probes.targets import word_sense_targets
-from probes.tasks import find_urls, label_occurrences, token_at_char, url_token_targets
+from probes.tasks.word_sense import word_sense_targets
+from probes.text import find_urls, label_occurrences, token_at_char, url_token_targets
 from sources.errors import ConfigError
 
 
@@ -224,3 +224,12 @@ def test_group_reconstructions_use_the_decoder_as_the_sae_applies_it(rescale):
     expect = (sae.decode(only_group) - sae.b_dec).detach().numpy()
     W = SAEView(sae).decoder_np()
     np.testing.assert_allclose(acts[:, members].detach().numpy() @ W[members], expect, atol=1e-5)
+
+
+def test_quoted_spans_are_pairs_of_quotes_on_one_line_that_do_not_touch_words():
+    from probes.tasks.quotation import find_quotes
+
+    text = 'He said "hello there" and “curly ones” too; a 12" pipe, a"b, "x", "" and "no\nnewline" or "12 34".'
+    spans = [text[q.open:q.close + 1] for q in find_quotes(text)]
+    assert spans == ['"hello there"', "“curly ones”"]
+    assert [text[q.open:q.close + 1] for q in find_quotes('"' + "a" * 50 + '"', max_chars=40)] == []

@@ -1,0 +1,75 @@
+"""What a probe task is: how its examples are found in text, their targets, and how the report shows them.
+
+A task is one module of ``probes/tasks/`` defining a :class:`Task` subclass, and one entry of the registry
+(``probes/tasks/__init__.py``); config names (``probes.tasks``, ``interventions.tasks.tasks``), the probes stage,
+the interventions stage's task effects and the report all take the task from the registry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+
+from probes.comparison import Target
+from probes.documents import Doc
+
+
+@dataclass
+class Selection:
+    """A task's examples in the scanned documents."""
+
+    docs: list[Doc]
+    """Chosen documents with their task tokens (``Doc.rows``)."""
+    n_candidates: int
+    """Documents that held any candidate (for the report and the 'nothing found' message)."""
+    report: dict = field(default_factory=dict)
+    """More entries for the task's section of OUT/probes/summary.json."""
+
+
+class Task:
+    name: ClassVar[str] = ""
+    """The config name, e.g. ``url_position``; targets are named ``<name>/<target>``."""
+    noun: ClassVar[str] = ""
+    """What an example is, for messages: "no <noun> found in the scanned documents"."""
+    spec: ClassVar[type | None] = None
+    """The task's config section (a ``sources.config.Section``), at ``probes.<name>``; None: it has none."""
+    figure_columns: ClassVar[tuple[str, ...]] = ()
+    """Columns of examples.csv copied beside each PCA figure and shown in the report's scatter (first: colour)."""
+
+    def select(self, docs, tokenizer, probes_cfg, rng: np.random.Generator) -> Selection:
+        """Find candidates in the documents' text and take a seeded sample of at most ``probes.max_tokens`` tokens."""
+        raise NotImplementedError
+
+    def finish(self, examples: pd.DataFrame) -> pd.DataFrame:
+        """Columns that need the probe windows (``_visible_from``: first character the model sees); in place."""
+        return examples
+
+    def targets(self, examples: pd.DataFrame, probes_cfg, rng: np.random.Generator) -> tuple[list[Target], list[tuple[str, str]]]:
+        """Targets with enough data, and ``(target, reason)`` for those without."""
+        raise NotImplementedError
+
+    def readout_targets(self, examples: pd.DataFrame, probes_cfg, seed: int = 0) -> list[Target]:
+        """The targets the interventions stage reads out (task effects); default: every target."""
+        targets, _ = self.targets(examples, probes_cfg, np.random.default_rng([int(seed), 7]))
+        return targets
+
+    def panels(self, examples: pd.DataFrame, targets: list[Target]) -> list[tuple[str, np.ndarray, str]]:
+        """PCA figure panels: ``(title, values per example, "continuous" | "categorical")``."""
+        raise NotImplementedError
+
+    def hover(self, points: pd.DataFrame) -> list[str]:
+        """One line per example for the report's interactive scatter."""
+        return [str(t) for t in points.get("token", [""] * len(points))]
+
+
+def too_few(counts: dict[str, int], docs, min_per_class: int, n_folds: int) -> str:
+    """Why a classification target cannot be probed ('' when it can)."""
+    low = [f"{c} {s}" for s, c in counts.items() if c < min_per_class]
+    if low:
+        return f"too few examples: {', '.join(low)} (need {min_per_class} of each class)"
+    if len(np.unique(docs)) < n_folds:
+        return f"only {len(np.unique(docs))} documents for {n_folds} document-grouped folds"
+    return ""
