@@ -29,11 +29,11 @@ from interventions.effects import DocSums, doc_sums, statistic
 from interventions.forward import (decision_pair, evaluable_positions, logit_diff, margin_drop, multi_arm_logits,
                                    next_token_logprobs, token_effects)
 from interventions.modes import LATENT_MODES, MODES
-from sources import sites
 from sources.config import DataSpec, HookSpec, StreamSpec
 from sources.corpora import Context
 from sources.errors import ConfigError
 from sources.models import LoadedModel
+from sources.patching import read_sites
 from sources.progress import kill_point, progress_bar
 from sources.sae_view import as_view, fires, to_csr
 
@@ -370,20 +370,9 @@ class Evaluator:
 def clean_pass(model: LoadedModel, hook: HookSpec, tokens_BL: torch.Tensor, read_layer: int | None = None):
     """One unedited pass: activations at the hook [B, L, D], logits [B, L, V] (float32) and, with
     ``read_layer``, the residual (resid_post) there [B, L, D] (float32)."""
-    if read_layer is None:
-        from sources.patching import clean_logits_and_site
-
-        x, logits = clean_logits_and_site(model, tokens_BL, hook)
-        return x, logits, None
-    where = model.site(hook.layer, hook.site)
-    rw = model.site(read_layer, "resid_post")
-    envoy = model.envoy(where.module)
-    with model.lm.trace(tokens_BL.to(model.device)):
-        acts = (envoy.input if where.io == "input" else envoy.output).save()
-        read = model.envoy(rw.module).output.save()
-        out = model.lm.output.save()
-    logits = out.logits if hasattr(out, "logits") else sites.first_tensor(out)
-    return sites.first_tensor(acts), logits.float(), sites.first_tensor(read).float()
+    reads = [hook] if read_layer is None else [hook, HookSpec(layer=read_layer, site="resid_post")]
+    r = read_sites(model, tokens_BL, reads)
+    return r.acts[0], r.logits, (r.acts[1].float() if read_layer is not None else None)
 
 
 @dataclass

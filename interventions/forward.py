@@ -16,11 +16,10 @@ from typing import Callable, Sequence
 
 import torch
 
-from sources import sites
 from sources.config import HookSpec
 from sources.errors import ConfigError
 from sources.models import LoadedModel
-from sources.patching import replace_site
+from sources.patching import read_sites
 
 EditFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -72,19 +71,10 @@ def multi_arm_logits(model: LoadedModel, hook: HookSpec, tokens_BL: torch.Tensor
     if A == 0:
         raise ValueError("multi_arm_logits needs at least one arm")
     check_read_layer(model, hook, read_layer)
-    where = model.site(hook.layer, hook.site)
-    big = tokens_BL.to(model.device).repeat(A, 1)
-    read = None
-    with model.lm.trace(big):
-        replace_site(model, where, _stack(edits, B))
-        if read_layer is not None:
-            rw = model.site(read_layer, "resid_post")
-            read = model.envoy(rw.module).output.save()
-        out = model.lm.output.save()
-    logits = out.logits if hasattr(out, "logits") else sites.first_tensor(out)
-    logits = logits.float().view(A, B, *logits.shape[1:])
-    if read is not None:
-        read = sites.first_tensor(read).float().view(A, B, *tokens_BL.shape[1:], -1)
+    reads = [HookSpec(layer=read_layer, site="resid_post")] if read_layer is not None else []
+    r = read_sites(model, tokens_BL.repeat(A, 1), reads, [(hook, _stack(edits, B))])
+    logits = r.logits.view(A, B, *r.logits.shape[1:])
+    read = r.acts[0].float().view(A, B, *tokens_BL.shape[1:], -1) if reads else None
     return logits, read
 
 
@@ -97,13 +87,9 @@ def multi_arm_read(model: LoadedModel, hook: HookSpec, tokens_BL: torch.Tensor, 
     if A == 0:
         raise ValueError("multi_arm_read needs at least one arm")
     check_read_layer(model, hook, read_layer)
-    where = model.site(hook.layer, hook.site)
-    big = tokens_BL.to(model.device).repeat(A, 1)
-    with model.lm.trace(big) as tracer:
-        replace_site(model, where, _stack(edits, B))
-        read = model.envoy(model.site(read_layer, "resid_post").module).output.save()
-        tracer.stop()
-    return sites.first_tensor(read).float().view(A, B, *tokens_BL.shape[1:], -1)
+    r = read_sites(model, tokens_BL.repeat(A, 1), [HookSpec(layer=read_layer, site="resid_post")], [(hook, _stack(edits, B))],
+                   logits=False)
+    return r.acts[0].float().view(A, B, *tokens_BL.shape[1:], -1)
 
 
 @torch.no_grad()
@@ -112,13 +98,8 @@ def clean_hook_and_read(model: LoadedModel, hook: HookSpec, tokens_BL: torch.Ten
     """One unedited pass that stops at ``read_layer``: activations at the hook ``[B, L, D]`` (model dtype) and the
     residual (resid_post) at ``read_layer`` ``[B, L, D]`` (float32)."""
     check_read_layer(model, hook, read_layer)
-    where = model.site(hook.layer, hook.site)
-    envoy = model.envoy(where.module)
-    with model.lm.trace(tokens_BL.to(model.device)) as tracer:
-        acts = (envoy.input if where.io == "input" else envoy.output).save()
-        read = model.envoy(model.site(read_layer, "resid_post").module).output.save()
-        tracer.stop()
-    return sites.first_tensor(acts), sites.first_tensor(read).float()
+    r = read_sites(model, tokens_BL, [hook, HookSpec(layer=read_layer, site="resid_post")], logits=False)
+    return r.acts[0], r.acts[1].float()
 
 
 def next_token_logprobs(logits_BLV: torch.Tensor) -> torch.Tensor:

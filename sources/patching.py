@@ -10,17 +10,20 @@ trace body as ordinary Python), e.g. ``lambda x: sae(x)`` (splice in an SAE reco
 ``torch.zeros_like`` (zero ablation) or ``lambda x: x + alpha * v`` (steering). Its result is cast
 to the site's dtype and device.
 
+- :func:`read_sites` -- the primitive every forward pass of the project goes through: read one or more sites,
+  with optional edits, and the logits or an early stop after the last site.
 - :func:`clean_logits` -- logits of an unedited forward pass.
 - :func:`run_with_site_edit` -- logits with one site edited.
 - :func:`run_with_edits` -- logits with several sites edited in one pass (applied in forward order).
 - :func:`clean_logits_and_site` -- one clean pass: the site's activations and the logits.
-- :func:`replace_site` -- the primitive, for use inside a caller's own ``model.lm.trace``.
+- :func:`replace_site` -- the edit inside an open ``model.lm.trace`` (what :func:`read_sites` calls).
 
 Every function here runs under ``torch.no_grad`` and returns float32 logits ``[B, L, V]``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -79,6 +82,53 @@ def _forward_key(model: LoadedModel, hook: HookSpec) -> tuple[int, int]:
     return hook.layer, _SITE_ORDER[hook.site]
 
 
+@dataclass
+class Reading:
+    """What one forward pass of :func:`read_sites` returns."""
+
+    acts: list[torch.Tensor]
+    """The value at each site read ``[B, L, D]`` (model dtype), in the order the sites were given."""
+    logits: torch.Tensor | None
+    """Logits ``[B, L, V]`` (float32), or None when the pass stopped after its last site."""
+
+
+@torch.no_grad()
+def read_sites(model: LoadedModel, tokens_BL: torch.Tensor, reads: Sequence[HookSpec] = (),
+               edits: Sequence[tuple[HookSpec, EditFn]] = (), logits: bool = True) -> Reading:
+    """One forward pass that reads ``reads``, applies ``edits`` and returns what was read: the project's only trace.
+
+    Sites are visited in forward order whatever order they are given in (nnsight 0.8 requires it); several edits of
+    one site are chained in the given order; a site read twice is read once. Without ``logits`` the pass stops right
+    after the last site read or edited, so no later layer runs. A site cannot be both edited and read (read the next
+    site instead).
+    """
+    keyed: dict[tuple[int, int], dict] = {}
+    for i, (h, fn) in enumerate(edits):
+        keyed.setdefault(_forward_key(model, h), {"where": model.site(h.layer, h.site), "fns": [], "read": False})["fns"].append(fn)
+    for h in reads:
+        entry = keyed.setdefault(_forward_key(model, h), {"where": model.site(h.layer, h.site), "fns": [], "read": False})
+        if entry["fns"]:
+            raise ValueError(f"{entry['where'].hook_name} is both edited and read in one pass; read a later site")
+        entry["read"] = True
+    if not logits and not keyed:
+        raise ValueError("read_sites: nothing to read and no logits asked for")
+    saved: dict[tuple[int, int], object] = {}
+    with model.lm.trace(tokens_BL.to(model.device)) as tracer:
+        for key in sorted(keyed):
+            entry = keyed[key]
+            if entry["fns"]:
+                replace_site(model, entry["where"], _chain(entry["fns"]))
+            if entry["read"]:
+                envoy = model.envoy(entry["where"].module)
+                saved[key] = (envoy.input if entry["where"].io == "input" else envoy.output).save()
+        if logits:
+            out = model.lm.output.save()
+        else:
+            tracer.stop()
+    acts = [sites.first_tensor(saved[_forward_key(model, h)]) for h in reads]
+    return Reading(acts, _logits_of(out) if logits else None)
+
+
 @torch.no_grad()
 def run_with_edits(model: LoadedModel, tokens_BL: torch.Tensor,
                    edits: Sequence[tuple[HookSpec, EditFn]]) -> torch.Tensor:
@@ -87,21 +137,7 @@ def run_with_edits(model: LoadedModel, tokens_BL: torch.Tensor,
     Edits are applied in forward order whatever order they are given in; two edits of the
     same site are applied one after the other, in the given order.
     """
-    resolved = [(model.site(h.layer, h.site), fn, i, h) for i, (h, fn) in enumerate(edits)]
-    resolved.sort(key=lambda r: (*_forward_key(model, r[3]), r[2]))
-    # merge edits of one site into one function: a module's value is read once per trace
-    merged: list[tuple[SitePath, list[EditFn]]] = []
-    for where, fn, _, _ in resolved:
-        if merged and merged[-1][0] == where:
-            merged[-1][1].append(fn)
-        else:
-            merged.append((where, [fn]))
-    tokens_BL = tokens_BL.to(model.device)
-    with model.lm.trace(tokens_BL):
-        for where, fns in merged:
-            replace_site(model, where, _chain(fns))
-        out = model.lm.output.save()
-    return _logits_of(out)
+    return read_sites(model, tokens_BL, edits=edits).logits
 
 
 def _chain(fns: list[EditFn]) -> EditFn:
@@ -131,9 +167,5 @@ def clean_logits(model: LoadedModel, tokens_BL: torch.Tensor) -> torch.Tensor:
 def clean_logits_and_site(model: LoadedModel, tokens_BL: torch.Tensor, hook: HookSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """One unedited forward pass: the activations at ``hook`` ``[B, L, D]`` (model dtype) and the logits
     ``[B, L, V]`` (float32)."""
-    where = model.site(hook.layer, hook.site)
-    envoy = model.envoy(where.module)
-    with model.lm.trace(tokens_BL.to(model.device)):
-        acts = (envoy.input if where.io == "input" else envoy.output).save()
-        out = model.lm.output.save()
-    return sites.first_tensor(acts), _logits_of(out)
+    r = read_sites(model, tokens_BL, [hook])
+    return r.acts[0], r.logits

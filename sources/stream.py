@@ -22,12 +22,12 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from sources import sites
 from sources.config import DataSpec, HookSpec, StreamSpec
 from sources.corpora import Context, data_fingerprint, iter_contexts
 from sources.errors import ConfigError
 from sources.files import atomic_path, cache_root, stable_hash, write_json
 from sources.models import LoadedModel
+from sources.patching import read_sites
 from sources.progress import progress_bar
 from sources.sae_view import as_view
 
@@ -69,18 +69,9 @@ def batched(it: Iterable, n: int) -> Iterator[list]:
         yield chunk
 
 
-@torch.no_grad()
 def hook_activations(model: LoadedModel, tokens_BL: torch.Tensor, hook: HookSpec) -> torch.Tensor:
     """Run the model on ``tokens_BL`` up to the hook and return the activations there [B, L, D]."""
-    where = model.site(hook.layer, hook.site)
-    envoy = model.envoy(where.module)
-    with model.lm.trace(tokens_BL.to(model.device)) as tracer:
-        if where.io == "input":
-            saved = envoy.input.save()
-        else:
-            saved = envoy.output.save()
-        tracer.stop()
-    return sites.first_tensor(saved)
+    return read_sites(model, tokens_BL, [hook], logits=False).acts[0]
 
 
 def cache_dir_for(model: LoadedModel, hook: HookSpec, data: DataSpec, stream: StreamSpec,

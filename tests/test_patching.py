@@ -140,3 +140,30 @@ def test_an_identity_edit_is_exact_on_a_bfloat16_model(tokens):
     clean = clean_logits(model, tokens)
     assert clean.dtype == torch.float32
     torch.testing.assert_close(run_with_site_edit(model, tokens, hook, lambda x: x.float()), clean, atol=0, rtol=0)
+
+
+def test_read_sites_reads_several_sites_after_an_earlier_edit_like_plain_hooks(model, tokens):
+    from sources.patching import read_sites
+
+    v = torch.randn(model.d_model, generator=torch.Generator().manual_seed(3))
+    edit_hook, late, early = HookSpec(layer=0, site="resid_post"), HookSpec(layer=2, site="resid_post"), HookSpec(layer=0, site="resid_pre")
+    got = read_sites(model, tokens, [late, early], [(edit_hook, lambda x: x + v)])
+    captured = {}
+
+    def keep(name):
+        def fn(x):
+            captured[name] = x.detach().clone()
+            return x
+        return fn
+
+    block = lambda i: model.site(i, "resid_post").module  # noqa: E731
+    want = plain_logits(model, tokens, [(model.site(0, "resid_pre").module, "input", keep("early")),
+                                         (block(0), "output", lambda x: x + v), (block(2), "output", keep("late"))])
+    torch.testing.assert_close(got.acts[0].float(), captured["late"].float(), atol=1e-5, rtol=0)  # in the order given
+    torch.testing.assert_close(got.acts[1].float(), captured["early"].float(), atol=0, rtol=0)
+    torch.testing.assert_close(got.logits, want, atol=1e-5, rtol=0)
+    stopped = read_sites(model, tokens, [late], [(edit_hook, lambda x: x + v)], logits=False)
+    assert stopped.logits is None
+    torch.testing.assert_close(stopped.acts[0], got.acts[0], atol=0, rtol=0)
+    with pytest.raises(ValueError, match="both edited and read"):
+        read_sites(model, tokens, [edit_hook], [(edit_hook, lambda x: x)])
