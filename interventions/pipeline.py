@@ -271,7 +271,7 @@ def run_interventions(model, sae, hook: HookSpec, data: DataSpec, stream: Stream
     ev = Evaluator(model, sae, hook, pool, threshold_F, icfg)
     ev.logit_ids = logit_ids
     for td in tasks:
-        fit_task_readouts(model, sae, hook, td, read_layer, threshold_F, icfg.tasks.folds, icfg.tasks.l2, icfg.batch_size)
+        fit_task_readouts(model, sae, hook, td, read_layer, threshold_F, icfg.tasks.folds, icfg.tasks.l2, icfg.batch_size, seed)
         for name, q in td.quality.items():
             log.info("task %s: clean cross-fitted readout at layer %d: %s", name, read_layer,
                      ", ".join(f"{k} {v:.3g}" for k, v in q.items() if k.startswith("clean")))

@@ -11,7 +11,7 @@ For every target this module
 1. rebuilds the probe windows from the examples and the corpus (:func:`load_task_data`);
 2. runs them clean up to ``read_layer`` and fits a linear **readout** of the target on the clean residual
    stream (resid_post) there, **cross-fitted by document**: the documents are split into ``folds``
-   document-grouped folds (``sklearn.model_selection.GroupKFold``) and every task token is read by the readout
+   document-grouped folds (``stats.grouped_folds``, as in the probes stage) and every task token is read by the readout
    fitted on the other folds, so no evaluation token was used to fit the readout that reads it
    (:func:`fit_readout`; standardised features, ``Ridge`` / ``LogisticRegression`` with the L2 strength chosen
    per fold by an inner document-grouped CV);
@@ -43,6 +43,7 @@ from interventions.effects import doc_sums
 from probes.documents import iter_probe_documents
 from probes.tasks import TASKS
 from sources.config import DataSpec, HookSpec
+from stats import grouped_folds
 from sources.corpora import pad_batch, special_ids
 from sources.errors import ConfigError
 from sources.models import LoadedModel
@@ -209,9 +210,7 @@ def _loss(kind: str, model, X: np.ndarray, y: np.ndarray, scale: float) -> np.nd
     return -np.log(np.clip(p, 1e-12, 1.0))
 
 
-def _fit_one(kind: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray, l2: list[float], scale: float):
-    from sklearn.model_selection import GroupKFold
-
+def _fit_one(kind: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray, l2: list[float], scale: float, seed: int = 0):
     if kind == "classification" and len(np.unique(y)) < 2:
         return _Prior(y), float("nan")
     best = l2[0] if len(l2) == 1 else l2[len(l2) // 2]
@@ -220,7 +219,7 @@ def _fit_one(kind: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray, l2: li
         scores = []
         for a in l2:
             losses = []
-            for tr, te in GroupKFold(k).split(X, y, groups):
+            for tr, te in grouped_folds(groups, k, seed, y if kind == "classification" else None):
                 if kind == "classification" and len(np.unique(y[tr])) < 2:
                     continue
                 losses.append(_loss(kind, _estimator(kind, a).fit(X[tr], y[tr]), X[te], y[te], scale).mean())
@@ -260,11 +259,11 @@ class Readout:
         return out
 
 
-def fit_readout(target: TaskTarget, X_ND: np.ndarray, doc_N: np.ndarray, folds: int, l2: list[float]) -> Readout | None:
+def fit_readout(target: TaskTarget, X_ND: np.ndarray, doc_N: np.ndarray, folds: int, l2: list[float],
+                seed: int = 0) -> Readout | None:
     """Cross-fit a readout of ``target`` on ``X_ND`` (the clean residual at the example rows ``target.rows``, in that
-    order) with document-grouped folds; None when the target has fewer than 2 documents."""
-    from sklearn.model_selection import GroupKFold
-
+    order) with document-grouped folds (``stats.grouped_folds``, the probes stage's folds: shuffled with ``seed``,
+    stratified by class for a classification); None when the target has fewer than 2 documents."""
     X = np.asarray(X_ND, dtype=np.float64)
     y = target.y
     docs = np.asarray(doc_N)
@@ -275,9 +274,9 @@ def fit_readout(target: TaskTarget, X_ND: np.ndarray, doc_N: np.ndarray, folds: 
     scale = scale if scale > 0 else 1.0
     fold = np.empty(len(y), dtype=np.int64)
     models, chosen = [], []
-    for f, (tr, te) in enumerate(GroupKFold(k).split(X, y, docs)):
+    for f, (tr, te) in enumerate(grouped_folds(docs, k, seed, y if target.kind == "classification" else None)):
         fold[te] = f
-        m, a = _fit_one(target.kind, X[tr], y[tr], docs[tr], l2, scale)
+        m, a = _fit_one(target.kind, X[tr], y[tr], docs[tr], l2, scale, seed)
         models.append(m)
         chosen.append(a)
     r = Readout(target.name, target.kind, target.rows, y, fold, models, chosen, scale, np.zeros(0))
@@ -295,7 +294,7 @@ def _batches(windows: list[TaskWindow], idx: list[int], size: int, pad: int):
 
 @torch.no_grad()
 def fit_task_readouts(model: LoadedModel, sae, hook: HookSpec, td: TaskData, read_layer: int, threshold_F: np.ndarray,
-                      folds: int, l2: list[float], batch_size: int = 16) -> TaskData:
+                      folds: int, l2: list[float], batch_size: int = 16, seed: int = 0) -> TaskData:
     """One clean pass over every window of ``td`` (stopping at ``read_layer``): the firing latents at each task
     token and the cross-fitted readout of every target."""
     _, pad, _ = special_ids(model.tokenizer)
@@ -319,7 +318,7 @@ def fit_task_readouts(model: LoadedModel, sae, hook: HookSpec, td: TaskData, rea
     td.fires_NF = fired_NF
     doc = td.doc_N
     for t in td.targets:
-        ro = fit_readout(t, X[t.rows], doc[t.rows], folds, l2)
+        ro = fit_readout(t, X[t.rows], doc[t.rows], folds, l2, seed)
         if ro is None:
             log.info("task %s: fewer than 2 documents; no readout", t.name)
             continue

@@ -116,7 +116,6 @@ def planted(model, sae, corpus):
 @pytest.mark.parametrize("kind", ["regression", "classification"])
 def test_the_cross_fitted_readout_loss_equals_sklearn_on_the_same_arrays(kind):
     from sklearn.linear_model import LogisticRegression, Ridge
-    from sklearn.model_selection import GroupKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -129,7 +128,9 @@ def test_the_cross_fitted_readout_loss_equals_sklearn_on_the_same_arrays(kind):
         y = (y > 0).astype(np.float64)
     ro = fit_readout(TaskTarget("t", kind, np.arange(n), y), X, docs, folds=4, l2=[3.0])
     expected = np.empty(n)
-    for tr, te in GroupKFold(4).split(X, y, docs):
+    from stats import grouped_folds  # the probes stage's folds: the readout must use exactly these
+
+    for tr, te in grouped_folds(docs, 4, 0, y if kind == "classification" else None):
         assert not set(docs[tr]) & set(docs[te])  # no evaluation document was used to fit its readout
         if kind == "regression":
             m = make_pipeline(StandardScaler(), Ridge(alpha=3.0)).fit(X[tr], y[tr])
@@ -178,7 +179,6 @@ def test_a_planted_group_whose_ablation_destroys_the_probed_information_has_a_cl
 
 def test_the_task_effect_equals_an_independent_recomputation_with_a_plain_pytorch_hook(planted, model, sae):
     from sklearn.linear_model import Ridge
-    from sklearn.model_selection import GroupKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -231,7 +231,9 @@ def test_the_task_effect_equals_an_independent_recomputation_with_a_plain_pytorc
         mask = w.mask_L
         X_all[w.rows] = run(w.tokens_L, False)["r"][w.pos].numpy()
     delta = np.zeros(n)
-    for tr, tst in GroupKFold(3).split(X_all, y, docs):
+    from stats import grouped_folds  # the readout's folds (the probes stage's), with the run's seed
+
+    for tr, tst in grouped_folds(docs, 3, 0):
         m = make_pipeline(StandardScaler(), Ridge(alpha=1.0)).fit(X_all[tr], y[tr])
         delta[tst] = ((m.predict(X_edit[tst]) - y[tst]) ** 2 - (m.predict(X_clean[tst]) - y[tst]) ** 2) / np.var(y)
     sel = used & fires
