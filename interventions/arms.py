@@ -74,7 +74,7 @@ class Pool:
     sample_latents_SF: sp.csr_matrix | None = None
     """Latents of every content token of the pool (only when a mode needs ``pool_latents``: resample)."""
     sample_doc_S: np.ndarray | None = None
-    """Document id of each row of ``sample_latents_SF``."""
+    """Document (corpus index) of each row of ``sample_latents_SF``."""
 
 
 def fires_any(f_K: torch.Tensor, thr_K: torch.Tensor) -> torch.Tensor:
@@ -103,7 +103,7 @@ def scan_pool(model: LoadedModel, sae, data: DataSpec, hook: HookSpec, stream: S
         pool.group_acts[g.group_id] = []
     rows_kept = {g.group_id: 0 for g in groups}
     sample_rows: list[sp.csr_matrix] = []
-    sample_docs: list[str] = []
+    sample_docs: list[int] = []
     for batch in iter_activation_batches(model, data, hook, stream, progress=progress):
         # whole contexts up to pool_tokens, whatever the stream's batch size: the pool does not depend on it
         keep = min(len(batch.contexts), max(1, math.ceil((pool_tokens - seen) / batch.tokens_BL.shape[1])))
@@ -115,7 +115,7 @@ def scan_pool(model: LoadedModel, sae, data: DataSpec, hook: HookSpec, stream: S
         fire = fires(f, thr)
         if keep_latents:
             sample_rows.append(to_csr(f))
-            sample_docs += [contexts[b].doc_id for b in b_idx.tolist()]
+            sample_docs += [contexts[b].doc_index for b in b_idx.tolist()]
         count += fire.sum(0).double()
         act_sum += (f * fire).sum(0).double()
         mu += x.sum(0).double()
@@ -148,7 +148,7 @@ def scan_pool(model: LoadedModel, sae, data: DataSpec, hook: HookSpec, stream: S
     pool.resid_norm = norm_sum / max(n_tok, 1)
     if keep_latents:
         pool.sample_latents_SF = sp.vstack(sample_rows).tocsr() if sample_rows else sp.csr_matrix((0, F), dtype=np.float32)
-        pool.sample_doc_S = np.array(sample_docs, dtype=object)
+        pool.sample_doc_S = np.array(sample_docs, dtype=np.int64)
     return pool
 
 
@@ -296,10 +296,11 @@ class Chunk:
     """The clean model's top-1/top-2 next tokens and margin (forward.decision_pair)."""
     clean_ld: dict = field(default_factory=dict)
     """name -> the clean targeted logit difference [B, L] (interventions.logit_diffs)."""
-    doc_ids: list | None = None
-    """Document id of each row (the resample mode draws from other documents)."""
-    key: tuple = ()
-    """Names the chunk within its pass, so that seeded per-chunk draws do not depend on batching of arms."""
+    doc_index: list | None = None
+    """Document (corpus index) of each row: the resample mode draws from other documents."""
+    row_keys: list | None = None
+    """A key per row naming its context (the resample mode seeds one generator per context, so its draws do not
+    depend on how contexts and arms are batched)."""
 
 
 class Evaluator:
@@ -318,7 +319,7 @@ class Evaluator:
     # -- clean pass
     @torch.no_grad()
     def clean_chunk(self, contexts: list[Context], docs: np.ndarray, members: tuple[int, ...],
-                    lengths: list[int] | None = None, key: tuple = ()) -> Chunk:
+                    lengths: list[int] | None = None) -> Chunk:
         """Clean pass over contexts cut to ``lengths`` (padded to the longest; the padding is masked)."""
         L = max(lengths) if lengths else len(contexts[0].tokens_L)
         tokens = torch.from_numpy(np.stack([c.tokens_L[:L] for c in contexts]))
@@ -333,7 +334,7 @@ class Evaluator:
         gf = fires_any(f[..., gi], self.thr[gi]) & content
         ld = {n: logit_diff(logits, t, fo) for n, (t, fo) in self.logit_ids.items()}
         return Chunk(tokens, x, f, content, gf, next_token_logprobs(logits), read, docs, clean_pair=decision_pair(logits),
-                     clean_ld=ld, doc_ids=[c.doc_id for c in contexts], key=key)
+                     clean_ld=ld, doc_index=[c.doc_index for c in contexts], row_keys=[("context", c.index) for c in contexts])
 
     def target(self, arm: Arm, ch: Chunk) -> torch.Tensor:
         if arm.own_target:
@@ -482,7 +483,7 @@ def evaluate_group(model: LoadedModel, sae, hook: HookSpec, plan: Plan, contexts
     for c0 in range(0, len(contexts), cb):
         ctxs = contexts[c0:c0 + cb]
         docs = np.array([doc_of[c.doc_index] for c in ctxs])
-        ch = ev.clean_chunk(ctxs, docs, plan.group.members, lengths[c0:c0 + cb], key=("model", c0))
+        ch = ev.clean_chunk(ctxs, docs, plan.group.members, lengths[c0:c0 + cb])
         scored = evaluable_positions(ch.content)
         n_fires += int((scored & ch.group_fires).sum())
         b_idx, t_idx = scored.nonzero(as_tuple=True)

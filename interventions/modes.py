@@ -13,6 +13,7 @@ beyond firing counts: ``pool_latents`` (the latents of every pool token, for ``r
 
 from __future__ import annotations
 
+import logging
 import zlib
 from dataclasses import dataclass
 from typing import Callable
@@ -22,6 +23,8 @@ import torch
 
 from interventions import edits as E
 from sources.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,17 +51,14 @@ def _clamp(ev, arm, ch, positions):
                           positions=positions, W_eff=ev.W)
 
 
-def resample_rows(pool_doc_S: np.ndarray, doc_B: list, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """Row ``[B, L]`` of the pool sample each token takes its latents from: uniform over the sample's tokens of
-    other documents than the token's own (over all of them only when the pool holds that document alone)."""
-    B, L = shape
-    rows = np.empty((B, L), dtype=np.int64)
-    for b in range(B):
-        cand = np.flatnonzero(pool_doc_S != doc_B[b])
-        if not len(cand):
-            cand = np.arange(len(pool_doc_S))
-        rows[b] = cand[rng.integers(0, len(cand), size=L)]
-    return rows
+def resample_rows(pool_doc_S: np.ndarray, doc: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Rows ``[n]`` of the pool sample one context's tokens take their latents from: uniform over the sample's tokens of
+    other documents than ``doc`` (over all of them, with a warning, when the pool holds that document alone)."""
+    cand = np.flatnonzero(pool_doc_S != doc)
+    if not len(cand):
+        log.warning("resample: the pool holds only document %s; its latents are resampled from its own tokens", doc)
+        cand = np.arange(len(pool_doc_S))
+    return cand[rng.integers(0, len(cand), size=n)]
 
 
 def _resample(ev, arm, ch, positions):
@@ -66,11 +66,13 @@ def _resample(ev, arm, ch, positions):
     if pool.sample_latents_SF is None or pool.sample_latents_SF.shape[0] == 0:
         raise ConfigError("interventions.modes", "mode resample needs the pool's latents; the pool scan kept none "
                                                  "(interventions.pool_tokens must be > 0)")
-    if ch.doc_ids is None or arm.seed is None:
-        raise ValueError("resample needs the chunk's document ids and the arm's seed")
+    if ch.doc_index is None or ch.row_keys is None or arm.seed is None:
+        raise ValueError("resample needs the chunk's documents and row keys and the arm's seed")
     B, L = ch.x.shape[:2]
-    rng = np.random.default_rng([arm.seed, zlib.crc32(arm.name.encode()), zlib.crc32(repr(ch.key).encode())])
-    rows = resample_rows(pool.sample_doc_S, ch.doc_ids, (B, L), rng)
+    # one generator per context (not per chunk): the draws do not depend on how contexts and arms are batched,
+    # and a context's first L draws are the same whatever it is padded to
+    rows = np.stack([resample_rows(pool.sample_doc_S, int(d), L, np.random.default_rng(
+        [arm.seed, zlib.crc32(arm.name.encode()), zlib.crc32(repr(key).encode())])) for d, key in zip(ch.doc_index, ch.row_keys)])
     lat = list(arm.latents)
     values = pool.sample_latents_SF[rows.ravel()][:, lat].toarray().reshape(B, L, len(lat))
     return E.latent_delta(ev.sae, ch.x, lat, "resample", f=ch.f, values_K=torch.from_numpy(values).float(),
@@ -91,13 +93,12 @@ MODES: dict[str, Mode] = {m.name: m for m in [
          doc="each latent is set to its mean activation over the pool tokens where it fires"),
     Mode("clamp", "latents", _clamp, doc="each latent is set to clamp_value (x its mean firing activation)"),
     Mode("resample", "latents", _resample, frozenset({"pool_latents"}),
-         doc="the latents take their values at a random pool token of another document (seeded)"),
+         doc="the latents take their values at a random pool token of another document (seeded per context)"),
     Mode("project_out", "subspace", _project_out, doc="x - B B^T x"),
     Mode("mean_project", "subspace", _mean_project, doc="x - B B^T (x - mu), mu the pool's mean residual"),
 ]}
 
 LATENT_MODES = tuple(n for n, m in MODES.items() if m.edits == "latents")
-SUBSPACE_MODES = tuple(n for n, m in MODES.items() if m.edits == "subspace")
 
 
 def needs(modes) -> set[str]:

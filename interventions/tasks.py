@@ -11,7 +11,7 @@ For every target this module
 1. rebuilds the probe windows from the examples and the corpus (:func:`load_task_data`);
 2. runs them clean up to ``read_layer`` and fits a linear **readout** of the target on the clean residual
    stream (resid_post) there, **cross-fitted by document**: the documents are split into ``folds``
-   document-grouped folds (``stats.grouped_folds``, as in the probes stage) and every task token is read by the readout
+   document-grouped folds (``stats.grouped_folds``, the probes stage's fold rule) and every task token is read by the readout
    fitted on the other folds, so no evaluation token was used to fit the readout that reads it
    (:func:`fit_readout`; standardised features, ``Ridge`` / ``LogisticRegression`` with the L2 strength chosen
    per fold by an inner document-grouped CV);
@@ -262,8 +262,9 @@ class Readout:
 def fit_readout(target: TaskTarget, X_ND: np.ndarray, doc_N: np.ndarray, folds: int, l2: list[float],
                 seed: int = 0) -> Readout | None:
     """Cross-fit a readout of ``target`` on ``X_ND`` (the clean residual at the example rows ``target.rows``, in that
-    order) with document-grouped folds (``stats.grouped_folds``, the probes stage's folds: shuffled with ``seed``,
-    stratified by class for a classification); None when the target has fewer than 2 documents."""
+    order) with document-grouped folds (``stats.grouped_folds``, the probes stage's fold rule: shuffled with ``seed``,
+    stratified by class for a classification; the same folds as the probes' when ``folds`` and ``seed`` are the same);
+    None when the target has fewer than 2 documents."""
     X = np.asarray(X_ND, dtype=np.float64)
     y = target.y
     docs = np.asarray(doc_N)
@@ -397,14 +398,15 @@ def evaluate_task(model: LoadedModel, hook: HookSpec, plan: Plan, td: TaskData, 
     n_tok = n_fires = 0
     bar = progress_bar(total=math.ceil(len(chosen) / cb) * math.ceil(len(arms) / per_fwd),
                        desc=f"task {td.family} {plan.group.group_id}", unit="fwd", progress=progress, mininterval=2.0)
-    for n_chunk, (ws, tokens, mask) in enumerate(_batches(td.windows, chosen, cb, pad)):
+    for ws, tokens, mask in _batches(td.windows, chosen, cb, pad):
         content = mask.to(model.device)
         x, read = clean_hook_and_read(model, hook, tokens, read_layer)
         x = x.float()
         f = ev.sae.encode(x)
         gf = fires_any(f[..., gi.to(f.device)], ev.thr[gi.to(ev.thr.device)]) & content
         docs = np.array([doc_of[w.doc_index] for w in ws])
-        ch = Chunk(tokens, x, f, content, gf, None, read, docs, doc_ids=[w.doc_id for w in ws], key=("task", td.family, n_chunk))
+        ch = Chunk(tokens, x, f, content, gf, None, read, docs, doc_index=[w.doc_index for w in ws],
+                   row_keys=[("window", td.family, int(w.rows[0])) for w in ws])
         # task tokens of each target in this chunk: (batch row, position, example row) and the clean loss
         at = {}
         for t, ro in readouts.items():

@@ -110,9 +110,9 @@ def run_probes(cfg, cooc_dir: str | Path, out_dir: str | Path, progress: bool = 
             log.warning("probes: %s: %s", family, reason)
 
         targets, skipped = task.targets(data.examples, pc, np.random.default_rng([int(cfg.seed), 7]))
-        for task, reason in skipped:
-            rows.append(skipped_row(task, reason))
-            log.info("probes: %s skipped: %s", task, reason)
+        for name, reason in skipped:
+            rows.append(skipped_row(name, reason))
+            log.info("probes: %s skipped: %s", name, reason)
         fam["targets"] = [t.task for t in targets]
         fam["skipped_targets"] = dict(skipped)
         for t in targets:

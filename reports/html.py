@@ -252,9 +252,9 @@ def _labels_for(points: pd.DataFrame, examples: pd.DataFrame) -> dict[str, pd.Se
     out = {}
     key = points["doc_id"].astype(str) + "@" + points["char_start"].astype("Int64").astype(str)
     for task, t in TASKS.items():
-        col = t.scatter_columns[0]
+        col = t.scatter_columns[0] if t.scatter_columns else None
         ex = examples[examples["task"] == task]
-        if ex.empty or col not in ex:
+        if col is None or ex.empty or col not in ex:
             continue
         m = dict(zip(ex["doc_id"].astype(str) + "@" + ex["char_start"].astype("Int64").astype(str), ex[col]))
         s = key.map(m)

@@ -36,8 +36,8 @@ def fires(acts, threshold=0.0):
     """
     if sp.issparse(acts):
         csr = sp.csr_matrix(acts)
-        thr = np.asarray(threshold)
-        cut = thr[csr.indices] if thr.ndim == 1 else thr
+        # a scalar stays a Python number, so float32 activations are compared in float32 as in the dense path
+        cut = np.asarray(threshold)[csr.indices] if np.ndim(threshold) == 1 else threshold
         keep = csr.data > cut
         row_N = np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr))
         indptr = np.concatenate([[0], np.cumsum(np.bincount(row_N[keep], minlength=csr.shape[0]))])

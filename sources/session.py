@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from sources.config import DataSpec, HookSpec, ModelSpec, SAESpec, StreamSpec
+from sources.corpora import special_ids
 from sources.errors import ConfigError
 from sources.models import LoadedModel, load_model
 from sources.sae_training import train_sae
@@ -25,7 +26,8 @@ from sources.stream import LatentBatch, hook_activations, iter_latents
 
 log = logging.getLogger(__name__)
 
-_CACHE: dict[str, "Session"] = {}
+_CACHE: dict[str, Any] = {}
+"""Loaded SAEs by (model, SAE, hook); sessions share them (and the models) but each has its own data and stream."""
 _MODELS: dict[str, LoadedModel] = {}
 
 
@@ -55,8 +57,11 @@ class Session:
         return hook_activations(self.model, t[None] if t.ndim == 1 else t, self.hook)
 
     def tokens(self, text: str) -> torch.Tensor:
-        """``text`` as token ids ``[1, L]`` of the session's tokenizer (its special tokens added as it adds them)."""
-        return self.model.tokenizer(text, return_tensors="pt").input_ids
+        """``text`` as token ids ``[1, L]``, BOS first, as every context of the stages starts (EOS for a model
+        without a BOS token, as GPT-2)."""
+        bos, _, _ = special_ids(self.model.tokenizer)
+        ids = self.model.tokenizer(text, add_special_tokens=False).input_ids
+        return torch.tensor([[bos, *ids]], dtype=torch.long)
 
     def latent_batches(self, progress: bool = True, shard: tuple[int, int] | None = None) -> Iterator[LatentBatch]:
         """SAE latents over the session's corpus (``shard=(rank, world_size)``: only that rank's contexts)."""
@@ -95,7 +100,5 @@ def open_session(model: ModelSpec | dict | None = None, sae: SAESpec | dict | No
             if not (folder / "cfg.json").exists():
                 log.info("training an SAE (cached afterwards in %s)", folder)
                 train_sae(sae_spec.train, loaded, hook, data, stream, folder, progress=progress)
-        _CACHE[key] = Session(loaded, load_sae(sae_spec, loaded, hook, data), hook, data, stream)
-    s = _CACHE[key]
-    s.data, s.stream = data, stream
-    return s
+        _CACHE[key] = load_sae(sae_spec, loaded, hook, data)
+    return Session(_MODELS[json.dumps(model_spec.model_dump(), sort_keys=True)], _CACHE[key], hook, data, stream)

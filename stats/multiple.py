@@ -16,14 +16,15 @@ def bh_adjust(p_values, m: int | None = None) -> np.ndarray:
     ``m``: the family size when it is larger than the finite p-values given. The ``m - n`` members not
     given are taken to have p = 1 (they rank last; their own adjusted values would be 1), which is what
     BH on the padded vector gives without building it (a co-occurrence family has K(K-1)/2 pairs, most
-    never stored). Without ``m`` (or with m = n) this is statsmodels' ``fdr_bh``; with a larger ``m`` it
-    is the same step-up, ``min(1, min_{j >= i} p_(j) m / j)``, checked against statsmodels on the
-    padded vector in the tests.
+    never stored). Without ``m`` this is statsmodels' ``fdr_bh``; with ``m`` it is the same step-up written
+    out, ``min(1, min_{j >= i} p_(j) m / j)`` (the co-occurrence stage's arithmetic, bit for bit whatever the
+    family's size), checked against statsmodels on the padded vector in the tests.
     """
     p = np.asarray(p_values, dtype=np.float64)
     out = np.full(p.shape, np.nan)
     ok = np.isfinite(p)
     n = int(ok.sum())
+    explicit = m is not None
     m = n if m is None else int(m)
     if m < n:
         raise ValueError(f"family size m={m} is smaller than the {n} p-values given")
@@ -32,7 +33,7 @@ def bh_adjust(p_values, m: int | None = None) -> np.ndarray:
     q = p[ok]
     if ((q < 0) | (q > 1)).any():
         raise ValueError("p-values must lie in [0, 1]")
-    if m == n:
+    if not explicit:
         out[ok] = multipletests(q, method="fdr_bh")[1]
         return out
     order = np.argsort(q, kind="stable")

@@ -27,10 +27,16 @@ def blocks(path: Path, lang: str) -> list[str]:
     return re.findall(rf"^```{lang}\n(.*?)^```", path.read_text(), flags=re.S | re.M)
 
 
-def test_every_page_with_code_is_seen():
+def test_every_code_block_is_of_a_kind_the_tests_run_or_check():
     with_python = {p.name for p in PAGES if blocks(p, "python")}
     assert {"api.md", "cooc.md", "probes.md", "interventions.md", "sae.md"} <= with_python
-    assert all(re.findall(r"^```(\w*)$", p.read_text(), flags=re.M) for p in PAGES if "```" in p.read_text())
+    for page in PAGES:
+        fences = re.findall(r"^```(\S*)\s*$", page.read_text(), flags=re.M)
+        opening = fences[::2]  # fences alternate: opening (with its language), closing
+        assert len(fences) % 2 == 0, f"{page.name}: an unclosed code block"
+        assert set(opening) <= {"python", "bash", "yaml", ""}, f"{page.name}: code blocks of kind {set(opening)}"
+        for code in blocks(page, ""):  # untagged blocks hold text (a tree, a table), never a command
+            assert not re.search(r"^\s*(\.venv/bin/)?python|^\s*pip |^\s*bash ", code, flags=re.M), f"{page.name}: {code[:60]}"
 
 
 # ----------------------------------------------------------------------------------- Python blocks, tiny model
@@ -79,6 +85,7 @@ def commands(page: Path) -> list[str]:
 
 ALL = [(p.name, c) for p in PAGES for c in commands(p)]
 STAGES = {"steer", "cooc", "probe", "interventions", "report", "train_sae"}
+PLACEHOLDERS = {"CONFIG.yaml", "my.yaml"}
 
 
 def _stage_args(cmd: str) -> tuple[str, list[str]] | None:
@@ -111,8 +118,9 @@ def test_stage_commands_parse_and_their_overrides_are_valid(page, cmd):
     if not hasattr(ns, "config"):  # experiments.report: a run folder only
         return
     config = ns.config
-    if config and not (ROOT / config).exists():  # a placeholder such as CONFIG.yaml or my.yaml: the default config
+    if config in PLACEHOLDERS:  # a placeholder for the reader's own config: check the flags on the default config
         config = str(DEFAULT_CONFIG)
+    assert (ROOT / config).exists(), f"{page}: {config} does not exist"
     build_config(ExperimentConfig, ROOT / config if config else None, ns.overrides)
 
 

@@ -531,14 +531,15 @@ def test_a_resample_edit_equals_the_decode_difference_with_the_latents_of_anothe
 def test_resample_sources_come_from_other_documents_and_are_seeded():
     from interventions.modes import resample_rows
 
-    docs_S = np.array(["a"] * 50 + ["b"] * 3 + ["c"] * 2, dtype=object)
-    rows = resample_rows(docs_S, ["a", "b", "c"], (3, 40), np.random.default_rng(0))
-    for b, own in enumerate("abc"):
-        assert (docs_S[rows[b]] != own).all()
-    again = resample_rows(docs_S, ["a", "b", "c"], (3, 40), np.random.default_rng(0))
-    assert (rows == again).all()
-    assert not (rows == resample_rows(docs_S, ["a", "b", "c"], (3, 40), np.random.default_rng(1))).all()
-    alone = resample_rows(np.array(["a"] * 5, dtype=object), ["a"], (1, 4), np.random.default_rng(0))
+    docs_S = np.array([7] * 50 + [8] * 3 + [9] * 2)
+    for own in (7, 8, 9):
+        rows = resample_rows(docs_S, own, 40, np.random.default_rng(0))
+        assert (docs_S[rows] != own).all()
+    rows = resample_rows(docs_S, 7, 40, np.random.default_rng(0))
+    assert (rows == resample_rows(docs_S, 7, 40, np.random.default_rng(0))).all()
+    assert not (rows == resample_rows(docs_S, 7, 40, np.random.default_rng(1))).all()
+    assert (resample_rows(docs_S, 7, 25, np.random.default_rng(0)) == rows[:25]).all()  # padding does not move draws
+    alone = resample_rows(np.array([7] * 5), 7, 4, np.random.default_rng(0))
     assert ((alone >= 0) & (alone < 5)).all()  # one document only: its own tokens are all there is
 
 
@@ -559,3 +560,17 @@ def test_the_resample_mode_runs_end_to_end_reproducibly_and_depends_on_the_seed(
     same = eff.set_index(["arm", "comparator", "mode", "effect", "scope"])["estimate"]
     key = ("group", "clean", "resample", "kl", "fires")
     assert other_seed.loc[key] != same.loc[key]
+
+
+def test_resample_effects_do_not_depend_on_how_contexts_and_arms_are_batched(model, sae, corpus):
+    data, stream = _data(corpus)
+    group = GroupSpec("gres", (0, 1, 2, 3), "clique")
+    thr = np.zeros(sae.cfg.d_sae, dtype=np.float32)
+    est = []
+    for batch_size in (4, 32):
+        icfg = _small_cfg(modes=["resample"], steering={"enabled": False}, batch_size=batch_size)
+        eff = run_interventions(model, sae, HOOK, data, stream, [group], icfg, thr, seed=0, progress=False).effects
+        sel = (eff["mode"] == "resample") & (eff["comparator"] == "clean") & (eff["scope"] == "fires")
+        est.append(eff[sel].set_index(["arm", "effect"])["estimate"].sort_index())
+    assert len(est[0]) > 5
+    np.testing.assert_allclose(est[0].to_numpy(), est[1].to_numpy(), rtol=1e-4, atol=1e-7)

@@ -233,3 +233,13 @@ def test_quoted_spans_are_pairs_of_quotes_on_one_line_that_do_not_touch_words():
     spans = [text[q.open:q.close + 1] for q in find_quotes(text)]
     assert spans == ['"hello there"', "“curly ones”"]
     assert [text[q.open:q.close + 1] for q in find_quotes('"' + "a" * 50 + '"', max_chars=40)] == []
+
+
+def test_outside_examples_never_come_from_text_that_might_be_quoted():
+    from probes.tasks.quotation import maybe_quoted
+
+    text = 'ok "a very long quoted bit" then 12" pipe and more\nnext line “curly” end'
+    m = maybe_quoted(text)
+    assert m[text.index('"a')] and m[text.index("very")] and not m[text.index("ok")]
+    assert m[text.index("pipe")]  # after the unpaired third mark: the rest of the line is unsure
+    assert not m[text.index("next")] and m[text.index("curly")] and not m[text.index(" end")]

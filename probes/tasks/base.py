@@ -37,7 +37,9 @@ class Task:
     spec: ClassVar[type | None] = None
     """The task's config section (a ``sources.config.Section``), at ``probes.<name>``; None: it has none."""
     figure_columns: ClassVar[tuple[str, ...]] = ()
-    """Columns of examples.csv copied beside each PCA figure and shown in the report's scatter (first: colour)."""
+    """Columns of examples.csv copied beside each PCA figure (after doc_id and token)."""
+    scatter_columns: ClassVar[tuple[str, ...]] = ()
+    """Columns the report's interactive scatter can colour by (the first also labels the explorer's points)."""
 
     def select(self, docs, tokenizer, probes_cfg, rng: np.random.Generator) -> Selection:
         """Find candidates in the documents' text and take a seeded sample of at most ``probes.max_tokens`` tokens."""

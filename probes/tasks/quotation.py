@@ -1,14 +1,16 @@
 """Quotation: whether a token lies inside a double-quoted span of the text, and how far into it.
 
 Examples are found automatically in the corpus text. A quoted span is a pair of straight (``"..."``) or curly
-(``“...”``) double quotes on one line, 2 to ``max_chars`` characters apart, whose opening quote does not follow a
-letter or digit and whose closing quote is not followed by one (so ``12"`` or ``a"b`` never open a span). In a
+(``“...”``) double quotes on one line, 2 to ``max_chars`` characters apart with a letter between them; a straight
+opening quote must not follow a letter or digit and a straight closing quote must not be followed by one (so
+``12"`` or ``a"b`` never open a span). In a
 seeded sample of documents, up to ``max_spans_per_doc`` spans each:
 
 - *inside* tokens: tokens lying wholly between the two quotes;
 - *outside* tokens: as many tokens (at most) drawn from the ``context_tokens`` tokens before the opening quote and
   after the closing quote, outside every quoted span of the document;
-- tokens holding a quote mark, and the tokens of spans not chosen, are neither (enrichment ignores them).
+- tokens holding a quote mark, the tokens of spans not chosen, and any token that some pairing of its line's quote
+  marks could put inside quotes (a span too long to take, an unpaired mark) are neither (enrichment ignores them).
 
 Targets: ``quotation/inside`` (binary: inside vs outside) and ``quotation/since_open`` (regression over the
 inside tokens: characters since the opening quote, at the token's last character). Only inside tokens whose opening
@@ -59,6 +61,23 @@ def find_quotes(text: str, max_chars: int = 120) -> list[Quote]:
     return out
 
 
+QUOTE_MARKS = '"“”'
+
+
+def maybe_quoted(text: str) -> np.ndarray:
+    """Bool per character: a quote mark, or text that any pairing of the quote marks of its line could put inside
+    quotes (marks paired left to right per line, whatever their kind or distance; after an unpaired mark, the rest
+    of the line). Outside examples are drawn only from characters where this is False."""
+    mask = np.zeros(len(text) + 1, dtype=bool)
+    start = 0
+    for line in text.split("\n"):
+        marks = [start + i for i, c in enumerate(line) if c in QUOTE_MARKS]
+        for a, b in zip(marks[::2], marks[1::2] + [start + len(line)]):
+            mask[a:b + 1] = True
+        start += len(line) + 1
+    return mask[:len(text)]
+
+
 def select_quotation_examples(docs, tokenizer, spec: QuotationSpec, max_tokens: int, rng: np.random.Generator) -> tuple[list[Doc], int]:
     """Random documents with quoted spans, up to ``max_spans_per_doc`` random spans each, until ``max_tokens`` tokens."""
     cands = [(di, did, text, q) for di, did, text in docs if (q := find_quotes(text, spec.max_chars))]
@@ -71,15 +90,18 @@ def select_quotation_examples(docs, tokenizer, spec: QuotationSpec, max_tokens: 
         di, did, text, quotes = cands[k]
         ids, spans = tokenize(tokenizer, text)
         start, end = spans[:, 0], spans[:, 1]
-        quoted = np.zeros(len(ids), dtype=bool)  # overlaps any span, quotes included
+        unsure = np.concatenate([[0], np.cumsum(maybe_quoted(text))])
+        quoted = unsure[end] - unsure[start] > 0  # may lie inside quotes, or holds a quote mark
         for q in quotes:
             quoted |= (end > q.open) & (start <= q.close)
+        marks = np.concatenate([[0], np.cumsum([c in QUOTE_MARKS for c in text])])
+        holds_mark = marks[end] - marks[start] > 0
         pick = set(rng.choice(len(quotes), size=min(spec.max_spans_per_doc, len(quotes)), replace=False).tolist())
         rows: list[dict] = []
         for qi, q in enumerate(quotes):
             if qi not in pick or total >= max_tokens:
                 continue
-            inside = np.flatnonzero((start > q.open) & (end <= q.close) & (end > start))
+            inside = np.flatnonzero((start > q.open) & (end <= q.close) & (end > start) & ~holds_mark)
             if not len(inside):
                 continue
             first = int(np.flatnonzero(end > q.open)[0])
