@@ -90,10 +90,13 @@ def interventions_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, 
     task_data = None
     if use_tasks and have_examples:
         from interventions.tasks import load_task_data
+        from probes.dataset import WINDOWS_FILE, load_windows
 
         examples = read_csv(examples_csv, "probes", RECOMPUTE, dtype={"doc_id": str}, low_memory=False)
+        windows_npz = run.out / "probes" / WINDOWS_FILE
+        windows = load_windows(windows_npz) if windows_npz.exists() else None  # None: a probes stage from before
         task_data = load_task_data(examples, cfg.data, session.model.tokenizer, cfg.probes, cfg.seed, icfg.tasks.tasks,
-                                   source=str(examples_csv))
+                                   source=str(examples_csv), windows=windows)
     elif use_tasks:
         log.info("interventions: no task effects (the probes stage has not run in %s)", run.out)
     with run.stage(STAGE, key, copies=("verdicts.csv",)) as folder:  # OUT/verdicts.csv, recorded with the stage

@@ -125,6 +125,21 @@ def windows_from_examples(examples: pd.DataFrame, doc_tokens: dict[int, np.ndarr
     return out
 
 
+def saved_windows(examples: pd.DataFrame, family: str, windows: dict, source: str) -> list[TaskWindow]:
+    """The probes stage's own windows of ``family`` (``probes.dataset.load_windows``) for the examples' rows."""
+    out = []
+    for (di, start), sub in examples.groupby(["doc_index", "window_start"], sort=True):
+        key = (family, int(di), int(start))
+        if key not in windows:
+            raise ConfigError("interventions.tasks", f"{source} names a {family} window (document {di}, start {start}) that "
+                                                     "the probes stage's windows.npz lacks; the files come from different "
+                                                     "runs: rerun the probes stage")
+        tokens, mask = windows[key]
+        out.append(TaskWindow(int(di), str(sub["doc_id"].iloc[0]), tokens.astype(np.int64), mask.astype(bool),
+                              (sub["token_index"].to_numpy(np.int64) - int(start) + 1), sub.index.to_numpy(np.int64)))
+    return out
+
+
 def task_targets(family: str, examples: pd.DataFrame, probes_cfg=None, seed: int = 0) -> list[TaskTarget]:
     """The probe stage's targets of ``family`` that the task effects read out (``Task.readout_targets``; e.g. the
     word-sense task leaves out ``word_sense/resolved``: it is about the window, not about what the model reads)."""
@@ -136,9 +151,11 @@ def task_targets(family: str, examples: pd.DataFrame, probes_cfg=None, seed: int
 
 
 def load_task_data(examples: pd.DataFrame, data: DataSpec, tokenizer, probes_cfg, seed: int = 0,
-                   families: list[str] | None = None, source: str = "OUT/probes/examples.csv") -> list[TaskData]:
+                   families: list[str] | None = None, source: str = "OUT/probes/examples.csv", windows: dict | None = None) -> list[TaskData]:
     """Task data of every family in ``examples`` (the probes stage's examples.csv), or of ``families``
-    (each must have examples). Documents are re-read from the corpus and re-tokenised (checked by id)."""
+    (each must have examples). ``windows``: the probes stage's saved windows (``probes.dataset.load_windows``), used
+    as they are; without them (a probes stage written before windows were saved) documents are re-read from the
+    corpus and re-tokenised (checked by id)."""
     have = list(dict.fromkeys(examples["task"].astype(str))) if len(examples) and "task" in examples else []
     unknown = [f for f in have if f not in FAMILIES]
     if unknown:
@@ -152,6 +169,12 @@ def load_task_data(examples: pd.DataFrame, data: DataSpec, tokenizer, probes_cfg
     want = [f for f in have if families is None or f in families]
     if not want:
         return []
+    if windows is not None:
+        out = []
+        for family in want:
+            ex = examples[examples["task"] == family].reset_index(drop=True)
+            out.append(TaskData(family, ex, saved_windows(ex, family, windows, source), task_targets(family, ex, probes_cfg, seed)))
+        return out
     need = set(int(d) for d in examples.loc[examples["task"].isin(want), "doc_index"])
     texts: dict[int, tuple[str, str]] = {}
     for di, did, text in iter_probe_documents(data, getattr(probes_cfg, "max_documents", None)):

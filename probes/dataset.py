@@ -60,6 +60,8 @@ class ProbeData:
     n_windows: int = 0
     n_window_tokens: int = 0
     n_candidate_docs: int = 0
+    windows: list = field(default_factory=list)
+    """The probe windows run through the model: ``(doc_index, window_start, tokens_L, mask_L)`` each."""
 
     @property
     def n(self) -> int:
@@ -189,8 +191,9 @@ def run_windows(family: str, windows: list[_Window], model, sae, hook: HookSpec,
         examples = examples.iloc[order_rows].reset_index(drop=True)
         acts_ND = acts_ND[order_rows]
         latents_NF = latents_NF[order_rows]
+    saved = [(w.doc.doc_index, w.start, w.tokens, w.mask) for w in windows]
     return ProbeData(family, acts_ND.astype(np.float32), latents_NF.astype(np.float32), examples, np.asarray(group_ids),
-                     task_fires, other_fires, n_other, len(windows), n_tok)
+                     task_fires, other_fires, n_other, len(windows), n_tok, windows=saved)
 
 
 def membership_matrix(groups: dict[str, tuple[int, ...]], d_sae: int) -> tuple[sp.csr_matrix, np.ndarray]:
@@ -239,3 +242,35 @@ def build_probe_data(family: str, cfg, model, sae, groups: dict[str, tuple[int, 
 
 def _family_code(family: str) -> int:
     return sum(ord(c) for c in family)
+
+
+WINDOWS_FILE = "windows.npz"
+"""The probes stage's windows (``OUT/probes/windows.npz``): what the interventions stage's task effects run on."""
+
+
+def save_windows(path, windows: dict[str, list]) -> None:
+    """Write every task's probe windows (``ProbeData.windows``) to one ``.npz``: ragged token and mask arrays
+    with, per window, its task, document index, start and offset."""
+    from sources.files import atomic_path
+
+    rows = [(task, *w) for task, ws in windows.items() for w in ws]
+    lengths = np.array([len(r[3]) for r in rows], dtype=np.int64)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, task=np.array([r[0] for r in rows], dtype=str), doc_index=np.array([r[1] for r in rows], dtype=np.int64),
+                 window_start=np.array([r[2] for r in rows], dtype=np.int64),
+                 offset=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                 tokens=np.concatenate([r[3] for r in rows]).astype(np.int64) if rows else np.zeros(0, dtype=np.int64),
+                 mask=np.concatenate([r[4] for r in rows]).astype(bool) if rows else np.zeros(0, dtype=bool))
+
+
+def load_windows(path) -> dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray]]:
+    """``(task, doc_index, window_start) -> (tokens_L, mask_L)`` from :func:`save_windows`' file; ConfigError if unreadable."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            task, doc, start, off, tokens, mask = (z[k] for k in ("task", "doc_index", "window_start", "offset", "tokens", "mask"))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError("probes", f"{path} is not a probe-windows file ({type(exc).__name__}); rerun the probes stage "
+                                    "(python -m experiments.probe --fresh)") from None
+    return {(str(t), int(d), int(s)): (tokens[off[i]:off[i + 1]], mask[off[i]:off[i + 1]])
+            for i, (t, d, s) in enumerate(zip(task, doc, start))}
+

@@ -5,6 +5,8 @@ Outputs (all written atomically) under the stage folder (``OUT/probes``):
 ``results.csv``   tidy results, one row per (task, group, arm, metric); see docs/probes.md for the columns
 ``groups.csv``    enrichment of every candidate group on every task, with a ``selected`` flag
 ``examples.csv``  every task token with its document, character span, token text and labels
+``windows.npz``   the probe windows run through the model (tokens and content mask of each), which the
+                  interventions stage's task effects run on
 ``summary.json``  dataset sizes, skipped targets and why, selected groups, wins at the FDR level, timings
 ``figures/``      ``<task>_group<id>.png``: PCA of each probed group's reconstruction coloured by the labels, and
                   ``<task>_group<id>.csv``: its points (pc1, pc2, token, document, labels) for the HTML report
@@ -19,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from probes.dataset import build_probe_data
+from probes.dataset import WINDOWS_FILE, build_probe_data, save_windows
 from probes.comparison import COLUMNS, Settings, evaluate_target, finalize, skipped_row
 from probes.inputs import read_cooc
 from probes.plots import group_pca_figure
@@ -70,6 +72,7 @@ def run_probes(cfg, cooc_dir: str | Path, out_dir: str | Path, progress: bool = 
 
     rows: list[dict] = []
     tables, example_frames = [], []
+    windows: dict[str, list] = {}
     summary: dict = {"tasks": {}, "settings": settings.__dict__, "n_candidate_groups": len(cand), "cooc_tokens": cooc.n_tokens}
     timings: dict[str, float] = {}
     for family in pc.tasks:
@@ -125,6 +128,7 @@ def run_probes(cfg, cooc_dir: str | Path, out_dir: str | Path, progress: bool = 
         ex = data.examples.copy()
         ex.insert(0, "task", family)
         example_frames.append(ex)
+        windows[family] = data.windows
         timings[f"{family}_total_s"] = round(time.perf_counter() - t_task, 2)
 
     df = finalize(pd.DataFrame(rows, columns=COLUMNS), pc.alpha)
@@ -133,6 +137,7 @@ def run_probes(cfg, cooc_dir: str | Path, out_dir: str | Path, progress: bool = 
     _write_csv(df, out_dir / "results.csv")
     _write_csv(pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["task", "group_id"]), out_dir / "groups.csv")
     _write_csv(pd.concat(example_frames, ignore_index=True) if example_frames else pd.DataFrame(), out_dir / "examples.csv")
+    save_windows(out_dir / WINDOWS_FILE, windows)
     wins = df[df["win"].fillna(False).to_numpy(bool)]
     summary["alpha"] = pc.alpha
     summary["n_comparisons"] = int(np.isfinite(df.loc[comp, "p_value"].to_numpy(np.float64)).sum())

@@ -199,3 +199,23 @@ def test_the_quotation_task_runs_end_to_end_from_one_module_and_one_registry_ent
         if r.inside:
             assert r.since_open == r.char_end - 1 - body.rindex('"', 0, r.char_start)
     assert list((out / "probes" / "figures").glob("quotation_group*.png"))
+
+
+def test_the_saved_windows_are_the_windows_the_corpus_rebuild_gives(setup):
+    from interventions.tasks import load_task_data
+    from probes.dataset import WINDOWS_FILE, load_windows
+
+    _, config, out = setup
+    cfg = build_config(ExperimentConfig, config)
+    ex = pd.read_csv(out / "probes" / "examples.csv", dtype={"doc_id": str}, low_memory=False)
+    saved = load_windows(out / "probes" / WINDOWS_FILE)
+    assert {k[0] for k in saved} == {"url_position", "word_sense"}
+    tok = tiny_tokenizer()
+    a = load_task_data(ex, cfg.data, tok, cfg.probes, cfg.seed, windows=saved)
+    b = load_task_data(ex, cfg.data, tok, cfg.probes, cfg.seed)  # re-read from the corpus, re-tokenised
+    assert [t.family for t in a] == [t.family for t in b] and sum(len(t.windows) for t in a) > 3
+    for ta, tb in zip(a, b):
+        for wa, wb in zip(ta.windows, tb.windows, strict=True):
+            assert (wa.doc_index, wa.doc_id) == (wb.doc_index, wb.doc_id)
+            for x, y in ((wa.tokens_L, wb.tokens_L), (wa.mask_L, wb.mask_L), (wa.pos, wb.pos), (wa.rows, wb.rows)):
+                np.testing.assert_array_equal(x, y)
