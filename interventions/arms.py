@@ -301,6 +301,8 @@ class Chunk:
     row_keys: list | None = None
     """A key per row naming its context (the resample mode seeds one generator per context, so its draws do not
     depend on how contexts and arms are batched)."""
+    extra: dict = field(default_factory=dict)
+    """What the pass that built the chunk keeps beside it (scored positions, task-token rows, ...)."""
 
 
 class Evaluator:
@@ -457,6 +459,32 @@ def choose_contexts(pool: Pool, group: GroupSpec, max_tokens: int, tail_tokens: 
     return sorted(chosen, key=lambda cn: (cn[1], cn[0].index))
 
 
+def arm_batching(n_arms: int, n_items: int, batch_size: int) -> tuple[int, int]:
+    """``(arms per forward, contexts per chunk)``: fill the batch with arms first, then with contexts."""
+    per_fwd = max(1, min(n_arms, batch_size))
+    return per_fwd, max(1, min(n_items, batch_size // per_fwd))
+
+
+def run_arms(chunks, arms: list[Arm], ev: "Evaluator", forward, record, bar, kill_name: str | None = None) -> None:
+    """The multi-arm loop shared by model effects (:func:`evaluate_group`) and task effects
+    (:func:`interventions.tasks.evaluate_task`): for every clean :class:`Chunk`, the arms in slices of
+    ``ev.icfg.batch_size`` (:func:`arm_batching`), each slice's deltas in one ``forward(ch, deltas)`` pass, and
+    ``record(ch, i, arm, delta, out)`` per arm of the slice. ``chunks`` yields the chunks (built lazily, one clean
+    pass each); their delta caches are cleared once all arms have run."""
+    per_fwd, _ = arm_batching(len(arms), 1, ev.icfg.batch_size)
+    for ch in chunks:
+        for a0 in range(0, len(arms), per_fwd):
+            sub = arms[a0:a0 + per_fwd]
+            deltas = [ev.delta(a, ch) for a in sub]
+            out = forward(ch, deltas)
+            for i, (arm, d) in enumerate(zip(sub, deltas)):
+                record(ch, i, arm, d, out)
+            bar.update(1)
+            if kill_name is not None:
+                kill_point(kill_name)
+        ch.cache.clear()
+
+
 @torch.no_grad()
 def evaluate_group(model: LoadedModel, sae, hook: HookSpec, plan: Plan, contexts: list[Context], ev: Evaluator,
                    progress: bool = True, kill_name: str | None = None) -> GroupEval:
@@ -473,48 +501,50 @@ def evaluate_group(model: LoadedModel, sae, hook: HookSpec, plan: Plan, contexts
     n_docs = len(doc_keys)
     arms = plan.arms
     records = {(a.name, a.mode, a.alpha): Records() for a in arms}
-    # many arms per forward: fill the batch with arms first, then with contexts
-    per_fwd = max(1, min(len(arms), icfg.batch_size))
-    cb = max(1, min(len(contexts), icfg.batch_size // per_fwd))
+    per_fwd, cb = arm_batching(len(arms), len(contexts), icfg.batch_size)
     n_fwd = math.ceil(len(contexts) / cb) * math.ceil(len(arms) / per_fwd)
     bar = progress_bar(total=n_fwd, desc=f"interventions {plan.group.group_id}", unit="fwd", progress=progress,
                        mininterval=2.0)
     n_fires = 0
-    for c0 in range(0, len(contexts), cb):
-        ctxs = contexts[c0:c0 + cb]
-        docs = np.array([doc_of[c.doc_index] for c in ctxs])
-        ch = ev.clean_chunk(ctxs, docs, plan.group.members, lengths[c0:c0 + cb])
-        scored = evaluable_positions(ch.content)
-        n_fires += int((scored & ch.group_fires).sum())
-        b_idx, t_idx = scored.nonzero(as_tuple=True)
-        doc_T = docs[b_idx.cpu().numpy()]
-        for a0 in range(0, len(arms), per_fwd):
-            sub = arms[a0:a0 + per_fwd]
-            deltas = [ev.delta(a, ch) for a in sub]
-            fns = [(lambda x, d=d: x + d.to(x.dtype)) for d in deltas]
-            logits, read = multi_arm_logits(model, hook, ch.tokens, fns, icfg.read_layer)
-            dce_A, kl_A = token_effects(ch.clean_lp, logits, ch.tokens)
-            margin_A = margin_drop(ch.clean_pair, logits)
-            ld_A = {n: ch.clean_ld[n] - logit_diff(logits, t, fo) for n, (t, fo) in ev.logit_ids.items()}
-            del logits
-            for i, (arm, d) in enumerate(zip(sub, deltas)):
-                rec = records[(arm.name, arm.mode, arm.alpha)]
-                rec.doc.append(doc_T)
-                rec.target.append(ev.target(arm, ch)[b_idx, t_idx].cpu().numpy())
-                rec.ce.append(dce_A[i][b_idx, t_idx].cpu().numpy())
-                rec.kl.append(kl_A[i][b_idx, t_idx].cpu().numpy())
-                rec.margin.append(margin_A[i][b_idx, t_idx].cpu().numpy())
-                for n, v in ld_A.items():
-                    rec.logit_diffs.setdefault(n, []).append(v[i][b_idx, t_idx].cpu().numpy())
-                rec.norm.append(d.norm(dim=-1)[b_idx, t_idx].cpu().numpy())
-                if read is not None:
-                    change = (read[i] - ch.clean_read).norm(dim=-1) / ch.clean_read.norm(dim=-1).clamp_min(1e-12)
-                    rec.read.append(change[b_idx, t_idx].cpu().numpy())
-            del read
-            bar.update(1)
-            if kill_name is not None:
-                kill_point(kill_name)
-        ch.cache.clear()
+
+    def chunks():
+        nonlocal n_fires
+        for c0 in range(0, len(contexts), cb):
+            ctxs = contexts[c0:c0 + cb]
+            docs = np.array([doc_of[c.doc_index] for c in ctxs])
+            ch = ev.clean_chunk(ctxs, docs, plan.group.members, lengths[c0:c0 + cb])
+            scored = evaluable_positions(ch.content)
+            n_fires += int((scored & ch.group_fires).sum())
+            ch.extra["at"] = scored.nonzero(as_tuple=True)
+            ch.extra["doc_T"] = docs[ch.extra["at"][0].cpu().numpy()]
+            yield ch
+
+    def forward(ch, deltas):
+        fns = [(lambda x, d=d: x + d.to(x.dtype)) for d in deltas]
+        logits, read = multi_arm_logits(model, hook, ch.tokens, fns, icfg.read_layer)
+        dce_A, kl_A = token_effects(ch.clean_lp, logits, ch.tokens)
+        out = {"dce": dce_A, "kl": kl_A, "margin": margin_drop(ch.clean_pair, logits), "read": read,
+               "ld": {n: ch.clean_ld[n] - logit_diff(logits, t, fo) for n, (t, fo) in ev.logit_ids.items()}}
+        del logits
+        return out
+
+    def record(ch, i, arm, d, out):
+        b_idx, t_idx = ch.extra["at"]
+        rec = records[(arm.name, arm.mode, arm.alpha)]
+        rec.doc.append(ch.extra["doc_T"])
+        rec.target.append(ev.target(arm, ch)[b_idx, t_idx].cpu().numpy())
+        rec.ce.append(out["dce"][i][b_idx, t_idx].cpu().numpy())
+        rec.kl.append(out["kl"][i][b_idx, t_idx].cpu().numpy())
+        rec.margin.append(out["margin"][i][b_idx, t_idx].cpu().numpy())
+        for n, v in out["ld"].items():
+            rec.logit_diffs.setdefault(n, []).append(v[i][b_idx, t_idx].cpu().numpy())
+        rec.norm.append(d.norm(dim=-1)[b_idx, t_idx].cpu().numpy())
+        read = out["read"]
+        if read is not None:
+            change = (read[i] - ch.clean_read).norm(dim=-1) / ch.clean_read.norm(dim=-1).clamp_min(1e-12)
+            rec.read.append(change[b_idx, t_idx].cpu().numpy())
+
+    run_arms(chunks(), arms, ev, forward, record, bar, kill_name)
     bar.close()
     sums = {k: r.sums(n_docs) for k, r in records.items()}
     return GroupEval(plan, n_docs, [doc_ids[d] for d in doc_keys], sums, n_fires, len(contexts),

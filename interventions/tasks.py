@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from interventions.arms import Chunk, Evaluator, Plan, documents_first, fires_any
+from interventions.arms import Chunk, Evaluator, Plan, arm_batching, documents_first, fires_any, run_arms
 from interventions.forward import clean_hook_and_read, multi_arm_read
 from interventions.effects import doc_sums
 from probes.documents import iter_probe_documents
@@ -413,62 +413,66 @@ def evaluate_task(model: LoadedModel, hook: HookSpec, plan: Plan, td: TaskData, 
     doc_keys = sorted({td.windows[i].doc_index for i in chosen})
     doc_of = {d: k for k, d in enumerate(doc_keys)}
     doc_ids = {td.windows[i].doc_index: td.windows[i].doc_id for i in chosen}
-    per_fwd = max(1, min(len(arms), ev.icfg.batch_size))
-    cb = max(1, min(len(chosen), ev.icfg.batch_size // per_fwd))
+    per_fwd, cb = arm_batching(len(arms), len(chosen), ev.icfg.batch_size)
     readouts = td.readouts
     rec = {t: {(a.name, a.mode, a.alpha): {"doc": [], "target": [], "eff": [], "norm": []} for a in arms} for t in readouts}
     gi = torch.as_tensor(plan.group.members)
     n_tok = n_fires = 0
     bar = progress_bar(total=math.ceil(len(chosen) / cb) * math.ceil(len(arms) / per_fwd),
                        desc=f"task {td.family} {plan.group.group_id}", unit="fwd", progress=progress, mininterval=2.0)
-    for ws, tokens, mask in _batches(td.windows, chosen, cb, pad):
-        content = mask.to(model.device)
-        x, read = clean_hook_and_read(model, hook, tokens, read_layer)
-        x = x.float()
-        f = ev.sae.encode(x)
-        gf = fires_any(f[..., gi.to(f.device)], ev.thr[gi.to(ev.thr.device)]) & content
-        docs = np.array([doc_of[w.doc_index] for w in ws])
-        ch = Chunk(tokens, x, f, content, gf, None, read, docs, doc_index=[w.doc_index for w in ws],
-                   row_keys=[("window", td.family, int(w.rows[0])) for w in ws])
-        # task tokens of each target in this chunk: (batch row, position, example row) and the clean loss
-        at = {}
-        for t, ro in readouts.items():
-            keep = set(ro.rows.tolist())
-            b_, p_, r_ = [], [], []
-            for b, w in enumerate(ws):
-                for p, r in zip(w.pos.tolist(), w.rows.tolist()):
-                    if r in keep:
-                        b_.append(b), p_.append(p), r_.append(r)
-            if not b_:
-                continue
-            b_, p_, r_ = (torch.as_tensor(v) for v in (b_, p_, r_))
-            at[t] = (b_, p_, r_.numpy(), ro.loss(read[b_, p_].cpu().numpy(), r_.numpy()))
-        rows_here = {r for w in ws for r in w.rows.tolist()}
-        n_tok += len(rows_here)
-        n_fires += len({int(r) for w_i, w in enumerate(ws) for p, r in zip(w.pos.tolist(), w.rows.tolist())
-                        if bool(gf[w_i, p])})
-        for a0 in range(0, len(arms), per_fwd):
-            sub = arms[a0:a0 + per_fwd]
-            deltas = [ev.delta(a, ch) for a in sub]
-            live = [i for i, d in enumerate(deltas) if bool(d.any())]
-            edited = {}
-            if live:
-                R = multi_arm_read(model, hook, ch.tokens, [(lambda x, d=deltas[i]: x + d.to(x.dtype)) for i in live], read_layer)
-                edited = {i: R[j] for j, i in enumerate(live)}
-            for i, (arm, d) in enumerate(zip(sub, deltas)):
-                tgt = ev.target(arm, ch)
-                norm = d.norm(dim=-1)
-                for t, (b_, p_, r_, clean) in at.items():
-                    r = rec[t][(arm.name, arm.mode, arm.alpha)]
-                    r["doc"].append(docs[b_.numpy()])
-                    r["target"].append(tgt[b_, p_].cpu().numpy())
-                    r["norm"].append(norm[b_, p_].cpu().numpy())
-                    if i in edited:
-                        r["eff"].append(readouts[t].loss(edited[i][b_, p_].cpu().numpy(), r_) - clean)
-                    else:
-                        r["eff"].append(np.zeros(len(r_)))
-            bar.update(1)
-        ch.cache.clear()
+
+    def chunks():
+        nonlocal n_tok, n_fires
+        for ws, tokens, mask in _batches(td.windows, chosen, cb, pad):
+            content = mask.to(model.device)
+            x, read = clean_hook_and_read(model, hook, tokens, read_layer)
+            x = x.float()
+            f = ev.sae.encode(x)
+            gf = fires_any(f[..., gi.to(f.device)], ev.thr[gi.to(ev.thr.device)]) & content
+            docs = np.array([doc_of[w.doc_index] for w in ws])
+            ch = Chunk(tokens, x, f, content, gf, None, read, docs, doc_index=[w.doc_index for w in ws],
+                       row_keys=[("window", td.family, int(w.rows[0])) for w in ws])
+            # task tokens of each target in this chunk: (batch row, position, example row) and the clean loss
+            at = {}
+            for t, ro in readouts.items():
+                keep = set(ro.rows.tolist())
+                b_, p_, r_ = [], [], []
+                for b, w in enumerate(ws):
+                    for p, r in zip(w.pos.tolist(), w.rows.tolist()):
+                        if r in keep:
+                            b_.append(b), p_.append(p), r_.append(r)
+                if not b_:
+                    continue
+                b_, p_, r_ = (torch.as_tensor(v) for v in (b_, p_, r_))
+                at[t] = (b_, p_, r_.numpy(), ro.loss(read[b_, p_].cpu().numpy(), r_.numpy()))
+            ch.extra["at"] = at
+            rows_here = {r for w in ws for r in w.rows.tolist()}
+            n_tok += len(rows_here)
+            n_fires += len({int(r) for w_i, w in enumerate(ws) for p, r in zip(w.pos.tolist(), w.rows.tolist())
+                            if bool(gf[w_i, p])})
+            yield ch
+
+    def forward(ch, deltas):
+        live = [i for i, d in enumerate(deltas) if bool(d.any())]  # an arm that changes nothing reads the clean stream
+        if not live:
+            return {}
+        R = multi_arm_read(model, hook, ch.tokens, [(lambda x, d=deltas[i]: x + d.to(x.dtype)) for i in live], read_layer)
+        return {i: R[j] for j, i in enumerate(live)}
+
+    def record(ch, i, arm, d, edited):
+        tgt = ev.target(arm, ch)
+        norm = d.norm(dim=-1)
+        for t, (b_, p_, r_, clean) in ch.extra["at"].items():
+            r = rec[t][(arm.name, arm.mode, arm.alpha)]
+            r["doc"].append(ch.docs[b_.numpy()])
+            r["target"].append(tgt[b_, p_].cpu().numpy())
+            r["norm"].append(norm[b_, p_].cpu().numpy())
+            if i in edited:
+                r["eff"].append(readouts[t].loss(edited[i][b_, p_].cpu().numpy(), r_) - clean)
+            else:
+                r["eff"].append(np.zeros(len(r_)))
+
+    run_arms(chunks(), arms, ev, forward, record, bar)
     bar.close()
     n_docs = len(doc_keys)
     cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)  # noqa: E731
