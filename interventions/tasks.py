@@ -40,6 +40,7 @@ import torch
 from interventions.arms import Chunk, Evaluator, Plan, arm_batching, documents_first, fires_any, run_arms
 from interventions.forward import clean_hook_and_read, multi_arm_read
 from interventions.effects import doc_sums
+from probes.dataset import window_tokens
 from probes.documents import iter_probe_documents
 from probes.tasks import TASKS
 from sources.config import DataSpec, HookSpec
@@ -106,38 +107,47 @@ class TaskData:
         return self.examples["doc_index"].to_numpy()
 
 
-def windows_from_examples(examples: pd.DataFrame, doc_tokens: dict[int, np.ndarray], tokenizer) -> list[TaskWindow]:
-    """Probe windows as the probes stage built them: BOS + document tokens ``window_start .. last task token``."""
-    bos, _, masked = special_ids(tokenizer)
+def _task_windows(examples: pd.DataFrame, window_of) -> list[TaskWindow]:
+    """One :class:`TaskWindow` per (document, window start) of ``examples``; ``window_of(doc_index, start, rows)``
+    gives its tokens and content mask."""
     out = []
     for (di, start), sub in examples.groupby(["doc_index", "window_start"], sort=True):
-        ids = doc_tokens[int(di)]
-        end = int(sub["token_index"].max())
-        if end >= len(ids):
-            raise ConfigError("interventions.tasks", f"probe example at token {end} of document {di} lies beyond its "
-                                                     f"{len(ids)} tokens; OUT/probes/examples.csv was made with another "
-                                                     "tokenizer or corpus: rerun the probes stage")
-        body = ids[int(start):end + 1]
-        tokens = np.concatenate([[bos], body]).astype(np.int64)
-        mask = np.concatenate([[False], ~np.isin(body, list(masked))])
+        tokens, mask = window_of(int(di), int(start), sub)
         out.append(TaskWindow(int(di), str(sub["doc_id"].iloc[0]), tokens, mask,
                               (sub["token_index"].to_numpy(np.int64) - int(start) + 1), sub.index.to_numpy(np.int64)))
     return out
 
 
+def windows_from_examples(examples: pd.DataFrame, doc_tokens: dict[int, np.ndarray], tokenizer) -> list[TaskWindow]:
+    """Probe windows rebuilt as the probes stage built them (``probes.dataset.window_tokens``): BOS + document tokens
+    ``window_start .. last task token``."""
+    bos, _, masked = special_ids(tokenizer)
+
+    def rebuild(di, start, sub):
+        ids = doc_tokens[di]
+        end = int(sub["token_index"].max())
+        if end >= len(ids):
+            raise ConfigError("interventions.tasks", f"probe example at token {end} of document {di} lies beyond its "
+                                                     f"{len(ids)} tokens; OUT/probes/examples.csv was made with another "
+                                                     "tokenizer or corpus: rerun the probes stage")
+        return window_tokens(ids, start, end, bos, masked)
+
+    return _task_windows(examples, rebuild)
+
+
 def saved_windows(examples: pd.DataFrame, family: str, windows: dict, source: str) -> list[TaskWindow]:
     """The probes stage's own windows of ``family`` (``probes.dataset.load_windows``) for the examples' rows."""
-    out = []
-    for (di, start), sub in examples.groupby(["doc_index", "window_start"], sort=True):
-        key = (family, int(di), int(start))
+
+    def saved(di, start, sub):
+        key = (family, di, start)
         if key not in windows:
             raise ConfigError("interventions.tasks", f"{source} names a {family} window (document {di}, start {start}) that "
                                                      "the probes stage's windows.npz lacks; the files come from different "
                                                      "runs: rerun the probes stage")
         tokens, mask = windows[key]
-        out.append(TaskWindow(int(di), str(sub["doc_id"].iloc[0]), tokens.astype(np.int64), mask.astype(bool),
-                              (sub["token_index"].to_numpy(np.int64) - int(start) + 1), sub.index.to_numpy(np.int64)))
-    return out
+        return tokens.astype(np.int64), mask.astype(bool)
+
+    return _task_windows(examples, saved)
 
 
 def task_targets(family: str, examples: pd.DataFrame, probes_cfg=None, seed: int = 0) -> list[TaskTarget]:

@@ -114,6 +114,13 @@ class _Window:
     ignore_pos: set[int]
 
 
+def window_tokens(ids: np.ndarray, start: int, end: int, bos: int, masked: set[int]) -> tuple[np.ndarray, np.ndarray]:
+    """A probe window's tokens (BOS + document tokens ``start..end``, int64) and content mask (False on BOS and on
+    special tokens); the one construction of a window, for the probes stage and the interventions' rebuild."""
+    body = ids[start:end + 1]
+    return np.concatenate([[bos], body]).astype(np.int64), np.concatenate([[False], ~np.isin(body, list(masked))])
+
+
 def build_windows(docs: list[Doc], tokenizer, prefix: int, context_len: int) -> list[_Window]:
     bos, _, masked = special_ids(tokenizer)
     out = []
@@ -122,9 +129,7 @@ def build_windows(docs: list[Doc], tokenizer, prefix: int, context_len: int) -> 
         for r_i, r in enumerate(doc.rows):
             row_of.setdefault(r["token_index"], []).append(r_i)
         for start, end, covered in plan_windows(row_of, prefix, context_len):
-            body = doc.ids[start:end + 1]
-            tokens = np.concatenate([[bos], body]).astype(np.int64)
-            mask = np.concatenate([[False], ~np.isin(body, list(masked))])
+            tokens, mask = window_tokens(doc.ids, start, end, bos, masked)
             task_pos = {}
             for p in covered:
                 for r_i in row_of[p]:
