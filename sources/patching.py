@@ -103,24 +103,28 @@ def read_sites(model: LoadedModel, tokens_BL: torch.Tensor, reads: Sequence[Hook
     site instead).
     """
     keyed: dict[tuple[int, int], dict] = {}
-    for i, (h, fn) in enumerate(edits):
-        keyed.setdefault(_forward_key(model, h), {"where": model.site(h.layer, h.site), "fns": [], "read": False})["fns"].append(fn)
+
+    def entry(h: HookSpec) -> dict:
+        return keyed.setdefault(_forward_key(model, h), {"where": model.site(h.layer, h.site), "fns": [], "read": False})
+
+    for h, fn in edits:
+        entry(h)["fns"].append(fn)
     for h in reads:
-        entry = keyed.setdefault(_forward_key(model, h), {"where": model.site(h.layer, h.site), "fns": [], "read": False})
-        if entry["fns"]:
-            raise ValueError(f"{entry['where'].hook_name} is both edited and read in one pass; read a later site")
-        entry["read"] = True
+        e = entry(h)
+        if e["fns"]:
+            raise ValueError(f"{e['where'].hook_name} is both edited and read in one pass; read a later site")
+        e["read"] = True
     if not logits and not keyed:
         raise ValueError("read_sites: nothing to read and no logits asked for")
     saved: dict[tuple[int, int], object] = {}
     with model.lm.trace(tokens_BL.to(model.device)) as tracer:
         for key in sorted(keyed):
-            entry = keyed[key]
-            if entry["fns"]:
-                replace_site(model, entry["where"], _chain(entry["fns"]))
-            if entry["read"]:
-                envoy = model.envoy(entry["where"].module)
-                saved[key] = (envoy.input if entry["where"].io == "input" else envoy.output).save()
+            e = keyed[key]
+            if e["fns"]:
+                replace_site(model, e["where"], _chain(e["fns"]))
+            if e["read"]:
+                envoy = model.envoy(e["where"].module)
+                saved[key] = (envoy.input if e["where"].io == "input" else envoy.output).save()
         if logits:
             out = model.lm.output.save()
         else:
