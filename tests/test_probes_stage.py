@@ -219,3 +219,26 @@ def test_the_saved_windows_are_the_windows_the_corpus_rebuild_gives(setup):
             assert (wa.doc_index, wa.doc_id) == (wb.doc_index, wb.doc_id)
             for x, y in ((wa.tokens_L, wb.tokens_L), (wa.mask_L, wb.mask_L), (wa.pos, wb.pos), (wa.rows, wb.rows)):
                 np.testing.assert_array_equal(x, y)
+
+
+def test_a_damaged_or_foreign_windows_file_is_a_clear_error(setup, tmp_path):
+    from interventions.tasks import saved_windows
+    from probes.dataset import load_windows
+
+    _, _, out = setup
+    bad = tmp_path / "windows.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ConfigError, match=r"is not a probe-windows file .*rerun the probes stage"):
+        load_windows(bad)
+    ex = pd.read_csv(out / "probes" / "examples.csv", dtype={"doc_id": str}, low_memory=False)
+    url = ex[ex["task"] == "url_position"].reset_index(drop=True)
+    with pytest.raises(ConfigError, match=r"names a url_position window \(document \d+, start \d+\) that the probes "
+                                          r"stage's windows.npz lacks"):
+        saved_windows(url, "url_position", {}, "examples.csv")
+
+
+def test_open_session_refuses_a_spec_of_the_wrong_type():
+    from sources.session import open_session
+
+    with pytest.raises(ConfigError, match="give a ModelSpec or a dict of its fields, got str"):
+        open_session(model="smollm2-135m")
