@@ -134,7 +134,7 @@ def pruning(prune_below: int, prune_every: int, seed: int = 0) -> dict:
         res[pb] = run_cooc(iter_chunks(data.acts_TF, BATCH), 6000, cfg, None, progress=False, seed=seed)
     exact, lossy = res[0], res[prune_below]
     key = lambda df: set(zip(df.i.tolist(), df.j.tolist()))  # noqa: E731
-    e_pairs, l_pairs = exact.counter.n_pairs_, lossy.counter.n_pairs_
+    e_pairs, l_pairs = exact.manifest["n_pairs_stored"], lossy.manifest["n_pairs_stored"]
     ex = exact.pairs.set_index(["i", "j"])["count"]
     lo = lossy.pairs.set_index(["i", "j"])["count"].reindex(ex.index, fill_value=0)
     big = ex >= 5

@@ -1,44 +1,23 @@
-"""``run_cooc``: count, score, group and write — the call shared by experiments.cooc and the pipeline."""
+"""``run_cooc``: count, score and group into a :class:`cooc.result.CoocResult` — the call shared by
+experiments.cooc and the notebook API (the experiments layer saves the result into the run folder)."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 
 from cooc.config import CoocConfig
-from cooc.counting import CooccurrenceCounter, check_csr
-from cooc.groups import Group, GroupFinder, groups_frame
-from cooc.outputs import write_outputs
+from cooc.counting import CooccurrenceCounter, check_csr, symmetric
+from cooc.groups import GroupFinder, groups_frame
+from cooc.result import CoocResult
 from cooc.scoring import score_pairs
 from sources.errors import ConfigError
 from sources.files import git_commit, package_versions
 from sources.progress import progress_bar
-
-
-@dataclass
-class CoocResult:
-    """What one co-occurrence run produced (the same content as the files under OUT/cooc/)."""
-
-    n_tokens: int
-    d_sae: int
-    occ_F: np.ndarray = field(repr=False)
-    pairs: pd.DataFrame = field(repr=False)
-    """Scored tested pairs with an ``edge`` column (whatever cooc.write_pairs says; with method
-    significant only pairs with count >= min_count, the only ones that can be edges)."""
-    groups: list[Group] = field(repr=False)
-    groups_table: pd.DataFrame = field(repr=False)
-    counter: CooccurrenceCounter = field(repr=False)
-    cut: float | None
-    """Jaccard threshold chosen by method: size_target (None for significant)."""
-    wall_s: float
-    files: dict[str, str]
-    manifest: dict = field(repr=False)
 
 
 def _as_csr(batch: Any) -> sp.csr_matrix:
@@ -99,7 +78,7 @@ def analyse(counter: CooccurrenceCounter, cfg: CoocConfig, out_dir: str | Path |
             extra: dict | None = None, start: float | None = None) -> CoocResult:
     """Score, group and write the counts of a filled counter (the second half of :func:`run_cooc`;
     a distributed run calls it on rank 0 with the reduced counter). ``start``: time.time() at which
-    counting began, for the manifest's wall time.
+    counting began, for the manifest's wall time. ``result.pairs`` holds the pairs cfg.write_pairs keeps.
 
     With ``method: significant`` only pairs with count >= cfg.min_count are scored and written (the
     others cannot be edges; they count as p = 1 in BH, see cooc.scoring), which bounds memory.
@@ -140,9 +119,10 @@ def analyse(counter: CooccurrenceCounter, cfg: CoocConfig, out_dir: str | Path |
         "git_commit": git_commit(),
         **(extra or {}),
     }
-    files: dict[str, str] = {}
+    pairs = counter.upper_pairs()
+    counts_FF = symmetric(pairs.i, pairs.j, pairs.count.astype(np.int64), counter.occ_F, counter.d_sae)
+    kept = {"tested": scored, "edges": scored[scored["edge"]], "none": None}[cfg.write_pairs]
+    result = CoocResult(np.asarray(counter.occ_F).astype(np.int64), table, manifest, kept, counts_FF)
     if out_dir is not None:
-        to_write = {"tested": scored, "edges": scored[scored["edge"]], "none": None}[cfg.write_pairs]
-        files = write_outputs(out_dir, counter.occ_F, counter.upper_pairs(), to_write, table, manifest)
-    return CoocResult(int(counter.n_tokens_), int(counter.d_sae), counter.occ_F, scored, finder.groups_, table,
-                      counter, finder.cut_, wall, files, manifest)
+        result.save(out_dir)
+    return result

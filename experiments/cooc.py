@@ -2,8 +2,9 @@
 
 Counts which SAE latents fire together (over the activation stream, or a precomputed CSR file with
 ``activations: {source: file, path: acts.npz}``), tests every pair against chance with FDR control,
-finds latent groups and labels their structure. Writes ``OUT/cooc/`` (occurrences.npy, counts.npz,
-jaccard.npz, pairs.parquet, groups.csv, manifest.json). See docs/cooc.md.
+finds latent groups and labels their structure (cooc.run_cooc), and saves the :class:`cooc.result.CoocResult`
+as ``OUT/cooc/`` (occurrences.npy, counts.npz, jaccard.npz, pairs.parquet, groups.csv, manifest.json). This
+module keeps only the run bookkeeping: the stage key, reuse and the atomic stage folder. See docs/cooc.md.
 
 Scale-out: ``torchrun --nproc-per-node N -m experiments.cooc CONFIG.yaml`` (or several nodes) splits the
 input into disjoint shards, one per rank, and adds the partial counts on rank 0, which alone scores,
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from experiments.cli import build_config, entry_point, parser
 from experiments.config import ExperimentConfig
+from cooc.result import FORMAT_VERSION
 from experiments.run import Run
 from sources.corpora import check_corpus, data_fingerprint
 from sources.files import stable_hash
@@ -70,12 +72,14 @@ def inputs_fingerprint(cfg: ExperimentConfig) -> dict:
 
 def stage_key(cfg: ExperimentConfig, run: Run) -> str:
     """Hash of what the stage's result depends on: config sections and the content of its inputs (the
-    activation file; or the model weights, SAE files and corpus files, see inputs_fingerprint)."""
+    activation file; or the model weights, SAE files and corpus files, see inputs_fingerprint) and the format
+    version of its files (a folder of another version is recomputed, not reused)."""
     if cfg.activations.source == "file":
         path = Path(cfg.activations.path)
         fingerprint = [str(path.resolve()), file_digest(path)] if path.is_file() else None
-        return stable_hash({"sections": run.stage_key(*FILE_SECTIONS), "file": fingerprint})
-    return stable_hash({"sections": run.stage_key(*STREAM_SECTIONS), "inputs": inputs_fingerprint(cfg)})
+        return stable_hash({"sections": run.stage_key(*FILE_SECTIONS), "file": fingerprint, "format": FORMAT_VERSION})
+    return stable_hash({"sections": run.stage_key(*STREAM_SECTIONS), "inputs": inputs_fingerprint(cfg),
+                        "format": FORMAT_VERSION})
 
 
 def cooc_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, force: bool = False) -> Path:
@@ -88,8 +92,9 @@ def cooc_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, force: bo
         return run.out / STAGE
     batches, d_sae, theta_F, info = _input(cfg, progress)
     with run.stage(STAGE, key) as folder:
-        result = run_cooc(batches, d_sae, cfg.cooc, folder, progress=progress, seed=cfg.seed, theta_F=theta_F,
+        result = run_cooc(batches, d_sae, cfg.cooc, None, progress=progress, seed=cfg.seed, theta_F=theta_F,
                           extra={"input": info, "cache_key": key})
+        result.save(folder)
     folder = run.out / STAGE  # where the finished stage now lies
     log.info("cooc: %d tokens, %d tested latents, %d edges, %d groups (%s) -> %s", result.n_tokens,
              result.manifest["n_tested_latents"], result.manifest["n_edges"], len(result.groups), cfg.cooc.method,
@@ -138,8 +143,9 @@ def cooc_stage_distributed(cfg: ExperimentConfig, out: Path, d, fresh: bool = Fa
         return None
     info = {**info, "world_size": d.world_size, "backend": d.backend}
     with run.stage(STAGE, key) as folder:
-        result = analyse(counter, cfg.cooc, folder, seed=cfg.seed, extra={"input": info, "cache_key": key},
+        result = analyse(counter, cfg.cooc, None, seed=cfg.seed, extra={"input": info, "cache_key": key},
                          start=start)
+        result.save(folder)
     folder = out / STAGE
     log.info("cooc: %d tokens on %d ranks, %d tested latents, %d edges, %d groups (%s) -> %s", result.n_tokens,
              d.world_size, result.manifest["n_tested_latents"], result.manifest["n_edges"], len(result.groups),

@@ -1,9 +1,11 @@
 """Intervene on latent groups: ``python -m experiments.interventions [CONFIG.yaml] [--set k=v ...] [--out DIR] [--fresh]``.
 
-Needs the co-occurrence stage's outputs in the same output folder (``OUT/cooc/groups.csv``); uses the probes
-stage's task examples (``OUT/probes/examples.csv``) for the task effects when it has run; writes
-``OUT/interventions/`` (effects.csv, effect_verdicts.csv, arms.csv, verdicts.csv, summary.json, steering.png)
-and ``OUT/verdicts.csv``. See docs/interventions.md.
+Needs the co-occurrence stage's result in the same output folder (``OUT/cooc``, a :class:`cooc.result.CoocResult`);
+uses the probes stage's task examples and windows (``OUT/probes``, a :class:`probes.result.ProbesResult`) for the task
+effects when it has run; runs interventions.pipeline.run_interventions and saves its
+:class:`interventions.result.InterventionsResult` as ``OUT/interventions/`` (effects.csv, effect_verdicts.csv, arms.csv,
+verdicts.csv, summary.json, steering.png), with a copy of the verdicts at ``OUT/verdicts.csv``. This module keeps
+only the run bookkeeping (stage key, reuse, checkpoints, the atomic stage folder). See docs/interventions.md.
 """
 
 from __future__ import annotations
@@ -13,15 +15,13 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
 from experiments.cli import build_config, entry_point, parser
 from experiments.config import ExperimentConfig
 from experiments.preflight import check_inputs
 from experiments.run import PARTIAL, RECOMPUTE, Run, read_manifest
 from sources.errors import ConfigError
-from sources.files import atomic_path, read_csv, stable_hash, write_json
+from interventions.result import FORMAT_VERSION
+from sources.files import stable_hash
 
 log = logging.getLogger("experiments.interventions")
 
@@ -46,7 +46,9 @@ def interventions_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, 
     if not icfg.enabled:
         log.info("interventions: disabled (interventions.enabled: false)")
         return None
-    from interventions.pipeline import read_groups, select_groups
+    from cooc.result import CoocResult
+    from interventions.pipeline import select_groups
+    from probes.result import ProbesResult
 
     cooc_dir = run.out / "cooc"
     cooc_key = run.manifest["stages"].get("cooc", {}).get("key")
@@ -56,55 +58,55 @@ def interventions_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, 
         raise ConfigError("cooc", f"the co-occurrence stage in {run.out} was computed from other inputs than this "
                           f"config's (settings, or the content of its model, SAE or corpus files); {COOC_HINT}")
     run.require_intact("cooc", RECOMPUTE)
-    groups_df = read_groups(cooc_dir / "groups.csv")
-    if groups_df.empty:  # e.g. a corpus too short for any latent to fire cooc.min_occurrences times
-        raise ConfigError("interventions", f"the co-occurrence stage found no groups ({cooc_dir / 'groups.csv'} is empty), "
+    cooc = CoocResult.load(cooc_dir)
+    if cooc.groups_table.empty:  # e.g. a corpus too short for any latent to fire cooc.min_occurrences times
+        raise ConfigError("interventions", f"the co-occurrence stage found no groups ({cooc.groups_csv} is empty), "
                           "so there is nothing to intervene on; stream more tokens (data.max_tokens, a longer corpus), "
                           "lower cooc.min_occurrences / cooc.min_count, or set interventions.enabled: false")
     probes_rec = run.manifest["stages"].get("probes", {})
+    probes = None
     if probes_rec.get("complete"):
         run.require_intact("probes", RECOMPUTE)  # its task examples and group enrichment are read below
-    examples_csv = run.out / "probes" / "examples.csv"
+        probes = ProbesResult.load(run.out / "probes")
     use_tasks = icfg.tasks.enabled and icfg.read_layer is not None
-    have_examples = bool(probes_rec.get("complete")) and examples_csv.exists()
+    have_examples = probes is not None and not probes.examples.empty
     if use_tasks and icfg.tasks.tasks is not None and not have_examples:
         raise ConfigError("interventions.tasks.tasks", f"task effects for {', '.join(icfg.tasks.tasks)} need the probes stage's "
-                                                       f"{examples_csv}; run python -m experiments.probe (or "
-                                                       "python -m experiments.steer) with the same --out first, or set "
+                                                       f"examples in {run.out / 'probes'}; run python -m experiments.probe "
+                                                       "(or python -m experiments.steer) with the same --out first, or set "
                                                        "interventions.tasks.tasks: null")
-    probe_groups = _probe_groups(run.out) if icfg.groups == "auto" and icfg.probe_groups and probes_rec.get("complete") else None
+    probe_groups = probes.selected_groups() if icfg.groups == "auto" and icfg.probe_groups and probes is not None else None
     probes_key = probes_rec.get("key") if (use_tasks and have_examples) or probe_groups is not None else None
-    key = stable_hash({"sections": run.stage_key(*SECTIONS), "cooc": cooc_key, "probes": probes_key})
+    key = stable_hash({"sections": run.stage_key(*SECTIONS), "cooc": cooc_key, "probes": probes_key,
+                       "format": FORMAT_VERSION})
     folder = run.out / STAGE
     if not force and run.is_done(STAGE, key):
         log.info("interventions: up to date in %s (use --fresh to recompute)", folder)
         return folder
-    select_groups(groups_df, icfg, source=str(cooc_dir / "groups.csv"), probe_groups=probe_groups)  # bad ids fail early
+    select_groups(cooc, icfg, probe_groups=probe_groups)  # bad ids fail early
 
     from interventions.pipeline import run_interventions
 
     session = cfg.session(progress)
     d_sae = session.d_sae
-    groups = select_groups(groups_df, icfg, d_sae=d_sae, source=str(cooc_dir / "groups.csv"), probe_groups=probe_groups)
-    occ = _occurrences(cooc_dir, d_sae)
+    groups = select_groups(cooc, icfg, d_sae=d_sae, probe_groups=probe_groups)
+    if cooc.d_sae != d_sae:
+        raise ConfigError("interventions", f"{cooc_dir / 'occurrences.npy'} has {cooc.d_sae} latents but the SAE has "
+                                           f"{d_sae}; {COOC_HINT}")
     task_data = None
     if use_tasks and have_examples:
         from interventions.tasks import load_task_data
-        from probes.dataset import WINDOWS_FILE, load_windows
 
-        examples = read_csv(examples_csv, "probes", RECOMPUTE, dtype={"doc_id": str}, low_memory=False)
-        windows_npz = run.out / "probes" / WINDOWS_FILE
-        windows = load_windows(windows_npz) if windows_npz.exists() else None  # None: a probes stage from before
-        task_data = load_task_data(examples, cfg.data, session.model.tokenizer, cfg.probes, cfg.seed, icfg.tasks.tasks,
-                                   source=str(examples_csv), windows=windows)
+        task_data = load_task_data(probes.examples, cfg.data, session.model.tokenizer, cfg.probes, cfg.seed, icfg.tasks.tasks,
+                                   source=f"the probes stage's examples in {probes.folder}", windows=probes.window_lookup())
     elif use_tasks:
         log.info("interventions: no task effects (the probes stage has not run in %s)", run.out)
     with run.stage(STAGE, key, copies=("verdicts.csv",)) as folder:  # OUT/verdicts.csv, recorded with the stage
         checkpoints = _checkpoint_folder(folder, key, fresh=force)
         result = run_interventions(session.model, session.sae, cfg.hook, cfg.data, cfg.stream, groups, icfg,
-                                   session.view(cfg.cooc.threshold, cfg.cooc.use_sae_threshold).threshold_F, occ_F=occ, seed=cfg.seed, progress=progress,
-                                   task_data=task_data, checkpoints=checkpoints)
-        write_outputs(folder, result, icfg)
+                                   session.view(cfg.cooc.threshold, cfg.cooc.use_sae_threshold).threshold_F, occ_F=cooc.occ_F,
+                                   seed=cfg.seed, progress=progress, task_data=task_data, checkpoints=checkpoints)
+        result.save(folder)
     return run.out / STAGE
 
 
@@ -125,65 +127,6 @@ def _checkpoint_folder(folder: Path, key: str, fresh: bool = False) -> Path:
     if have:
         log.info("interventions: resuming from %d group checkpoint(s) in %s", len(have), partial / key)
     return partial / key
-
-
-def _probe_groups(out: Path) -> "pd.DataFrame | None":
-    """The probes stage's group enrichment table (OUT/probes/groups.csv), or None when it is missing or unusable."""
-    path = out / "probes" / "groups.csv"
-    if not path.exists():
-        return None
-    df = read_csv(path, "probes", RECOMPUTE, dtype={"group_id": str})
-    return df if {"task", "group_id", "enrichment", "selected"} <= set(df.columns) else None
-
-
-def _occurrences(cooc_dir: Path, d_sae: int) -> np.ndarray | None:
-    path = cooc_dir / "occurrences.npy"
-    if not path.exists():
-        return None
-    occ = np.load(path)
-    if occ.shape != (d_sae,):
-        raise ConfigError("interventions", f"{path} has {occ.shape[0]} latents but the SAE has {d_sae}; {COOC_HINT}")
-    return occ
-
-
-def write_outputs(folder: Path, result, icfg) -> None:
-    """Write the stage's files (each atomically); the stage copies ``verdicts.csv`` to the run folder."""
-    folder = Path(folder)
-    with atomic_path(folder / "effects.csv") as tmp:
-        result.effects.to_csv(tmp, index=False)
-    with atomic_path(folder / "arms.csv") as tmp:
-        result.arms.to_csv(tmp, index=False)
-    if result.effect_verdicts is not None:
-        with atomic_path(folder / "effect_verdicts.csv") as tmp:
-            result.effect_verdicts.to_csv(tmp, index=False)
-    summary = {
-        "n_groups": int(len(result.verdicts)),
-        "primary": {"mode": icfg.modes[0], "effect": icfg.primary_effect, "scope": "fires"},
-        "alpha": icfg.alpha,
-        "n_boot": icfg.n_boot,
-        "read_layer": getattr(result, "read_layer", None),
-        "tasks": {td.family: {"n_examples": int(len(td.examples)), "n_windows": len(td.windows),
-                              "n_documents": int(td.examples["doc_index"].nunique()) if len(td.examples) else 0,
-                              "readouts": td.quality}
-                  for td in getattr(result, "tasks", [])},
-        "groups": [{"group_id": e.plan.group.group_id, "n_docs": e.n_docs, "n_contexts": e.n_contexts,
-                    "n_tokens_fires": e.n_tokens_fires, "n_arms": len(e.plan.arms),
-                    "group_norm": e.plan.group_norm, "tested_members": list(e.plan.tested_members),
-                    "random_groups": [list(r) for r in e.plan.random_groups], "control_frequency_bins": e.plan.control_bins, "doc_ids": e.doc_ids,
-                    "context_ids": e.context_ids, "context_lengths": e.context_lengths,
-                    "tasks": [{"family": t.family, "n_docs": t.n_docs, "n_windows": t.n_windows, "n_task_tokens": t.n_tokens,
-                               "n_task_tokens_fires": t.n_tokens_fires, "doc_ids": t.doc_ids, "best_single": t.best_single}
-                              for t in e.tasks]}
-                   for e in result.evals],
-    }
-    write_json(folder / "summary.json", summary)
-    if (result.effects["mode"] == "steer").any():
-        from interventions.markdown import plot_dose_response
-
-        with atomic_path(folder / "steering.png") as tmp:
-            plot_dose_response(result.effects, tmp)
-    with atomic_path(folder / "verdicts.csv") as tmp:
-        result.verdicts.to_csv(tmp, index=False)
 
 
 def parse_args(argv: list[str] | None = None):
@@ -211,9 +154,10 @@ def main(argv: list[str] | None = None) -> None:
     folder = interventions_stage(cfg, run, progress=not args.quiet, force=args.fresh)
     if folder is not None:
         from interventions.markdown import render_report
+        from interventions.result import InterventionsResult
 
-        sys.stdout.write(render_report(out))
-        log.info("done: %s", folder / "effects.csv")
+        sys.stdout.write(render_report(InterventionsResult.load(folder)))
+        log.info("done: %s", folder)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from experiments.run import Run
 from sources.corpora import check_corpus
 from sources.config import require_known_groups
 from sources.errors import ConfigError
-from sources.files import read_csv
 
 
 def check_inputs(cfg, run: Run | None = None, progress: bool = True) -> None:
@@ -60,8 +59,9 @@ def check_group_ids(cfg, run: Run) -> None:
     explicit = {k: v for k, v in explicit.items() if isinstance(v, list)}
     if not explicit or not run.is_done("cooc", cooc_stage_key(cfg, run)):
         return
-    groups_csv = run.out / "cooc" / "groups.csv"
-    df = read_csv(groups_csv, "cooc", "rerun with --fresh", dtype={"group_id": str}, usecols=["group_id"])
-    known = list(dict.fromkeys(df["group_id"].dropna().astype(str)))
+    from cooc.result import CoocResult
+
+    cooc = CoocResult.load(run.out / "cooc")
+    known = list(cooc.members())
     for field, ids in explicit.items():
-        require_known_groups(field, ids, known, groups_csv)
+        require_known_groups(field, ids, known, cooc.groups_csv)

@@ -1,7 +1,9 @@
 """Probe latent groups: ``python -m experiments.probe [CONFIG.yaml] [--set k=v ...] [--out DIR] [--fresh]``.
 
-Needs the co-occurrence stage's outputs in the same output folder (``OUT/cooc``); writes ``OUT/probes``
-(results.csv, groups.csv, examples.csv, summary.json, figures/). See docs/probes.md.
+Needs the co-occurrence stage's outputs in the same output folder (``OUT/cooc``, read as a
+:class:`cooc.result.CoocResult`); runs probes.stage.run_probes and saves its :class:`probes.result.ProbesResult`
+as ``OUT/probes`` (results.csv, groups.csv, examples.csv, windows.npz, summary.json, figures/). This module keeps
+only the run bookkeeping. See docs/probes.md.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from experiments.cli import build_config, entry_point, parser
 from experiments.config import ExperimentConfig
 from experiments.preflight import check_inputs
 from experiments.run import Run
-from probes.inputs import COOC_HINT
+from cooc.result import HINT as COOC_HINT
+from probes.result import FORMAT_VERSION
 from sources.errors import ConfigError
 from sources.files import stable_hash
 
@@ -42,14 +45,16 @@ def probe_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, force: b
                           f"(model, hook, sae, data, activations, cooc or seed differ), so its groups do not belong to it; "
                           f"{COOC_HINT}, or use the run's own config")
     run.require_intact("cooc", COOC_HINT)
-    key = stable_hash({"sections": run.stage_key(*SECTIONS), "cooc": cooc_rec.get("key")})
+    key = stable_hash({"sections": run.stage_key(*SECTIONS), "cooc": cooc_rec.get("key"), "format": FORMAT_VERSION})
     if not force and run.is_done(STAGE, key):
         log.info("probes: up to date in %s (use --fresh to recompute)", run.out / STAGE)
         return run.out / STAGE
+    from cooc.result import CoocResult
     from probes.stage import run_probes
 
+    cooc = CoocResult.load(cooc_dir)
     with run.stage(STAGE, key) as folder:
-        run_probes(cfg, cooc_dir, folder, progress)
+        run_probes(cooc, cfg, progress).save(folder)
     return run.out / STAGE
 
 
@@ -68,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     run = Run(out, cfg.model_dump(mode="json"))
     check_inputs(cfg, run, progress=not args.quiet)
     folder = probe_stage(cfg, run, progress=not args.quiet, force=args.fresh)
-    log.info("done: %s", folder / "results.csv")
+    log.info("done: %s", folder)
 
 
 if __name__ == "__main__":

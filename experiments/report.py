@@ -12,13 +12,11 @@ import logging
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from experiments.cli import ArgumentParser, entry_point
 from experiments.run import RECOMPUTE, Run, lock_folder, release_locks, verify_record
 from sources.config import require_known_groups
 from sources.errors import ConfigError
-from sources.files import read_csv, stable_hash
+from sources.files import stable_hash
 
 log = logging.getLogger("experiments.report")
 
@@ -26,22 +24,24 @@ STAGE = "explore"
 SECTIONS = ("seed", "model", "hook", "sae", "data", "cooc", "report")
 
 
-def report_groups(out: Path, rcfg, groups_df: pd.DataFrame) -> dict[str, tuple[int, ...]]:
-    """The groups that get a card: explicit ids, or the evaluated groups first, then the largest ones."""
-    members = {str(g): tuple(sorted(int(x) for x in sub["latent"])) for g, sub in groups_df.groupby("group_id", sort=False)}
+def report_groups(out: Path, rcfg, cooc) -> dict[str, tuple[int, ...]]:
+    """The groups of ``cooc`` (a CoocResult) that get a card: explicit ids, or the evaluated groups first, then
+    the probed ones, then the largest ones."""
+    from interventions.result import InterventionsResult
+    from probes.result import ProbesResult
+
+    members = cooc.members()
     if isinstance(rcfg.groups, list):
-        require_known_groups("report.groups", rcfg.groups, members, out / "cooc" / "groups.csv")
+        require_known_groups("report.groups", rcfg.groups, members, cooc.groups_csv)
         return {g: members[g] for g in dict.fromkeys(rcfg.groups)}
     chosen: list[str] = []
-    verdicts = out / "interventions" / "verdicts.csv"
-    if verdicts.exists():
-        chosen += [str(g) for g in read_csv(verdicts, "interventions", RECOMPUTE, dtype={"group_id": str})["group_id"]]
-    probe_groups = out / "probes" / "groups.csv"
-    if probe_groups.exists():
-        pg = read_csv(probe_groups, "probes", RECOMPUTE, dtype={"group_id": str})
+    if InterventionsResult.present(out / "interventions"):
+        chosen += [str(g) for g in InterventionsResult.load(out / "interventions").verdicts["group_id"]]
+    if ProbesResult.present(out / "probes"):
+        pg = ProbesResult.load(out / "probes").groups
         if "selected" in pg:
             chosen += [str(g) for g in pg.loc[pg["selected"].astype(bool), "group_id"]]
-    sizes = groups_df.groupby("group_id")["latent"].size().sort_values(ascending=False, kind="stable")
+    sizes = cooc.groups_table.groupby("group_id")["latent"].size().sort_values(ascending=False, kind="stable")
     chosen += [str(g) for g in sizes.index]
     chosen = [g for g in dict.fromkeys(chosen) if g in members]
     return {g: members[g] for g in chosen[:rcfg.max_groups]}
@@ -51,14 +51,14 @@ def explore_stage(cfg, run: Run, progress: bool = True, force: bool = False) -> 
     """Collect the report's exploration data into ``run.out/explore`` (reused when its inputs are unchanged)."""
     if not cfg.report.enabled:
         return None
-    groups_csv = run.out / "cooc" / "groups.csv"
-    if not groups_csv.exists():
-        raise ConfigError("report", f"needs the cooc stage's {groups_csv}; run python -m experiments.steer first")
+    from cooc.result import CoocResult
+
+    if not CoocResult.present(run.out / "cooc"):
+        raise ConfigError("report", f"needs the cooc stage's {run.out / 'cooc'}; run python -m experiments.steer first")
     for stage in ("cooc", "probes", "interventions"):  # the files report_groups reads
         if run.manifest["stages"].get(stage, {}).get("complete"):
             run.require_intact(stage, RECOMPUTE)
-    groups_df = read_csv(groups_csv, "cooc", RECOMPUTE, dtype={"group_id": str})
-    groups = report_groups(run.out, cfg.report, groups_df)
+    groups = report_groups(run.out, cfg.report, CoocResult.load(run.out / "cooc"))
     cooc_key = run.manifest["stages"].get("cooc", {}).get("key")
     key = stable_hash({"sections": run.stage_key(*SECTIONS), "cooc": cooc_key, "groups": groups})
     if not force and run.is_done(STAGE, key) and (run.out / STAGE / "summary.json").exists():

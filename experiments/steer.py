@@ -29,7 +29,8 @@ def run_pipeline(cfg: ExperimentConfig, out: Path, fresh: bool = False, progress
     from experiments.interventions import interventions_stage
     from experiments.probe import probe_stage
     from experiments.report import build_report, explore_stage
-    from interventions.markdown import render_report
+    from interventions.markdown import NOT_RUN, render_report
+    from interventions.result import InterventionsResult
     run = Run(out, cfg.model_dump(mode="json"), fresh=fresh)  # locks the folder; writes nothing yet
     try:
         check_inputs(cfg, run, progress)  # bad corpus/model/SAE/hook/group ids: exit 2 before any stage starts
@@ -37,7 +38,9 @@ def run_pipeline(cfg: ExperimentConfig, out: Path, fresh: bool = False, progress
         probe_stage(cfg, run, progress=progress, force=fresh)
         interventions_stage(cfg, run, progress=progress, force=fresh)
         explore_stage(cfg, run, progress=progress, force=fresh)
-        write_text(run.out / "report.md", render_report(run.out))
+        folder = run.out / "interventions"
+        write_text(run.out / "report.md", render_report(InterventionsResult.load(folder))
+                   if InterventionsResult.present(folder) else NOT_RUN)
         run.finish([s for s in STAGES if (s != "interventions" or cfg.interventions.enabled)
                     and (s != "explore" or cfg.report.enabled)])
         if cfg.report.enabled:

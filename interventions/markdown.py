@@ -1,16 +1,13 @@
-"""The interventions section of ``OUT/report.md``: :func:`render_report` reads the stage's CSVs and
+"""The interventions section of ``OUT/report.md``: :func:`render_report` takes the stage's result and
 says in a minute's reading what the verdicts are (definitions in docs/interventions.md)."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import pandas as pd
 
-from sources.errors import RECOMPUTE
-from sources.files import read_csv
 
 EFFECT_WORDS = {
     "sqrt_kl_per_norm": "change of the next-token distribution per unit of residual norm removed "
@@ -58,20 +55,15 @@ def _count(v: pd.DataFrame, col: str, value: str) -> int:
     return int((v[col].astype(str) == value).sum()) if col in v else 0
 
 
-def render_report(out_dir: str | Path) -> str:
-    """Markdown summarising ``OUT/interventions/verdicts.csv`` and ``OUT/interventions/effects.csv`` for a researcher."""
-    out = Path(out_dir)
-    vpath = out / "interventions" / "verdicts.csv"  # the stage's own file (OUT/verdicts.csv is a copy of it)
-    if not vpath.exists():
-        return ("## Interventions\n\nNot run: no `interventions/verdicts.csv` in this folder (the interventions stage is disabled "
-                "or has not finished).\n")
-    v = read_csv(vpath, "interventions", RECOMPUTE, dtype={"group_id": str, "best_single_latents": str})
-    epath = out / "interventions" / "effects.csv"
-    eff = read_csv(epath, "interventions", RECOMPUTE, dtype={"group_id": str}) if epath.exists() else pd.DataFrame()
-    summary = {}
-    spath = out / "interventions" / "summary.json"
-    if spath.exists():
-        summary = json.loads(spath.read_text())
+NOT_RUN = ("## Interventions\n\nNot run: the interventions stage is disabled or has not finished in this folder "
+           "(no `interventions/summary.json`).\n")
+"""The section when there is no interventions result."""
+
+
+def render_report(result) -> str:
+    """Markdown summarising an :class:`interventions.result.InterventionsResult` (e.g. one loaded from a run
+    folder) for a researcher."""
+    v, eff, summary = result.verdicts, result.effects, result.summary
     lines = ["## Interventions: are co-occurrence groups better units than single latents?", ""]
     if v.empty:
         lines += ["No group was evaluated (the cooc stage found no group of the requested size, or none fired in "
@@ -120,20 +112,16 @@ def render_report(out_dir: str | Path) -> str:
         if steer:
             words += f" Steering along its direction moves the output more than random directions of equal norm at {steer.replace(';', ', ')}."
         lines.append(words)
-    lines += _task_section(out, summary, v, alpha)
+    lines += _task_section(result.effect_verdicts, summary, v, alpha)
     lines += ["", "Per-arm effects, all modes, scopes (`fires` / `other` tokens = collateral damage) and the steering "
               "dose-response over the alpha grid are in `interventions/effects.csv`; what each arm edited (including the "
               "random control latents) in `interventions/arms.csv`. Definitions: docs/interventions.md.", ""]
     return "\n".join(lines)
 
 
-def _task_section(out: Path, summary: dict, v: pd.DataFrame, alpha: float) -> list[str]:
+def _task_section(ev: pd.DataFrame | None, summary: dict, v: pd.DataFrame, alpha: float) -> list[str]:
     """Task effects (probe readouts at the read layer) and the decision-margin effect, from effect_verdicts.csv."""
-    path = out / "interventions" / "effect_verdicts.csv"
-    if not path.exists():
-        return []
-    ev = read_csv(path, "interventions", RECOMPUTE, dtype={"group_id": str})
-    if ev.empty:
+    if ev is None or ev.empty:
         return []
     mode = str(v["mode"].iloc[0])
     lines = []

@@ -1,17 +1,17 @@
-"""From groups to tidy effects and verdicts: :func:`run_interventions` (no run folder needed) and the
-group selection the stage uses (:func:`read_groups`, :func:`select_groups`)."""
+"""From groups to tidy effects and verdicts: :func:`run_interventions` (no run folder needed; returns an
+:class:`interventions.result.InterventionsResult`) and the group selection the stage uses (:func:`select_groups`)."""
 
 from __future__ import annotations
 
 import logging
 import pickle
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from cooc.result import CoocResult
 from interventions.config import InterventionsConfig
 from interventions.modes import needs
 from interventions.arms import (Evaluator, GroupEval, GroupSpec, Pool, best_single, choose_contexts, evaluate_group,
@@ -21,7 +21,8 @@ from interventions.effects import (COMPARATORS, EFFECTS_COLUMNS, adjust_run, boo
 from sources.config import DataSpec, HookSpec, StreamSpec, require_known_groups
 from sources.errors import ConfigError
 from sources.sae_view import as_view
-from sources.files import atomic_path, read_csv, stable_hash
+from interventions.result import InterventionsResult
+from sources.files import atomic_path, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -30,26 +31,15 @@ ARMS_COLUMNS = ["group_id", "arm", "kind", "mode", "alpha", "alpha_scale", "late
 
 # ----------------------------------------------------------------------------------- groups
 
-def read_groups(path: str | Path) -> pd.DataFrame:
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError("interventions", f"needs the cooc stage's {path}; run python -m experiments.steer "
-                                           "(or python -m experiments.cooc) with the same --out first")
-    df = read_csv(path, "cooc", "rerun python -m experiments.steer (or python -m experiments.cooc) with the same --out")
-    missing = [c for c in ("latent", "group_id") if c not in df.columns]
-    if missing:
-        raise ConfigError("interventions", f"{path} lacks the column(s) {', '.join(missing)}; is it a cooc groups.csv?")
-    df["group_id"] = df["group_id"].astype(str)
-    return df
-
-
-def select_groups(df: pd.DataFrame, icfg: InterventionsConfig, d_sae: int | None = None,
-                  source: str = "groups.csv", probe_groups: pd.DataFrame | None = None) -> list[GroupSpec]:
-    """The groups to evaluate: explicit ids (each must exist), or the top_n by ``rank_by`` followed by the
-    ``icfg.probe_groups`` most enriched groups per task among those the probes stage selected
-    (``probe_groups``: OUT/probes/groups.csv with columns task, group_id, enrichment, selected)."""
-    members = {g: tuple(sorted(int(x) for x in sub["latent"])) for g, sub in df.groupby("group_id", sort=False)}
-    structure = {g: str(sub["structure"].iloc[0]) if "structure" in sub else "" for g, sub in df.groupby("group_id", sort=False)}
+def select_groups(cooc: CoocResult, icfg: InterventionsConfig, d_sae: int | None = None,
+                  probe_groups: pd.DataFrame | None = None) -> list[GroupSpec]:
+    """The groups of ``cooc`` to evaluate: explicit ids (each must exist), or the top_n by ``rank_by`` followed by
+    the ``icfg.probe_groups`` most enriched groups per task among those the probes stage selected
+    (``probe_groups``: :meth:`probes.result.ProbesResult.selected_groups`, with columns task, group_id, enrichment,
+    selected)."""
+    df, source = cooc.groups_table, cooc.groups_csv
+    members = cooc.members()
+    structure = cooc.structure()
     if isinstance(icfg.groups, list):
         require_known_groups("interventions.groups", icfg.groups, members, source)
         ids = list(dict.fromkeys(icfg.groups))
@@ -79,22 +69,6 @@ def select_groups(df: pd.DataFrame, icfg: InterventionsConfig, d_sae: int | None
 
 
 # ----------------------------------------------------------------------------------- results
-
-@dataclass
-class InterventionsResult:
-    effects: pd.DataFrame
-    """Tidy effects (EFFECTS_COLUMNS), BH-adjusted over the run."""
-    verdicts: pd.DataFrame
-    """One row per group (stats.VERDICT_COLUMNS)."""
-    arms: pd.DataFrame
-    """What every arm edits (ARMS_COLUMNS), including the drawn control latents."""
-    evals: list[GroupEval]
-    effect_verdicts: pd.DataFrame | None = None
-    """One row per (group, mode, effect) at the group's tokens (stats.EFFECT_VERDICT_COLUMNS)."""
-    tasks: list = field(default_factory=list)
-    """The task data used (interventions.tasks.TaskData, with the readouts' clean quality)."""
-    read_layer: int | None = None
-
 
 def _rngs(seed: int, group_id: str, n: int) -> list[np.random.Generator]:
     ss = np.random.SeedSequence([int(seed), int(stable_hash(group_id, 12), 16)])
@@ -250,10 +224,10 @@ def run_interventions(model, sae, hook: HookSpec, data: DataSpec, stream: Stream
     if data.holdout_every > 0:
         data = data.model_copy(update={"holdout_only": True})
     if not groups:
-        return InterventionsResult(pd.DataFrame(columns=EFFECTS_COLUMNS), verdicts_frame(pd.DataFrame(columns=EFFECTS_COLUMNS), [],
-                                   icfg.modes[0], icfg.primary_effect, icfg.alpha, icfg.min_docs),
-                                   pd.DataFrame(columns=ARMS_COLUMNS), [],
-                                   effect_verdicts_frame(pd.DataFrame(columns=EFFECTS_COLUMNS), icfg.alpha, icfg.min_docs))
+        empty = pd.DataFrame(columns=EFFECTS_COLUMNS)
+        verdicts = verdicts_frame(empty, [], icfg.modes[0], icfg.primary_effect, icfg.alpha, icfg.min_docs)
+        return InterventionsResult(empty, verdicts, pd.DataFrame(columns=ARMS_COLUMNS),
+                                   effect_verdicts_frame(empty, icfg.alpha, icfg.min_docs), summarize(verdicts, [], [], icfg, None))
     ckpt = Path(checkpoints) if checkpoints is not None else None
     saved = _load(ckpt, POOL_FILE, "the pool scan")
     if saved is not None:
@@ -290,8 +264,35 @@ def run_interventions(model, sae, hook: HookSpec, data: DataSpec, stream: Stream
             evals.append(done["eval"])
     effects = adjust_run(pd.DataFrame(rows, columns=[c for c in EFFECTS_COLUMNS if c != "p_adj"]).assign(p_adj=np.nan))
     verdicts = verdicts_frame(effects, infos, icfg.modes[0], icfg.primary_effect, icfg.alpha, icfg.min_docs)
-    return InterventionsResult(effects, verdicts, pd.DataFrame(arms, columns=ARMS_COLUMNS), evals,
-                               effect_verdicts_frame(effects, icfg.alpha, icfg.min_docs), tasks, read_layer)
+    return InterventionsResult(effects, verdicts, pd.DataFrame(arms, columns=ARMS_COLUMNS),
+                               effect_verdicts_frame(effects, icfg.alpha, icfg.min_docs),
+                               summarize(verdicts, evals, tasks, icfg, read_layer), evals, tasks)
+
+
+def summarize(verdicts: pd.DataFrame, evals: list[GroupEval], tasks: list, icfg: InterventionsConfig,
+              read_layer: int | None) -> dict:
+    """summary.json: the primary comparison, the task data's sizes and each evaluated group's tokens, documents,
+    arms and drawn controls."""
+    return {
+        "n_groups": int(len(verdicts)),
+        "primary": {"mode": icfg.modes[0], "effect": icfg.primary_effect, "scope": "fires"},
+        "alpha": icfg.alpha,
+        "n_boot": icfg.n_boot,
+        "read_layer": read_layer,
+        "tasks": {td.family: {"n_examples": int(len(td.examples)), "n_windows": len(td.windows),
+                              "n_documents": int(td.examples["doc_index"].nunique()) if len(td.examples) else 0,
+                              "readouts": td.quality}
+                  for td in tasks},
+        "groups": [{"group_id": e.plan.group.group_id, "n_docs": e.n_docs, "n_contexts": e.n_contexts,
+                    "n_tokens_fires": e.n_tokens_fires, "n_arms": len(e.plan.arms),
+                    "group_norm": e.plan.group_norm, "tested_members": list(e.plan.tested_members),
+                    "random_groups": [list(r) for r in e.plan.random_groups], "control_frequency_bins": e.plan.control_bins,
+                    "doc_ids": e.doc_ids, "context_ids": e.context_ids, "context_lengths": e.context_lengths,
+                    "tasks": [{"family": t.family, "n_docs": t.n_docs, "n_windows": t.n_windows, "n_task_tokens": t.n_tokens,
+                               "n_task_tokens_fires": t.n_tokens_fires, "doc_ids": t.doc_ids, "best_single": t.best_single}
+                              for t in e.tasks]}
+                   for e in evals],
+    }
 
 
 def _evaluate(g: GroupSpec, ordinal: int, model, sae, hook: HookSpec, pool: Pool, W_eff, occ: np.ndarray, ev: Evaluator,

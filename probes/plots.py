@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
 
 import matplotlib
 
@@ -11,19 +11,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from sources.files import atomic_path  # noqa: E402
+from probes.result import ProbeFigure  # noqa: E402
 from subspaces import reconstruction_pca  # noqa: E402
 
 
-def group_pca_figure(path: str | Path, title: str, latents_NF, W_dec_FD, members, threshold_F, panels,
-                     table=None) -> dict | None:
+def group_pca_figure(title: str, latents_NF, W_dec_FD, members, threshold_F, panels,
+                     table=None) -> "tuple[dict, ProbeFigure] | None":
     """Scatter of the top-2 PCs of the group-restricted reconstruction on tokens where the group fires.
 
     ``panels``: list of ``(name, values_N, kind)`` with kind ``continuous`` or ``categorical``;
     values may be None for tokens without a label (not drawn in that panel). Returns a small summary
-    (tokens, explained variance) or None when fewer than 3 tokens fire. With ``table`` (a DataFrame
-    aligned with the rows of ``latents_NF``: token, labels, ...), the plotted rows of it are also written
-    beside the PNG as ``<name>.csv`` with their coordinates pc1, pc2 (the report's interactive view).
+    (tokens, explained variance) and the :class:`probes.result.ProbeFigure` (PNG bytes), or None when fewer
+    than 3 tokens fire. With ``table`` (a DataFrame aligned with the rows of ``latents_NF``: token, labels,
+    ...), the figure also holds the plotted rows of it with their coordinates pc1, pc2 (the report's
+    interactive view).
     """
     try:
         res = reconstruction_pca(latents_NF, W_dec_FD, members, n_components=2, threshold=threshold_F)
@@ -44,14 +45,12 @@ def group_pca_figure(path: str | Path, title: str, latents_NF, W_dec_FD, members
     fig.suptitle(title, fontsize=10)
     # fixed margins: tight_layout costs seconds per figure
     fig.subplots_adjust(left=0.07, right=0.97, bottom=0.13, top=0.86, wspace=0.35)
-    with atomic_path(path, "out") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    if table is not None:
-        pts = table.iloc[rows].reset_index(drop=True).assign(pc1=xy[:, 0], pc2=xy[:, 1])
-        with atomic_path(Path(path).with_suffix(".csv"), "out") as tmp:
-            pts.to_csv(tmp, index=False)
-    return {"tokens": int(len(rows)), "explained_variance_ratio": [float(x) for x in res.explained_variance_ratio_K]}
+    pts = None if table is None else table.iloc[rows].reset_index(drop=True).assign(pc1=xy[:, 0], pc2=xy[:, 1])
+    info = {"tokens": int(len(rows)), "explained_variance_ratio": [float(x) for x in res.explained_variance_ratio_K]}
+    return info, ProbeFigure(buf.getvalue(), pts)
 
 
 def _draw(fig, axes, panels, rows, xy, ev) -> None:

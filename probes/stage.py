@@ -1,69 +1,53 @@
-"""The probe stage: build each task's dataset, pick groups, evaluate every arm, correct, write files.
-
-Outputs (all written atomically) under the stage folder (``OUT/probes``):
-
-``results.csv``   tidy results, one row per (task, group, arm, metric); see docs/probes.md for the columns
-``groups.csv``    enrichment of every candidate group on every task, with a ``selected`` flag
-``examples.csv``  every task token with its document, character span, token text and labels
-``windows.npz``   the probe windows run through the model (tokens and content mask of each), which the
-                  interventions stage's task effects run on
-``summary.json``  dataset sizes, skipped targets and why, selected groups, wins at the FDR level, timings
-``figures/``      ``<task>_group<id>.png``: PCA of each probed group's reconstruction coloured by the labels, and
-                  ``<task>_group<id>.csv``: its points (pc1, pc2, token, document, labels) for the HTML report
-"""
+"""The probe stage: build each task's dataset, pick groups, evaluate every arm, correct; returns a
+:class:`probes.result.ProbesResult` (its files: probes/result.py)."""
 
 from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from probes.dataset import WINDOWS_FILE, build_probe_data, save_windows
+from cooc.result import CoocResult
+from probes.dataset import build_probe_data
 from probes.comparison import COLUMNS, Settings, evaluate_target, finalize, skipped_row
-from probes.inputs import read_cooc
 from probes.plots import group_pca_figure
+from probes.result import ProbeFigure, ProbesResult
 from probes.selection import enrichment_table, select_groups
 from probes.tasks import get_task
 from sources.config import require_known_groups
 from sources.errors import ConfigError
 from sources.sae_view import SAEView
 from sources.session import open_session
-from sources.files import atomic_path, write_json
 
 log = logging.getLogger("probes")
 
 MAIN_METRIC = {"regression": "r2", "classification": "auroc"}
 
 
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path, "out") as tmp:
-        df.to_csv(tmp, index=False)
-
-
-def run_probes(cfg, cooc_dir: str | Path, out_dir: str | Path, progress: bool = True, model=None, sae=None) -> pd.DataFrame:
-    """Run the probe stage for an experiment config; returns the results table (also written to ``out_dir``).
+def run_probes(cooc: CoocResult, cfg, progress: bool = True, model=None, sae=None) -> ProbesResult:
+    """Run the probe stage of an experiment config on the groups of ``cooc`` (a :class:`CoocResult`, e.g.
+    ``CoocResult.load(OUT / "cooc")``); returns the :class:`ProbesResult` (``.save(folder)`` writes its files).
 
     ``model``/``sae`` default to the config's session (``sources.session.open_session``).
     """
     t0 = time.perf_counter()
-    out_dir = Path(out_dir)
     pc = cfg.probes
-    cooc = read_cooc(cooc_dir)
-    sizes = cooc.sizes()
+    members = dict(sorted(cooc.members().items()))
+    structure = cooc.structure()
+    sizes = {g: len(m) for g, m in members.items()}
     if pc.groups == "auto":
-        cand = {g: m for g, m in cooc.members.items() if pc.min_group_size <= len(m) <= pc.max_group_size}
+        cand = {g: m for g, m in members.items() if pc.min_group_size <= len(m) <= pc.max_group_size}
     else:  # checked before any model is loaded
-        require_known_groups("probes.groups", pc.groups, sorted(cooc.members), cooc.folder / "groups.csv")
-        cand = {g: cooc.members[g] for g in pc.groups}
+        require_known_groups("probes.groups", pc.groups, sorted(members), cooc.groups_csv)
+        cand = {g: members[g] for g in pc.groups}
     if model is None or sae is None:
         s = open_session(cfg.model, cfg.sae, cfg.hook, cfg.data, cfg.stream, progress=progress)
         model, sae = s.model, s.sae
     d_sae = int(sae.W_dec.shape[0])
     if cooc.d_sae != d_sae:
-        raise ConfigError("cooc", f"{cooc.folder}/occurrences.npy has {cooc.d_sae} latents but the configured SAE has {d_sae}; "
+        raise ConfigError("cooc", f"{cooc.folder or 'the co-occurrence result'}/occurrences.npy has {cooc.d_sae} latents but the configured SAE has {d_sae}; "
                           "the cooc outputs belong to another SAE: rerun `python -m experiments.cooc` with this config")
     view = SAEView(sae, cfg.cooc.threshold, cfg.cooc.use_sae_threshold)  # the cooc stage's firing rule
     W_dec = view.decoder_np()
@@ -73,6 +57,7 @@ def run_probes(cfg, cooc_dir: str | Path, out_dir: str | Path, progress: bool = 
     rows: list[dict] = []
     tables, example_frames = [], []
     windows: dict[str, list] = {}
+    figures: dict[str, ProbeFigure] = {}
     summary: dict = {"tasks": {}, "settings": settings.__dict__, "n_candidate_groups": len(cand), "cooc_tokens": cooc.n_tokens}
     timings: dict[str, float] = {}
     for family in pc.tasks:
@@ -101,7 +86,7 @@ def run_probes(cfg, cooc_dir: str | Path, out_dir: str | Path, progress: bool = 
             chosen = table.set_index("group_id").loc[list(pc.groups)].reset_index()
         table.insert(0, "task", family)
         table["selected"] = table["group_id"].isin(chosen["group_id"])
-        table["structure"] = [cooc.structure.get(g, "") for g in table["group_id"]]
+        table["structure"] = [structure.get(g, "") for g in table["group_id"]]
         tables.append(table)
         probe_groups = {str(g): cand[str(g)] for g in chosen["group_id"]}
         fam["selected_groups"] = chosen.to_dict(orient="records")
@@ -120,11 +105,11 @@ def run_probes(cfg, cooc_dir: str | Path, out_dir: str | Path, progress: bool = 
         fam["skipped_targets"] = dict(skipped)
         for t in targets:
             t_eval = time.perf_counter()
-            rows += evaluate_target(t, data.acts_ND, data.latents_NF, data.doc_N, probe_groups, W_dec, cooc.counts_F, settings)
+            rows += evaluate_target(t, data.acts_ND, data.latents_NF, data.doc_N, probe_groups, W_dec, cooc.occ_F, settings)
             timings[f"{t.task}_eval_s"] = round(time.perf_counter() - t_eval, 2)
 
         if pc.figures and probe_groups:
-            fam["figures"] = _figures(family, data, targets, probe_groups, W_dec, thr, out_dir / "figures")
+            fam["figures"] = _figures(family, data, targets, probe_groups, W_dec, thr, figures)
         ex = data.examples.copy()
         ex.insert(0, "task", family)
         example_frames.append(ex)
@@ -134,19 +119,16 @@ def run_probes(cfg, cooc_dir: str | Path, out_dir: str | Path, progress: bool = 
     df = finalize(pd.DataFrame(rows, columns=COLUMNS), pc.alpha)
     comp = (df["row_type"] == "comparison").to_numpy()
     df["group_size"] = df["group_size"].astype("Int64")
-    _write_csv(df, out_dir / "results.csv")
-    _write_csv(pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["task", "group_id"]), out_dir / "groups.csv")
-    _write_csv(pd.concat(example_frames, ignore_index=True) if example_frames else pd.DataFrame(), out_dir / "examples.csv")
-    save_windows(out_dir / WINDOWS_FILE, windows)
+    groups = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["task", "group_id"])
+    examples = pd.concat(example_frames, ignore_index=True) if example_frames else pd.DataFrame()
     wins = df[df["win"].fillna(False).to_numpy(bool)]
     summary["alpha"] = pc.alpha
     summary["n_comparisons"] = int(np.isfinite(df.loc[comp, "p_value"].to_numpy(np.float64)).sum())
     summary["wins"] = wins.groupby("arm").size().to_dict() if len(wins) else {}
     timings["total_s"] = round(time.perf_counter() - t0, 2)
     summary["timings"] = timings
-    write_json(out_dir / "summary.json", summary)
     _log_headline(df)
-    return df
+    return ProbesResult(df, groups, examples, windows, summary, figures)
 
 
 FIGURE_COLUMNS = ("doc_id", "token")
@@ -154,19 +136,21 @@ FIGURE_COLUMNS = ("doc_id", "token")
 task's own ``figure_columns``."""
 
 
-def _figures(family, data, targets, groups, W_dec, thr, folder: Path) -> dict:
+def _figures(family, data, targets, groups, W_dec, thr, figures: dict[str, ProbeFigure]) -> dict:
+    """Draw each group's PCA figure into ``figures``; returns the summary's entry for them."""
     ex = data.examples
     task = get_task(family)
     panels = task.panels(ex, targets)
     columns = [c for c in (*FIGURE_COLUMNS, *task.figure_columns) if c in ex]
     out = {}
     for gid, members in groups.items():
-        path = folder / f"{family}_group{gid}.png"
-        info = group_pca_figure(path, f"{family}: group {gid} ({len(members)} latents), PCA of its reconstruction "
-                                f"on task tokens where it fires", data.latents_NF, W_dec, members, thr, panels,
-                                table=ex[columns])
-        if info is not None:
-            out[str(gid)] = {"path": str(path.name), **info}
+        stem = f"{family}_group{gid}"
+        drawn = group_pca_figure(f"{family}: group {gid} ({len(members)} latents), PCA of its reconstruction "
+                                 f"on task tokens where it fires", data.latents_NF, W_dec, members, thr, panels,
+                                 table=ex[columns])
+        if drawn is not None:
+            info, figures[stem] = drawn
+            out[str(gid)] = {"path": f"{stem}.png", **info}
     return out
 
 

@@ -14,11 +14,13 @@ import math
 from pathlib import Path
 
 import jinja2
-import numpy as np
 import pandas as pd
 import plotly.offline
 import yaml
 
+from cooc.result import CoocResult
+from interventions.result import InterventionsResult
+from probes.result import ProbesResult
 from probes.tasks import TASKS
 from reports import figures, interactive
 from sources.errors import RECOMPUTE
@@ -35,41 +37,48 @@ PAIR_COLUMNS = ["i", "j", "count", "expected", "npmi", "p_value", "p_adj", "edge
 
 
 class _RunFiles:
-    """The files of a run folder, each read at most once; a missing (or, for JSON and the optional
-    pairs.parquet, unreadable) file reads as empty."""
+    """A run folder's stage results, each loaded at most once through its stage's result class (None when the
+    stage has not run there), and the report's own exploration files (a missing one reads as empty)."""
 
     def __init__(self, out: Path):
         self.out = out
         self._read: dict[str, object] = {}
 
-    def _once(self, rel: str, read):
-        if rel not in self._read:
-            self._read[rel] = read(self.out / rel)
-        return self._read[rel]
+    def _once(self, key: str, read):
+        if key not in self._read:
+            self._read[key] = read()
+        return self._read[key]
+
+    def cooc(self) -> CoocResult | None:
+        return self._once("cooc", lambda: CoocResult.load(self.out / "cooc", pairs=PAIR_COLUMNS)
+                          if CoocResult.present(self.out / "cooc") else None)
+
+    def probes(self) -> ProbesResult | None:
+        return self._once("probes", lambda: ProbesResult.load(self.out / "probes")
+                          if ProbesResult.present(self.out / "probes") else None)
+
+    def interventions(self) -> InterventionsResult | None:
+        return self._once("interventions", lambda: InterventionsResult.load(self.out / "interventions")
+                          if InterventionsResult.present(self.out / "interventions") else None)
+
+    def table(self, stage: str, name: str) -> pd.DataFrame:
+        """A table of a stage's result (``groups_table``, ``results``, ``effects``, ...); empty when the stage has
+        not run or has no such table."""
+        result = getattr(self, stage)()
+        df = getattr(result, name, None) if result is not None else None
+        return df if isinstance(df, pd.DataFrame) else pd.DataFrame()
 
     def csv(self, rel: str) -> pd.DataFrame:
-        return self._once(rel, lambda p: read_csv(p, "OUT", RECOMPUTE, dtype={"group_id": str}) if p.exists() else pd.DataFrame())
+        return self._once(rel, lambda: read_csv(self.out / rel, "OUT", RECOMPUTE, dtype={"group_id": str})
+                          if (self.out / rel).exists() else pd.DataFrame())
 
     def json(self, rel: str) -> dict:
-        def read(p):
+        def read():
             try:
-                return read_json(p) if p.exists() else {}
+                return read_json(self.out / rel) if (self.out / rel).exists() else {}
             except (OSError, ValueError):
                 return {}
         return self._once(rel, read)
-
-    def occurrences(self) -> np.ndarray | None:
-        return self._once("cooc/occurrences.npy", lambda p: np.load(p) if p.exists() else None)
-
-    def pairs(self) -> pd.DataFrame:
-        def read(p):
-            if not p.exists():
-                return pd.DataFrame()
-            try:
-                return pd.read_parquet(p, columns=PAIR_COLUMNS)
-            except Exception:  # noqa: BLE001 - an unreadable optional file only loses two figures and the graphs' edges
-                return pd.DataFrame()
-        return self._once("cooc/pairs.parquet", read)
 
 
 def _fmt(x, digits: int = 3) -> str:
@@ -99,10 +108,13 @@ def _oneline(text) -> str:
     return str(text).replace("\r", "").replace("\n", "⏎").replace("\t", " ") if isinstance(text, str) else ""
 
 
-def _png(path: Path | None) -> str | None:
+def _png(path: Path | bytes | None) -> str | None:
+    """A PNG file (or its bytes) as a data URI."""
+    if isinstance(path, bytes):
+        return "data:image/png;base64," + base64.b64encode(path).decode("ascii")
     if path is None or not Path(path).exists():
         return None
-    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return _png(Path(path).read_bytes())
 
 
 def _div(fig) -> str | None:
@@ -114,10 +126,10 @@ def _div(fig) -> str | None:
 # ------------------------------------------------------------------------------------ sections
 
 def _cooc_section(run: _RunFiles, figdir: Path) -> dict:
-    man = run.json("cooc/manifest.json")
-    groups = run.csv("cooc/groups.csv")
-    if not man:
+    if run.cooc() is None:
         return {"ran": False}
+    man = run.cooc().manifest
+    groups = run.table("cooc", "groups_table")
     rows = []
     d_sae = man.get("d_sae")
     in_groups = groups["latent"].nunique() if not groups.empty else 0
@@ -136,7 +148,7 @@ def _cooc_section(run: _RunFiles, figdir: Path) -> dict:
     rows.append(("method", str(man.get("method", cfg.get("method")))))
     rows.append(("independence test", f"{cfg.get('test')}, BH at α = {cfg.get('alpha')} over {_fmt(man.get('family_size'), 7)} pairs"))
     rows.append(("pairs scored / edges", f"{_fmt(man.get('n_pairs_scored'), 8)} / {_fmt(man.get('n_edges'), 7)}"))
-    pairs = run.pairs()
+    pairs = run.table("cooc", "pairs")
     cut = {}
     if not pairs.empty and pairs["edge"].any():
         e = pairs[pairs["edge"].astype(bool)]
@@ -188,7 +200,7 @@ VERDICT_COLUMNS = [("group_id", "group"), ("group_size", "size"), ("structure", 
 
 
 def _verdicts_section(run: _RunFiles, figdir: Path) -> dict:
-    v = run.csv("interventions/verdicts.csv")
+    v = run.table("interventions", "verdicts")
     if v.empty:
         return {"ran": False}
     rows = []
@@ -224,7 +236,7 @@ def _verdicts_section(run: _RunFiles, figdir: Path) -> dict:
 
 
 def _probes_section(run: _RunFiles, figdir: Path) -> dict:
-    r = run.csv("probes/results.csv")
+    r = run.table("probes", "results")
     if r.empty:
         return {"ran": False}
     comp = r[(r["row_type"] == "comparison") & r["p_adj"].notna()].copy()
@@ -265,19 +277,19 @@ def _labels_for(points: pd.DataFrame, examples: pd.DataFrame) -> dict[str, pd.Se
 
 
 def _cards(run: _RunFiles, seed: int) -> list[dict]:
-    out = run.out
     summary = run.json("explore/summary.json")
-    groups = run.csv("cooc/groups.csv")
+    groups = run.table("cooc", "groups_table")
     contexts = run.csv("explore/contexts.csv")
     scatter = run.csv("explore/scatter.csv")
-    effects = run.csv("interventions/effects.csv")
-    verdicts = run.csv("interventions/verdicts.csv")
-    effect_verdicts = run.csv("interventions/effect_verdicts.csv")
-    probes = run.csv("probes/results.csv")
-    examples = run.csv("probes/examples.csv")
-    probe_sum = run.json("probes/summary.json")
-    occ = run.occurrences()
-    pairs = run.pairs()
+    effects = run.table("interventions", "effects")
+    verdicts = run.table("interventions", "verdicts")
+    effect_verdicts = run.table("interventions", "effect_verdicts")
+    probes = run.table("probes", "results")
+    examples = run.table("probes", "examples")
+    probe_sum = run.probes().summary if run.probes() is not None else {}
+    probe_figures = run.probes().figures if run.probes() is not None else {}
+    occ = run.cooc().occ_F if run.cooc() is not None else None
+    pairs = run.table("cooc", "pairs")
     config = run.json("manifest.json").get("config", {})
     primary = config.get("interventions", {}).get("primary_effect", "sqrt_kl_per_norm")
     n_list = int(config.get("report", {}).get("max_members") or 12)
@@ -326,10 +338,10 @@ def _cards(run: _RunFiles, seed: int) -> list[dict]:
         card["probe_figures"] = []
         for task, info in (probe_sum.get("tasks") or {}).items():
             f = (info.get("figures") or {}).get(gid)
-            if f and (out / "probes" / "figures" / f["path"]).exists():
-                png = out / "probes" / "figures" / f["path"]
-                pts = run.csv(f"probes/figures/{Path(f['path']).with_suffix('.csv')}")
-                card["probe_figures"].append((task, _png(png), _div(interactive.task_scatter(pts, task)) if len(pts) else None))
+            fig = probe_figures.get(Path(f["path"]).stem) if f else None
+            if fig is not None:
+                pts = fig.points if fig.points is not None else pd.DataFrame()
+                card["probe_figures"].append((task, _png(fig.png), _div(interactive.task_scatter(pts, task)) if len(pts) else None))
         # interventions
         ge = effects[effects["group_id"] == gid] if not effects.empty else pd.DataFrame()
         vr = verdicts[verdicts["group_id"] == gid] if not verdicts.empty else pd.DataFrame()

@@ -77,6 +77,30 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def read_json_file(path: str | os.PathLike, field: str, fix: str) -> dict:
+    """A run file's JSON object; a missing, truncated, edited or unreadable one is a ConfigError naming the
+    file and ``fix``."""
+    try:
+        obj = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise ConfigError(field, f"{path} is damaged (not valid JSON); {fix}") from None
+    except OSError as exc:
+        raise ConfigError(field, f"cannot read {path} ({exc.strerror or exc}); {fix}") from None
+    if not isinstance(obj, dict):
+        raise ConfigError(field, f"{path} is damaged (not a JSON object); {fix}")
+    return obj
+
+
+def check_format(stage: str, record: dict, expected: int, path: str | os.PathLike, fix: str) -> None:
+    """Refuse a stage's files whose ``format_version`` (in ``record``, read from ``path``) is not ``expected``."""
+    found = record.get("format_version")
+    if found != expected:
+        what = "has no format_version (written before formats were versioned)" if found is None else \
+            f"has format_version {found!r}"
+        raise ConfigError(stage, f"{path} {what}, but this version of the framework reads format {expected}; "
+                                 f"recompute it with --fresh ({fix})")
+
+
 def read_csv(path: str | os.PathLike, field: str, fix: str, **kwargs):
     """``pandas.read_csv`` of a run file; an empty, truncated, non-UTF-8 or unreadable file is a ConfigError
     naming the file and ``fix``, never a traceback."""

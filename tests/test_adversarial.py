@@ -286,11 +286,12 @@ def test_a_refused_command_inside_a_stage_leaves_the_record_byte_identical(done,
     from probes import stage as probes_stage
     from sources.errors import ConfigError
 
-    def half_then_refuse(cfg, cooc_dir, folder, progress):
-        (Path(folder) / "results.csv").write_text("half a table\n")
-        raise ConfigError("probes", "refused inside the stage")
+    class HalfWritten:
+        def save(self, folder):
+            (Path(folder) / "results.csv").write_text("half a table\n")
+            raise ConfigError("probes", "refused inside the stage")
 
-    monkeypatch.setattr(probes_stage, "run_probes", half_then_refuse)
+    monkeypatch.setattr(probes_stage, "run_probes", lambda cooc, cfg, progress: HalfWritten())
     refused(capsys, steer_main, steer_argv(config, out, "probes.n_bootstrap=60"), "probes", folder=out)
     assert verify_record(out)["complete"] is True and not (out / ".staging").exists()
 

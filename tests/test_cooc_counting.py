@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 import cooc.counting as counting
 from cooc import CooccurrenceCounter
-from cooc.outputs import jaccard_matrix
+from cooc.counting import symmetric
+from cooc.result import jaccard_matrix
 from sources.errors import ConfigError
 
 
@@ -50,7 +51,9 @@ def test_counts_and_jaccard_equal_a_dense_numpy_reference(seed, n_tokens, d_sae,
     assert counts.dtype == np.int64
     np.testing.assert_array_equal(counts.toarray(), C_ref)
     np.testing.assert_array_equal(counter.occ_F, np.diag(C_ref))
-    np.testing.assert_allclose(jaccard_matrix(counter.upper_pairs(), counter.occ_F).toarray(), J_ref, rtol=1e-12)
+    pairs = counter.upper_pairs()
+    counts_FF = symmetric(pairs.i, pairs.j, pairs.count.astype(np.int64), counter.occ_F, d_sae)
+    np.testing.assert_allclose(jaccard_matrix(counts_FF).toarray(), J_ref, rtol=1e-12)
     assert counter.n_tokens_ == n_tokens
 
 

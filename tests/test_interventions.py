@@ -20,7 +20,7 @@ from interventions.config import InterventionsConfig
 from sources.sae_view import SAEView
 from interventions.arms import Arm, GroupEval, GroupSpec, Plan
 from interventions.forward import check_read_layer, multi_arm_logits, token_effects
-from interventions.pipeline import group_rows, read_groups, run_interventions, select_groups
+from interventions.pipeline import group_rows, run_interventions, select_groups
 from interventions.effects import adjust_run, doc_sums, verdicts_frame
 from sources.config import DataSpec, HookSpec, StreamSpec
 from sources.errors import ConfigError
@@ -246,14 +246,15 @@ def test_effects_match_an_independent_pytorch_computation_and_outputs_are_tidy(m
     assert {"logit_diff_per_norm:pair"} <= set(eff["effect"])
     assert ((eff["mode"] == "steer") & (eff["effect"] == "logit_diff:pair")).any()
 
-    from experiments.interventions import write_outputs
     from interventions.markdown import render_report
+    from interventions.result import InterventionsResult
 
-    write_outputs(tmp_path / "interventions", res, icfg)
-    back = pd.read_csv(tmp_path / "interventions" / "effects.csv")
-    assert len(back) == len(eff)
-    assert pd.read_csv(tmp_path / "interventions" / "verdicts.csv").shape[0] == 1
-    text = render_report(tmp_path)
+    res.save(tmp_path / "interventions")
+    back = InterventionsResult.load(tmp_path / "interventions")
+    assert len(back.effects) == len(eff) and back.verdicts.shape[0] == 1
+    pd.testing.assert_frame_equal(back.arms, res.arms.astype({"latents": str}), check_dtype=False)
+    assert back.summary["groups"][0]["group_id"] == "gtest" and back.read_layer == res.read_layer
+    text = render_report(InterventionsResult.load(tmp_path / "interventions"))
     assert "gtest" in text and "better units" in text
 
 
@@ -340,16 +341,17 @@ def test_on_null_data_verdicts_show_wins_no_more_often_than_the_nominal_error_ra
 
 # ----------------------------------------------------------------------------------- bad input
 
-def _groups_csv(tmp_path):
+def _groups(tmp_path):
+    from cooc.result import CoocResult
+
     df = pd.DataFrame({"latent": [1, 2, 3, 7, 8], "group_id": ["ga", "ga", "ga", "gb", "gb"],
                        "group_size": [3, 3, 3, 2, 2], "structure": ["clique"] * 3 + ["chain"] * 2})
-    path = tmp_path / "groups.csv"
-    df.to_csv(path, index=False)
-    return path
+    CoocResult(np.ones(16, dtype=np.int64), df, {"n_tokens": 10}).save(tmp_path)
+    return CoocResult.load(tmp_path)
 
 
 def test_a_group_id_that_does_not_exist_is_a_clear_error(tmp_path):
-    df = read_groups(_groups_csv(tmp_path))
+    df = _groups(tmp_path)
     assert [g.group_id for g in select_groups(df, InterventionsConfig(top_n=1))] == ["ga"]
     with pytest.raises(ConfigError) as exc:
         select_groups(df, InterventionsConfig(groups=["ga", "gzz"]))
@@ -468,8 +470,11 @@ def test_sqrt_kl_per_norm_does_not_favour_larger_edits_where_kl_per_norm_would(m
 
 
 def test_auto_groups_add_the_probe_stages_most_enriched_group_per_task():
-    groups = pd.DataFrame({"latent": range(12), "group_id": ["ga"] * 5 + ["gb"] * 4 + ["gc"] * 2 + ["gd"],
-                           "group_size": [5] * 5 + [4] * 4 + [2] * 2 + [1]})
+    from cooc.result import CoocResult
+
+    groups = CoocResult(np.ones(12, dtype=np.int64), pd.DataFrame({
+        "latent": range(12), "group_id": ["ga"] * 5 + ["gb"] * 4 + ["gc"] * 2 + ["gd"],
+        "group_size": [5] * 5 + [4] * 4 + [2] * 2 + [1]}))
     probes = pd.DataFrame({"task": ["url_position", "url_position", "word_sense", "word_sense", "url_position"],
                            "group_id": ["gc", "gb", "gc", "ga", "gd"], "enrichment": [9.0, 3.0, 5.0, 8.0, 99.0],
                            "selected": [True, True, True, False, True]})

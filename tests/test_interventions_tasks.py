@@ -166,14 +166,14 @@ def test_a_planted_group_whose_ablation_destroys_the_probed_information_has_a_cl
     assert ((ev["effect"] == name) & (ev["kind"] == "task")).any()
     assert "task_beats_best_single_on" in res.verdicts.columns
 
-    from experiments.interventions import write_outputs
     from interventions.markdown import render_report
+    from interventions.result import InterventionsResult
 
-    write_outputs(tmp_path / "interventions", res, _cfg())
+    res.save(tmp_path / "interventions")
     back = pd.read_csv(tmp_path / "interventions" / "effect_verdicts.csv")
     assert set(back["kind"]) == {"model", "task"} and len(back) == len(ev)
     assert (tmp_path / "interventions" / "steering.png").exists()
-    text = render_report(tmp_path)
+    text = render_report(InterventionsResult.load(tmp_path / "interventions"))
     assert "Task effects at layer 2" in text and "planted/target" in text and "Decision-margin drop" in text
 
 

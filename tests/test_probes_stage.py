@@ -15,7 +15,7 @@ from experiments.probe import main, probe_stage
 from experiments.run import Run
 from probes.comparison import COLUMNS
 from sources.errors import ConfigError
-from tiny import tiny_hf_model, tiny_tokenizer
+from tiny import save_cooc_standin, tiny_hf_model, tiny_tokenizer
 
 SENTENCES = [
     "see https://example.com/{a}/path{j}/page?x={i} for details",
@@ -69,9 +69,7 @@ probes:
     out = root / "run"
     run = Run(out, cfg.model_dump(mode="json"))
     with run.stage("cooc", cooc_stage_key(cfg, run)) as folder:  # stands in for the cooc stage: the two files probes read
-        pd.DataFrame({"latent": list(range(12)), "group_id": ["g0a"] * 3 + ["g1b"] * 4 + ["g2c"] * 5,
-                      "group_size": [3] * 3 + [4] * 4 + [5] * 5, "structure": "clique"}).to_csv(folder / "groups.csv", index=False)
-        np.save(folder / "occurrences.npy", np.random.default_rng(0).integers(0, 1000, 64))
+        save_cooc_standin(folder, {"g0a": [0, 1, 2], "g1b": [3, 4, 5, 6], "g2c": [7, 8, 9, 10, 11]})
     assert main([str(config), "--out", str(out), "--quiet"]) == 0
     return root, config, out
 
@@ -182,9 +180,7 @@ def test_the_quotation_task_runs_end_to_end_from_one_module_and_one_registry_ent
     out = tmp_path / "run"
     run = Run(out, cfg.model_dump(mode="json"))
     with run.stage("cooc", cooc_stage_key(cfg, run)) as folder:
-        pd.DataFrame({"latent": list(range(7)), "group_id": ["g0a"] * 3 + ["g1b"] * 4, "group_size": [3] * 3 + [4] * 4,
-                      "structure": "clique"}).to_csv(folder / "groups.csv", index=False)
-        np.save(folder / "occurrences.npy", np.random.default_rng(0).integers(0, 1000, 64))
+        save_cooc_standin(folder, {"g0a": [0, 1, 2], "g1b": [3, 4, 5, 6]})
     assert main([str(qconfig), "--out", str(out), "--quiet"]) == 0
     df = pd.read_csv(out / "probes" / "results.csv")
     assert {"quotation/inside", "quotation/since_open"} <= set(df["task"])

@@ -26,7 +26,7 @@ from experiments.run import Run
 from sources.config import DataSpec, HookSpec, ModelSpec, StreamSpec
 from sources.errors import ConfigError
 from sources.stream import cache_dir_for, iter_activation_batches
-from tiny import tiny_corpus_file, tiny_hf_model, tiny_model, tiny_tokenizer
+from tiny import save_cooc_standin, tiny_corpus_file, tiny_hf_model, tiny_model, tiny_tokenizer
 from tiny_pipeline import save_sae, write_corpus, write_pipeline
 
 HOOK = HookSpec(layer=1)
@@ -210,10 +210,7 @@ def _single_latent_run(pipeline, tmp_path, overrides):
     cfg = build_config(ExperimentConfig, pipeline, overrides)
     run = Run(tmp_path / "run", cfg.model_dump(mode="json"))
     with run.stage("cooc", cooc_stage_key(cfg, run)) as folder:
-        pd.DataFrame({"latent": [5, 1, 2, 3], "group_id": ["gsingle", "gtriple", "gtriple", "gtriple"],
-                      "group_size": [1, 3, 3, 3], "structure": ["single", "clique", "clique", "clique"]}
-                     ).to_csv(folder / "groups.csv", index=False)
-        np.save(folder / "occurrences.npy", np.random.default_rng(0).integers(0, 1000, 64))
+        save_cooc_standin(folder, {"gsingle": [5], "gtriple": [1, 2, 3]})
     return cfg, run
 
 
@@ -297,7 +294,7 @@ def test_no_space_left_is_one_line_exit_2_and_earlier_results_stay(cooc_run, cap
         real(file, *args, **kwargs)  # half-written, then the disk is full
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("cooc.outputs.sp.save_npz", full_disk)
+    monkeypatch.setattr("cooc.result.sp.save_npz", full_disk)
     assert cooc_main([str(cfg), "--out", str(out), "--quiet", "--fresh"]) == 2
     assert "no space left on device while writing" in _one_line(capsys)
     # the recomputation wrote into OUT/.staging/cooc and never finished: the earlier run record (manifest and

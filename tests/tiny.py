@@ -78,3 +78,17 @@ def tiny_corpus_file(tmp_path, n_docs: int = 12):
             text = " ".join(rng.choice(words) for _ in range(rng.randint(40, 120)))
             f.write(json.dumps({"id": f"doc{i}", "text": text}) + "\n")
     return path
+
+
+def save_cooc_standin(folder, groups: dict[str, list[int]], d_sae: int = 64, structure: str = "clique") -> None:
+    """Stand in for a finished cooc stage in ``folder``: these groups and random firing counts, saved as a
+    :class:`cooc.result.CoocResult` (the files every later stage reads)."""
+    import numpy as np
+    import pandas as pd
+
+    from cooc.result import CoocResult
+
+    rows = [(m, g, len(ms), structure) for g, ms in groups.items() for m in ms]
+    table = pd.DataFrame(rows, columns=["latent", "group_id", "group_size", "structure"])
+    occ = np.random.default_rng(0).integers(0, 1000, d_sae)
+    CoocResult(occ, table, {"n_tokens": 1000}).save(folder)

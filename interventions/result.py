@@ -1,0 +1,102 @@
+"""The interventions stage's result: :class:`InterventionsResult`, its files under ``OUT/interventions/`` and the
+one reader of them.
+
+Files (each written atomically, ``summary.json`` last but for the verdicts; see docs/interventions.md for columns):
+
+``effects.csv``          tidy effects, one row per (group, arm, mode, alpha, effect, scope), BH-adjusted over the run
+``effect_verdicts.csv``  one row per (group, mode, effect): the group against its best single latent and controls
+``arms.csv``             what every arm edits, including the drawn control latents
+``summary.json``         the primary comparison, tasks, per-group token counts and documents, ``format_version``
+``steering.png``         dose-response of the steering arms (when steering ran)
+``verdicts.csv``         one row per group (the stage copies it to ``OUT/verdicts.csv``)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from sources.errors import ConfigError
+from sources.files import atomic_path, check_format, read_csv, read_json_file, write_json
+
+FORMAT_VERSION = 1
+"""Version of the files' layout; :meth:`InterventionsResult.load` refuses another (the stage key includes it)."""
+HINT = "rerun python -m experiments.interventions (or python -m experiments.steer) with the same --out and --fresh"
+TABLES = ("effects.csv", "arms.csv", "verdicts.csv")
+
+
+@dataclass
+class InterventionsResult:
+    """What the interventions stage produced. The tables and the summary are saved; ``evals`` and ``tasks`` are
+    the in-memory evaluations they were computed from (empty after :meth:`load`)."""
+
+    effects: pd.DataFrame
+    """Tidy effects (interventions.effects.EFFECTS_COLUMNS), BH-adjusted over the run."""
+    verdicts: pd.DataFrame
+    """One row per group (stats.VERDICT_COLUMNS)."""
+    arms: pd.DataFrame
+    """What every arm edits (interventions.pipeline.ARMS_COLUMNS), including the drawn control latents."""
+    effect_verdicts: pd.DataFrame | None = None
+    """One row per (group, mode, effect) at the group's tokens (stats.EFFECT_VERDICT_COLUMNS)."""
+    summary: dict = field(default_factory=dict, repr=False)
+    """n_groups, the primary comparison, alpha, n_boot, read_layer, tasks and one entry per evaluated group."""
+    evals: list = field(default_factory=list, repr=False, compare=False)
+    """The :class:`interventions.arms.GroupEval` of every group that fired (not saved)."""
+    tasks: list = field(default_factory=list, repr=False, compare=False)
+    """The task data used (interventions.tasks.TaskData, with the readouts' clean quality; not saved)."""
+    folder: Path | None = None
+
+    @property
+    def read_layer(self) -> int | None:
+        return self.summary.get("read_layer")
+
+    def save(self, folder: str | Path) -> None:
+        out = Path(folder)
+        with atomic_path(out / "effects.csv") as tmp:
+            self.effects.to_csv(tmp, index=False)
+        with atomic_path(out / "arms.csv") as tmp:
+            self.arms.to_csv(tmp, index=False)
+        if self.effect_verdicts is not None:
+            with atomic_path(out / "effect_verdicts.csv") as tmp:
+                self.effect_verdicts.to_csv(tmp, index=False)
+        write_json(out / "summary.json", {**self.summary, "format_version": FORMAT_VERSION})
+        if (self.effects["mode"] == "steer").any():
+            from interventions.markdown import plot_dose_response
+
+            with atomic_path(out / "steering.png") as tmp:
+                plot_dose_response(self.effects, tmp)
+        with atomic_path(out / "verdicts.csv") as tmp:
+            self.verdicts.to_csv(tmp, index=False)
+
+    @staticmethod
+    def present(folder: str | Path) -> bool:
+        """Whether ``folder`` holds a saved result (its last-written file, summary.json, exists)."""
+        return (Path(folder) / "summary.json").is_file()
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "InterventionsResult":
+        """Read a finished interventions stage folder; ConfigError naming the file and the fix otherwise."""
+        folder = Path(folder)
+        spath = folder / "summary.json"
+        if not spath.exists():
+            raise ConfigError("interventions", f"{folder} has no summary.json: the interventions stage has not finished "
+                                               f"there; {HINT}")
+        summary = read_json_file(spath, "interventions", HINT)
+        check_format("interventions", summary, FORMAT_VERSION, spath, HINT)
+        tables = {}
+        for name in (*TABLES, "effect_verdicts.csv"):
+            path = folder / name
+            if not path.exists():
+                if name == "effect_verdicts.csv":
+                    tables[name] = None
+                    continue
+                raise ConfigError("interventions", f"{path} is missing; {HINT}")
+            dtype = {"group_id": str, "best_single_latents": str, "latents": str}
+            tables[name] = read_csv(path, "interventions", HINT, dtype=dtype)
+        arms = tables["arms.csv"]
+        if "latents" in arms:
+            arms["latents"] = arms["latents"].fillna("")  # arms that edit no latent (directions, steering)
+        return cls(tables["effects.csv"], tables["verdicts.csv"], arms, tables["effect_verdicts.csv"],
+                   summary, folder=folder)

@@ -1,0 +1,123 @@
+"""The probes stage's result: :class:`ProbesResult`, its files under ``OUT/probes/`` and the one reader of them.
+
+Files (each written atomically, ``summary.json`` last, so its presence means the others are complete):
+
+``results.csv``   tidy results, one row per (task, group, arm, metric); see docs/probes.md for the columns
+``groups.csv``    enrichment of every candidate group on every task, with a ``selected`` flag
+``examples.csv``  every task token with its document, character span, token text and labels
+``windows.npz``   the probe windows run through the model (tokens and content mask of each), which the
+                  interventions stage's task effects run on
+``summary.json``  dataset sizes, skipped targets and why, selected groups, wins at the FDR level, timings, and
+                  ``format_version`` (:data:`FORMAT_VERSION`)
+``figures/``      ``<task>_group<id>.png``: PCA of each probed group's reconstruction coloured by the labels, and
+                  ``<task>_group<id>.csv``: its points (pc1, pc2, token, document, labels) for the HTML report
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from probes.dataset import WINDOWS_FILE, load_windows, save_windows
+from sources.errors import ConfigError
+from sources.files import atomic_path, check_format, read_csv, read_json_file, write_json
+
+FORMAT_VERSION = 1
+"""Version of the files' layout; :meth:`ProbesResult.load` refuses another (the stage key includes it)."""
+HINT = "rerun the probes stage (python -m experiments.probe --fresh, or python -m experiments.steer) with the same --out"
+
+Window = tuple[int, int, np.ndarray, np.ndarray]
+"""One probe window: (document index, start token, tokens_L, content mask_L)."""
+
+
+@dataclass
+class ProbeFigure:
+    """One PCA figure of a probed group: the PNG and the plotted points (pc1, pc2, token, document, labels)."""
+
+    png: bytes = field(repr=False)
+    points: pd.DataFrame | None = field(default=None, repr=False)
+
+
+@dataclass
+class ProbesResult:
+    """What the probes stage produced (the same content as its files)."""
+
+    results: pd.DataFrame
+    """Tidy results (probes.comparison.COLUMNS), BH-adjusted over the run."""
+    groups: pd.DataFrame
+    """Enrichment of every candidate group on every task (task, group_id, ..., selected, structure)."""
+    examples: pd.DataFrame
+    """Every task token (task, doc_index, doc_id, char span, token, labels)."""
+    windows: dict[str, list[Window]] = field(repr=False)
+    """task -> the windows run through the model."""
+    summary: dict = field(repr=False)
+    figures: dict[str, ProbeFigure] = field(default_factory=dict, repr=False)
+    """``<task>_group<id>`` -> its PCA figure."""
+    folder: Path | None = None
+
+    def window_lookup(self) -> dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray]]:
+        """``(task, doc_index, window_start) -> (tokens_L, mask_L)``."""
+        return {(task, int(d), int(s)): (t, m) for task, ws in self.windows.items() for d, s, t, m in ws}
+
+    def selected_groups(self) -> pd.DataFrame | None:
+        """The enrichment table when it has what group selection needs (task, group_id, enrichment, selected)."""
+        g = self.groups
+        return g if {"task", "group_id", "enrichment", "selected"} <= set(g.columns) else None
+
+    def save(self, folder: str | Path) -> None:
+        out = Path(folder)
+        for name, df in (("results.csv", self.results), ("groups.csv", self.groups), ("examples.csv", self.examples)):
+            with atomic_path(out / name, "out") as tmp:
+                df.to_csv(tmp, index=False)
+        save_windows(out / WINDOWS_FILE, self.windows)
+        for stem, fig in self.figures.items():
+            with atomic_path(out / "figures" / f"{stem}.png", "out") as tmp:
+                tmp.write_bytes(fig.png)
+            if fig.points is not None:
+                with atomic_path(out / "figures" / f"{stem}.csv", "out") as tmp:
+                    fig.points.to_csv(tmp, index=False)
+        write_json(out / "summary.json", {**self.summary, "format_version": FORMAT_VERSION})
+
+    @staticmethod
+    def present(folder: str | Path) -> bool:
+        """Whether ``folder`` holds a saved result (its last-written file, summary.json, exists)."""
+        return (Path(folder) / "summary.json").is_file()
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "ProbesResult":
+        """Read a finished probes stage folder; ConfigError naming the file and the fix otherwise."""
+        folder = Path(folder)
+        spath = folder / "summary.json"
+        if not spath.exists():
+            raise ConfigError("probes", f"{folder} has no summary.json: the probes stage has not finished there; {HINT}")
+        summary = read_json_file(spath, "probes", HINT)
+        check_format("probes", summary, FORMAT_VERSION, spath, HINT)
+        tables = {}
+        for name in ("results.csv", "groups.csv", "examples.csv"):
+            path = folder / name
+            if not path.exists():
+                raise ConfigError("probes", f"{path} is missing; {HINT}")
+            dtype = {"group_id": str, "doc_id": str}
+            try:
+                tables[name] = read_csv(path, "probes", HINT, dtype=dtype, low_memory=False)
+            except ConfigError as exc:
+                if "is empty" not in exc.message:
+                    raise
+                tables[name] = pd.DataFrame()  # a run whose tasks found nothing writes an empty examples.csv
+        windows_npz = folder / WINDOWS_FILE
+        windows: dict[str, list[Window]] = {}
+        if windows_npz.exists():
+            for (task, d, s), (t, m) in load_windows(windows_npz).items():
+                windows.setdefault(task, []).append((d, s, t, m))
+        figures = {}
+        for task in (summary.get("tasks") or {}).values():
+            for f in ((task or {}).get("figures") or {}).values():
+                png = folder / "figures" / str(f.get("path", ""))
+                if png.is_file():
+                    pts = png.with_suffix(".csv")
+                    table = read_csv(pts, "probes", HINT, dtype={"group_id": str, "doc_id": str}) if pts.exists() else None
+                    figures[png.stem] = ProbeFigure(png.read_bytes(), table)
+        return cls(tables["results.csv"], tables["groups.csv"], tables["examples.csv"], windows, summary, figures, folder)
