@@ -98,13 +98,14 @@ def interventions_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, 
         from interventions.tasks import load_task_data
 
         task_data = load_task_data(probes.examples, cfg.data, session.model.tokenizer, cfg.probes, cfg.seed, icfg.tasks.tasks,
-                                   source=f"the probes stage's examples in {probes.folder}", windows=probes.window_lookup())
+                                   source=f"the probes stage's examples in {probes.folder}", windows=probes.window_lookup(),
+                                   targets=probes.targets)
     elif use_tasks:
         log.info("interventions: no task effects (the probes stage has not run in %s)", run.out)
     with run.stage(STAGE, key, copies=("verdicts.csv",)) as folder:  # OUT/verdicts.csv, recorded with the stage
         checkpoints = _checkpoint_folder(folder, key, fresh=force)
-        result = run_interventions(session.model, session.sae, cfg.hook, cfg.data, cfg.stream, groups, icfg,
-                                   session.view(cfg.cooc.threshold, cfg.cooc.use_sae_threshold).threshold_F, occ_F=cooc.occ_F,
+        result = run_interventions(session, groups, icfg, session.view(cfg.cooc.threshold, cfg.cooc.use_sae_threshold).threshold_F,
+                                   occ_F=cooc.occ_F,
                                    seed=cfg.seed, progress=progress, task_data=task_data, checkpoints=checkpoints)
         result.save(folder)
     return run.out / STAGE

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from experiments.cli import ArgumentParser, entry_point
 from experiments.run import RECOMPUTE, Run, lock_folder, release_locks, verify_record
+from reports.explore import FORMAT_VERSION, ExploreResult
 from sources.config import require_known_groups
 from sources.errors import ConfigError
 from sources.files import stable_hash
@@ -60,8 +61,9 @@ def explore_stage(cfg, run: Run, progress: bool = True, force: bool = False) -> 
             run.require_intact(stage, RECOMPUTE)
     groups = report_groups(run.out, cfg.report, CoocResult.load(run.out / "cooc"))
     cooc_key = run.manifest["stages"].get("cooc", {}).get("key")
-    key = stable_hash({"sections": run.stage_key(*SECTIONS), "cooc": cooc_key, "groups": groups})
-    if not force and run.is_done(STAGE, key) and (run.out / STAGE / "summary.json").exists():
+    key = stable_hash({"sections": run.stage_key(*SECTIONS), "cooc": cooc_key, "groups": groups,
+                       "format": FORMAT_VERSION})
+    if not force and run.is_done(STAGE, key) and ExploreResult.present(run.out / STAGE):
         log.info("explore: up to date in %s (use --fresh to recompute)", run.out / STAGE)
         return run.out / STAGE
     if not groups:
@@ -74,9 +76,10 @@ def explore_stage(cfg, run: Run, progress: bool = True, force: bool = False) -> 
         update={"max_tokens": min(cfg.report.max_tokens, cfg.data.max_tokens)})
     view = s.view(cfg.cooc.threshold, cfg.cooc.use_sae_threshold)  # the cooc stage's firing rule
     with run.stage(STAGE, key) as folder:
-        collect(s.model, s.sae, data, cfg.hook, cfg.stream, groups, view.threshold_F, view.decoder_np(), folder, top_contexts=cfg.report.top_contexts,
+        collect(s.model, view, data, cfg.hook, cfg.stream, groups, top_contexts=cfg.report.top_contexts,
                 window=(cfg.report.context_left, cfg.report.context_right), max_points=cfg.report.max_points,
-                seed=cfg.seed, progress=progress, sae_quality=read_quality(sae_folder(cfg.sae, s.model, cfg.hook, cfg.data)))
+                seed=cfg.seed, progress=progress,
+                sae_quality=read_quality(sae_folder(cfg.sae, s.model, cfg.hook, cfg.data))).save(folder)
     return run.out / STAGE
 
 

@@ -74,5 +74,4 @@ def evaluate_groups(session, groups: dict[str, Sequence[int]], icfg: Interventio
     icfg = icfg if isinstance(icfg, InterventionsConfig) else InterventionsConfig.model_validate(icfg or {})
     specs = [GroupSpec(str(g), tuple(int(m) for m in members)) for g, members in groups.items()]
     view = session.view(threshold)
-    return run_interventions(session.model, session.sae, session.hook, session.data, session.stream, specs, icfg,
-                             view.threshold_F, seed=seed, progress=progress)
+    return run_interventions(session, specs, icfg, view.threshold_F, seed=seed, progress=progress)

@@ -18,9 +18,10 @@ from interventions.arms import (Evaluator, GroupEval, GroupSpec, Pool, best_sing
                                     plan_arms, pooled, scan_pool)
 from interventions.effects import (COMPARATORS, EFFECTS_COLUMNS, adjust_run, bootstrap_weights, effect_row,
                                  effect_verdicts_frame, finish_rows, verdicts_frame)
-from sources.config import DataSpec, HookSpec, StreamSpec, require_known_groups
+from sources.config import HookSpec, require_known_groups
 from sources.errors import ConfigError
 from sources.sae_view import as_view
+from sources.session import Session
 from interventions.result import InterventionsResult
 from sources.files import atomic_path, stable_hash
 
@@ -191,11 +192,11 @@ def arms_rows(ge: GroupEval) -> list[dict]:
     return out
 
 
-def run_interventions(model, sae, hook: HookSpec, data: DataSpec, stream: StreamSpec, groups: list[GroupSpec],
-                      icfg: InterventionsConfig, threshold_F: np.ndarray, occ_F: np.ndarray | None = None,
-                      seed: int = 0, progress: bool = True, task_data: list | None = None,
+def run_interventions(session: Session, groups: list[GroupSpec], icfg: InterventionsConfig, threshold_F: np.ndarray, *,
+                      occ_F: np.ndarray | None = None, seed: int = 0, progress: bool = True, task_data: list | None = None,
                       checkpoints: str | Path | None = None) -> InterventionsResult:
-    """Evaluate ``groups`` on the model: the whole stage without a run folder.
+    """Evaluate ``groups`` on the session's model, SAE, hook and corpus (``sources.session.Session``; built by
+    ``open_session`` or directly as ``Session(model, sae, hook, data, stream)``): the whole stage without a run folder.
 
     ``threshold_F`` is the per-latent firing threshold of the cooc stage; ``occ_F`` the firing counts used
     to match control groups on frequency (default: the counts of the pool scan). ``task_data``
@@ -210,6 +211,8 @@ def run_interventions(model, sae, hook: HookSpec, data: DataSpec, stream: Stream
     """
     from interventions.forward import resolve_read_layer, token_ids
     from interventions.tasks import fit_task_readouts
+
+    model, sae, hook, data, stream = session.model, session.sae, session.hook, session.data, session.stream
 
     read_layer = resolve_read_layer(model, hook, icfg.read_layer)
     logit_ids = {n: (token_ids(model.tokenizer, spec.targets, f"interventions.logit_diffs.{n}.targets"),

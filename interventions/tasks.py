@@ -160,12 +160,23 @@ def task_targets(family: str, examples: pd.DataFrame, probes_cfg=None, seed: int
             for t in targets]
 
 
+def saved_targets(targets: pd.DataFrame, family: str) -> list[TaskTarget]:
+    """The targets of ``family`` that the task effects read out (``Task.reads_out``; e.g. the word-sense task leaves
+    out ``word_sense/resolved``), from the probes stage's saved targets (``ProbesResult.targets``), in their order."""
+    task = TASKS[family]
+    t = targets[targets["task"] == family]
+    return [TaskTarget(str(name), str(sub["kind"].iloc[0]), sub["row"].to_numpy(np.int64), sub["y"].to_numpy(np.float64))
+            for name, sub in t.groupby("target", sort=False) if task.reads_out(str(name))]
+
+
 def load_task_data(examples: pd.DataFrame, data: DataSpec, tokenizer, probes_cfg, seed: int = 0,
-                   families: list[str] | None = None, source: str = "OUT/probes/examples.csv", windows: dict | None = None) -> list[TaskData]:
-    """Task data of every family in ``examples`` (the probes stage's examples.csv), or of ``families``
-    (each must have examples). ``windows``: the probes stage's saved windows (``probes.dataset.load_windows``), used
-    as they are; without them (a probes stage written before windows were saved) documents are re-read from the
-    corpus and re-tokenised (checked by id)."""
+                   families: list[str] | None = None, source: str = "OUT/probes/examples.csv", windows: dict | None = None,
+                   targets: pd.DataFrame | None = None) -> list[TaskData]:
+    """Task data of every family in ``examples`` (the probes stage's examples), or of ``families`` (each must have
+    examples). ``windows`` and ``targets``: the probes stage's saved windows (``ProbesResult.window_lookup()``) and
+    targets (``ProbesResult.targets``), used as they are (the interventions stage passes both). Without them the
+    windows are rebuilt from the corpus (documents re-read and re-tokenised, checked by id) and the targets
+    recomputed from the examples with the probes stage's code, which gives the same (tested)."""
     have = list(dict.fromkeys(examples["task"].astype(str))) if len(examples) and "task" in examples else []
     unknown = [f for f in have if f not in FAMILIES]
     if unknown:
@@ -179,11 +190,15 @@ def load_task_data(examples: pd.DataFrame, data: DataSpec, tokenizer, probes_cfg
     want = [f for f in have if families is None or f in families]
     if not want:
         return []
+
+    def targets_of(family: str, ex: pd.DataFrame) -> list[TaskTarget]:
+        return saved_targets(targets, family) if targets is not None else task_targets(family, ex, probes_cfg, seed)
+
     if windows is not None:
         out = []
         for family in want:
             ex = examples[examples["task"] == family].reset_index(drop=True)
-            out.append(TaskData(family, ex, saved_windows(ex, family, windows, source), task_targets(family, ex, probes_cfg, seed)))
+            out.append(TaskData(family, ex, saved_windows(ex, family, windows, source), targets_of(family, ex)))
         return out
     need = set(int(d) for d in examples.loc[examples["task"].isin(want), "doc_index"])
     texts: dict[int, tuple[str, str]] = {}
@@ -205,7 +220,7 @@ def load_task_data(examples: pd.DataFrame, data: DataSpec, tokenizer, probes_cfg
     out = []
     for family in want:
         ex = examples[examples["task"] == family].reset_index(drop=True)
-        out.append(TaskData(family, ex, windows_from_examples(ex, doc_tokens, tokenizer), task_targets(family, ex, probes_cfg, seed)))
+        out.append(TaskData(family, ex, windows_from_examples(ex, doc_tokens, tokenizer), targets_of(family, ex)))
     return out
 
 

@@ -5,6 +5,8 @@ Files (each written atomically, ``summary.json`` last, so its presence means the
 ``results.csv``   tidy results, one row per (task, group, arm, metric); see docs/probes.md for the columns
 ``groups.csv``    enrichment of every candidate group on every task, with a ``selected`` flag
 ``examples.csv``  every task token with its document, character span, token text and labels
+``targets.csv``   every probed target's examples and labels: task, target, kind, row (into the task's rows of
+                  examples.csv), y, classes; the interventions stage's task effects read these targets out
 ``windows.npz``   the probe windows run through the model (tokens and content mask of each), which the
                   interventions stage's task effects run on
 ``summary.json``  dataset sizes, skipped targets and why, selected groups, wins at the FDR level, timings, and
@@ -28,6 +30,8 @@ from sources.files import atomic_path, check_format, read_csv, read_json_file, w
 FORMAT_VERSION = 1
 """Version of the files' layout; :meth:`ProbesResult.load` refuses another (the stage key includes it)."""
 HINT = "rerun the probes stage (python -m experiments.probe --fresh, or python -m experiments.steer) with the same --out"
+
+TARGET_COLUMNS = ["task", "target", "kind", "row", "y", "classes"]
 
 Window = tuple[int, int, np.ndarray, np.ndarray]
 """One probe window: (document index, start token, tokens_L, content mask_L)."""
@@ -56,6 +60,8 @@ class ProbesResult:
     summary: dict = field(repr=False)
     figures: dict[str, ProbeFigure] = field(default_factory=dict, repr=False)
     """``<task>_group<id>`` -> its PCA figure."""
+    targets: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=TARGET_COLUMNS), repr=False)
+    """Every probed target's rows and labels (TARGET_COLUMNS; :func:`targets_frame`)."""
     folder: Path | None = None
 
     def window_lookup(self) -> dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray]]:
@@ -69,7 +75,8 @@ class ProbesResult:
 
     def save(self, folder: str | Path) -> None:
         out = Path(folder)
-        for name, df in (("results.csv", self.results), ("groups.csv", self.groups), ("examples.csv", self.examples)):
+        for name, df in (("results.csv", self.results), ("groups.csv", self.groups), ("examples.csv", self.examples),
+                         ("targets.csv", self.targets)):
             with atomic_path(out / name, "out") as tmp:
                 df.to_csv(tmp, index=False)
         save_windows(out / WINDOWS_FILE, self.windows)
@@ -96,11 +103,11 @@ class ProbesResult:
         summary = read_json_file(spath, "probes", HINT)
         check_format("probes", summary, FORMAT_VERSION, spath, HINT)
         tables = {}
-        for name in ("results.csv", "groups.csv", "examples.csv"):
+        for name in ("results.csv", "groups.csv", "examples.csv", "targets.csv"):
             path = folder / name
             if not path.exists():
                 raise ConfigError("probes", f"{path} is missing; {HINT}")
-            dtype = {"group_id": str, "doc_id": str}
+            dtype = {"group_id": str, "doc_id": str, "classes": str}
             try:
                 tables[name] = read_csv(path, "probes", HINT, dtype=dtype, low_memory=False)
             except ConfigError as exc:
@@ -120,4 +127,14 @@ class ProbesResult:
                     pts = png.with_suffix(".csv")
                     table = read_csv(pts, "probes", HINT, dtype={"group_id": str, "doc_id": str}) if pts.exists() else None
                     figures[png.stem] = ProbeFigure(png.read_bytes(), table)
-        return cls(tables["results.csv"], tables["groups.csv"], tables["examples.csv"], windows, summary, figures, folder)
+        targets = tables["targets.csv"] if len(tables["targets.csv"].columns) else pd.DataFrame(columns=TARGET_COLUMNS)
+        targets["classes"] = targets["classes"].fillna("")  # regression targets have none
+        return cls(tables["results.csv"], tables["groups.csv"], tables["examples.csv"], windows, summary, figures,
+                   targets, folder)
+
+
+def targets_frame(task: str, targets) -> pd.DataFrame:
+    """One row per (target, example) of a task's :class:`probes.comparison.Target` list (TARGET_COLUMNS)."""
+    parts = [pd.DataFrame({"task": task, "target": t.task, "kind": t.kind, "row": np.asarray(t.rows, dtype=np.int64),
+                           "y": np.asarray(t.y, dtype=np.float64), "classes": "|".join(t.classes)}) for t in targets]
+    return pd.concat(parts, ignore_index=True)[TARGET_COLUMNS] if parts else pd.DataFrame(columns=TARGET_COLUMNS)

@@ -13,9 +13,10 @@ from cooc.result import CoocResult
 from probes.dataset import build_probe_data
 from probes.comparison import COLUMNS, Settings, evaluate_target, finalize, skipped_row
 from probes.plots import group_pca_figure
-from probes.result import ProbeFigure, ProbesResult
+from probes.result import TARGET_COLUMNS, ProbeFigure, ProbesResult, targets_frame
 from probes.selection import enrichment_table, select_groups
 from probes.tasks import get_task
+from probes.tasks.base import target_rng
 from sources.config import require_known_groups
 from sources.errors import ConfigError
 from sources.sae_view import SAEView
@@ -58,6 +59,7 @@ def run_probes(cooc: CoocResult, cfg, progress: bool = True, model=None, sae=Non
     tables, example_frames = [], []
     windows: dict[str, list] = {}
     figures: dict[str, ProbeFigure] = {}
+    target_frames: list[pd.DataFrame] = []
     summary: dict = {"tasks": {}, "settings": settings.__dict__, "n_candidate_groups": len(cand), "cooc_tokens": cooc.n_tokens}
     timings: dict[str, float] = {}
     for family in pc.tasks:
@@ -97,7 +99,8 @@ def run_probes(cooc: CoocResult, cfg, progress: bool = True, model=None, sae=Non
             fam["no_groups"] = reason
             log.warning("probes: %s: %s", family, reason)
 
-        targets, skipped = task.targets(data.examples, pc, np.random.default_rng([int(cfg.seed), 7]))
+        targets, skipped = task.targets(data.examples, pc, target_rng(cfg.seed))
+        target_frames.append(targets_frame(family, targets))
         for name, reason in skipped:
             rows.append(skipped_row(name, reason))
             log.info("probes: %s skipped: %s", name, reason)
@@ -128,7 +131,8 @@ def run_probes(cooc: CoocResult, cfg, progress: bool = True, model=None, sae=Non
     timings["total_s"] = round(time.perf_counter() - t0, 2)
     summary["timings"] = timings
     _log_headline(df)
-    return ProbesResult(df, groups, examples, windows, summary, figures)
+    targets = pd.concat(target_frames, ignore_index=True) if target_frames else pd.DataFrame(columns=TARGET_COLUMNS)
+    return ProbesResult(df, groups, examples, windows, summary, figures, targets)
 
 
 FIGURE_COLUMNS = ("doc_id", "token")

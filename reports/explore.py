@@ -29,8 +29,8 @@ import torch
 
 from sources.config import DataSpec, HookSpec, StreamSpec
 from sources.errors import ConfigError
-from sources.files import atomic_path, read_json, write_json
-from sources.sae_view import as_view, fires
+from sources.files import atomic_path, check_format, read_csv, read_json, read_json_file, write_json
+from sources.sae_view import fires
 from sources.stream import iter_activation_batches
 from subspaces import reconstruction_pca
 
@@ -78,10 +78,58 @@ class SAEStats:
                 "never_fired_fraction": float(1.0 - self.fired_F.mean())}
 
 
-def collect(model, sae, data: DataSpec, hook: HookSpec, stream: StreamSpec, groups: dict[str, tuple[int, ...]],
-            threshold_F: np.ndarray, W_dec_FD: np.ndarray, out: Path, *, top_contexts: int = 5, window: tuple[int, int] = (12, 4),
-            max_points: int = 400, seed: int = 0, progress: bool = True, sae_quality: dict | None = None) -> dict:
-    """Scan the stream once and write contexts.csv, scatter.csv and summary.json into ``out``; returns the summary."""
+FORMAT_VERSION = 1
+"""Version of the files' layout; :meth:`ExploreResult.load` refuses another (the stage key includes it)."""
+HINT = "rerun python -m experiments.steer with the same --out (and --fresh) to recompute the explore stage"
+
+
+@dataclass
+class ExploreResult:
+    """What the explore stage collected: the member latents' top contexts, the groups' PCA points, the summary."""
+
+    contexts: pd.DataFrame
+    """CONTEXT_COLUMNS: the top contexts of every member latent."""
+    scatter: pd.DataFrame
+    """SCATTER_COLUMNS: a sample of the tokens where each group fires, on its top two principal directions."""
+    summary: dict = field(repr=False)
+    """Per group the members, firing tokens, explained-variance ratios; the SAE's quality on these tokens."""
+
+    def save(self, folder: str | Path) -> None:
+        out = Path(folder)
+        for name, df in (("contexts.csv", self.contexts), ("scatter.csv", self.scatter)):
+            with atomic_path(out / name, "out") as tmp:
+                df.to_csv(tmp, index=False)
+        write_json(out / "summary.json", {**self.summary, "format_version": FORMAT_VERSION})
+
+    @staticmethod
+    def present(folder: str | Path) -> bool:
+        """Whether ``folder`` holds a saved result (its last-written file, summary.json, exists)."""
+        return (Path(folder) / "summary.json").is_file()
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "ExploreResult":
+        """Read a finished explore stage folder; ConfigError naming the file and the fix otherwise."""
+        folder = Path(folder)
+        spath = folder / "summary.json"
+        if not spath.exists():
+            raise ConfigError("report", f"{folder} has no summary.json: the explore stage has not finished there; {HINT}")
+        summary = read_json_file(spath, "report", HINT)
+        check_format("explore", summary, FORMAT_VERSION, spath, HINT)
+        tables = {}
+        for name, columns in (("contexts.csv", CONTEXT_COLUMNS), ("scatter.csv", SCATTER_COLUMNS)):
+            path = folder / name
+            if not path.exists():
+                raise ConfigError("report", f"{path} is missing; {HINT}")
+            tables[name] = read_csv(path, "report", HINT, dtype={"group_id": str, "doc_id": str})
+        return cls(tables["contexts.csv"], tables["scatter.csv"], summary)
+
+
+def collect(model, view, data: DataSpec, hook: HookSpec, stream: StreamSpec, groups: dict[str, tuple[int, ...]], *,
+            top_contexts: int = 5, window: tuple[int, int] = (12, 4), max_points: int = 400, seed: int = 0,
+            progress: bool = True, sae_quality: dict | None = None) -> ExploreResult:
+    """Scan the stream once for ``groups`` (id -> member latents) with the SAE ``view`` (``sources.sae_view.SAEView``
+    with the cooc stage's firing rule); returns the :class:`ExploreResult` (``.save(folder)`` writes its files)."""
+    threshold_F = view.threshold_F
     union = np.array(sorted({m for ms in groups.values() for m in ms}), dtype=np.int64)
     col = {int(f): i for i, f in enumerate(union)}
     heaps: dict[int, list] = {int(f): [] for f in union}  # min-heaps of (activation, -order, ctx, pos)
@@ -92,7 +140,6 @@ def collect(model, sae, data: DataSpec, hook: HookSpec, stream: StreamSpec, grou
     char_starts: dict[int, np.ndarray] = {}
     stats = SAEStats()
     thr_F = torch.as_tensor(threshold_F, dtype=torch.float32)
-    view = as_view(sae)
     order = 0
     for batch in iter_activation_batches(model, data, hook, stream, progress=progress):
         mask = batch.mask_BL
@@ -147,7 +194,7 @@ def collect(model, sae, data: DataSpec, hook: HookSpec, stream: StreamSpec, grou
 
     rng = np.random.default_rng(seed)
     scatter_parts, per_group = [], {}
-    W = np.asarray(W_dec_FD, dtype=np.float64)
+    W = np.asarray(view.decoder_np(), dtype=np.float64)
     for g, ms in groups.items():
         r = rows[g]
         n = sum(len(a) for a in r.acts)
@@ -180,12 +227,7 @@ def collect(model, sae, data: DataSpec, hook: HookSpec, stream: StreamSpec, grou
     summary = {"groups": per_group, "sae": {**stats.to_dict(), "firing_rule": "activation > threshold"},
                "sae_quality_file": sae_quality, "top_contexts": top_contexts, "window": list(window),
                "max_points": max_points, "seed": seed}
-    out.mkdir(parents=True, exist_ok=True)
-    for name, df in (("contexts.csv", contexts), ("scatter.csv", scatter)):
-        with atomic_path(out / name, "out") as tmp:
-            df.to_csv(tmp, index=False)
-    write_json(out / "summary.json", summary)
-    return summary
+    return ExploreResult(contexts, scatter, summary)
 
 
 def read_quality(folder: Path | None) -> dict | None:

@@ -22,9 +22,9 @@ from cooc.result import CoocResult
 from interventions.result import InterventionsResult
 from probes.result import ProbesResult
 from probes.tasks import TASKS
+from reports.explore import ExploreResult
 from reports import figures, interactive
-from sources.errors import RECOMPUTE
-from sources.files import read_csv, read_json, write_text
+from sources.files import read_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ PAIR_COLUMNS = ["i", "j", "count", "expected", "npmi", "p_value", "p_adj", "edge
 
 class _RunFiles:
     """A run folder's stage results, each loaded at most once through its stage's result class (None when the
-    stage has not run there), and the report's own exploration files (a missing one reads as empty)."""
+    stage has not run there), and the run record."""
 
     def __init__(self, out: Path):
         self.out = out
@@ -68,9 +68,9 @@ class _RunFiles:
         df = getattr(result, name, None) if result is not None else None
         return df if isinstance(df, pd.DataFrame) else pd.DataFrame()
 
-    def csv(self, rel: str) -> pd.DataFrame:
-        return self._once(rel, lambda: read_csv(self.out / rel, "OUT", RECOMPUTE, dtype={"group_id": str})
-                          if (self.out / rel).exists() else pd.DataFrame())
+    def explore(self) -> ExploreResult | None:
+        return self._once("explore", lambda: ExploreResult.load(self.out / "explore")
+                          if ExploreResult.present(self.out / "explore") else None)
 
     def json(self, rel: str) -> dict:
         def read():
@@ -169,7 +169,7 @@ def _cooc_section(run: _RunFiles, figdir: Path) -> dict:
 
 
 def _sae_section(run: _RunFiles) -> dict:
-    s = run.json("explore/summary.json")
+    s = run.explore().summary if run.explore() is not None else {}
     q = s.get("sae_quality_file") or {}
     here = s.get("sae") or {}
     rows = []
@@ -277,10 +277,10 @@ def _labels_for(points: pd.DataFrame, examples: pd.DataFrame) -> dict[str, pd.Se
 
 
 def _cards(run: _RunFiles, seed: int) -> list[dict]:
-    summary = run.json("explore/summary.json")
+    summary = run.explore().summary if run.explore() is not None else {}
     groups = run.table("cooc", "groups_table")
-    contexts = run.csv("explore/contexts.csv")
-    scatter = run.csv("explore/scatter.csv")
+    contexts = run.table("explore", "contexts")
+    scatter = run.table("explore", "scatter")
     effects = run.table("interventions", "effects")
     verdicts = run.table("interventions", "verdicts")
     effect_verdicts = run.table("interventions", "effect_verdicts")

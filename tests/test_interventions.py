@@ -24,6 +24,7 @@ from interventions.pipeline import group_rows, run_interventions, select_groups
 from interventions.effects import adjust_run, doc_sums, verdicts_frame
 from sources.config import DataSpec, HookSpec, StreamSpec
 from sources.errors import ConfigError
+from sources.session import Session
 from sources.patching import clean_logits, run_with_edits
 from tiny import tiny_corpus_file, tiny_model
 
@@ -180,7 +181,7 @@ def test_effects_match_an_independent_pytorch_computation_and_outputs_are_tidy(m
     single = [s for s in (tok.decode([i]) for i in range(4, 60)) if len(tok.encode(s, add_special_tokens=False)) == 1]
     icfg = _small_cfg(logit_diffs={"pair": {"targets": single[:2], "foils": single[2:3]}})
     thr = np.zeros(sae.cfg.d_sae, dtype=np.float32)
-    res = run_interventions(model, sae, HOOK, data, stream, [group], icfg, thr, seed=0, progress=False)
+    res = run_interventions(Session(model, sae, HOOK, data, stream), [group], icfg, thr, seed=0, progress=False)
     eff = res.effects
     assert list(eff.columns[:12]) == ["group_id", "arm", "comparator", "mode", "alpha", "effect", "scope", "estimate",
                                       "ci_low", "ci_high", "p_value", "p_adj"]
@@ -264,7 +265,7 @@ def test_a_group_whose_decoder_rows_are_zero_never_beats_anything(model, corpus)
     sae.W_dec.data[list(group)] = 0.0
     data, stream = _data(corpus)
     icfg = _small_cfg(modes=["zero", "project_out"], primary_effect="kl")
-    res = run_interventions(model, sae, HOOK, data, stream, [GroupSpec("gnull", group)], icfg,
+    res = run_interventions(Session(model, sae, HOOK, data, stream), [GroupSpec("gnull", group)], icfg,
                             np.zeros(sae.cfg.d_sae, dtype=np.float32), progress=False)
     v = res.verdicts.iloc[0]
     assert "beats" not in {v["beats_best_single"], v["beats_random_groups"], v["beats_random_directions"]}
@@ -553,7 +554,7 @@ def test_the_resample_mode_runs_end_to_end_reproducibly_and_depends_on_the_seed(
     group = GroupSpec("gres", (0, 1, 2, 3), "clique")
     thr = np.zeros(sae.cfg.d_sae, dtype=np.float32)
     icfg = _small_cfg(modes=["resample", "zero"], steering={"enabled": False})
-    runs = [run_interventions(model, sae, HOOK, data, stream, [group], icfg, thr, seed=s, progress=False) for s in (0, 0, 5)]
+    runs = [run_interventions(Session(model, sae, HOOK, data, stream), [group], icfg, thr, seed=s, progress=False) for s in (0, 0, 5)]
     eff = runs[0].effects
     res = eff[(eff["mode"] == "resample") & (eff["arm"] == "group") & (eff["comparator"] == "clean")
               & (eff["effect"] == "kl") & (eff["scope"] == "fires")]
@@ -574,7 +575,7 @@ def test_resample_effects_do_not_depend_on_how_contexts_and_arms_are_batched(mod
     est = []
     for batch_size in (4, 32):
         icfg = _small_cfg(modes=["resample"], steering={"enabled": False}, batch_size=batch_size)
-        eff = run_interventions(model, sae, HOOK, data, stream, [group], icfg, thr, seed=0, progress=False).effects
+        eff = run_interventions(Session(model, sae, HOOK, data, stream), [group], icfg, thr, seed=0, progress=False).effects
         sel = (eff["mode"] == "resample") & (eff["comparator"] == "clean") & (eff["scope"] == "fires")
         est.append(eff[sel].set_index(["arm", "effect"])["estimate"].sort_index())
     assert len(est[0]) > 5

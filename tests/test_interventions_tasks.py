@@ -20,6 +20,7 @@ from interventions.pipeline import run_interventions
 from interventions.tasks import TaskData, TaskTarget, TaskWindow, effect_name, fit_readout, load_task_data
 from sources.config import DataSpec, HookSpec, StreamSpec
 from sources.errors import ConfigError
+from sources.session import Session
 from test_interventions import TinyTopKSAE
 from tiny import tiny_corpus_file, tiny_model
 
@@ -100,7 +101,7 @@ def _cfg(**kw):
 
 def _run(model, sae, corpus, members, td, **kw):
     data, stream = _data(corpus)
-    return run_interventions(model, sae, HOOK, data, stream, [GroupSpec("gtask", members, "clique")], _cfg(**kw),
+    return run_interventions(Session(model, sae, HOOK, data, stream), [GroupSpec("gtask", members, "clique")], _cfg(**kw),
                              np.zeros(sae.cfg.d_sae, dtype=np.float32), seed=0, progress=False, task_data=[td])
 
 

@@ -197,24 +197,33 @@ def test_the_quotation_task_runs_end_to_end_from_one_module_and_one_registry_ent
     assert list((out / "probes" / "figures").glob("quotation_group*.png"))
 
 
-def test_the_saved_windows_are_the_windows_the_corpus_rebuild_gives(setup):
+def test_the_saved_windows_and_targets_are_what_the_corpus_rebuild_and_recomputation_give(setup):
     from interventions.tasks import load_task_data
-    from probes.dataset import WINDOWS_FILE, load_windows
+    from probes.result import ProbesResult
 
     _, config, out = setup
     cfg = build_config(ExperimentConfig, config)
-    ex = pd.read_csv(out / "probes" / "examples.csv", dtype={"doc_id": str}, low_memory=False)
-    saved = load_windows(out / "probes" / WINDOWS_FILE)
+    probes = ProbesResult.load(out / "probes")
+    ex = probes.examples
+    saved = probes.window_lookup()
     assert {k[0] for k in saved} == {"url_position", "word_sense"}
+    assert set(probes.targets["target"]) == {t for t in probes.summary["tasks"]["url_position"]["targets"]} | \
+        {t for t in probes.summary["tasks"]["word_sense"]["targets"]}
     tok = tiny_tokenizer()
-    a = load_task_data(ex, cfg.data, tok, cfg.probes, cfg.seed, windows=saved)
-    b = load_task_data(ex, cfg.data, tok, cfg.probes, cfg.seed)  # re-read from the corpus, re-tokenised
+    a = load_task_data(ex, cfg.data, tok, cfg.probes, cfg.seed, windows=saved, targets=probes.targets)
+    b = load_task_data(ex, cfg.data, tok, cfg.probes, cfg.seed)  # re-read from the corpus, re-tokenised, recomputed
     assert [t.family for t in a] == [t.family for t in b] and sum(len(t.windows) for t in a) > 3
     for ta, tb in zip(a, b):
         for wa, wb in zip(ta.windows, tb.windows, strict=True):
             assert (wa.doc_index, wa.doc_id) == (wb.doc_index, wb.doc_id)
             for x, y in ((wa.tokens_L, wb.tokens_L), (wa.mask_L, wb.mask_L), (wa.pos, wb.pos), (wa.rows, wb.rows)):
                 np.testing.assert_array_equal(x, y)
+        assert [t.name for t in ta.targets] == [t.name for t in tb.targets] and ta.targets
+        for xa, xb in zip(ta.targets, tb.targets):
+            assert xa.kind == xb.kind
+            np.testing.assert_array_equal(xa.rows, xb.rows)
+            np.testing.assert_array_equal(xa.y, xb.y)
+    assert not any(t.name == "word_sense/resolved" for td in a for t in td.targets)  # not read out
 
 
 def test_a_damaged_or_foreign_windows_file_is_a_clear_error(setup, tmp_path):

@@ -4,6 +4,7 @@ computations, a self-contained report.html, and ``python -m experiments.report``
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -230,6 +231,5 @@ def test_explore_on_a_stream_without_tokens_is_a_clear_error(tmp_path, monkeypat
 
     monkeypatch.setattr(explore, "iter_activation_batches", lambda *a, **k: iter(()))
     with pytest.raises(ConfigError, match="gave no tokens to explore") as err:
-        explore.collect(None, None, None, None, None, {"g": (0, 1)}, np.zeros(4), np.zeros((4, 2)), tmp_path / "x")
+        explore.collect(None, SimpleNamespace(threshold_F=np.zeros(4)), None, None, None, {"g": (0, 1)})
     assert err.value.field == "data"
-    assert not (tmp_path / "x").exists()  # nothing half-written

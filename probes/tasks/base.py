@@ -17,6 +17,11 @@ from probes.comparison import Target
 from probes.documents import Doc
 
 
+def target_rng(seed: int) -> np.random.Generator:
+    """The generator a task's :meth:`Task.targets` draws from (e.g. class balancing) for an experiment seed."""
+    return np.random.default_rng([int(seed), 7])
+
+
 @dataclass
 class Selection:
     """A task's examples in the scanned documents."""
@@ -53,10 +58,15 @@ class Task:
         """Targets with enough data, and ``(target, reason)`` for those without."""
         raise NotImplementedError
 
+    def reads_out(self, target: str) -> bool:
+        """Whether the interventions stage reads out this target (task effects); default: every target."""
+        return True
+
     def readout_targets(self, examples: pd.DataFrame, probes_cfg, seed: int = 0) -> list[Target]:
-        """The targets the interventions stage reads out (task effects); default: every target."""
-        targets, _ = self.targets(examples, probes_cfg, np.random.default_rng([int(seed), 7]))
-        return targets
+        """The targets the interventions stage reads out, recomputed from the examples as the probes stage computes
+        them (the stage itself reads them from the probes stage's saved targets, ProbesResult.targets)."""
+        targets, _ = self.targets(examples, probes_cfg, target_rng(seed))
+        return [t for t in targets if self.reads_out(t.task)]
 
     def panels(self, examples: pd.DataFrame, targets: list[Target]) -> list[tuple[str, np.ndarray, str]]:
         """PCA figure panels: ``(title, values per example, "continuous" | "categorical")``."""

@@ -214,8 +214,8 @@ class WordSense(Task):
         ws = probes_cfg.word_sense
         return word_sense_targets(examples, _lexicon(probes_cfg), ws.min_per_class, probes_cfg.folds, ws.balance_resolved, rng)
 
-    def readout_targets(self, examples, probes_cfg, seed=0):
-        return [t for t in super().readout_targets(examples, probes_cfg, seed) if t.task.endswith("/sense")]
+    def reads_out(self, target):
+        return target.endswith("/sense")  # word_sense/resolved is about the window, not about what the model reads
 
     def panels(self, examples, targets):
         sense_words = {t.task.split("/")[1] for t in targets if t.task.endswith("/sense")}
