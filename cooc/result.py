@@ -26,7 +26,7 @@ from cooc.counting import symmetric
 from cooc.groups import Group
 from cooc.structure import Structure
 from sources.errors import ConfigError
-from sources.files import atomic_path, check_format, read_csv, read_json_file, write_json
+from sources.files import SavedResult, atomic_path, read_csv, read_versioned, write_json
 
 FORMAT_VERSION = 1
 """Version of the files' layout; :meth:`CoocResult.load` refuses another (a stage key includes it, so a rerun
@@ -37,11 +37,13 @@ STRUCTURE_COLUMNS = ("n_edges", "density", "degree_centralisation", "clustering"
 
 
 @dataclass
-class CoocResult:
+class CoocResult(SavedResult):
     """What one co-occurrence run produced: firing counts, groups, the scored pairs and the pair counts.
 
     ``pairs`` and ``counts_FF`` can be large; :meth:`load` reads them only when asked.
     """
+
+    RECORD = "manifest.json"
 
     occ_F: np.ndarray
     """Firing count of every latent over the counted tokens."""
@@ -123,11 +125,6 @@ class CoocResult:
         write_json(out / "manifest.json", {**self.manifest, "format_version": FORMAT_VERSION})
         return {name: str(out / name) for name in FILES if (out / name).exists()}
 
-    @staticmethod
-    def present(folder: str | Path) -> bool:
-        """Whether ``folder`` holds a saved result (its last-written file, manifest.json, exists)."""
-        return (Path(folder) / "manifest.json").is_file()
-
     @classmethod
     def load(cls, folder: str | Path, pairs: bool | list[str] = False, counts: bool = False) -> "CoocResult":
         """Read a finished stage folder: manifest, firing counts and groups always; the scored pairs (all
@@ -139,8 +136,7 @@ class CoocResult:
         if missing:
             raise ConfigError("cooc", f"{folder} has no {' or '.join(missing)}: the co-occurrence stage has not run for "
                               f"this output folder; {HINT}")
-        manifest = read_json_file(mpath, "cooc", HINT)
-        check_format("cooc", manifest, FORMAT_VERSION, mpath, HINT)
+        manifest = read_versioned(mpath, "co-occurrence", "cooc", FORMAT_VERSION, HINT)
         table = read_csv(gpath, "cooc", HINT, dtype={"group_id": str})
         need = {"latent", "group_id"}
         if not need <= set(table.columns):

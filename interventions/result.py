@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sources.errors import ConfigError
-from sources.files import atomic_path, check_format, read_csv, read_json_file, write_json
+from sources.files import SavedResult, atomic_path, read_tables, read_versioned, write_json
 
 FORMAT_VERSION = 1
 """Version of the files' layout; :meth:`InterventionsResult.load` refuses another (the stage key includes it)."""
@@ -28,7 +27,7 @@ TABLES = ("effects.csv", "arms.csv", "verdicts.csv")
 
 
 @dataclass
-class InterventionsResult:
+class InterventionsResult(SavedResult):
     """What the interventions stage produced. The tables and the summary are saved; ``evals`` and ``tasks`` are
     the in-memory evaluations they were computed from (empty after :meth:`load`)."""
 
@@ -70,31 +69,13 @@ class InterventionsResult:
         with atomic_path(out / "verdicts.csv") as tmp:
             self.verdicts.to_csv(tmp, index=False)
 
-    @staticmethod
-    def present(folder: str | Path) -> bool:
-        """Whether ``folder`` holds a saved result (its last-written file, summary.json, exists)."""
-        return (Path(folder) / "summary.json").is_file()
-
     @classmethod
     def load(cls, folder: str | Path) -> "InterventionsResult":
         """Read a finished interventions stage folder; ConfigError naming the file and the fix otherwise."""
         folder = Path(folder)
-        spath = folder / "summary.json"
-        if not spath.exists():
-            raise ConfigError("interventions", f"{folder} has no summary.json: the interventions stage has not finished "
-                                               f"there; {HINT}")
-        summary = read_json_file(spath, "interventions", HINT)
-        check_format("interventions", summary, FORMAT_VERSION, spath, HINT)
-        tables = {}
-        for name in (*TABLES, "effect_verdicts.csv"):
-            path = folder / name
-            if not path.exists():
-                if name == "effect_verdicts.csv":
-                    tables[name] = None
-                    continue
-                raise ConfigError("interventions", f"{path} is missing; {HINT}")
-            dtype = {"group_id": str, "best_single_latents": str, "latents": str}
-            tables[name] = read_csv(path, "interventions", HINT, dtype=dtype)
+        summary = read_versioned(folder / "summary.json", "interventions", "interventions", FORMAT_VERSION, HINT)
+        tables = read_tables(folder, (*TABLES, "effect_verdicts.csv"), "interventions", HINT, optional=("effect_verdicts.csv",),
+                             dtype={"group_id": str, "best_single_latents": str, "latents": str})
         arms = tables["arms.csv"]
         if "latents" in arms:
             arms["latents"] = arms["latents"].fillna("")  # arms that edit no latent (directions, steering)

@@ -24,8 +24,7 @@ import numpy as np
 import pandas as pd
 
 from probes.dataset import WINDOWS_FILE, load_windows, save_windows
-from sources.errors import ConfigError
-from sources.files import atomic_path, check_format, read_csv, read_json_file, write_json
+from sources.files import SavedResult, atomic_path, read_csv, read_tables, read_versioned, write_json
 
 FORMAT_VERSION = 1
 """Version of the files' layout; :meth:`ProbesResult.load` refuses another (the stage key includes it)."""
@@ -46,7 +45,7 @@ class ProbeFigure:
 
 
 @dataclass
-class ProbesResult:
+class ProbesResult(SavedResult):
     """What the probes stage produced (the same content as its files)."""
 
     results: pd.DataFrame
@@ -88,32 +87,14 @@ class ProbesResult:
                     fig.points.to_csv(tmp, index=False)
         write_json(out / "summary.json", {**self.summary, "format_version": FORMAT_VERSION})
 
-    @staticmethod
-    def present(folder: str | Path) -> bool:
-        """Whether ``folder`` holds a saved result (its last-written file, summary.json, exists)."""
-        return (Path(folder) / "summary.json").is_file()
-
     @classmethod
     def load(cls, folder: str | Path) -> "ProbesResult":
         """Read a finished probes stage folder; ConfigError naming the file and the fix otherwise."""
         folder = Path(folder)
-        spath = folder / "summary.json"
-        if not spath.exists():
-            raise ConfigError("probes", f"{folder} has no summary.json: the probes stage has not finished there; {HINT}")
-        summary = read_json_file(spath, "probes", HINT)
-        check_format("probes", summary, FORMAT_VERSION, spath, HINT)
-        tables = {}
-        for name in ("results.csv", "groups.csv", "examples.csv", "targets.csv"):
-            path = folder / name
-            if not path.exists():
-                raise ConfigError("probes", f"{path} is missing; {HINT}")
-            dtype = {"group_id": str, "doc_id": str, "classes": str}
-            try:
-                tables[name] = read_csv(path, "probes", HINT, dtype=dtype, low_memory=False)
-            except ConfigError as exc:
-                if "is empty" not in exc.message:
-                    raise
-                tables[name] = pd.DataFrame()  # a run whose tasks found nothing writes an empty examples.csv
+        summary = read_versioned(folder / "summary.json", "probes", "probes", FORMAT_VERSION, HINT)
+        tables = read_tables(folder, ("results.csv", "groups.csv", "examples.csv", "targets.csv"), "probes", HINT,
+                             empty_ok=("examples.csv", "targets.csv"), dtype={"group_id": str, "doc_id": str, "classes": str},
+                             low_memory=False)
         windows_npz = folder / WINDOWS_FILE
         windows: dict[str, list[Window]] = {}
         if windows_npz.exists():

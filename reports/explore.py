@@ -29,7 +29,7 @@ import torch
 
 from sources.config import DataSpec, HookSpec, StreamSpec
 from sources.errors import ConfigError
-from sources.files import atomic_path, check_format, read_csv, read_json, read_json_file, write_json
+from sources.files import SavedResult, atomic_path, read_json, read_tables, read_versioned, write_json
 from sources.sae_view import fires
 from sources.stream import iter_activation_batches
 from subspaces import reconstruction_pca
@@ -84,7 +84,7 @@ HINT = "rerun python -m experiments.steer with the same --out (and --fresh) to r
 
 
 @dataclass
-class ExploreResult:
+class ExploreResult(SavedResult):
     """What the explore stage collected: the member latents' top contexts, the groups' PCA points, the summary."""
 
     contexts: pd.DataFrame
@@ -101,26 +101,12 @@ class ExploreResult:
                 df.to_csv(tmp, index=False)
         write_json(out / "summary.json", {**self.summary, "format_version": FORMAT_VERSION})
 
-    @staticmethod
-    def present(folder: str | Path) -> bool:
-        """Whether ``folder`` holds a saved result (its last-written file, summary.json, exists)."""
-        return (Path(folder) / "summary.json").is_file()
-
     @classmethod
     def load(cls, folder: str | Path) -> "ExploreResult":
         """Read a finished explore stage folder; ConfigError naming the file and the fix otherwise."""
         folder = Path(folder)
-        spath = folder / "summary.json"
-        if not spath.exists():
-            raise ConfigError("report", f"{folder} has no summary.json: the explore stage has not finished there; {HINT}")
-        summary = read_json_file(spath, "report", HINT)
-        check_format("explore", summary, FORMAT_VERSION, spath, HINT)
-        tables = {}
-        for name, columns in (("contexts.csv", CONTEXT_COLUMNS), ("scatter.csv", SCATTER_COLUMNS)):
-            path = folder / name
-            if not path.exists():
-                raise ConfigError("report", f"{path} is missing; {HINT}")
-            tables[name] = read_csv(path, "report", HINT, dtype={"group_id": str, "doc_id": str})
+        summary = read_versioned(folder / "summary.json", "explore", "report", FORMAT_VERSION, HINT)
+        tables = read_tables(folder, ("contexts.csv", "scatter.csv"), "report", HINT, dtype={"group_id": str, "doc_id": str})
         return cls(tables["contexts.csv"], tables["scatter.csv"], summary)
 
 

@@ -91,6 +91,49 @@ def read_json_file(path: str | os.PathLike, field: str, fix: str) -> dict:
     return obj
 
 
+def read_versioned(path: str | os.PathLike, stage: str, field: str, expected: int, fix: str) -> dict:
+    """The JSON record a stage's result writes last (its summary or manifest), after checking that it exists, is
+    readable and has ``format_version`` ``expected``; ConfigError (``field``) naming the file and ``fix`` otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(field, f"{path.parent} has no {path.name}: the {stage} stage has not finished there; {fix}")
+    record = read_json_file(path, field, fix)
+    check_format(field, record, expected, path, fix)
+    return record
+
+
+def read_tables(folder: str | os.PathLike, names, field: str, fix: str, optional=(), empty_ok=(), **kwargs) -> dict:
+    """``{name: DataFrame}`` of a saved result's CSV files (``kwargs`` go to ``pandas.read_csv``): a missing file is a
+    ConfigError naming it and ``fix``, but for those in ``optional`` (None); an empty one (no header) reads as an
+    empty frame for those in ``empty_ok``."""
+    import pandas as pd
+
+    out = {}
+    for name in names:
+        path = Path(folder) / name
+        if not path.exists():
+            if name in optional:
+                out[name] = None
+                continue
+            raise ConfigError(field, f"{path} is missing; {fix}")
+        if name in empty_ok and path.stat().st_size <= 1:
+            out[name] = pd.DataFrame()
+            continue
+        out[name] = read_csv(path, field, fix, **kwargs)
+    return out
+
+
+class SavedResult:
+    """Mixin of a stage's result saved as a folder whose last-written file is ``RECORD``."""
+
+    RECORD = "summary.json"
+
+    @classmethod
+    def present(cls, folder: str | os.PathLike) -> bool:
+        """Whether ``folder`` holds a saved result (its last-written file exists)."""
+        return (Path(folder) / cls.RECORD).is_file()
+
+
 def check_format(stage: str, record: dict, expected: int, path: str | os.PathLike, fix: str) -> None:
     """Refuse a stage's files whose ``format_version`` (in ``record``, read from ``path``) is not ``expected``."""
     found = record.get("format_version")
