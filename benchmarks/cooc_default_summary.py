@@ -2,16 +2,16 @@
 
     .venv/bin/python benchmarks/cooc_default_summary.py   # after python -m experiments.steer
 """
-import pandas as pd, numpy as np, json
+import numpy as np
 from collections import Counter
-from cooc import GroupFinder
-out='runs/default/cooc'
-m=json.load(open(f'{out}/manifest.json'))
-p=pd.read_parquet(f'{out}/pairs.parquet'); p.attrs['family_size']=m['family_size']
+from cooc import CoocResult, GroupFinder
+res=CoocResult.load('runs/default/cooc', pairs=True)
+m=res.manifest
+p=res.pairs; p.attrs['family_size']=m['family_size']
 def summ(name, sizes, structs, n_active):
     sizes=np.array(sizes); c=Counter(sizes.tolist())
     print(f"| {name} | {sizes.sum()/4096:.1%} ({sizes.sum()/n_active:.1%} of {n_active} active) | {len(sizes)} | {(sizes==2).mean():.0%} | {int(np.median(sizes))} | {sizes.max()} | " + ", ".join(f"{k} {v}" for k,v in Counter(structs).most_common()) + " |")
-g=pd.read_csv(f'{out}/groups.csv'); s=g.drop_duplicates('group_id')
+g=res.groups_table; s=g.drop_duplicates('group_id')
 print({k:m[k] for k in ['n_tokens','n_active_latents','n_tested_latents','n_edges','n_groups','largest_component']})
 print("| method | latents in groups of size ≥ 2 | groups | pairs among groups | median size | largest | structure labels |")
 summ('significant (default)', s.group_size, s.structure, m['n_active_latents'])

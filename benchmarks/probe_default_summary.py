@@ -4,11 +4,12 @@
 """
 
 import sys
+from pathlib import Path
 
-import pandas as pd
+from probes.result import ProbesResult
 
 out = sys.argv[1] if len(sys.argv) > 1 else "runs/default"
-r = pd.read_csv(f"{out}/probes/results.csv")
+r = ProbesResult.load(Path(out) / "probes").results
 tested = r[(r.row_type == "comparison") & r.p_adj.notna()]
 comparisons = ["group_subspace-vs-best_single_direction", "group_latents-vs-best_single_latent",
                "group_subspace-vs-matched_subspace", "group_subspace-vs-random_subspace"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -56,9 +57,19 @@ class CoocResult(SavedResult):
     """Scored tested pairs with an ``edge`` column (cooc.scoring; as many rows as cooc.write_pairs says), or
     None (not written, or not loaded)."""
     counts_FF: sp.csr_matrix | None = field(default=None, repr=False)
-    """Symmetric pair counts with the occurrences on the diagonal, or None (not loaded)."""
+    """Symmetric pair counts with the occurrences on the diagonal, or None (not loaded; see :meth:`pair_counts`)."""
     folder: Path | None = None
     """Where it was loaded from (named in error messages)."""
+    counter: Any = field(default=None, repr=False, compare=False)
+    """The in-memory :class:`cooc.counting.CooccurrenceCounter` of a run (not saved; None after :meth:`load`)."""
+
+    def pair_counts(self) -> sp.csr_matrix | None:
+        """The symmetric pair counts: loaded, or built once from the run's counter (12 bytes per pair to export,
+        about 32 more for the matrix, so only on demand), or None."""
+        if self.counts_FF is None and self.counter is not None:
+            p = self.counter.upper_pairs()
+            self.counts_FF = symmetric(p.i, p.j, p.count.astype(np.int64), self.counter.occ_F, self.counter.d_sae)
+        return self.counts_FF
 
     # ------------------------------------------------------------------ views
 
@@ -110,11 +121,14 @@ class CoocResult(SavedResult):
         out = Path(folder)
         with atomic_path(out / "occurrences.npy") as tmp:
             np.save(tmp, np.asarray(self.occ_F).astype(np.int64))
-        if self.counts_FF is not None:
+        counts_FF = self.pair_counts()
+        for name in ("counts.npz", "jaccard.npz"):
+            (out / name).unlink(missing_ok=True)  # of an earlier save
+        if counts_FF is not None:
             with atomic_path(out / "counts.npz") as tmp:
-                sp.save_npz(tmp, self.counts_FF, compressed=False)
+                sp.save_npz(tmp, counts_FF, compressed=False)
             with atomic_path(out / "jaccard.npz") as tmp:
-                sp.save_npz(tmp, jaccard_matrix(self.counts_FF), compressed=False)
+                sp.save_npz(tmp, jaccard_matrix(counts_FF), compressed=False)
         if self.pairs is not None:
             with atomic_path(out / "pairs.parquet") as tmp:
                 self.pairs.to_parquet(tmp, index=False)

@@ -11,7 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from cooc.config import CoocConfig
-from cooc.counting import CooccurrenceCounter, check_csr, symmetric
+from cooc.counting import CooccurrenceCounter, check_csr
 from cooc.groups import GroupFinder, groups_frame
 from cooc.result import CoocResult
 from cooc.scoring import score_pairs
@@ -119,10 +119,8 @@ def analyse(counter: CooccurrenceCounter, cfg: CoocConfig, out_dir: str | Path |
         "git_commit": git_commit(),
         **(extra or {}),
     }
-    pairs = counter.upper_pairs()
-    counts_FF = symmetric(pairs.i, pairs.j, pairs.count.astype(np.int64), counter.occ_F, counter.d_sae)
     kept = {"tested": scored, "edges": scored[scored["edge"]], "none": None}[cfg.write_pairs]
-    result = CoocResult(np.asarray(counter.occ_F).astype(np.int64), table, manifest, kept, counts_FF)
+    result = CoocResult(np.asarray(counter.occ_F).astype(np.int64), table, manifest, kept, counter=counter)
     if out_dir is not None:
         result.save(out_dir)
     return result

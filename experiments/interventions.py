@@ -20,6 +20,7 @@ from experiments.config import ExperimentConfig
 from experiments.preflight import check_inputs
 from experiments.run import PARTIAL, RECOMPUTE, Run, read_manifest
 from sources.errors import ConfigError
+from cooc.result import HINT as COOC_HINT
 from interventions.result import FORMAT_VERSION
 from sources.files import stable_hash
 
@@ -27,7 +28,6 @@ log = logging.getLogger("experiments.interventions")
 
 STAGE = "interventions"
 SECTIONS = ("seed", "model", "hook", "sae", "data", "cooc", "probes", "interventions")  # not stream: results do not depend on it
-COOC_HINT = "run python -m experiments.steer (or python -m experiments.cooc) with the same config and --out first"
 
 
 def interventions_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, force: bool = False) -> Path | None:
@@ -56,7 +56,8 @@ def interventions_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, 
 
     if cooc_key != cooc_stage_key(cfg, run):  # e.g. the SAE's files were replaced
         raise ConfigError("cooc", f"the co-occurrence stage in {run.out} was computed from other inputs than this "
-                          f"config's (settings, or the content of its model, SAE or corpus files); {COOC_HINT}")
+                          f"config's (settings, or the content of its model, SAE or corpus files; or its files are in an older "
+                          f"format); {COOC_HINT}")
     run.require_intact("cooc", RECOMPUTE)
     cooc = CoocResult.load(cooc_dir)
     if cooc.groups_table.empty:  # e.g. a corpus too short for any latent to fire cooc.min_occurrences times

@@ -2,7 +2,7 @@
 
 Needs the co-occurrence stage's outputs in the same output folder (``OUT/cooc``, read as a
 :class:`cooc.result.CoocResult`); runs probes.stage.run_probes and saves its :class:`probes.result.ProbesResult`
-as ``OUT/probes`` (results.csv, groups.csv, examples.csv, windows.npz, summary.json, figures/). This module keeps
+as ``OUT/probes`` (results.csv, groups.csv, examples.csv, targets.csv, windows.npz, summary.json, figures/). This module keeps
 only the run bookkeeping. See docs/probes.md.
 """
 
@@ -42,7 +42,8 @@ def probe_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, force: b
 
     if cooc_rec.get("key") != cooc_stage_key(cfg, run):
         raise ConfigError("cooc", f"the co-occurrence stage in {run.out} was computed with other settings than this config "
-                          f"(model, hook, sae, data, activations, cooc or seed differ), so its groups do not belong to it; "
+                          f"(model, hook, sae, data, activations, cooc or seed differ, or the files are in an older format), so its "
+                          f"groups do not belong to it; "
                           f"{COOC_HINT}, or use the run's own config")
     run.require_intact("cooc", COOC_HINT)
     key = stable_hash({"sections": run.stage_key(*SECTIONS), "cooc": cooc_rec.get("key"), "format": FORMAT_VERSION})

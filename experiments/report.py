@@ -36,10 +36,12 @@ def report_groups(out: Path, rcfg, cooc) -> dict[str, tuple[int, ...]]:
         require_known_groups("report.groups", rcfg.groups, members, cooc.groups_csv)
         return {g: members[g] for g in dict.fromkeys(rcfg.groups)}
     chosen: list[str] = []
-    if InterventionsResult.present(out / "interventions"):
-        chosen += [str(g) for g in InterventionsResult.load(out / "interventions").verdicts["group_id"]]
-    if ProbesResult.present(out / "probes"):
-        pg = ProbesResult.load(out / "probes").groups
+    interventions = InterventionsResult.load_if_current(out / "interventions")
+    if interventions is not None:
+        chosen += [str(g) for g in interventions.verdicts["group_id"]]
+    probes = ProbesResult.load_if_current(out / "probes")
+    if probes is not None:
+        pg = probes.groups
         if "selected" in pg:
             chosen += [str(g) for g in pg.loc[pg["selected"].astype(bool), "group_id"]]
     sizes = cooc.groups_table.groupby("group_id")["latent"].size().sort_values(ascending=False, kind="stable")

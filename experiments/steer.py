@@ -38,9 +38,8 @@ def run_pipeline(cfg: ExperimentConfig, out: Path, fresh: bool = False, progress
         probe_stage(cfg, run, progress=progress, force=fresh)
         interventions_stage(cfg, run, progress=progress, force=fresh)
         explore_stage(cfg, run, progress=progress, force=fresh)
-        folder = run.out / "interventions"
-        write_text(run.out / "report.md", render_report(InterventionsResult.load(folder))
-                   if InterventionsResult.present(folder) else NOT_RUN)
+        result = InterventionsResult.load(run.out / "interventions") if cfg.interventions.enabled else None
+        write_text(run.out / "report.md", render_report(result) if result is not None else NOT_RUN)
         run.finish([s for s in STAGES if (s != "interventions" or cfg.interventions.enabled)
                     and (s != "explore" or cfg.report.enabled)])
         if cfg.report.enabled:

@@ -1,7 +1,7 @@
 """The interventions stage's result: :class:`InterventionsResult`, its files under ``OUT/interventions/`` and the
 one reader of them.
 
-Files (each written atomically, ``summary.json`` last but for the verdicts; see docs/interventions.md for columns):
+Files (each written atomically, ``summary.json`` last; see docs/interventions.md for columns):
 
 ``effects.csv``          tidy effects, one row per (group, arm, mode, alpha, effect, scope), BH-adjusted over the run
 ``effect_verdicts.csv``  one row per (group, mode, effect): the group against its best single latent and controls
@@ -52,15 +52,17 @@ class InterventionsResult(SavedResult):
         return self.summary.get("read_layer")
 
     def save(self, folder: str | Path) -> None:
+        """Write the files into ``folder`` (``summary.json`` last; optional files of an earlier save removed)."""
         out = Path(folder)
         with atomic_path(out / "effects.csv") as tmp:
             self.effects.to_csv(tmp, index=False)
         with atomic_path(out / "arms.csv") as tmp:
             self.arms.to_csv(tmp, index=False)
+        (out / "effect_verdicts.csv").unlink(missing_ok=True)
         if self.effect_verdicts is not None:
             with atomic_path(out / "effect_verdicts.csv") as tmp:
                 self.effect_verdicts.to_csv(tmp, index=False)
-        write_json(out / "summary.json", {**self.summary, "format_version": FORMAT_VERSION})
+        (out / "steering.png").unlink(missing_ok=True)
         if (self.effects["mode"] == "steer").any():
             from interventions.markdown import plot_dose_response
 
@@ -68,6 +70,7 @@ class InterventionsResult(SavedResult):
                 plot_dose_response(self.effects, tmp)
         with atomic_path(out / "verdicts.csv") as tmp:
             self.verdicts.to_csv(tmp, index=False)
+        write_json(out / "summary.json", {**self.summary, "format_version": FORMAT_VERSION})
 
     @classmethod
     def load(cls, folder: str | Path) -> "InterventionsResult":

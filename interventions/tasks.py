@@ -8,7 +8,9 @@ then the document's tokens from ``window_start`` up to the window's last task to
 
 For every target this module
 
-1. rebuilds the probe windows from the examples and the corpus (:func:`load_task_data`);
+1. takes the probes stage's windows and targets (:func:`load_task_data` with ``ProbesResult.window_lookup()`` and
+   ``ProbesResult.targets``; without them it rebuilds the windows from the examples and the corpus and recomputes
+   the targets, which gives the same);
 2. runs them clean up to ``read_layer`` and fits a linear **readout** of the target on the clean residual
    stream (resid_post) there, **cross-fitted by document**: the documents are split into ``folds``
    document-grouped folds (``stats.grouped_folds``, the probes stage's fold rule) and every task token is read by the readout

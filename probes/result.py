@@ -24,10 +24,12 @@ import numpy as np
 import pandas as pd
 
 from probes.dataset import WINDOWS_FILE, load_windows, save_windows
+from sources.errors import ConfigError
 from sources.files import SavedResult, atomic_path, read_csv, read_tables, read_versioned, write_json
 
-FORMAT_VERSION = 1
-"""Version of the files' layout; :meth:`ProbesResult.load` refuses another (the stage key includes it)."""
+FORMAT_VERSION = 2
+"""Version of the files' layout; :meth:`ProbesResult.load` refuses another (the stage key includes it).
+2: targets.csv added."""
 HINT = "rerun the probes stage (python -m experiments.probe --fresh, or python -m experiments.steer) with the same --out"
 
 TARGET_COLUMNS = ["task", "target", "kind", "row", "y", "classes"]
@@ -93,13 +95,19 @@ class ProbesResult(SavedResult):
         folder = Path(folder)
         summary = read_versioned(folder / "summary.json", "probes", "probes", FORMAT_VERSION, HINT)
         tables = read_tables(folder, ("results.csv", "groups.csv", "examples.csv", "targets.csv"), "probes", HINT,
-                             empty_ok=("examples.csv", "targets.csv"), dtype={"group_id": str, "doc_id": str, "classes": str},
+                             empty_ok=("examples.csv",), dtype={"group_id": str, "doc_id": str, "classes": str},
                              low_memory=False)
+        targets = tables["targets.csv"]
+        missing = [c for c in TARGET_COLUMNS if c not in targets]
+        if missing:
+            raise ConfigError("probes", f"{folder / 'targets.csv'} lacks the column(s) {', '.join(missing)}; {HINT}")
+        targets["classes"] = targets["classes"].fillna("")  # regression targets have none
         windows_npz = folder / WINDOWS_FILE
+        if not windows_npz.exists():
+            raise ConfigError("probes", f"{windows_npz} is missing; {HINT}")
         windows: dict[str, list[Window]] = {}
-        if windows_npz.exists():
-            for (task, d, s), (t, m) in load_windows(windows_npz).items():
-                windows.setdefault(task, []).append((d, s, t, m))
+        for (task, d, s), (t, m) in load_windows(windows_npz).items():
+            windows.setdefault(task, []).append((d, s, t, m))
         figures = {}
         for task in (summary.get("tasks") or {}).values():
             for f in ((task or {}).get("figures") or {}).values():
@@ -108,8 +116,6 @@ class ProbesResult(SavedResult):
                     pts = png.with_suffix(".csv")
                     table = read_csv(pts, "probes", HINT, dtype={"group_id": str, "doc_id": str}) if pts.exists() else None
                     figures[png.stem] = ProbeFigure(png.read_bytes(), table)
-        targets = tables["targets.csv"] if len(tables["targets.csv"].columns) else pd.DataFrame(columns=TARGET_COLUMNS)
-        targets["classes"] = targets["classes"].fillna("")  # regression targets have none
         return cls(tables["results.csv"], tables["groups.csv"], tables["examples.csv"], windows, summary, figures,
                    targets, folder)
 

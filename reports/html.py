@@ -50,16 +50,13 @@ class _RunFiles:
         return self._read[key]
 
     def cooc(self) -> CoocResult | None:
-        return self._once("cooc", lambda: CoocResult.load(self.out / "cooc", pairs=PAIR_COLUMNS)
-                          if CoocResult.present(self.out / "cooc") else None)
+        return self._once("cooc", lambda: CoocResult.load_if_current(self.out / "cooc", pairs=PAIR_COLUMNS))
 
     def probes(self) -> ProbesResult | None:
-        return self._once("probes", lambda: ProbesResult.load(self.out / "probes")
-                          if ProbesResult.present(self.out / "probes") else None)
+        return self._once("probes", lambda: ProbesResult.load_if_current(self.out / "probes"))
 
     def interventions(self) -> InterventionsResult | None:
-        return self._once("interventions", lambda: InterventionsResult.load(self.out / "interventions")
-                          if InterventionsResult.present(self.out / "interventions") else None)
+        return self._once("interventions", lambda: InterventionsResult.load_if_current(self.out / "interventions"))
 
     def table(self, stage: str, name: str) -> pd.DataFrame:
         """A table of a stage's result (``groups_table``, ``results``, ``effects``, ...); empty when the stage has
@@ -69,8 +66,7 @@ class _RunFiles:
         return df if isinstance(df, pd.DataFrame) else pd.DataFrame()
 
     def explore(self) -> ExploreResult | None:
-        return self._once("explore", lambda: ExploreResult.load(self.out / "explore")
-                          if ExploreResult.present(self.out / "explore") else None)
+        return self._once("explore", lambda: ExploreResult.load_if_current(self.out / "explore"))
 
     def json(self, rel: str) -> dict:
         def read():

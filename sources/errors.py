@@ -24,6 +24,10 @@ class ConfigError(Exception):
         super().__init__(f"{field}: {message}")
 
 
+class FormatError(ConfigError):
+    """A stage's saved files are in another format version than this version of the framework reads."""
+
+
 def format_validation_error(exc) -> ConfigError:
     """Turn a pydantic ValidationError into one ConfigError naming the first bad field."""
     errors = exc.errors()

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from sources.errors import ConfigError
+from sources.errors import ConfigError, FormatError
 
 
 @contextlib.contextmanager
@@ -124,7 +124,8 @@ def read_tables(folder: str | os.PathLike, names, field: str, fix: str, optional
 
 
 class SavedResult:
-    """Mixin of a stage's result saved as a folder whose last-written file is ``RECORD``."""
+    """Mixin of a stage's result saved as a folder whose last-written file is ``RECORD`` (subclasses define
+    ``load(folder)``)."""
 
     RECORD = "summary.json"
 
@@ -133,6 +134,21 @@ class SavedResult:
         """Whether ``folder`` holds a saved result (its last-written file exists)."""
         return (Path(folder) / cls.RECORD).is_file()
 
+    @classmethod
+    def load_if_current(cls, folder: str | os.PathLike, **kwargs):
+        """The saved result in ``folder``, or None when there is none or it is in another format version (a folder
+        of a stage this config no longer runs, left by an older version; logged). For readers that show what a run
+        folder holds (the report); a stage's own inputs use ``load``, which refuses such a folder."""
+        if not cls.present(folder):
+            return None
+        try:
+            return cls.load(folder, **kwargs)
+        except FormatError as exc:
+            import logging
+
+            logging.getLogger(__name__).warning("not shown: %s", exc.message)
+            return None
+
 
 def check_format(stage: str, record: dict, expected: int, path: str | os.PathLike, fix: str) -> None:
     """Refuse a stage's files whose ``format_version`` (in ``record``, read from ``path``) is not ``expected``."""
@@ -140,8 +156,8 @@ def check_format(stage: str, record: dict, expected: int, path: str | os.PathLik
     if found != expected:
         what = "has no format_version (written before formats were versioned)" if found is None else \
             f"has format_version {found!r}"
-        raise ConfigError(stage, f"{path} {what}, but this version of the framework reads format {expected}; "
-                                 f"recompute it with --fresh ({fix})")
+        raise FormatError(stage, f"{path} {what}, but this version of the framework reads format {expected}: "
+                                 f"recompute it with --fresh; {fix}")
 
 
 def read_csv(path: str | os.PathLike, field: str, fix: str, **kwargs):

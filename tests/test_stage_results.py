@@ -17,7 +17,7 @@ from cooc.counting import CooccurrenceCounter
 from cooc.inputs import iter_chunks
 from cooc.result import FORMAT_VERSION, CoocResult
 from cooc.synthetic import planted
-from probes.result import ProbeFigure, ProbesResult
+from probes.result import TARGET_COLUMNS, ProbeFigure, ProbesResult
 from sources.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,10 +112,26 @@ def test_a_probes_result_saved_and_loaded_keeps_tables_windows_and_figures(tmp_p
     assert set(lookup) == {("t", 0, 0), ("t", 2, 4)}
     np.testing.assert_array_equal(lookup[("t", 2, 4)][0], [1, 9])
     np.testing.assert_array_equal(lookup[("t", 0, 0)][1], [False, True, True])
+    assert list(back.targets.columns) == TARGET_COLUMNS and back.targets.empty
     summary_file = json.loads((tmp_path / "summary.json").read_text())
     summary_file["format_version"] = 0
     (tmp_path / "summary.json").write_text(json.dumps(summary_file))
     with pytest.raises(ConfigError, match="has format_version 0"):
+        ProbesResult.load(tmp_path)
+    # a reader of whatever a run folder holds (the report) skips a folder of another format, with a warning
+    assert ProbesResult.load_if_current(tmp_path) is None and ProbesResult.load_if_current(tmp_path / "none") is None
+    res.save(tmp_path)
+    assert ProbesResult.load_if_current(tmp_path) is not None
+    # damaged or missing files are refused, never read as "no targets" or "no windows"
+    (tmp_path / "targets.csv").write_text("")
+    with pytest.raises(ConfigError, match="targets.csv is empty"):
+        ProbesResult.load_if_current(tmp_path)
+    (tmp_path / "targets.csv").write_text("task,target\n")
+    with pytest.raises(ConfigError, match="lacks the column"):
+        ProbesResult.load(tmp_path)
+    res.save(tmp_path)
+    (tmp_path / "windows.npz").unlink()
+    with pytest.raises(ConfigError, match="windows.npz is missing"):
         ProbesResult.load(tmp_path)
 
 
