@@ -35,10 +35,11 @@ class CoocConfig(Section):
 
     # --- counting -------------------------------------------------------------------------
     threshold: float = Field(0.0, ge=0)
-    """A latent fires at a token when its activation is > threshold (+ θ, see use_sae_threshold).
+    """A latent fires at a token when its activation is > threshold (and > θ, see use_sae_threshold).
     0.0 suits TopK/ReLU SAEs; the reference method used 1.5."""
     use_sae_threshold: bool = True
-    """Add the SAE's own per-latent JumpReLU threshold θ to ``threshold`` where the SAE has one."""
+    """Also apply the SAE's own per-latent JumpReLU threshold θ where the SAE has one: fires when the activation is
+    > max(threshold, θ) (not threshold + θ, which counts θ twice: the JumpReLU output is already 0 below θ)."""
     d_sae: int | None = Field(None, ge=1)
     """Expected SAE width; when given, inputs of another width are refused (else taken from the input)."""
     chunk_tokens: int = Field(4096, ge=1)

@@ -1,7 +1,7 @@
 """Exact, streaming co-occurrence counts of binarised SAE latents.
 
-A latent fires at a token when its activation is > ``threshold + θ_F`` (θ_F the SAE's own
-JumpReLU threshold, 0 where it has none). For every chunk of tokens the binary matrix
+A latent fires at a token when its activation is > ``max(threshold, θ_F)`` (θ_F the SAE's own
+JumpReLU threshold, where it has one; ``sources.sae_view.firing_threshold``). For every chunk of tokens the binary matrix
 ``B_TF`` gives the upper triangle of ``Bᵀ B`` by sparse matrix products (scipy CSR @ CSR), so
 the work is Σ_tokens L0² and never d_sae². Pair counts are stored sparse: the latent range
 is split into row shards (balanced for the upper triangle) and each shard keeps a short stack
@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from sources.errors import ConfigError
-from sources.sae_view import fires
+from sources.sae_view import fires, firing_threshold
 
 _INT32_MAX = np.iinfo(np.int32).max
 
@@ -65,13 +65,13 @@ def check_theta(theta_F, d_sae: int) -> np.ndarray | None:
 
 def binarise(latents_TF: sp.csr_matrix, threshold: float, theta_F: np.ndarray | None = None,
              keep_T: np.ndarray | None = None) -> sp.csr_matrix:
-    """Binary int32 CSR ``B_TF``: 1 where activation > threshold + θ_F; rows with keep_T False removed."""
+    """Binary int32 CSR ``B_TF``: 1 where activation > max(threshold, θ_F); rows with keep_T False removed."""
     if keep_T is not None:
         keep_T = np.asarray(keep_T, dtype=bool)
         if keep_T.shape != (latents_TF.shape[0],):
             raise ConfigError("mask", f"mask has shape {keep_T.shape}, expected ({latents_TF.shape[0]},)")
         latents_TF = latents_TF[keep_T]
-    fired_TF = fires(latents_TF, threshold if theta_F is None else threshold + theta_F)
+    fired_TF = fires(latents_TF, firing_threshold(threshold, theta_F))
     return sp.csr_matrix((np.ones(fired_TF.nnz, dtype=np.int32), fired_TF.indices, fired_TF.indptr), shape=latents_TF.shape)
 
 
@@ -113,7 +113,7 @@ class UpperPairs:
 class CooccurrenceCounter:
     """Streaming exact co-occurrence counter (sklearn-style: ``update`` then read ``*_`` attributes).
 
-    ``threshold``: absolute firing threshold (fires when activation > threshold + θ_F).
+    ``threshold``: absolute firing threshold (fires when activation > max(threshold, θ_F)).
     ``theta_F``: per-latent JumpReLU thresholds or None. ``prune_below``/``prune_every``: optional
     lossy mode that drops pairs with a running count below ``prune_below`` every ``prune_every``
     updates (counts of the kept pairs then are lower bounds). ``n_shards``: row shards of the

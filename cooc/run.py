@@ -98,7 +98,7 @@ def analyse(counter: CooccurrenceCounter, cfg: CoocConfig, out_dir: str | Path |
         "d_sae": int(counter.d_sae),
         "threshold": counter.threshold,
         "sae_threshold_used": counter.theta_F is not None,
-        "firing_rule": "activation > threshold" + (" + theta (JumpReLU)" if counter.theta_F is not None else ""),
+        "firing_rule": "activation > max(threshold, theta) (JumpReLU)" if counter.theta_F is not None else "activation > threshold",
         "n_active_latents": int((counter.occ_F > 0).sum()),
         "n_tested_latents": int(scored.attrs["n_tested"]),
         "n_pairs_stored": int(counter.n_pairs_),

@@ -49,11 +49,25 @@ def fires(acts, threshold=0.0):
     return np.asarray(acts) > threshold
 
 
+def firing_threshold(threshold, theta_F=None):
+    """The per-latent threshold of the firing rule: ``max(threshold, θ_F)``, or ``threshold`` without θ.
+
+    A JumpReLU SAE already outputs 0 unless its pre-activation exceeds θ, and then outputs the pre-activation, so
+    "activation > threshold" on its output means "pre-activation > max(threshold, θ)". Adding the two
+    (``threshold + θ``) would count θ twice for threshold > 0; taking the maximum gives the SAE's own firing at
+    threshold 0 and also applies θ to activations that did not pass through the JumpReLU (e.g. a file of
+    pre-activations)."""
+    if theta_F is None:
+        return threshold
+    return np.maximum(threshold, np.asarray(theta_F))
+
+
 class SAEView:
     """An sae_lens SAE seen the way the framework uses it (see the module docstring).
 
-    ``threshold`` is the configured firing threshold; ``use_sae_threshold`` adds the SAE's JumpReLU θ where it has
-    one. ``view.threshold_F`` is then the per-latent threshold every stage passes to :func:`fires`.
+    ``threshold`` is the configured firing threshold; ``use_sae_threshold`` also applies the SAE's JumpReLU θ where it
+    has one (:func:`firing_threshold`). ``view.threshold_F`` is then the per-latent threshold every stage passes to
+    :func:`fires`.
     """
 
     def __init__(self, sae: Any, threshold: float = 0.0, use_sae_threshold: bool = True):
@@ -87,12 +101,10 @@ class SAEView:
 
     @property
     def threshold_F(self) -> np.ndarray:
-        """Per-latent firing threshold (float32): ``threshold`` (+ θ when used and present)."""
-        thr = np.full(self.d_sae, self.threshold, dtype=np.float32)
+        """Per-latent firing threshold (float32): ``max(threshold, θ)`` (:func:`firing_threshold`; θ when used and
+        present)."""
         theta = self.theta_F if self.use_sae_threshold else None
-        if theta is not None:
-            thr = thr + theta.astype(np.float32)
-        return thr
+        return np.asarray(firing_threshold(np.full(self.d_sae, self.threshold, dtype=np.float32), theta), dtype=np.float32)
 
     def fires(self, acts):
         """:func:`fires` with this view's per-latent threshold (``acts`` over all ``d_sae`` latents)."""

@@ -44,7 +44,7 @@ class Session:
         return int(self.sae.cfg.d_sae)
 
     def view(self, threshold: float = 0.0, use_sae_threshold: bool = True) -> SAEView:
-        """The session's SAE seen through :class:`sources.sae_view.SAEView`, firing above ``threshold`` (+ θ)."""
+        """The session's SAE seen through :class:`sources.sae_view.SAEView`, firing above ``max(threshold, θ)``."""
         return SAEView(self.sae, threshold, use_sae_threshold)
 
     def theta_F(self) -> np.ndarray | None:

@@ -46,7 +46,7 @@ def test_counts_and_jaccard_equal_a_dense_numpy_reference(seed, n_tokens, d_sae,
     counter = CooccurrenceCounter(d_sae, threshold, theta, n_shards=n_shards)
     for start in range(0, n_tokens, chunk):
         counter.update(acts[start:start + chunk])
-    C_ref, J_ref = dense_reference(acts, threshold + (0 if theta is None else theta))
+    C_ref, J_ref = dense_reference(acts, threshold if theta is None else np.maximum(threshold, theta))
     counts = counter.counts_
     assert counts.dtype == np.int64
     np.testing.assert_array_equal(counts.toarray(), C_ref)

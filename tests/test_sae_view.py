@@ -69,7 +69,7 @@ def test_decoder_as_applied_reproduces_sae_lens_decode(rescale):
     assert to_csr(f).nnz == int((f != 0).sum())
 
 
-def test_thresholds_add_the_jumprelu_theta_only_when_used():
+def test_the_jumprelu_theta_is_applied_once_and_only_when_used():
     from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
 
     sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=8, d_sae=6)).eval()
@@ -77,12 +77,40 @@ def test_thresholds_add_the_jumprelu_theta_only_when_used():
         sae.threshold.copy_(torch.tensor([0.0, 0.1, 0.2, 0.3, 0.4, 0.5]))
     view = SAEView(sae, threshold=0.25)
     assert np.allclose(view.theta_F, [0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
-    assert np.allclose(view.threshold_F, 0.25 + view.theta_F) and view.threshold_F.dtype == np.float32
+    assert np.allclose(view.threshold_F, np.maximum(0.25, view.theta_F)) and view.threshold_F.dtype == np.float32
     assert np.allclose(SAEView(sae, 0.25, use_sae_threshold=False).threshold_F, 0.25)
     assert SAEView(_topk(False)).theta_F is None and np.all(SAEView(_topk(False), 0.5).threshold_F == 0.5)
-    a = np.full((1, 6), 0.5, dtype=np.float32)
-    assert view.fires(a).tolist() == [[True, True, True, False, False, False]]  # 0.5 > 0.25 + θ
+    a = np.array([[0.3, 0.3, 0.3, 0.3, 0.45, 0.45]], dtype=np.float32)
+    assert view.fires(a).tolist() == [[True, True, True, False, True, False]]  # a > max(0.25, θ)
     assert as_view(view) is view and as_view(sae).sae is sae
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.2, 0.7])
+def test_the_firing_rule_on_a_jumprelu_sae_is_sae_lens_own_firing_above_the_threshold(threshold):
+    """Against sae_lens's encode: a JumpReLU latent fires where sae_lens outputs a value > threshold (its output is
+    already 0 unless the pre-activation exceeds θ). The old rule, activation > threshold + θ, counted θ twice."""
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
+
+    torch.manual_seed(0)
+    sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=16, d_sae=64)).eval()
+    with torch.no_grad():
+        for p in (sae.W_enc, sae.b_enc):
+            p.copy_(torch.randn_like(p) * 0.5)
+        sae.threshold.copy_(torch.rand(64) * 0.6)
+    x = torch.randn(500, 16)
+    with torch.no_grad():
+        ref = sae.encode(x)  # sae_lens's own JumpReLU
+    view = SAEView(sae, threshold=threshold)
+    got = view.fires(view.encode(x))
+    want = (ref > threshold).numpy()
+    assert np.array_equal(np.asarray(got), want) and want.any() and (~want).any()
+    # the same rule on pre-activations that never passed through the JumpReLU
+    with torch.no_grad():
+        pre = torch.relu(view.sae.process_sae_in(x) @ sae.W_enc + sae.b_enc)
+    assert np.array_equal(np.asarray(view.fires(pre)), want)
+    if threshold > 0:  # what adding θ would have dropped
+        doubled = ref.numpy() > threshold + sae.threshold.detach().numpy()
+        assert (want & ~doubled).any()
 
 
 def test_output_scale_undoes_input_normalisation():
