@@ -55,9 +55,10 @@ class CoocConfig(Section):
     # --- scoring --------------------------------------------------------------------------
     min_occurrences: int = Field(10, ge=1)
     """Latents firing fewer times are not tested; the test family is all pairs of the others."""
-    test: Literal["binomial", "hypergeometric"] = "binomial"
-    """One-sided test of co-occurrence above chance: binomial (fast, conservative) or hypergeometric
-    (Fisher exact; slow for frequent latents). See docs/cooc.md."""
+    test: Literal["binomial", "hypergeometric", "document"] = "binomial"
+    """One-sided test of co-occurrence above chance: binomial (tokens iid; fast, conservative), hypergeometric
+    (tokens iid; Fisher exact, slow for frequent latents) or document (the document-stratified null: each latent's
+    firing per document kept, tokens exchangeable only within a document; needs document ids). See docs/cooc.md."""
     alpha: float = Field(0.05, gt=0, lt=1)
     """False discovery rate for Benjamini-Hochberg over that family."""
 

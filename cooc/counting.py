@@ -22,6 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from sources.errors import ConfigError
+from cooc.documents import DocumentCounts
 from sources.sae_view import fires, firing_threshold
 
 _INT32_MAX = np.iinfo(np.int32).max
@@ -141,12 +142,25 @@ class CooccurrenceCounter:
         self.n_updates_ = 0
         self.n_pruned_ = 0
         self.occ_F = np.zeros(self.d_sae, dtype=np.int64)
+        self.docs_: DocumentCounts | None = None
+        """Per-document firing counts (cooc.documents), when every update gave the rows' document ids."""
 
     # ----------------------------------------------------------------------------- counting
-    def update(self, latents_TF, keep_T=None) -> "CooccurrenceCounter":
-        """Count one chunk: CSR activations [tokens, d_sae]; ``keep_T`` optionally masks rows out."""
+    def update(self, latents_TF, keep_T=None, docs_T=None) -> "CooccurrenceCounter":
+        """Count one chunk: CSR activations [tokens, d_sae]; ``keep_T`` optionally masks rows out; ``docs_T`` the
+        document id of every row (int64), which the document-stratified null needs (give it on every update)."""
         latents_TF = check_csr(latents_TF, self.d_sae)
         B_TF = binarise(latents_TF, self.threshold, self.theta_F, keep_T)
+        if (docs_T is None) != (self.docs_ is None) and self.n_updates_:
+            raise ConfigError("activations", "document ids were given for some chunks but not others; give them for "
+                                             "every chunk or none")
+        if docs_T is not None:
+            docs_T = np.asarray(docs_T)
+            if keep_T is not None:
+                docs_T = docs_T[np.asarray(keep_T, dtype=bool)]
+            if self.docs_ is None:
+                self.docs_ = DocumentCounts(self.d_sae)
+            self.docs_.update(B_TF, docs_T)
         self._count_binary(B_TF)
         return self
 
@@ -219,6 +233,12 @@ class CooccurrenceCounter:
                 and (self.theta_F is None or np.array_equal(other.theta_F, self.theta_F)))
         if not same:
             raise ConfigError("cooc", "cannot merge counters with different d_sae, thresholds or shards")
+        if (other.docs_ is None) != (self.docs_ is None) and other.n_tokens_ and self.n_tokens_:
+            raise ConfigError("cooc", "cannot merge a counter with document ids into one without")
+        if other.docs_ is not None:
+            if self.docs_ is None:
+                self.docs_ = DocumentCounts(self.d_sae)
+            self.docs_.merge(other.docs_)
         self.reserve(self.n_tokens_ + other.n_tokens_)
         for s, theirs in enumerate(other._runs):
             runs = sorted(self._runs[s] + [r.astype(self._dtype) for r in theirs], key=lambda r: -r.nnz)

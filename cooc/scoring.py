@@ -13,7 +13,9 @@ For latents i, j with occurrence counts n_i, n_j, pair count c_ij over N counted
   incomplete beta. The binomial tail is >= the hypergeometric tail for every c >= expected + 1
   (the hypergeometric is the more concentrated law; checked on a grid in the tests), so the
   binomial p-values are conservative wherever they can be small and BH on them still controls
-  the FDR.
+  the FDR. ``test="document"``: the document-stratified null (cooc.documents): expected = Σ_d n_id n_jd / N_d
+  from each latent's count in each document, tokens exchangeable only within a document, and the p-value a
+  Poisson-Chernoff bound on the tail (valid, conservative); it needs the counter's per-document counts.
 
 Multiple testing family: every unordered pair of *tested* latents, i.e. latents that fire at
 least ``min_occurrences`` times; its size is m = K (K - 1) / 2 for K tested latents. Pairs that
@@ -41,6 +43,7 @@ import scipy.sparse as sp
 from scipy import stats
 
 from cooc.counting import CooccurrenceCounter, UpperPairs
+from cooc.documents import document_expected, poisson_chernoff_tail
 from sources.errors import ConfigError
 from stats.multiple import bh_adjust
 
@@ -56,22 +59,24 @@ def upper_tail(count: np.ndarray, n_i: np.ndarray, n_j: np.ndarray, n_tokens: in
         lo, hi = np.minimum(n_i, n_j), np.maximum(n_i, n_j)
         p = stats.binom.sf(count - 1, lo, hi / float(n_tokens))
     else:
-        raise ValueError(f"unknown test {test!r}; use binomial or hypergeometric")
+        raise ValueError(f"unknown test {test!r}; use binomial, hypergeometric or document")
     return np.clip(p, 0.0, 1.0)
 
 
 def pair_stats(count: np.ndarray, n_i: np.ndarray, n_j: np.ndarray, n_tokens: int,
-               test: str = "binomial") -> dict[str, np.ndarray]:
-    """expected, jaccard, npmi and the one-sided p-value for each pair."""
+               test: str = "binomial", doc_expected: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """expected, jaccard, npmi and the one-sided p-value for each pair. ``test="document"`` needs
+    ``doc_expected`` (cooc.documents.document_expected): then ``expected`` is the document-stratified expectation
+    and the p-value its Poisson-Chernoff bound."""
     c = count.astype(np.float64)
     ni, nj = n_i.astype(np.float64), n_j.astype(np.float64)
     N = float(n_tokens)
-    expected = ni * nj / N
+    expected = ni * nj / N if test != "document" else doc_expected
     jaccard = c / (ni + nj - c)
     with np.errstate(divide="ignore", invalid="ignore"):
         pmi = np.log(c) + np.log(N) - np.log(ni) - np.log(nj)
         npmi = np.where(c >= N, 1.0, pmi / -(np.log(c) - np.log(N)))
-    p_value = upper_tail(count, n_i, n_j, n_tokens, test)
+    p_value = poisson_chernoff_tail(count, expected) if test == "document" else upper_tail(count, n_i, n_j, n_tokens, test)
     return {"expected": expected, "jaccard": jaccard, "npmi": npmi, "p_value": p_value}
 
 
@@ -116,13 +121,15 @@ def _score_counter(counter: CooccurrenceCounter, tested_F: np.ndarray, min_count
     cols = {"i": np.empty(n, np.int64), "j": np.empty(n, np.int64), "count": np.empty(n, np.int64)}
     cols.update({k: np.empty(n, np.float64) for k in ("expected", "jaccard", "npmi", "p_value")})
     occ_F, N, pos = counter.occ_F, counter.n_tokens_, 0
+    doc_m = counter.docs_.matrix() if test == "document" else None
     for s in range(n_shards):
         if not sizes[s]:
             continue
         i, j, c, _ = _shard_pairs(counter, s, tested_F, min_count)
         sl = slice(pos, pos + c.shape[0])
         cols["i"][sl], cols["j"][sl], cols["count"][sl] = i, j, c
-        for name, values in pair_stats(c, occ_F[i], occ_F[j], N, test).items():
+        e_doc = document_expected(*doc_m, i, j) if doc_m is not None else None
+        for name, values in pair_stats(c, occ_F[i], occ_F[j], N, test, e_doc).items():
             cols[name][sl] = values
         pos += c.shape[0]
     return cols, n_tested_stored
@@ -141,6 +148,9 @@ def score_pairs(counts: CooccurrenceCounter | sp.spmatrix, n_tokens: int | None 
     """
     if min_count < 1:
         raise ConfigError("cooc.min_count", f"must be >= 1, got {min_count}")
+    if test == "document" and not (isinstance(counts, CooccurrenceCounter) and counts.docs_ is not None):
+        raise ConfigError("cooc.test", "document needs the document id of every counted token (the activation stream "
+                                       "gives them; for a file, activations.documents); use binomial without them")
     if isinstance(counts, CooccurrenceCounter):
         occ_F, N = counts.occ_F, counts.n_tokens_
     else:

@@ -131,6 +131,10 @@ def _cooc_section(run: _RunFiles, figdir: Path) -> dict:
     in_groups = groups["latent"].nunique() if not groups.empty else 0
     active = man.get("n_active_latents")
     rows.append(("tokens counted", _fmt(man.get("n_tokens"), 6)))
+    spread = man.get("documents") or {}
+    if spread.get("n_documents"):
+        rows.append(("documents counted (largest share, effective number)",
+                     f"{spread['n_documents']} ({spread['largest_share']:.1%}, {_fmt(spread['effective_documents'], 4)})"))
     rows.append(("latents (SAE width)", _fmt(d_sae, 7)))
     rows.append(("latents that fire", _fmt(active, 7)))
     rows.append(("latents in groups", f"{in_groups} ({in_groups / active:.1%} of firing latents)" if active else str(in_groups)))
@@ -142,7 +146,8 @@ def _cooc_section(run: _RunFiles, figdir: Path) -> dict:
         rows.append(("pairs (size 2)", f"{int((sizes == 2).sum())} ({(sizes == 2).mean():.0%})"))
     cfg = man.get("config", {})
     rows.append(("method", str(man.get("method", cfg.get("method")))))
-    rows.append(("independence test", f"{cfg.get('test')}, BH at α = {cfg.get('alpha')} over {_fmt(man.get('family_size'), 7)} pairs"))
+    rows.append(("independence test", f"{cfg.get('test')} ({man.get('null', 'tokens iid')}), BH at α = {cfg.get('alpha')} "
+                                      f"over {_fmt(man.get('family_size'), 7)} pairs"))
     rows.append(("pairs scored / edges", f"{_fmt(man.get('n_pairs_scored'), 8)} / {_fmt(man.get('n_edges'), 7)}"))
     pairs = run.table("cooc", "pairs")
     cut = {}

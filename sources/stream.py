@@ -57,6 +57,8 @@ class LatentBatch:
     """SAE latent activations of the unmasked positions, float32 [n_tokens, d_sae]."""
     context_index_N: np.ndarray
     position_N: np.ndarray
+    doc_index_N: np.ndarray | None = None
+    """The corpus document of every row (the document-stratified null's strata)."""
 
     @property
     def n_tokens(self) -> int:
@@ -157,5 +159,7 @@ def iter_latents(model: LoadedModel, sae, data: DataSpec, hook: HookSpec, stream
     for batch in iter_activation_batches(model, data, hook, stream, progress, shard):
         mask = batch.mask_BL
         b_idx, pos = mask.nonzero(as_tuple=True)
-        ctx_index = np.array([c.index for c in batch.contexts])[b_idx.numpy()]
-        yield LatentBatch(view.encode_sparse(batch.masked_acts_ND()), ctx_index, pos.numpy())
+        rows = b_idx.numpy()
+        ctx_index = np.array([c.index for c in batch.contexts])[rows]
+        doc_index = np.array([c.doc_index for c in batch.contexts], dtype=np.int64)[rows]
+        yield LatentBatch(view.encode_sparse(batch.masked_acts_ND()), ctx_index, pos.numpy(), doc_index)
