@@ -7,8 +7,8 @@ The file is a scipy sparse CSR matrix [n_tokens, d_sae] of float activations wri
 from __future__ import annotations
 
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -47,7 +47,36 @@ def load_activations(path: str | Path, d_sae: int | None = None) -> sp.csr_matri
     return check_csr(acts, d_sae, field=FIELD)
 
 
-def iter_chunks(acts_TF: sp.csr_matrix, chunk_tokens: int) -> Iterator[sp.csr_matrix]:
-    """Consecutive row slices of at most ``chunk_tokens`` rows."""
+def load_documents(path: str | Path, n_rows: int) -> np.ndarray:
+    """The int64 document id of every row of an activation file; ConfigError (``activations.documents``) naming
+    what is wrong otherwise."""
+    field, how = "activations.documents", "save one with numpy.save(path, doc_ids.astype(numpy.int64)), one id per row"
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(field, f"file {path} does not exist; {how}")
+    try:
+        docs = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ConfigError(field, f"{path} is not a .npy array ({type(exc).__name__}); {how}") from None
+    if not isinstance(docs, np.ndarray) or docs.ndim != 1:
+        raise ConfigError(field, f"{path} must hold a 1-d array of document ids; {how}")
+    if not np.issubdtype(docs.dtype, np.integer):
+        raise ConfigError(field, f"{path} holds {docs.dtype} values, not integers; {how}")
+    if docs.shape[0] != n_rows:
+        raise ConfigError(field, f"{path} has {docs.shape[0]} document ids but the activation file has {n_rows} rows; {how}")
+    return docs.astype(np.int64)
+
+
+@dataclass
+class FileChunk:
+    """Rows of an activation file and their documents (the ``.latents`` / ``.doc_index_N`` a stream batch has)."""
+
+    latents: sp.csr_matrix
+    doc_index_N: np.ndarray | None = None
+
+
+def iter_chunks(acts_TF: sp.csr_matrix, chunk_tokens: int, docs_T: np.ndarray | None = None):
+    """Consecutive row slices of at most ``chunk_tokens`` rows (with their document ids: :class:`FileChunk`)."""
     for start in range(0, acts_TF.shape[0], chunk_tokens):
-        yield acts_TF[start:start + chunk_tokens]
+        part = acts_TF[start:start + chunk_tokens]
+        yield part if docs_T is None else FileChunk(part, docs_T[start:start + chunk_tokens])

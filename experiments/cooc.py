@@ -41,18 +41,21 @@ def _input(cfg: ExperimentConfig, progress: bool, shard: tuple[int, int] | None 
     cooc.max_tokens rows; the stream: contexts with index % world_size == rank).
     """
     if cfg.activations.source == "file":
-        from cooc.inputs import iter_chunks, load_activations
+        from cooc.inputs import iter_chunks, load_activations, load_documents
 
         path = Path(cfg.activations.path)
         acts_TF = load_activations(path, cfg.cooc.d_sae)
-        info = {"source": "file", "path": str(path), "shape": list(acts_TF.shape), "nnz": int(acts_TF.nnz)}
+        docs_T = None if cfg.activations.documents is None else load_documents(cfg.activations.documents, acts_TF.shape[0])
+        info = {"source": "file", "path": str(path), "shape": list(acts_TF.shape), "nnz": int(acts_TF.nnz),
+                "documents": cfg.activations.documents}
         if shard is not None:
             from cooc.distributed import row_range
 
             n_rows = acts_TF.shape[0] if cfg.cooc.max_tokens is None else min(acts_TF.shape[0], cfg.cooc.max_tokens)
             start, stop = row_range(n_rows, *shard)
             acts_TF = acts_TF[start:stop]
-        return iter_chunks(acts_TF, cfg.cooc.chunk_tokens), acts_TF.shape[1], None, info
+            docs_T = None if docs_T is None else docs_T[start:stop]
+        return iter_chunks(acts_TF, cfg.cooc.chunk_tokens, docs_T), acts_TF.shape[1], None, info
     theta_F = cfg.session(progress).theta_F() if cfg.cooc.use_sae_threshold else None
     d_sae = None if theta_F is None else theta_F.shape[0]
     if shard is not None and d_sae is None:
@@ -77,6 +80,9 @@ def stage_key(cfg: ExperimentConfig, run: Run) -> str:
     if cfg.activations.source == "file":
         path = Path(cfg.activations.path)
         fingerprint = [str(path.resolve()), file_digest(path)] if path.is_file() else None
+        docs = cfg.activations.documents
+        if docs is not None:
+            fingerprint = [fingerprint, str(Path(docs).resolve()), file_digest(Path(docs)) if Path(docs).is_file() else None]
         return stable_hash({"sections": run.stage_key(*FILE_SECTIONS), "file": fingerprint, "format": FORMAT_VERSION})
     return stable_hash({"sections": run.stage_key(*STREAM_SECTIONS), "inputs": inputs_fingerprint(cfg),
                         "format": FORMAT_VERSION})

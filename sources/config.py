@@ -171,6 +171,9 @@ class ActivationsSpec(Section):
     """stream: run model + SAE over the corpus; file: read precomputed latent activations."""
     path: str | None = None
     """For source: file, a .npz holding a scipy sparse CSR matrix [n_tokens, d_sae] of float activations."""
+    documents: str | None = None
+    """For source: file, a .npy int64 vector with the document id of every row of the matrix (what the document
+    null of cooc.test: document needs; without it a file's tokens have no documents)."""
 
     @model_validator(mode="after")
     def _path_for_file(self):

@@ -109,3 +109,33 @@ def test_document_counts_merge_like_one_pass_and_bad_document_input_is_one_clear
     with pytest.raises(ConfigError, match="document id of every counted token") as exc:
         run_cooc([d.acts_TF], 50, CoocConfig(test="document"), None, progress=False)
     assert exc.value.field == "cooc.test"
+
+
+def test_a_file_input_with_document_ids_gets_the_document_null_and_bad_ids_are_one_line(tmp_path, capsys):
+    from cooc.result import CoocResult
+    from experiments.cooc import main
+
+    d = document_clustered(d_sae=120, n_docs=60, tokens_per_doc=50, seed=5)
+    sp.save_npz(tmp_path / "acts.npz", d.acts_TF)
+    np.save(tmp_path / "docs.npy", d.docs_T)
+    np.save(tmp_path / "short.npy", d.docs_T[:-1])
+    np.save(tmp_path / "float.npy", d.docs_T.astype(np.float64))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"activations:\n  source: file\n  path: {tmp_path / 'acts.npz'}\n  documents: {tmp_path / 'docs.npy'}\n"
+                   f"cooc:\n  test: document\n  chunk_tokens: 700\n")
+    assert main([str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    res = CoocResult.load(tmp_path / "run" / "cooc", pairs=True)
+    assert res.manifest["documents"]["n_documents"] == 60 and res.manifest["null"].startswith("document")
+    counter = CooccurrenceCounter(120).update(d.acts_TF, docs_T=d.docs_T)
+    want = score_pairs(counter, min_occurrences=10, test="document", min_count=5)
+    np.testing.assert_allclose(res.pairs["expected"].to_numpy(), want["expected"].to_numpy(), rtol=1e-12)
+    for name, needle in (("short.npy", "has 2999 document ids but the activation file has 3000 rows"),
+                         ("float.npy", "not integers"), ("missing.npy", "does not exist")):
+        assert main([str(cfg), "--out", str(tmp_path / f"out_{name}"), "--quiet", "--set",
+                     f"activations.documents={tmp_path / name}"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: activations.documents:") and needle in err[0]
+        assert not (tmp_path / f"out_{name}").exists()  # nothing written
+    # without document ids the document null is refused before anything is counted
+    assert main([str(cfg), "--out", str(tmp_path / "nodocs"), "--quiet", "--set", "activations.documents=null"]) == 2
+    assert "cooc.test: document needs the document id" in capsys.readouterr().err
