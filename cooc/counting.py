@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from sources.errors import ConfigError
-from cooc.documents import DocumentCounts
+from cooc.documents import DocumentCounts, TokenSpread
 from sources.sae_view import fires, firing_threshold
 
 _INT32_MAX = np.iinfo(np.int32).max
@@ -122,7 +122,7 @@ class CooccurrenceCounter:
     """
 
     def __init__(self, d_sae: int, threshold: float = 0.0, theta_F=None, prune_below: int = 0,
-                 prune_every: int = 64, n_shards: int | None = None):
+                 prune_every: int = 64, n_shards: int | None = None, per_document: bool = True):
         if not isinstance(d_sae, (int, np.integer)) or d_sae < 1:
             raise ConfigError("cooc.d_sae", f"must be a positive integer, got {d_sae!r}")
         if not np.isfinite(threshold) or threshold < 0:
@@ -142,8 +142,13 @@ class CooccurrenceCounter:
         self.n_updates_ = 0
         self.n_pruned_ = 0
         self.occ_F = np.zeros(self.d_sae, dtype=np.int64)
+        self.per_document = bool(per_document)
         self.docs_: DocumentCounts | None = None
-        """Per-document firing counts (cooc.documents), when every update gave the rows' document ids."""
+        """Per-document firing counts (cooc.documents), when every update gave the rows' document ids and
+        ``per_document`` (what the document-stratified null needs; one entry per latent firing in a document)."""
+        self.spread_ = TokenSpread()
+        """Counted tokens per document id (empty when no update gave document ids)."""
+        self._with_docs: bool | None = None  # whether the updates give document ids
 
     # ----------------------------------------------------------------------------- counting
     def update(self, latents_TF, keep_T=None, docs_T=None) -> "CooccurrenceCounter":
@@ -151,16 +156,19 @@ class CooccurrenceCounter:
         document id of every row (int64), which the document-stratified null needs (give it on every update)."""
         latents_TF = check_csr(latents_TF, self.d_sae)
         B_TF = binarise(latents_TF, self.threshold, self.theta_F, keep_T)
-        if (docs_T is None) != (self.docs_ is None) and self.n_updates_:
+        if self._with_docs is not None and self._with_docs != (docs_T is not None):
             raise ConfigError("activations", "document ids were given for some chunks but not others; give them for "
                                              "every chunk or none")
+        self._with_docs = docs_T is not None
         if docs_T is not None:
             docs_T = np.asarray(docs_T)
             if keep_T is not None:
                 docs_T = docs_T[np.asarray(keep_T, dtype=bool)]
-            if self.docs_ is None:
-                self.docs_ = DocumentCounts(self.d_sae)
-            self.docs_.update(B_TF, docs_T)
+            if self.per_document:
+                if self.docs_ is None:
+                    self.docs_ = DocumentCounts(self.d_sae)
+                self.docs_.update(B_TF, docs_T)
+            self.spread_.add(docs_T)
         self._count_binary(B_TF)
         return self
 
@@ -235,6 +243,7 @@ class CooccurrenceCounter:
             raise ConfigError("cooc", "cannot merge counters with different d_sae, thresholds or shards")
         if (other.docs_ is None) != (self.docs_ is None) and other.n_tokens_ and self.n_tokens_:
             raise ConfigError("cooc", "cannot merge a counter with document ids into one without")
+        self.spread_.merge(other.spread_)
         if other.docs_ is not None:
             if self.docs_ is None:
                 self.docs_ = DocumentCounts(self.d_sae)

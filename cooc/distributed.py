@@ -144,7 +144,7 @@ def reduce_counter(counter: CooccurrenceCounter, d: Dist) -> CooccurrenceCounter
             "theta": None if counter.theta_F is None else counter.theta_F.tobytes(),
             "n_tokens": int(counter.n_tokens_), "n_updates": int(counter.n_updates_),
             "n_pruned": int(counter.n_pruned_),
-            "spread": getattr(counter, "spread_", None), "docs": counter.docs_}  # small next to the pair store
+            "spread": counter.spread_, "docs": counter.docs_}  # small next to the pair store
     metas = all_gather(meta, d)
     same = ("d_sae", "threshold", "bounds", "theta")
     if any(m[k] != metas[0][k] for m in metas for k in same):
@@ -170,8 +170,7 @@ def reduce_counter(counter: CooccurrenceCounter, d: Dist) -> CooccurrenceCounter
         counter.n_updates_ = sum(m["n_updates"] for m in metas)
         counter.n_pruned_ = sum(m["n_pruned"] for m in metas)
         for m in metas[1:]:
-            if m["spread"] is not None and getattr(counter, "spread_", None) is not None:
-                counter.spread_.merge(m["spread"])
+            counter.spread_.merge(m["spread"])
             if m["docs"] is not None:
                 if counter.docs_ is None:
                     from cooc.documents import DocumentCounts

@@ -12,7 +12,6 @@ import scipy.sparse as sp
 
 from cooc.config import CoocConfig
 from cooc.counting import CooccurrenceCounter, check_csr
-from cooc.documents import TokenSpread
 from cooc.groups import GroupFinder, groups_frame
 from cooc.result import CoocResult
 from cooc.scoring import score_pairs
@@ -39,25 +38,25 @@ def count(latent_batches: Iterable[Any], d_sae: int | None, cfg: CoocConfig, the
     of width ``d_sae`` instead of refusing an input with no tokens.
     """
     counter = None
-    spread = TokenSpread()
     width = cfg.d_sae if d_sae is None else d_sae
+
+    def new_counter(width: int) -> CooccurrenceCounter:
+        theta = theta_F if cfg.use_sae_threshold else None
+        return CooccurrenceCounter(width, cfg.threshold, theta, cfg.prune_below, cfg.prune_every,
+                                   per_document=cfg.test == "document")
+
     if cfg.d_sae is not None and d_sae is not None and cfg.d_sae != d_sae:
         raise ConfigError("cooc.d_sae", f"is {cfg.d_sae} but the SAE has d_sae={d_sae}")
     bar = progress_bar(latent_batches, desc="cooc: counting", unit="chunk", progress=progress)
     for batch in bar:
         acts = check_csr(_as_csr(batch), width)
         docs = getattr(batch, "doc_index_N", None)
-        if docs is not None:
-            spread.add(docs if cfg.max_tokens is None else docs[:max(0, cfg.max_tokens - (counter.n_tokens_ if counter else 0))])
-        elif cfg.test == "document":
+        if docs is None and cfg.test == "document":
             raise ConfigError("cooc.test", "document needs the document id of every counted token, which this input "
                                            "lacks (a CSR file without activations.documents); use binomial")
-        if cfg.test != "document":
-            docs = None
         if counter is None:
             width = acts.shape[1]
-            theta = theta_F if cfg.use_sae_threshold else None
-            counter = CooccurrenceCounter(width, cfg.threshold, theta, cfg.prune_below, cfg.prune_every)
+            counter = new_counter(width)
         if cfg.max_tokens is not None:
             left = cfg.max_tokens - counter.n_tokens_
             if left <= 0:
@@ -68,10 +67,7 @@ def count(latent_batches: Iterable[Any], d_sae: int | None, cfg: CoocConfig, the
         bar.set_postfix(tokens=counter.n_tokens_, pairs=counter.n_pairs_, refresh=False)
     bar.close()
     if allow_empty and counter is None and width is not None:
-        theta = theta_F if cfg.use_sae_threshold else None
-        counter = CooccurrenceCounter(width, cfg.threshold, theta, cfg.prune_below, cfg.prune_every)
-    if counter is not None:
-        counter.spread_ = spread
+        counter = new_counter(width)
     if allow_empty and counter is not None:
         return counter
     if counter is None or counter.n_tokens_ == 0:
@@ -118,7 +114,7 @@ def analyse(counter: CooccurrenceCounter, cfg: CoocConfig, out_dir: str | Path |
         "sae_threshold_used": counter.theta_F is not None,
         "firing_rule": "activation > max(threshold, theta) (JumpReLU)" if counter.theta_F is not None else "activation > threshold",
         "null": NULLS[cfg.test],
-        "documents": getattr(counter, "spread_", TokenSpread()).summary(),
+        "documents": counter.spread_.summary(),
         "n_active_latents": int((counter.occ_F > 0).sum()),
         "n_tested_latents": int(scored.attrs["n_tested"]),
         "n_pairs_stored": int(counter.n_pairs_),

@@ -136,6 +136,14 @@ def test_a_file_input_with_document_ids_gets_the_document_null_and_bad_ids_are_o
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: activations.documents:") and needle in err[0]
         assert not (tmp_path / f"out_{name}").exists()  # nothing written
+    # the token-iid test records the spread too, without the per-document store
+    assert main([str(cfg), "--out", str(tmp_path / "iid"), "--quiet", "--set", "cooc.test=binomial"]) == 0
+    iid = CoocResult.load(tmp_path / "iid" / "cooc")
+    assert iid.manifest["documents"] == res.manifest["documents"] and iid.manifest["null"].startswith("tokens iid")
+    spread = res.manifest["documents"]
+    assert spread["largest_share"] == pytest.approx(50 / 3000, abs=1e-6) and spread["effective_documents"] == pytest.approx(60.0, abs=1e-3)  # rounded in the manifest
+    lean = CooccurrenceCounter(120, per_document=False).update(d.acts_TF, docs_T=d.docs_T)
+    assert lean.docs_ is None and lean.spread_.summary() == counter.spread_.summary()
     # without document ids the document null is refused before anything is counted
     assert main([str(cfg), "--out", str(tmp_path / "nodocs"), "--quiet", "--set", "activations.documents=null"]) == 2
     assert "cooc.test: document needs the document id" in capsys.readouterr().err
