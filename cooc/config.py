@@ -55,10 +55,12 @@ class CoocConfig(Section):
     # --- scoring --------------------------------------------------------------------------
     min_occurrences: int = Field(10, ge=1)
     """Latents firing fewer times are not tested; the test family is all pairs of the others."""
-    test: Literal["binomial", "hypergeometric", "document"] = "binomial"
-    """One-sided test of co-occurrence above chance: binomial (tokens iid; fast, conservative), hypergeometric
-    (tokens iid; Fisher exact, slow for frequent latents) or document (the document-stratified null: each latent's
-    firing per document kept, tokens exchangeable only within a document; needs document ids). See docs/cooc.md."""
+    test: Literal["auto", "document", "binomial", "hypergeometric"] = "auto"
+    """One-sided test of co-occurrence above chance: document (the document-stratified null: each latent's firing
+    per document kept, tokens exchangeable only within a document; needs document ids), binomial (tokens iid; fast,
+    conservative), hypergeometric (tokens iid; Fisher exact, slow for frequent latents); auto: document where the
+    input has document ids (the stream always has), else binomial, which the manifest and report then say. With
+    the document null the token-iid binomial's edges and groups are reported beside it. See docs/cooc.md."""
     alpha: float = Field(0.05, gt=0, lt=1)
     """False discovery rate for Benjamini-Hochberg over that family."""
 
@@ -72,10 +74,18 @@ class CoocConfig(Section):
     """Edge needs Jaccard >= this (kept low: a hub-to-spoke pair has Jaccard ~ 1/n_spokes)."""
     min_npmi: float = Field(0.1, ge=-1, le=1)
     """Edge needs NPMI >= this."""
+    min_documents: int = Field(3, ge=1)
+    """Edge needs the pair to co-fire in at least this many documents (where the input has document ids), so no
+    edge rests on one or two documents' idiosyncrasies."""
     max_group_size: int = Field(64, ge=2)
     """Components larger than this are split (Louvain, then stricter local Jaccard cuts), never merged."""
     size_target: SizeTargetSpec = SizeTargetSpec()
     """Parameters of method: size_target."""
+
+    # --- replication ----------------------------------------------------------------------
+    replication: bool = True
+    """Re-test every edge on the held-out documents (data.heldout_fraction; a file's documents split the same way)
+    under the same null, BH over the edges: replicated edges per group go into groups.csv (replication_rate)."""
 
     # --- outputs --------------------------------------------------------------------------
     write_pairs: Literal["tested", "edges", "none"] = "tested"

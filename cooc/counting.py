@@ -149,6 +149,9 @@ class CooccurrenceCounter:
         self.spread_ = TokenSpread()
         """Counted tokens per document id (empty when no update gave document ids)."""
         self._with_docs: bool | None = None  # whether the updates give document ids
+        self._support: CooccurrenceCounter | None = None  # documents as units: see support_
+        self._pending: tuple[sp.csr_matrix, np.ndarray] | None = None  # rows of the document still open
+        self._done_docs: set[int] = set()
 
     # ----------------------------------------------------------------------------- counting
     def update(self, latents_TF, keep_T=None, docs_T=None) -> "CooccurrenceCounter":
@@ -168,6 +171,7 @@ class CooccurrenceCounter:
                 if self.docs_ is None:
                     self.docs_ = DocumentCounts(self.d_sae)
                 self.docs_.update(B_TF, docs_T)
+                self._support_update(B_TF, docs_T)
             self.spread_.add(docs_T)
         self._count_binary(B_TF)
         return self
@@ -192,6 +196,106 @@ class CooccurrenceCounter:
                     self.add_shard(s, prod)
         if self.prune_below > 0 and self.n_updates_ % self.prune_every == 0:
             self.prune(self.prune_below)
+
+    # ------------------------------------------------------------------ document support
+    def _support_update(self, B_TF: sp.csr_matrix, docs_T: np.ndarray) -> None:
+        """Count, for every pair, the documents in which it co-fires at some token. A document's rows must come
+        contiguously (as the stream gives them; cooc.inputs sorts a file's rows by document): the rows of the
+        document still open at the end of a chunk wait for the next chunk."""
+        docs_T = np.asarray(docs_T, dtype=np.int64)
+        if self._pending is not None:
+            B_TF = sp.csr_matrix(sp.vstack([self._pending[0], B_TF]))
+            docs_T = np.concatenate([self._pending[1], docs_T])
+            self._pending = None
+        if not len(docs_T):
+            return
+        starts = np.concatenate([[0], np.flatnonzero(docs_T[1:] != docs_T[:-1]) + 1])
+        run_ids = docs_T[starts].tolist()
+        repeated = [d for d in run_ids if d in self._done_docs]
+        if repeated or len(set(run_ids)) < len(run_ids):
+            d = repeated[0] if repeated else next(x for x in run_ids if run_ids.count(x) > 1)
+            raise ConfigError("activations.documents", f"the rows of document {d} come in separate pieces; give each "
+                                                       "document's rows contiguously (sort the rows by document id)")
+        cut = int(starts[-1])
+        self._pending = (B_TF[cut:], docs_T[cut:])
+        if cut:
+            self._count_documents(B_TF[:cut], docs_T[:cut])
+
+    def _flush_support(self) -> None:
+        """Count the document left open by the last update (every read of the support calls it)."""
+        if self._pending is not None:
+            B_TF, docs_T = self._pending
+            self._pending = None
+            if len(docs_T):
+                self._count_documents(B_TF, docs_T)
+
+    def _count_documents(self, B_TF: sp.csr_matrix, docs_T: np.ndarray) -> None:
+        """Add whole documents (contiguous rows) to the support store: its "tokens" are documents, its
+        occurrences the documents a latent fires in, its pair counts the documents a pair co-fires in."""
+        starts = np.concatenate([[0], np.flatnonzero(docs_T[1:] != docs_T[:-1]) + 1])
+        self._done_docs.update(docs_T[starts].tolist())
+        g_T = np.cumsum(np.isin(np.arange(len(docs_T)), starts)) - 1  # local document of each row
+        self.support_store()._add_documents(B_TF, g_T, len(starts))
+
+    def support_store(self) -> "CooccurrenceCounter":
+        """The support store, created empty (same shards as the pair store) on first use."""
+        if self._support is None:
+            self._support = CooccurrenceCounter(self.d_sae, per_document=False)
+            self._support.bounds_ = self.bounds_.copy()
+            self._support._runs = [[] for _ in range(len(self.bounds_) - 1)]
+        return self._support
+
+    def _add_documents(self, B_TF: sp.csr_matrix, g_T: np.ndarray, n_docs: int) -> None:
+        """(Support store) add ``n_docs`` documents: rows of ``B_TF`` belong to local document ``g_T``. For row
+        shard [r0, r1) the product of the (document, latent)-indexed transpose with B gives, per document, the
+        co-firing counts of the shard's pairs; each distinct (document, i, j) adds one to pair (i, j)."""
+        F = self.d_sae
+        self.reserve(self.n_tokens_ + n_docs)
+        self.n_tokens_ += n_docs
+        self.n_updates_ += 1
+        coo = B_TF.tocoo()
+        doc_of = g_T[coo.row].astype(np.int64)
+        self.occ_F += np.bincount(np.unique(doc_of * F + coo.col) % F, minlength=F)
+        for s in range(len(self._runs)):
+            r0, r1 = int(self.bounds_[s]), int(self.bounds_[s + 1])
+            sel = (coo.col >= r0) & (coo.col < r1)
+            if not sel.any():
+                continue
+            w = r1 - r0
+            left = sp.csr_matrix((np.ones(int(sel.sum()), dtype=np.int32),
+                                  (doc_of[sel] * w + (coo.col[sel] - r0), coo.row[sel])), shape=(n_docs * w, B_TF.shape[0]))
+            right = B_TF[:, r0:] if r0 else B_TF
+            prod = sp.coo_matrix(left @ right)
+            rows, cols = prod.row % w, prod.col
+            keep = cols > rows
+            if not keep.any():
+                continue
+            inc = sp.csr_matrix((np.ones(int(keep.sum()), dtype=self._dtype), (rows[keep], cols[keep])), shape=(w, F - r0))
+            inc.sum_duplicates()
+            inc.sort_indices()
+            self.add_shard(s, inc)
+
+    @property
+    def support_(self) -> "CooccurrenceCounter | None":
+        """Documents as the units of a second store (None without per-document counting): ``n_tokens_`` the
+        documents counted, ``occ_F`` the documents each latent fires in, and the pair counts the documents each
+        pair co-fires in (at one token at least): what the edge floor cooc.min_documents reads."""
+        self._flush_support()
+        return self._support
+
+    def lookup(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """Stored counts of pairs (i[k], j[k]), i < j (0 for pairs never stored), int64."""
+        i, j = np.asarray(i, dtype=np.int64), np.asarray(j, dtype=np.int64)
+        out = np.zeros(len(i), dtype=np.int64)
+        shard_of = np.searchsorted(self.bounds_, i, side="right") - 1
+        for s in np.unique(shard_of).tolist():
+            run = self.shard(s)
+            if run is None:
+                continue
+            k = np.flatnonzero(shard_of == s)
+            r0 = int(self.bounds_[s])
+            out[k] = np.asarray(run[i[k] - r0, j[k] - r0]).ravel()
+        return out
 
     def reserve(self, n_tokens: int) -> None:
         """Widen the stored counts to int64 once a count could exceed 2^31 - 1 (``n_tokens`` tokens in all)."""
@@ -243,6 +347,15 @@ class CooccurrenceCounter:
             raise ConfigError("cooc", "cannot merge counters with different d_sae, thresholds or shards")
         if (other.docs_ is None) != (self.docs_ is None) and other.n_tokens_ and self.n_tokens_:
             raise ConfigError("cooc", "cannot merge a counter with document ids into one without")
+        self._flush_support()
+        other._flush_support()
+        shared = self._done_docs & other._done_docs
+        if shared:
+            raise ConfigError("activations.documents", f"document {min(shared)} was counted by both counters; a "
+                                                       "document's rows must all go to one counter (shard by document)")
+        if other._support is not None:
+            self.support_store().merge(other._support)
+        self._done_docs |= other._done_docs
         self.spread_.merge(other.spread_)
         if other.docs_ is not None:
             if self.docs_ is None:

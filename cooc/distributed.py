@@ -1,7 +1,8 @@
 """Co-occurrence counting on several processes: ``torchrun --nproc-per-node N -m experiments.cooc CONFIG.yaml``.
 
 Every rank counts a disjoint shard of the input into its own :class:`~cooc.counting.CooccurrenceCounter`
-(the stream: contexts with ``index % world_size == rank``; a file: a contiguous range of rows), then
+(the stream: the documents with ordinal ``% world_size == rank``; a file: a contiguous range of rows, cut
+between documents), then
 :func:`reduce_counter` adds the partial counts into rank 0's counter with ``torch.distributed``
 (gloo on CPU, NCCL on GPU). Counts are sums over tokens, so the reduced counter is *identical* to the
 one a single process would build (same pairs, counts, occurrences and tokens). Only rank 0 scores,
@@ -79,6 +80,22 @@ def row_range(n_rows: int, rank: int, world_size: int) -> tuple[int, int]:
     return n_rows * rank // world_size, n_rows * (rank + 1) // world_size
 
 
+def document_row_range(n_rows: int, docs_T: np.ndarray | None, rank: int, world_size: int) -> tuple[int, int]:
+    """:func:`row_range` with each boundary moved forward to the next change of document (rows sorted by document,
+    ``docs_T``), so no document is split between two ranks; the plain range without document ids."""
+    start, stop = row_range(n_rows, rank, world_size)
+    if docs_T is None:
+        return start, stop
+
+    def align(b: int) -> int:
+        if b <= 0 or b >= n_rows:
+            return min(max(b, 0), n_rows)
+        while b < n_rows and docs_T[b] == docs_T[b - 1]:
+            b += 1
+        return b
+    return align(start), align(stop)
+
+
 def broadcast(obj, d: Dist):
     """Rank 0's ``obj`` on every rank (small picklable objects)."""
     import torch.distributed as dist
@@ -137,6 +154,17 @@ def reduce_counter(counter: CooccurrenceCounter, d: Dist) -> CooccurrenceCounter
     Collective: every rank must call it with a counter of the same width, thresholds and shards
     (an empty counter where a rank's shard had no tokens).
     """
+    counter._flush_support()
+    with_support = any(all_gather(counter._support is not None, d))
+    reduced = _reduce_store(counter, d)
+    if with_support:  # the documents-as-units store (counter.support_), reduced the same way
+        support = _reduce_store(counter.support_store(), d)
+        if reduced is not None:
+            reduced._support = support
+    return reduced
+
+
+def _reduce_store(counter: CooccurrenceCounter, d: Dist) -> CooccurrenceCounter | None:
     import torch
     import torch.distributed as dist
 
@@ -144,7 +172,8 @@ def reduce_counter(counter: CooccurrenceCounter, d: Dist) -> CooccurrenceCounter
             "theta": None if counter.theta_F is None else counter.theta_F.tobytes(),
             "n_tokens": int(counter.n_tokens_), "n_updates": int(counter.n_updates_),
             "n_pruned": int(counter.n_pruned_),
-            "spread": counter.spread_, "docs": counter.docs_}  # small next to the pair store
+            "spread": counter.spread_, "docs": counter.docs_,
+            "done_docs": counter._done_docs}  # small next to the pair store
     metas = all_gather(meta, d)
     same = ("d_sae", "threshold", "bounds", "theta")
     if any(m[k] != metas[0][k] for m in metas for k in same):
@@ -170,6 +199,7 @@ def reduce_counter(counter: CooccurrenceCounter, d: Dist) -> CooccurrenceCounter
         counter.n_updates_ = sum(m["n_updates"] for m in metas)
         counter.n_pruned_ = sum(m["n_pruned"] for m in metas)
         for m in metas[1:]:
+            counter._done_docs |= m["done_docs"]
             counter.spread_.merge(m["spread"])
             if m["docs"] is not None:
                 if counter.docs_ is None:

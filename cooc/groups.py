@@ -2,7 +2,7 @@
 
 ``method="significant"`` (default): an edge joins i and j when the pair is significant after
 Benjamini-Hochberg (p_adj < alpha) *and* clears the effect floors (count >= min_count,
-Jaccard >= min_jaccard, NPMI >= min_npmi). Groups are connected components of the edge graph;
+Jaccard >= min_jaccard, NPMI >= min_npmi, co-firing in >= min_documents documents where documents are known). Groups are connected components of the edge graph;
 a component larger than ``max_group_size`` is split by Louvain community detection (Jaccard
 weights, fixed seed); a part Louvain cannot split is cut locally at the smallest Jaccard
 threshold that disconnects it. Splitting repeats until every part fits; parts are connected,
@@ -128,19 +128,21 @@ class GroupFinder:
 
     def __init__(self, method: str = "significant", alpha: float = 0.05, min_count: int = 5,
                  min_jaccard: float = 0.01, min_npmi: float = 0.1, max_group_size: int = 64,
-                 min_size: int = 150, max_size: int = 200, iterations: int = 40, seed: int = 0):
+                 min_size: int = 150, max_size: int = 200, iterations: int = 40, seed: int = 0,
+                 min_documents: int = 1):
         if method not in ("significant", "size_target"):
             raise ValueError(f"unknown method {method!r}")
         self.method, self.alpha, self.min_count = method, alpha, min_count
         self.min_jaccard, self.min_npmi, self.max_group_size = min_jaccard, min_npmi, max_group_size
         self.min_size, self.max_size, self.iterations, self.seed = min_size, max_size, iterations, seed
+        self.min_documents = min_documents
 
     @classmethod
     def from_config(cls, cfg, seed: int = 0) -> "GroupFinder":
         """Build from a :class:`cooc.config.CoocConfig`."""
         st = cfg.size_target
         return cls(cfg.method, cfg.alpha, cfg.min_count, cfg.min_jaccard, cfg.min_npmi, cfg.max_group_size,
-                   st.min_size, st.max_size, st.iterations, seed)
+                   st.min_size, st.max_size, st.iterations, seed, cfg.min_documents)
 
     def fit(self, scored: pd.DataFrame) -> "GroupFinder":
         i, j = scored["i"].to_numpy(), scored["j"].to_numpy()
@@ -149,6 +151,9 @@ class GroupFinder:
         if self.method == "significant":
             mask = ((scored["p_adj"].to_numpy() < self.alpha) & (scored["count"].to_numpy() >= self.min_count)
                     & (jac >= self.min_jaccard) & (scored["npmi"].to_numpy() >= self.min_npmi))
+            if "documents" in scored:  # -1: no document ids, no floor
+                docs = scored["documents"].to_numpy()
+                mask &= (docs < 0) | (docs >= self.min_documents)
         else:
             self.cut_, self.converged_ = self._bisect(i, j, jac)
             mask = jac > self.cut_

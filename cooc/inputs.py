@@ -67,6 +67,25 @@ def load_documents(path: str | Path, n_rows: int) -> np.ndarray:
     return docs.astype(np.int64)
 
 
+def split_rows(acts_TF: sp.csr_matrix, docs_T: np.ndarray | None, seed: int, heldout_fraction: float):
+    """``((acts, docs) of the discovery documents, (acts, docs) of the held-out ones or None)``, each with its rows
+    sorted by document id (stably: a document's rows keep their order), as the per-document counts need them
+    contiguous. Without document ids there is no split: every row is discovery. The split is the corpus's
+    (sources.corpora.heldout_documents on the ids)."""
+    if docs_T is None:
+        return (acts_TF, None), None
+    from sources.corpora import heldout_documents
+
+    uniq, inv = np.unique(docs_T, return_inverse=True)
+    held_T = heldout_documents(uniq, seed, heldout_fraction)[inv]
+
+    def part(keep):
+        rows = np.flatnonzero(keep)
+        rows = rows[np.argsort(docs_T[rows], kind="stable")]
+        return acts_TF[rows], docs_T[rows]
+    return part(~held_T), (part(held_T) if held_T.any() else None)
+
+
 @dataclass
 class FileChunk:
     """Rows of an activation file and their documents (the ``.latents`` / ``.doc_index_N`` a stream batch has)."""

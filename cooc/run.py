@@ -42,8 +42,7 @@ def count(latent_batches: Iterable[Any], d_sae: int | None, cfg: CoocConfig, the
 
     def new_counter(width: int) -> CooccurrenceCounter:
         theta = theta_F if cfg.use_sae_threshold else None
-        return CooccurrenceCounter(width, cfg.threshold, theta, cfg.prune_below, cfg.prune_every,
-                                   per_document=cfg.test == "document")
+        return CooccurrenceCounter(width, cfg.threshold, theta, cfg.prune_below, cfg.prune_every)
 
     if cfg.d_sae is not None and d_sae is not None and cfg.d_sae != d_sae:
         raise ConfigError("cooc.d_sae", f"is {cfg.d_sae} but the SAE has d_sae={d_sae}")
@@ -75,36 +74,83 @@ def count(latent_batches: Iterable[Any], d_sae: int | None, cfg: CoocConfig, the
     return counter
 
 
+def effective_test(cfg: CoocConfig, counter: CooccurrenceCounter) -> str:
+    """The test cfg.test asks for on this counter's input: ``auto`` is document when every counted token had a
+    document id, else binomial; an explicit document without ids is refused."""
+    has_docs = counter.docs_ is not None
+    if cfg.test == "auto":
+        return "document" if has_docs else "binomial"
+    if cfg.test == "document" and not has_docs:
+        raise ConfigError("cooc.test", "document needs the document id of every counted token, which this input "
+                                       "lacks (a CSR file without activations.documents); use auto or binomial")
+    return cfg.test
+
+
 def run_cooc(latent_batches: Iterable[Any], d_sae: int | None, cfg: CoocConfig, out_dir: str | Path | None,
-             progress: bool = True, seed: int = 0, theta_F=None, extra: dict | None = None) -> CoocResult:
+             progress: bool = True, seed: int = 0, theta_F=None, extra: dict | None = None,
+             heldout_batches: Iterable[Any] | None = None) -> CoocResult:
     """Count co-occurrences over ``latent_batches`` (CSR [tokens, d_sae] or LatentBatch), score
     the pairs, find groups and, when ``out_dir`` is given, write OUT/cooc/ files into it.
 
     ``theta_F``: the SAE's JumpReLU thresholds (added to cfg.threshold when cfg.use_sae_threshold).
     ``extra``: more entries for manifest.json (input description, experiment config, cache key).
+    ``heldout_batches``: the held-out documents' latents, on which every edge is re-tested
+    (cooc.replication); counted after the discovery part is analysed.
     """
     start = time.time()
     counter = count(latent_batches, d_sae, cfg, theta_F, progress)
-    return analyse(counter, cfg, out_dir, seed=seed, extra=extra, start=start)
+    heldout = None
+    if heldout_batches is not None and cfg.replication:
+        heldout = lambda: count(heldout_batches, counter.d_sae, cfg, theta_F, progress, allow_empty=True)  # noqa: E731
+    return analyse(counter, cfg, out_dir, seed=seed, extra=extra, start=start, heldout=heldout)
+
+
+def _token_iid(counter: CooccurrenceCounter, cfg: CoocConfig, seed: int, min_count: int) -> dict:
+    """Significant pairs, edges and groups under the token-iid binomial null with the same floors (what the
+    document null is reported beside)."""
+    scored = score_pairs(counter, min_occurrences=cfg.min_occurrences, test="binomial", min_count=min_count)
+    finder = GroupFinder.from_config(cfg, seed).fit(scored)
+    return {"null": NULLS["binomial"], "n_significant": int((scored["p_adj"].to_numpy() < cfg.alpha).sum()),
+            "n_edges": int(finder.edge_mask_.sum()), "n_groups": len(finder.groups_),
+            "largest_component": int(finder.largest_component_)}
 
 
 def analyse(counter: CooccurrenceCounter, cfg: CoocConfig, out_dir: str | Path | None, seed: int = 0,
-            extra: dict | None = None, start: float | None = None) -> CoocResult:
+            extra: dict | None = None, start: float | None = None, heldout=None) -> CoocResult:
     """Score, group and write the counts of a filled counter (the second half of :func:`run_cooc`;
     a distributed run calls it on rank 0 with the reduced counter). ``start``: time.time() at which
     counting began, for the manifest's wall time. ``result.pairs`` holds the pairs cfg.write_pairs keeps.
+    ``heldout``: a filled counter of the held-out documents (or a function returning one, called once the
+    discovery part is analysed), on which the edges are re-tested (cooc.replication).
 
     With ``method: significant`` only pairs with count >= cfg.min_count are scored and written (the
     others cannot be edges; they count as p = 1 in BH, see cooc.scoring), which bounds memory.
     """
+    from cooc import replication
+
     start = time.time() if start is None else start
     if counter.n_tokens_ == 0:
         raise ConfigError("activations", "no tokens were counted (empty input, or every position masked)")
+    test = effective_test(cfg, counter)
     min_count = cfg.min_count if cfg.method == "significant" else 1
-    scored = score_pairs(counter, min_occurrences=cfg.min_occurrences, test=cfg.test, min_count=min_count)
+    scored = score_pairs(counter, min_occurrences=cfg.min_occurrences, test=test, min_count=min_count)
     finder = GroupFinder.from_config(cfg, seed).fit(scored)
     scored["edge"] = finder.edge_mask_
     table = groups_frame(finder.groups_)
+    token_iid = _token_iid(counter, cfg, seed, min_count) if test == "document" else None
+    replicated = None
+    if callable(heldout):
+        heldout = heldout()
+    if heldout is not None and heldout.n_tokens_ > 0:
+        edges = scored.loc[scored["edge"], ["i", "j"]]
+        rt = replication.retest(edges["i"].to_numpy(), edges["j"].to_numpy(), heldout, test, cfg.alpha)
+        for col in replication.EDGE_COLUMNS:
+            scored[col] = np.nan if col != "replicated" else False
+            scored.loc[scored["edge"], col] = rt[col].to_numpy()
+        per_group = replication.group_replication(table, edges["i"].to_numpy(), edges["j"].to_numpy(),
+                                                  rt["replicated"].to_numpy())
+        table = table.merge(per_group, on="group_id", how="left")
+        replicated = replication.summary(rt, table, heldout, test)
     wall = time.time() - start
     manifest = {
         "stage": "cooc",
@@ -113,8 +159,12 @@ def analyse(counter: CooccurrenceCounter, cfg: CoocConfig, out_dir: str | Path |
         "threshold": counter.threshold,
         "sae_threshold_used": counter.theta_F is not None,
         "firing_rule": "activation > max(threshold, theta) (JumpReLU)" if counter.theta_F is not None else "activation > threshold",
-        "null": NULLS[cfg.test],
+        "test": test,
+        "null": NULLS[test],
         "documents": counter.spread_.summary(),
+        "min_documents_applied": counter.docs_ is not None,
+        "token_iid": token_iid,
+        "replication": replicated,
         "n_active_latents": int((counter.occ_F > 0).sum()),
         "n_tested_latents": int(scored.attrs["n_tested"]),
         "n_pairs_stored": int(counter.n_pairs_),

@@ -47,7 +47,9 @@ from cooc.documents import document_expected, poisson_chernoff_tail
 from sources.errors import ConfigError
 from stats.multiple import bh_adjust
 
-PAIR_COLUMNS = ["i", "j", "count", "expected", "jaccard", "npmi", "p_value", "p_adj"]
+PAIR_COLUMNS = ["i", "j", "count", "documents", "expected", "jaccard", "npmi", "p_value", "p_adj"]
+"""``documents``: the documents in which the pair co-fires at one token at least (-1 where the input has no
+document ids)."""
 
 
 def upper_tail(count: np.ndarray, n_i: np.ndarray, n_j: np.ndarray, n_tokens: int,
@@ -118,7 +120,9 @@ def _score_counter(counter: CooccurrenceCounter, tested_F: np.ndarray, min_count
         sizes.append(0 if part is None else part[0].shape[0])
         n_tested_stored += 0 if part is None else part[3]
     n = int(sum(sizes))
-    cols = {"i": np.empty(n, np.int64), "j": np.empty(n, np.int64), "count": np.empty(n, np.int64)}
+    cols = {"i": np.empty(n, np.int64), "j": np.empty(n, np.int64), "count": np.empty(n, np.int64),
+            "documents": np.full(n, -1, np.int64)}
+    support = counter.support_
     cols.update({k: np.empty(n, np.float64) for k in ("expected", "jaccard", "npmi", "p_value")})
     occ_F, N, pos = counter.occ_F, counter.n_tokens_, 0
     doc_m = counter.docs_.matrix() if test == "document" else None
@@ -128,6 +132,8 @@ def _score_counter(counter: CooccurrenceCounter, tested_F: np.ndarray, min_count
         i, j, c, _ = _shard_pairs(counter, s, tested_F, min_count)
         sl = slice(pos, pos + c.shape[0])
         cols["i"][sl], cols["j"][sl], cols["count"][sl] = i, j, c
+        if support is not None:
+            cols["documents"][sl] = support.lookup(i, j)
         e_doc = document_expected(*doc_m, i, j) if doc_m is not None else None
         for name, values in pair_stats(c, occ_F[i], occ_F[j], N, test, e_doc).items():
             cols[name][sl] = values
@@ -169,7 +175,8 @@ def score_pairs(counts: CooccurrenceCounter | sp.spmatrix, n_tokens: int | None 
         n_tested_stored = int(keep.sum())
         keep &= pairs.count >= min_count
         i, j, c = pairs.i[keep].astype(np.int64), pairs.j[keep].astype(np.int64), pairs.count[keep].astype(np.int64)
-        cols = {"i": i, "j": j, "count": c, **pair_stats(c, occ_F[i], occ_F[j], N, test)}
+        cols = {"i": i, "j": j, "count": c, "documents": np.full(len(c), -1, np.int64),
+                **pair_stats(c, occ_F[i], occ_F[j], N, test)}
     cols["p_adj"] = bh_adjust(cols["p_value"], family)
     df = pd.DataFrame({k: cols[k] for k in PAIR_COLUMNS}, copy=False)  # no copy of the columns
     df.attrs.update(family_size=family, n_tested=n_tested, n_tokens=N, min_count=int(min_count),

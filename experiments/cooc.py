@@ -34,38 +34,54 @@ STREAM_SECTIONS = ("seed", "model", "hook", "sae", "data", "activations", "cooc"
 FILE_SECTIONS = ("seed", "activations", "cooc")
 
 
+def parts(cfg: ExperimentConfig) -> tuple[str, str | None]:
+    """(the part groups are found on, the part they are replicated on or None): discovery and heldout when
+    data.heldout_fraction > 0, else every document and no replication."""
+    if cfg.data.heldout_fraction <= 0:
+        return "all", None
+    return "discovery", ("heldout" if cfg.cooc.replication else None)
+
+
 def _input(cfg: ExperimentConfig, progress: bool, shard: tuple[int, int] | None = None):
-    """(batches, d_sae or None, θ_F or None, description) for the configured activation source.
+    """(batches, held-out batches or None, d_sae or None, θ_F or None, description) for the configured
+    activation source: the discovery documents and the held-out ones (see :func:`parts`).
 
     ``shard=(rank, world_size)``: only that rank's part (a file: a contiguous row range of the first
-    cooc.max_tokens rows; the stream: contexts with index % world_size == rank).
+    cooc.max_tokens rows, cut at document boundaries; the stream: the documents with ordinal % world_size == rank).
     """
+    find, replicate = parts(cfg)
     if cfg.activations.source == "file":
-        from cooc.inputs import iter_chunks, load_activations, load_documents
+        from cooc.inputs import iter_chunks, load_activations, load_documents, split_rows
 
         path = Path(cfg.activations.path)
         acts_TF = load_activations(path, cfg.cooc.d_sae)
         docs_T = None if cfg.activations.documents is None else load_documents(cfg.activations.documents, acts_TF.shape[0])
         info = {"source": "file", "path": str(path), "shape": list(acts_TF.shape), "nnz": int(acts_TF.nnz),
                 "documents": cfg.activations.documents}
+        (acts_TF, docs_T), held = split_rows(acts_TF, docs_T, cfg.data.seed, cfg.data.heldout_fraction if find != "all" else 0.0)
         if shard is not None:
-            from cooc.distributed import row_range
+            from cooc.distributed import document_row_range
 
-            n_rows = acts_TF.shape[0] if cfg.cooc.max_tokens is None else min(acts_TF.shape[0], cfg.cooc.max_tokens)
-            start, stop = row_range(n_rows, *shard)
-            acts_TF = acts_TF[start:stop]
-            docs_T = None if docs_T is None else docs_T[start:stop]
-        return iter_chunks(acts_TF, cfg.cooc.chunk_tokens, docs_T), acts_TF.shape[1], None, info
+            def cut(a, d):
+                n_rows = a.shape[0] if cfg.cooc.max_tokens is None else min(a.shape[0], cfg.cooc.max_tokens)
+                start, stop = document_row_range(n_rows, d, *shard)
+                return a[start:stop], None if d is None else d[start:stop]
+            acts_TF, docs_T = cut(acts_TF, docs_T)
+            held = None if held is None else cut(*held)
+        heldout = None if held is None or replicate is None else iter_chunks(held[0], cfg.cooc.chunk_tokens, held[1])
+        return iter_chunks(acts_TF, cfg.cooc.chunk_tokens, docs_T), heldout, acts_TF.shape[1], None, info
     theta_F = cfg.session(progress).theta_F() if cfg.cooc.use_sae_threshold else None
     d_sae = None if theta_F is None else theta_F.shape[0]
     if shard is not None and d_sae is None:
         d_sae = cfg.session(progress).d_sae  # a rank whose shard is empty still needs the width
-    return _latent_batches(cfg, progress, shard), d_sae, theta_F, {"source": "stream"}
+    heldout = None if replicate is None else _latent_batches(cfg, progress, shard, replicate)
+    return _latent_batches(cfg, progress, shard, find), heldout, d_sae, theta_F, {"source": "stream", "part": find}
 
 
-def _latent_batches(cfg: ExperimentConfig, progress: bool, shard: tuple[int, int] | None):
-    """The session's latents, opened when the first batch is asked for (inside the stage)."""
-    yield from cfg.session(progress).latent_batches(progress, shard)
+def _latent_batches(cfg: ExperimentConfig, progress: bool, shard: tuple[int, int] | None, part: str):
+    """The session's latents over ``part`` of the documents, opened when the first batch is asked for (inside
+    the stage)."""
+    yield from cfg.session(progress).latent_batches(progress, shard, part)
 
 
 def inputs_fingerprint(cfg: ExperimentConfig) -> dict:
@@ -83,7 +99,9 @@ def stage_key(cfg: ExperimentConfig, run: Run) -> str:
         docs = cfg.activations.documents
         if docs is not None:
             fingerprint = [fingerprint, str(Path(docs).resolve()), file_digest(Path(docs)) if Path(docs).is_file() else None]
-        return stable_hash({"sections": run.stage_key(*FILE_SECTIONS), "file": fingerprint, "format": FORMAT_VERSION})
+        split = [cfg.data.seed, cfg.data.heldout_fraction]  # a file's documents split as the corpus's are
+        return stable_hash({"sections": run.stage_key(*FILE_SECTIONS), "file": fingerprint, "split": split,
+                            "format": FORMAT_VERSION})
     return stable_hash({"sections": run.stage_key(*STREAM_SECTIONS), "inputs": inputs_fingerprint(cfg),
                         "format": FORMAT_VERSION})
 
@@ -96,10 +114,10 @@ def cooc_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, force: bo
     if not force and run.is_done(STAGE, key):
         log.info("cooc: up to date in %s (use --fresh to recompute)", run.out / STAGE)
         return run.out / STAGE
-    batches, d_sae, theta_F, info = _input(cfg, progress)
+    batches, heldout, d_sae, theta_F, info = _input(cfg, progress)
     with run.stage(STAGE, key) as folder:
         result = run_cooc(batches, d_sae, cfg.cooc, None, progress=progress, seed=cfg.seed, theta_F=theta_F,
-                          extra={"input": info, "cache_key": key})
+                          extra={"input": info, "cache_key": key}, heldout_batches=heldout)
         result.save(folder)
     folder = run.out / STAGE  # where the finished stage now lies
     log.info("cooc: %d tokens, %d tested latents, %d edges, %d groups (%s) -> %s", result.n_tokens,
@@ -139,18 +157,27 @@ def cooc_stage_distributed(cfg: ExperimentConfig, out: Path, d, fresh: bool = Fa
                     "from a single process; bound the stream with data.max_tokens instead")
     start, error, counter, info = time.time(), None, None, {}
     try:
-        batches, d_sae, theta_F, info = _input(cfg, progress and d.is_main, d.shard)
+        batches, heldout_batches, d_sae, theta_F, info = _input(cfg, progress and d.is_main, d.shard)
         counter = count(batches, d_sae, cfg.cooc, theta_F, progress and d.is_main, allow_empty=True)
     except ConfigError as exc:
         error = exc
     raise_if_any_failed(error, d)
     counter = reduce_counter(counter, d)
+    heldout = None
+    if heldout_batches is not None:
+        try:
+            width = counter.d_sae if counter is not None else d_sae
+            heldout = count(heldout_batches, width, cfg.cooc, theta_F, progress and d.is_main, allow_empty=True)
+        except ConfigError as exc:
+            error = exc
+        raise_if_any_failed(error, d)
+        heldout = reduce_counter(heldout, d)
     if not d.is_main:
         return None
     info = {**info, "world_size": d.world_size, "backend": d.backend}
     with run.stage(STAGE, key) as folder:
         result = analyse(counter, cfg.cooc, None, seed=cfg.seed, extra={"input": info, "cache_key": key},
-                         start=start)
+                         start=start, heldout=heldout)
         result.save(folder)
     folder = out / STAGE
     log.info("cooc: %d tokens on %d ranks, %d tested latents, %d edges, %d groups (%s) -> %s", result.n_tokens,

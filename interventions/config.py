@@ -141,9 +141,12 @@ class InterventionsConfig(Section):
     """Single-latent arms per group: the members writing the most norm at the group's tokens."""
     n_controls: int = Field(2, ge=1)
     """Random latent groups (size and firing-frequency matched) and random norm-matched directions per mode."""
+    evaluate_on: Literal["heldout", "discovery", "all"] = "heldout"
+    """Documents the pool (evaluation contexts, firing rates, means) is drawn from: heldout (default) keeps them apart
+    from the discovery documents the groups were found on (data.heldout_fraction)."""
     pool_tokens: int = Field(40_000, ge=1)
-    """Tokens of the (cached) activation stream scanned for contexts where each group fires, firing
-    rates and mean activations. Held-out documents are used when data.holdout_every > 0."""
+    """Tokens of the (cached) activation stream of the evaluate_on documents scanned for contexts where each group
+    fires, firing rates and mean activations."""
     max_tokens: int = Field(1024, ge=1)
     """Evaluation tokens per group: contexts in which the group fires, one per document first, cut after
     the group's last firing token (see tail_tokens)."""

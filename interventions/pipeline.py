@@ -224,8 +224,7 @@ def run_interventions(session: Session, groups: list[GroupSpec], icfg: Intervent
         log.warning("interventions: no read_layer after the hook, so no task effects")
         tasks = []
     seed = icfg.seed if icfg.seed is not None else seed
-    if data.holdout_every > 0:
-        data = data.model_copy(update={"holdout_only": True})
+    data = data.reading(icfg.evaluate_on)
     if not groups:
         empty = pd.DataFrame(columns=EFFECTS_COLUMNS)
         verdicts = verdicts_frame(empty, [], icfg.modes[0], icfg.primary_effect, icfg.alpha, icfg.min_docs)
@@ -278,6 +277,7 @@ def summarize(verdicts: pd.DataFrame, evals: list[GroupEval], tasks: list, icfg:
     arms and drawn controls."""
     return {
         "n_groups": int(len(verdicts)),
+        "documents": icfg.evaluate_on,
         "primary": {"mode": icfg.modes[0], "effect": icfg.primary_effect, "scope": "fires"},
         "alpha": icfg.alpha,
         "n_boot": icfg.n_boot,

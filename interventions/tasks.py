@@ -204,7 +204,7 @@ def load_task_data(examples: pd.DataFrame, data: DataSpec, tokenizer, probes_cfg
         return out
     need = set(int(d) for d in examples.loc[examples["task"].isin(want), "doc_index"])
     texts: dict[int, tuple[str, str]] = {}
-    for di, did, text in iter_probe_documents(data, getattr(probes_cfg, "max_documents", None)):
+    for di, did, text in iter_probe_documents(data.model_copy(update={"part": "all", "order": "corpus"})):
         if di in need:
             texts[di] = (did, text)
             if len(texts) == len(need):

@@ -30,6 +30,9 @@ class _ProbesSection(Section):
     """auto only considers groups that fire (any member) on at least this many task tokens."""
     max_tokens: int = Field(1500, ge=10)
     """Probe dataset size: at most this many task tokens per task."""
+    evaluate_on: Literal["heldout", "discovery", "all"] = "heldout"
+    """Documents the probe datasets are drawn from: heldout (default) keeps them apart from the discovery documents
+    the groups were found on (data.heldout_fraction), so a group is not probed on the text that made it."""
     max_documents: int | None = Field(20000, ge=1)
     """Scan at most this many documents of the corpus for task examples (None: all of them)."""
     prefix_tokens: int = Field(32, ge=0)

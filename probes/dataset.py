@@ -225,7 +225,7 @@ def build_probe_data(family: str, cfg, model, sae, groups: dict[str, tuple[int, 
     pc = cfg.probes
     task = get_task(family)
     rng = np.random.default_rng([int(cfg.seed), _family_code(family)])
-    docs = iter_probe_documents(cfg.data, pc.max_documents)
+    docs = iter_probe_documents(cfg.data.reading(pc.evaluate_on), pc.max_documents)
     report: dict = {"family": family}
     sel = task.select(docs, model.tokenizer, pc, rng)
     chosen, n_cand = sel.docs, sel.n_candidates

@@ -1,4 +1,4 @@
-"""Corpus documents as the probe tasks see them: read in corpus order, tokenised once with character offsets."""
+"""Corpus documents as the probe tasks see them: read as a stream reads them, tokenised once with character offsets."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Iterator
 import numpy as np
 
 from sources.config import DataSpec
-from sources.corpora import iter_documents
+from sources.corpora import iter_sampled_documents
 
 
 @dataclass
@@ -28,16 +28,9 @@ class Doc:
 
 
 def iter_probe_documents(spec: DataSpec, max_documents: int | None = None) -> Iterator[tuple[int, str, str]]:
-    """``(doc_index, doc_id, text)`` in corpus order, skipping held-out documents as ``iter_contexts`` does."""
-    docs = enumerate(iter_documents(spec))
-    if max_documents is not None:
-        docs = islice(docs, max_documents)
-    for doc_index, (doc_id, text) in docs:
-        if spec.holdout_every:
-            held_out = doc_index % spec.holdout_every == spec.holdout_every - 1
-            if held_out != spec.holdout_only:
-                continue
-        yield doc_index, doc_id, text
+    """``(doc_index, doc_id, text)`` of the documents a stream of ``spec`` reads (its order, part and split:
+    sources.corpora.iter_sampled_documents), at most ``max_documents`` of them."""
+    return islice(iter_sampled_documents(spec), max_documents)
 
 
 def tokenize(tokenizer, text: str) -> tuple[np.ndarray, np.ndarray]:

@@ -60,7 +60,8 @@ def run_probes(cooc: CoocResult, cfg, progress: bool = True, model=None, sae=Non
     windows: dict[str, list] = {}
     figures: dict[str, ProbeFigure] = {}
     target_frames: list[pd.DataFrame] = []
-    summary: dict = {"tasks": {}, "settings": settings.__dict__, "n_candidate_groups": len(cand), "cooc_tokens": cooc.n_tokens}
+    summary: dict = {"tasks": {}, "settings": settings.__dict__, "n_candidate_groups": len(cand), "cooc_tokens": cooc.n_tokens,
+                     "documents": cfg.data.reading(pc.evaluate_on).part}
     timings: dict[str, float] = {}
     for family in pc.tasks:
         t_task = time.perf_counter()

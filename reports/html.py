@@ -146,9 +146,34 @@ def _cooc_section(run: _RunFiles, figdir: Path) -> dict:
         rows.append(("pairs (size 2)", f"{int((sizes == 2).sum())} ({(sizes == 2).mean():.0%})"))
     cfg = man.get("config", {})
     rows.append(("method", str(man.get("method", cfg.get("method")))))
-    rows.append(("independence test", f"{cfg.get('test')} ({man.get('null', 'tokens iid')}), BH at α = {cfg.get('alpha')} "
-                                      f"over {_fmt(man.get('family_size'), 7)} pairs"))
+    rows.append(("independence test", f"{man.get('test', cfg.get('test'))} ({man.get('null', 'tokens iid')}), BH at "
+                                      f"α = {cfg.get('alpha')} over {_fmt(man.get('family_size'), 7)} pairs"))
     rows.append(("pairs scored / edges", f"{_fmt(man.get('n_pairs_scored'), 8)} / {_fmt(man.get('n_edges'), 7)}"))
+    if man.get("min_documents_applied"):
+        rows.append(("edge floor: documents the pair co-fires in", f"≥ {cfg.get('min_documents')}"))
+    iid = man.get("token_iid")
+    if iid:
+        rows.append(("the token-iid binomial null instead (same floors)",
+                     f"{_fmt(iid['n_significant'], 8)} significant pairs, {_fmt(iid['n_edges'], 7)} edges, "
+                     f"{iid['n_groups']} groups"))
+    rep = man.get("replication")
+    if rep:
+        held = rep.get("heldout_documents") or {}
+        rows.append(("held-out part (replication)", f"{_fmt(rep['heldout_tokens'], 7)} tokens from "
+                                                    f"{held.get('n_documents')} other documents"))
+        rate = rep.get("edge_replication_rate")
+        rows.append(("edges replicated on the held-out documents",
+                     f"{rep['edges_replicated']} of {rep['edges_tested']}" + (f" ({rate:.1%})" if rate is not None else "")
+                     + f", {rep['null']} null, BH over the edges"))
+        if rep.get("groups"):
+            rows.append(("groups: median replication rate; replicating at least half their edges",
+                         f"{_fmt(rep['group_replication_rate_median'])}; {rep['groups_replicating_half']} of {rep['groups']}"))
+        if "replication_rate" in groups and n_groups:
+            by = groups.drop_duplicates("group_id").groupby("structure")["replication_rate"].median()
+            rows.append(("median replication rate by structure", ", ".join(f"{k} {_fmt(v)}" for k, v in by.items())))
+    elif "replication" in man:
+        rows.append(("replication", "not run: no held-out documents (data.heldout_fraction 0, cooc.replication off, "
+                                    "or an input without document ids)"))
     pairs = run.table("cooc", "pairs")
     cut = {}
     if not pairs.empty and pairs["edge"].any():

@@ -152,10 +152,35 @@ class DataSpec(Section):
     """Tokens per context, BOS included."""
     max_tokens: int = Field(200_000, ge=1)
     """Stop after this many tokens (all positions, masked ones included)."""
+    order: Literal["shuffled", "corpus"] = "shuffled"
+    """shuffled: documents in a seeded random order (data.seed), so a token budget samples the whole corpus instead of
+    its first documents; corpus: the corpus's own order."""
+    seed: Seed = 0
+    """Seeds the document order and the discovery / held-out split (fixed apart from the experiment's seed, so the
+    split stays put when other seeds vary)."""
+    shuffle_buffer: int = Field(100_000, ge=1)
+    """order: shuffled draws through a buffer of this many documents: an exact shuffle of a corpus no larger than
+    it, a local one of a longer (streamed) corpus."""
+    max_doc_share: float = Field(0.01, gt=0, le=1)
+    """No document fills more than this share of a stream's max_tokens positions (its later contexts are
+    skipped), so a few long documents cannot dominate the sample; 1 turns the cap off."""
+    heldout_fraction: float = Field(0.5, ge=0, lt=1)
+    """Share of the documents (a seeded draw per document) in the held-out part: cooc finds groups on the discovery
+    part and replicates them on the held-out part, on which probes and interventions evaluate (their
+    evaluate_on). 0: no held-out part (every document is discovery)."""
+    part: Literal["all", "discovery", "heldout"] = "all"
+    """Which documents a stream reads. The stages set it themselves (cooc: discovery, then heldout to replicate;
+    probes and interventions: their evaluate_on); it matters only to the library API (sources.open_session)."""
     holdout_every: int = Field(0, ge=0)
     """If > 0, every n-th document is held out from this stream (used for evaluation splits)."""
     holdout_only: bool = False
     """With holdout_every > 0: yield only the held-out documents instead of skipping them (evaluation split)."""
+
+
+    def reading(self, part: str) -> "DataSpec":
+        """This corpus read as ``part`` (discovery, heldout or all) of its documents; every document when there is
+        no held-out part (heldout_fraction 0)."""
+        return self.model_copy(update={"part": part if self.heldout_fraction > 0 else "all"})
 
 
 class StreamSpec(Section):

@@ -4,11 +4,18 @@ tokenised into fixed-length contexts that never cross a document boundary.
 Each context starts with BOS, holds up to ``context_len - 1`` tokens of one document, and is
 right-padded; BOS, PAD and EOS positions are masked (``mask_L`` False) so no stage ever counts
 or probes them. Keeping one document per context lets probes cross-validate grouped by document.
+
+Sampling (:func:`iter_sampled_documents`): documents come in a seeded random order (``data.order``), each fills at
+most ``data.max_doc_share`` of a stream's positions, and a seeded draw per document (:func:`heldout_documents`)
+puts ``data.heldout_fraction`` of them in the held-out part: groups are found on the discovery part and replicated,
+probed and intervened on the held-out part. A document's ``doc_index`` is its position in the corpus's own order,
+whatever order it is read in, so every stage names the same document the same way.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +92,55 @@ def iter_documents(spec: DataSpec) -> Iterator[tuple[str, str]]:
         yield from _iter_hf(spec)
     else:  # pragma: no cover - pydantic restricts the values
         raise ConfigError("data.source", f"unknown source {spec.source!r}")
+
+
+def heldout_documents(doc_ids, seed: int, fraction: float) -> np.ndarray:
+    """Whether each document (by its int id: a corpus's ``doc_index``, or an activation file's document id) is in
+    the held-out part: a seeded draw per document, independent of the order documents are read in and of every
+    other document, so a stream, the probes and a file split the same documents the same way."""
+    ids = np.asarray(doc_ids, dtype=np.int64).reshape(-1)
+    if fraction <= 0:
+        return np.zeros(ids.shape, dtype=bool)
+    u = np.fromiter((int.from_bytes(hashlib.blake2b(f"{seed}:{d}".encode(), digest_size=8).digest(), "little")
+                     for d in ids.tolist()), dtype=np.uint64, count=len(ids))
+    return u < np.uint64(min(fraction, 1.0) * 2.0 ** 64 - 1)
+
+
+def _shuffled(items: Iterator, rng: np.random.Generator, buffer: int) -> Iterator:
+    """A seeded random order of ``items`` through a buffer of ``buffer`` items (an exact uniform shuffle when there
+    are no more items than that)."""
+    pool: list = []
+    for item in items:
+        if len(pool) < buffer:
+            pool.append(item)
+            continue
+        k = int(rng.integers(len(pool)))
+        yield pool[k]
+        pool[k] = item
+    for k in rng.permutation(len(pool)).tolist():
+        yield pool[k]
+
+
+def iter_sampled_documents(spec: DataSpec) -> Iterator[tuple[int, str, str]]:
+    """``(doc_index, doc_id, text)`` of the documents a stream of ``spec`` reads, in its order (module doc):
+    ``doc_index`` is the document's position in the corpus order; documents outside ``spec.part`` and those
+    ``holdout_every`` holds out (the SAE evaluation split) are skipped."""
+    def wanted():
+        for doc_index, (doc_id, text) in enumerate(iter_documents(spec)):
+            if spec.holdout_every:
+                held_out = doc_index % spec.holdout_every == spec.holdout_every - 1
+                if held_out != spec.holdout_only:
+                    continue
+            if spec.part != "all":
+                heldout = bool(heldout_documents([doc_index], spec.seed, spec.heldout_fraction)[0])
+                if heldout != (spec.part == "heldout"):
+                    continue
+            yield doc_index, doc_id, text
+
+    if spec.order == "corpus":
+        yield from wanted()
+    else:
+        yield from _shuffled(wanted(), np.random.default_rng([spec.seed, 0x5EED]), spec.shuffle_buffer)
 
 
 def _read_text(f: Path) -> str:
@@ -171,12 +227,14 @@ def iter_contexts(spec: DataSpec, tokenizer, min_tokens: int = 8,
     """Tokenise documents into contexts of ``spec.context_len`` until ``spec.max_tokens`` positions.
 
     A document's trailing piece shorter than ``min_tokens`` content tokens is dropped (unless it is the
-    whole document). Documents held out by ``holdout_every`` are skipped, or with ``holdout_only``
-    they are the only ones yielded.
+    whole document). Documents come from :func:`iter_sampled_documents` (its order, part and split), and no
+    document gives more than ``max(1, floor(spec.max_doc_share * spec.max_tokens / context_len))`` contexts.
 
-    ``shard=(rank, world_size)`` yields only the contexts whose ``index % world_size == rank`` (indices
-    and the ``max_tokens`` budget stay those of the whole stream), so the ranks of a distributed run see
-    disjoint shards whose union is exactly the single-process stream.
+    ``shard=(rank, world_size)`` yields only the contexts of the documents whose ordinal ``k`` in the stream
+    (0, 1, 2, ... over the documents that give contexts) has ``k % world_size == rank`` (context indices and the
+    ``max_tokens`` budget stay those of the whole stream), so the ranks of a distributed run see disjoint shards
+    whose union is exactly the single-process stream, and every document lies whole in one shard (what the
+    per-document counts of cooc need).
     """
     rank, world = shard if shard is not None else (0, 1)
     if not 0 <= rank < world:
@@ -185,17 +243,16 @@ def iter_contexts(spec: DataSpec, tokenizer, min_tokens: int = 8,
     body = spec.context_len - 1
     emitted = 0
     index = 0
-    for doc_index, (doc_id, text) in enumerate(iter_documents(spec)):
-        if spec.holdout_every:
-            held_out = doc_index % spec.holdout_every == spec.holdout_every - 1
-            if held_out != spec.holdout_only:
-                continue
+    per_doc = max(1, int(spec.max_doc_share * spec.max_tokens) // spec.context_len)
+    doc_k = -1
+    for doc_index, doc_id, text in iter_sampled_documents(spec):
         if not text.strip():
             continue
+        doc_k += 1
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids = np.asarray(enc["input_ids"], dtype=np.int64)
         spans = np.asarray(enc["offset_mapping"], dtype=np.int32).reshape(-1, 2)
-        for start in range(0, len(ids), body):
+        for start in range(0, min(len(ids), per_doc * body), body):
             piece = ids[start:start + body]
             if len(piece) < min_tokens and start > 0:
                 break
@@ -206,12 +263,16 @@ def iter_contexts(spec: DataSpec, tokenizer, min_tokens: int = 8,
             mask[1:1 + len(piece)] = ~np.isin(piece, list(masked))
             sp = np.full((spec.context_len, 2), -1, dtype=np.int32)
             sp[1:1 + len(piece)] = spans[start:start + body]
-            if index % world == rank:
+            if doc_k % world == rank:
                 yield Context(index, doc_index, doc_id, tokens, mask, sp)
             index += 1
             emitted += spec.context_len
             if emitted >= spec.max_tokens:
                 return
+    if index == 0 and spec.part != "all":
+        raise ConfigError("data", f"the {spec.part} part of the corpus yielded no tokens (data.heldout_fraction: "
+                                  f"{spec.heldout_fraction} of the documents are held out, and this corpus has too few "
+                                  "documents for both parts); give more documents or set data.heldout_fraction: 0")
     if index == 0:
         raise ConfigError("data", "the corpus yielded no tokens; check data.path / data.name and that documents are not empty")
 

@@ -63,9 +63,12 @@ class Session:
         ids = self.model.tokenizer(text, add_special_tokens=False).input_ids
         return torch.tensor([[bos, *ids]], dtype=torch.long)
 
-    def latent_batches(self, progress: bool = True, shard: tuple[int, int] | None = None) -> Iterator[LatentBatch]:
-        """SAE latents over the session's corpus (``shard=(rank, world_size)``: only that rank's contexts)."""
-        return iter_latents(self.model, self.sae, self.data, self.hook, self.stream, progress, shard)
+    def latent_batches(self, progress: bool = True, shard: tuple[int, int] | None = None,
+                       part: str | None = None) -> Iterator[LatentBatch]:
+        """SAE latents over the session's corpus (``shard=(rank, world_size)``: only that rank's documents;
+        ``part``: discovery, heldout or all documents instead of the session's data.part)."""
+        data = self.data if part is None else self.data.model_copy(update={"part": part})
+        return iter_latents(self.model, self.sae, data, self.hook, self.stream, progress, shard)
 
 
 def _spec(cls, value, field: str):

@@ -89,7 +89,8 @@ def iter_activation_batches(model: LoadedModel, data: DataSpec, hook: HookSpec, 
                             progress: bool = True, shard: tuple[int, int] | None = None) -> Iterator[ActivationBatch]:
     """Stream activations batch by batch, through the on-disk cache when ``stream.cache`` is set.
 
-    ``shard=(rank, world_size)``: only the contexts with ``index % world_size == rank`` (a distributed run).
+    ``shard=(rank, world_size)``: only the documents with ordinal ``% world_size == rank`` (a distributed run;
+    sources.corpora.iter_contexts).
     """
     cache = cache_dir_for(model, hook, data, stream, shard) if stream.cache else None
     if cache is not None:

@@ -53,7 +53,7 @@ def test_cli_writes_every_documented_file_and_column(tmp_path, acts_file):
     jac = sp.load_npz(folder / "jaccard.npz")
     assert (jac != jac.T).nnz == 0 and jac.max() <= 1
     pairs = pd.read_parquet(folder / "pairs.parquet")
-    assert list(pairs.columns) == ["i", "j", "count", "expected", "jaccard", "npmi", "p_value", "p_adj", "edge"]
+    assert list(pairs.columns) == ["i", "j", "count", "documents", "expected", "jaccard", "npmi", "p_value", "p_adj", "edge"]
     assert (pairs.i < pairs.j).all() and pairs.edge.any()
     groups = pd.read_csv(folder / "groups.csv")
     assert list(groups.columns) == ["latent", "group_id", "group_size", "structure", "n_edges", "density",

@@ -12,6 +12,7 @@ from cooc import CoocConfig, CooccurrenceCounter, GroupFinder, run_cooc, score_p
 from cooc.documents import DocumentCounts, document_expected, poisson_chernoff_tail
 from cooc.recovery import recovery
 from cooc.synthetic import document_clustered, planted
+from sources.corpora import heldout_documents
 from sources.errors import ConfigError
 
 ALPHA = 0.05
@@ -95,11 +96,20 @@ def test_the_poisson_chernoff_p_value_is_never_below_the_exact_tail_of_the_strat
 def test_document_counts_merge_like_one_pass_and_bad_document_input_is_one_clear_error():
     d = document_clustered(d_sae=50, n_docs=20, tokens_per_doc=25, seed=4)
     one = CooccurrenceCounter(50).update(d.acts_TF, docs_T=d.docs_T)
-    a = CooccurrenceCounter(50).update(d.acts_TF[:260], docs_T=d.docs_T[:260])
-    b = CooccurrenceCounter(50).update(d.acts_TF[260:], docs_T=d.docs_T[260:])
+    cut = int(np.flatnonzero(np.diff(d.docs_T))[9]) + 1  # between the 10th and 11th document
+    a = CooccurrenceCounter(50).update(d.acts_TF[:cut], docs_T=d.docs_T[:cut])
+    b = CooccurrenceCounter(50).update(d.acts_TF[cut:], docs_T=d.docs_T[cut:])
     a.merge(b)
     for x, y in zip(one.docs_.matrix(), a.docs_.matrix()):
         assert (x != y).nnz == 0 if sp.issparse(x) else np.array_equal(x, y)
+    whole, merged = one.support_.upper_pairs(), a.support_.upper_pairs()
+    assert all(np.array_equal(getattr(whole, k), getattr(merged, k)) for k in ("i", "j", "count"))
+    with pytest.raises(ConfigError, match="counted by both counters"):  # a document split between two counters
+        CooccurrenceCounter(50).update(d.acts_TF[:cut + 3], docs_T=d.docs_T[:cut + 3]).merge(
+            CooccurrenceCounter(50).update(d.acts_TF[cut + 3:], docs_T=d.docs_T[cut + 3:]))
+    with pytest.raises(ConfigError, match="separate pieces"):  # a document's rows not contiguous
+        rows = np.r_[0:cut, cut + 30:len(d.docs_T), cut:cut + 30]
+        CooccurrenceCounter(50).update(d.acts_TF[rows], docs_T=d.docs_T[rows]).support_
     with pytest.raises(ConfigError, match="some chunks but not others"):
         CooccurrenceCounter(50).update(d.acts_TF[:10], docs_T=d.docs_T[:10]).update(d.acts_TF[10:20])
     with pytest.raises(ConfigError, match="one id per counted token"):
@@ -125,8 +135,13 @@ def test_a_file_input_with_document_ids_gets_the_document_null_and_bad_ids_are_o
                    f"cooc:\n  test: document\n  chunk_tokens: 700\n")
     assert main([str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == 0
     res = CoocResult.load(tmp_path / "run" / "cooc", pairs=True)
-    assert res.manifest["documents"]["n_documents"] == 60 and res.manifest["null"].startswith("document")
-    counter = CooccurrenceCounter(120).update(d.acts_TF, docs_T=d.docs_T)
+    held = heldout_documents(np.arange(60), 0, 0.5)  # the file's documents split as a corpus's are (data.seed 0)
+    n_disc = int((~held).sum())
+    assert 15 < n_disc < 45 and res.manifest["null"].startswith("document")
+    assert res.manifest["documents"]["n_documents"] == n_disc
+    assert res.manifest["replication"]["heldout_documents"]["n_documents"] == 60 - n_disc
+    disc = ~held[d.docs_T]
+    counter = CooccurrenceCounter(120).update(d.acts_TF[disc], docs_T=d.docs_T[disc])
     want = score_pairs(counter, min_occurrences=10, test="document", min_count=5)
     np.testing.assert_allclose(res.pairs["expected"].to_numpy(), want["expected"].to_numpy(), rtol=1e-12)
     for name, needle in (("short.npy", "has 2999 document ids but the activation file has 3000 rows"),
@@ -141,8 +156,8 @@ def test_a_file_input_with_document_ids_gets_the_document_null_and_bad_ids_are_o
     iid = CoocResult.load(tmp_path / "iid" / "cooc")
     assert iid.manifest["documents"] == res.manifest["documents"] and iid.manifest["null"].startswith("tokens iid")
     spread = res.manifest["documents"]
-    assert spread["largest_share"] == pytest.approx(50 / 3000, abs=1e-6) and spread["effective_documents"] == pytest.approx(60.0, abs=1e-3)  # rounded in the manifest
-    lean = CooccurrenceCounter(120, per_document=False).update(d.acts_TF, docs_T=d.docs_T)
+    assert spread["largest_share"] == pytest.approx(1 / n_disc, abs=1e-6) and spread["effective_documents"] == pytest.approx(n_disc, abs=1e-3)  # rounded in the manifest
+    lean = CooccurrenceCounter(120, per_document=False).update(d.acts_TF[disc], docs_T=d.docs_T[disc])
     assert lean.docs_ is None and lean.spread_.summary() == counter.spread_.summary()
     # without document ids the document null is refused before anything is counted
     assert main([str(cfg), "--out", str(tmp_path / "nodocs"), "--quiet", "--set", "activations.documents=null"]) == 2

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sources.config import DataSpec, HookSpec, StreamSpec
-from sources.corpora import iter_contexts, iter_documents
+from sources.corpora import _shuffled, heldout_documents, iter_contexts, iter_documents, iter_sampled_documents
 from sources.errors import ConfigError
 from sources.stream import cache_dir_for, hook_activations, iter_activation_batches, iter_latents
 from sources.sae_view import to_csr
@@ -26,7 +26,7 @@ def isolated_cache(tmp_path, monkeypatch):
 
 def test_contexts_start_with_bos_never_cross_documents_and_mask_bos_and_pad(corpus):
     tok = tiny_tokenizer()
-    spec = DataSpec(source="jsonl", path=str(corpus), context_len=16, max_tokens=10_000)
+    spec = DataSpec(source="jsonl", path=str(corpus), context_len=16, max_tokens=10_000, max_doc_share=1)
     contexts = list(iter_contexts(spec, tok))
     docs = dict(iter_documents(spec))
     assert len({c.doc_id for c in contexts}) == len(docs)
@@ -45,6 +45,53 @@ def test_contexts_start_with_bos_never_cross_documents_and_mask_bos_and_pad(corp
     full = tok(docs["doc0"], add_special_tokens=False)["input_ids"]
     assert ids.tolist() == full[: len(ids)]
     assert len(full) - len(ids) < 8  # only a trailing piece shorter than min_tokens is dropped
+
+
+def test_the_stream_reads_documents_in_a_seeded_order_with_their_corpus_index(tmp_path):
+    corpus = tiny_corpus_file(tmp_path, n_docs=40)
+    spec = DataSpec(source="jsonl", path=str(corpus), context_len=16, max_tokens=100_000)
+    docs = list(iter_documents(spec))
+    order = [d for d, _, _ in iter_sampled_documents(spec)]
+    assert sorted(order) == list(range(40)) and order != list(range(40))  # every document once, not in file order
+    assert order == [d for d, _, _ in iter_sampled_documents(spec)]  # seeded
+    assert order != [d for d, _, _ in iter_sampled_documents(spec.model_copy(update={"seed": 1}))]
+    assert [d for d, _, _ in iter_sampled_documents(spec.model_copy(update={"order": "corpus"}))] == list(range(40))
+    for c in iter_contexts(spec, tiny_tokenizer()):  # a context names its document by the corpus position
+        assert docs[c.doc_index][0] == c.doc_id
+    rng = np.random.default_rng(3)  # a buffer smaller than the corpus still yields every item once
+    assert sorted(_shuffled(iter(range(100)), rng, 7)) == list(range(100))
+
+
+def test_the_split_is_a_seeded_draw_per_document_and_the_parts_partition_the_corpus(tmp_path):
+    corpus = tiny_corpus_file(tmp_path, n_docs=40)
+    spec = DataSpec(source="jsonl", path=str(corpus), context_len=16, max_tokens=100_000)
+    part = {p: {d for d, _, _ in iter_sampled_documents(spec.model_copy(update={"part": p}))}
+            for p in ("all", "discovery", "heldout")}
+    assert part["discovery"] | part["heldout"] == part["all"] == set(range(40))
+    assert not part["discovery"] & part["heldout"] and 10 <= len(part["heldout"]) <= 30
+    assert part["heldout"] == set(np.flatnonzero(heldout_documents(np.arange(40), 0, 0.5)).tolist())
+    # the draw of a document depends on its id and the seed only, not on the other documents
+    many = heldout_documents(np.arange(20_000), 0, 0.3)
+    assert abs(many.mean() - 0.3) < 0.015 and np.array_equal(heldout_documents(np.arange(40), 0, 0.3), many[:40])
+    assert not heldout_documents(np.arange(100), 0, 0.0).any()
+    off = spec.model_copy(update={"heldout_fraction": 0.0, "part": "heldout"})
+    assert not list(iter_sampled_documents(off)) and len(list(iter_sampled_documents(off.model_copy(update={"part": "discovery"})))) == 40
+
+
+def test_no_document_fills_more_than_its_share_of_the_stream(tmp_path):
+    long = tmp_path / "long.jsonl"
+    with open(long, "w") as f:
+        f.write(json.dumps({"id": "long", "text": " ".join(["word"] * 3000)}) + "\n")
+        for i in range(30):
+            f.write(json.dumps({"id": f"short{i}", "text": "a few words of text here"}) + "\n")
+    spec = DataSpec(source="jsonl", path=str(long), context_len=16, max_tokens=1600, max_doc_share=0.05)
+    contexts = list(iter_contexts(spec, tiny_tokenizer()))
+    per_doc = {}
+    for c in contexts:
+        per_doc[c.doc_id] = per_doc.get(c.doc_id, 0) + 1
+    assert per_doc["long"] == 5 == int(0.05 * 1600) // 16 and len(per_doc) == 31
+    uncapped = list(iter_contexts(spec.model_copy(update={"max_doc_share": 1.0}), tiny_tokenizer()))
+    assert sum(c.doc_id == "long" for c in uncapped) > 50
 
 
 def test_max_tokens_bounds_the_stream(corpus):
@@ -79,7 +126,7 @@ def test_jsonl_without_the_text_field_names_the_field(tmp_path):
 
 def test_stream_batches_match_a_direct_forward_and_the_cache_reproduces_them(corpus):
     model = tiny_model("llama")
-    data = DataSpec(source="jsonl", path=str(corpus), context_len=16, max_tokens=200)
+    data = DataSpec(source="jsonl", path=str(corpus), context_len=16, max_tokens=200, max_doc_share=1)
     hook = HookSpec(layer=1)
     stream = StreamSpec(batch_size=4, cache=True, progress=False)
     first = list(iter_activation_batches(model, data, hook, stream))

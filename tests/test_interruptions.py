@@ -138,8 +138,8 @@ def test_each_killed_run_died_by_sigkill_where_asked_and_left_no_finished_stage_
 
 def test_rerunning_resumes_from_the_last_checkpoint(runs):
     _, chain = runs
-    # the run after the kill in the stream reads the 3 cached batches and computes the other 5
-    assert "stream: 3 of 8 batches read from the activation cache" in chain[1].stderr
+    # the run after the kill in the stream reads the 3 cached batches of the discovery part and computes the other 2
+    assert "stream: 3 of 5 batches read from the activation cache" in chain[1].stderr
     # later runs reuse every finished stage
     assert "cooc: up to date" in chain[2].stderr
     assert "cooc: up to date" in chain[3].stderr and "probes: up to date" in chain[3].stderr

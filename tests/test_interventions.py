@@ -197,7 +197,7 @@ def test_effects_match_an_independent_pytorch_computation_and_outputs_are_tidy(m
     est = float(row["estimate"].iloc[0])
     from sources.corpora import iter_contexts
 
-    contexts = [c for c in iter_contexts(data, model.tokenizer) if c.index in set(ge.context_ids)]
+    contexts = [c for c in iter_contexts(data.reading(icfg.evaluate_on), model.tokenizer) if c.index in set(ge.context_ids)]
     assert len(contexts) == ge.n_contexts
     tokens = torch.from_numpy(np.stack([c.tokens_L for c in contexts]))
     mask = torch.from_numpy(np.stack([c.mask_L for c in contexts]))

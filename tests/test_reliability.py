@@ -24,6 +24,7 @@ from experiments.cooc import main as cooc_main
 from experiments.cooc import stage_key as cooc_stage_key
 from experiments.run import Run
 from sources.config import DataSpec, HookSpec, ModelSpec, StreamSpec
+from sources.corpora import iter_contexts
 from sources.errors import ConfigError
 from sources.stream import cache_dir_for, iter_activation_batches
 from tiny import save_cooc_standin, tiny_corpus_file, tiny_hf_model, tiny_model, tiny_tokenizer
@@ -73,7 +74,7 @@ def test_a_truncated_or_tampered_cache_batch_is_detected_and_rebuilt(tmp_path, c
 def test_a_corpus_file_rewritten_with_same_size_and_mtime_gets_a_new_cache(tmp_path, cache):
     model = tiny_model("llama")
     corpus = tiny_corpus_file(tmp_path)
-    data = DataSpec(source="jsonl", path=str(corpus), context_len=16, max_tokens=64)
+    data = DataSpec(source="jsonl", path=str(corpus), context_len=16, max_tokens=64, max_doc_share=1)
     before, acts_before = cache_dir_for(model, HOOK, data, STREAM), stream(model, data)
     st = corpus.stat()
     time.sleep(0.05)
@@ -172,7 +173,8 @@ def test_nan_activations_stop_the_stream_naming_layer_context_document_and_posit
         stream(model, data)
     assert exc.value.field == "model"
     assert "layer 1 (resid_post) are NaN or infinite" in exc.value.message
-    assert "first in context 0 (document 'doc0'), position 1" in exc.value.message
+    first = next(iter_contexts(data, model.tokenizer))  # the first document of the stream's (seeded) order
+    assert f"first in context 0 (document '{first.doc_id}'), position 1" in exc.value.message
     assert not list(cache.rglob("batch_*.pt"))  # nothing non-finite is cached
 
 
@@ -237,7 +239,10 @@ def test_a_corpus_shorter_than_one_context_is_one_padded_context_and_no_groups_i
 
     corpus = tmp_path / "short.jsonl"
     corpus.write_text(json.dumps({"id": "d0", "text": "the bank of"}) + "\n")
-    cfg = build_config(ExperimentConfig, pipeline, [f"data.path={corpus}"])
+    with pytest.raises(ConfigError, match="part of the corpus yielded no tokens.*data.heldout_fraction: 0") as exc:
+        run_pipeline(build_config(ExperimentConfig, pipeline, [f"data.path={corpus}"]), tmp_path / "split", progress=False)
+    assert exc.value.field == "data"  # one document cannot fill both the discovery and the held-out part
+    cfg = build_config(ExperimentConfig, pipeline, [f"data.path={corpus}", "data.heldout_fraction=0"])
     (ctx,) = list(iter_contexts(cfg.data, tiny_tokenizer()))
     assert ctx.tokens_L.shape == (32,) and 0 < ctx.mask_L.sum() < 8
     with pytest.raises(ConfigError, match="found no groups") as exc:

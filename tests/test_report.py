@@ -62,6 +62,11 @@ def test_steer_writes_a_self_contained_report_with_every_section(run):
     assert "every effect" in page and len(ev)  # each evaluated group's card lists its effect verdicts
     assert sorted(p.name for p in (out / "figures").glob("*.png"))  # static figures saved beside the page
     assert (out / "figures" / "cooc_group_sizes.png").exists()
+    # the co-occurrence section says which null ran, beside the token-iid one, and how the edges replicated
+    cooc = json.loads((out / "cooc" / "manifest.json").read_text())
+    rep = cooc["replication"]
+    assert cooc["test"] == "document" and "document-stratified" in page and "the token-iid binomial null instead" in page
+    assert f"{rep['edges_replicated']} of {rep['edges_tested']}" in page and "edges replicated on the held-out documents" in page
 
 
 def test_top_contexts_are_the_largest_activations_of_each_latent(run):
