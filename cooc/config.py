@@ -87,6 +87,10 @@ class CoocConfig(Section):
     """Re-test every edge on the held-out documents (data.heldout_fraction; a file's documents split the same way)
     under the same null, BH over the edges: replicated edges per group go into groups.csv (replication_rate)."""
 
+    stability_replicates: int = Field(20, ge=0)
+    """Document-bootstrap replicates measuring each group's membership and label stability, plus reruns with
+    other Louvain seeds and resolutions (cooc.stability); 0 turns both off."""
+
     # --- outputs --------------------------------------------------------------------------
     write_pairs: Literal["tested", "edges", "none"] = "tested"
     """Rows of pairs.parquet: every stored tested pair, only edges, or no file."""

@@ -96,7 +96,7 @@ def _local_cut(graph: nx.Graph) -> list[set]:
     return [set(c) for c in nx.connected_components(kept)]
 
 
-def split_component(graph: nx.Graph, max_size: int, seed: int) -> list[set]:
+def split_component(graph: nx.Graph, max_size: int, seed: int, resolution: float = 1.0) -> list[set]:
     """Split a connected graph into connected parts of at most ``max_size`` nodes."""
     out, stack = [], [set(graph)]
     while stack:
@@ -105,7 +105,7 @@ def split_component(graph: nx.Graph, max_size: int, seed: int) -> list[set]:
             out.append(nodes)
             continue
         sub = graph.subgraph(sorted(nodes))
-        parts = nx.community.louvain_communities(sub, weight="jaccard", seed=seed)
+        parts = nx.community.louvain_communities(sub, weight="jaccard", seed=seed, resolution=resolution)
         parts = [set(c) for p in parts for c in nx.connected_components(sub.subgraph(p))]
         if len(parts) == 1:
             parts = _local_cut(sub)
@@ -129,13 +129,13 @@ class GroupFinder:
     def __init__(self, method: str = "significant", alpha: float = 0.05, min_count: int = 5,
                  min_jaccard: float = 0.01, min_npmi: float = 0.1, max_group_size: int = 64,
                  min_size: int = 150, max_size: int = 200, iterations: int = 40, seed: int = 0,
-                 min_documents: int = 1):
+                 min_documents: int = 1, resolution: float = 1.0):
         if method not in ("significant", "size_target"):
             raise ValueError(f"unknown method {method!r}")
         self.method, self.alpha, self.min_count = method, alpha, min_count
         self.min_jaccard, self.min_npmi, self.max_group_size = min_jaccard, min_npmi, max_group_size
         self.min_size, self.max_size, self.iterations, self.seed = min_size, max_size, iterations, seed
-        self.min_documents = min_documents
+        self.min_documents, self.resolution = min_documents, resolution
 
     @classmethod
     def from_config(cls, cfg, seed: int = 0) -> "GroupFinder":
@@ -163,7 +163,7 @@ class GroupFinder:
         parts: list[set] = []
         for comp in components(i[mask], j[mask]):
             if self.method == "significant" and comp.shape[0] > self.max_group_size:
-                parts.extend(split_component(graph.subgraph(comp.tolist()), self.max_group_size, self.seed))
+                parts.extend(split_component(graph.subgraph(comp.tolist()), self.max_group_size, self.seed, self.resolution))
             else:
                 parts.append(set(comp.tolist()))
         self.largest_component_ = largest_component(i[mask], j[mask])

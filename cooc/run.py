@@ -86,9 +86,83 @@ def effective_test(cfg: CoocConfig, counter: CooccurrenceCounter) -> str:
     return cfg.test
 
 
+def _first_tokens(latent_batches: Iterable[Any], max_tokens: int | None):
+    """``(activations CSR, document ids or None)`` of the batches up to ``max_tokens`` rows in all: exactly the rows
+    :func:`count` counts."""
+    seen = 0
+    for batch in latent_batches:
+        acts, docs = _as_csr(batch), getattr(batch, "doc_index_N", None)
+        if max_tokens is not None:
+            if seen >= max_tokens:
+                return
+            acts = acts[:max_tokens - seen]
+            docs = None if docs is None else docs[:max_tokens - seen]
+        seen += acts.shape[0]
+        yield acts, docs
+
+
+def collect_second_pass(hubs: dict, pairs: tuple[np.ndarray, np.ndarray] | None, latent_batches: Iterable[Any],
+                        threshold: float, theta_F, max_tokens: int | None, progress: bool = False):
+    """The second pass over the counted rows: ``(GroupCofiring of hubs, PairDocuments of pairs or None)``; ``hubs``:
+    group id -> (members, hub); ``pairs``: the (i, j) arrays whose per-document counts the bootstrap needs."""
+    from cooc.cofiring import GroupCofiring
+    from cooc.counting import binarise
+    from cooc.stability import PairDocuments
+
+    cof = GroupCofiring(hubs, threshold, theta_F)
+    pair_docs = None if pairs is None else PairDocuments(*pairs)
+    for acts, docs in progress_bar(_first_tokens(latent_batches, max_tokens), desc="cooc: second pass",
+                                   unit="chunk", progress=progress):
+        cof.update(acts)
+        if pair_docs is not None and docs is not None:
+            pair_docs.update(binarise(check_csr(acts, None), threshold, theta_F), docs)
+    return cof, pair_docs
+
+
+def second_pass(counter: CooccurrenceCounter, scored, table, finder: GroupFinder, cfg: CoocConfig, test: str,
+                seed: int, collect):
+    """groups.csv with the co-firing structure of every group (cooc.cofiring) and, with cfg.stability_replicates
+    and document ids, its stability (cooc.stability). ``collect(hubs, pairs)`` runs the second pass over the counted
+    tokens (:func:`collect_second_pass`, or its distributed form)."""
+    import networkx as nx
+
+    from cooc import stability
+    from cooc.cofiring import annotate, hub_of
+
+    groups = finder.groups_
+    edges = scored.loc[scored["edge"], ["i", "j"]].to_numpy()
+    group_of = dict(zip(table["latent"].astype(int), table["group_id"]))
+    by_group: dict[str, list[tuple[int, int]]] = {}
+    for i, j in edges.tolist():
+        g = group_of.get(i)
+        if g is not None and g == group_of.get(j):
+            by_group.setdefault(g, []).append((i, j))
+    hubs, degree = {}, {}
+    for g in groups:
+        graph = nx.Graph(by_group.get(g.group_id, []))
+        graph.add_nodes_from(g.members)
+        hubs[g.group_id] = (g.members, hub_of(graph, counter.occ_F))
+        degree[g.group_id] = int(graph.degree[hubs[g.group_id][1]])
+    boot = cfg.stability_replicates > 0 and counter.docs_ is not None
+    cand = scored.loc[stability.candidates(scored, cfg)] if boot else None
+    cof, pair_docs = collect(hubs, None if cand is None else (cand["i"].to_numpy(), cand["j"].to_numpy()))
+    table = annotate(table, cof, by_group, {g.group_id: g.structure for g in groups}, degree)
+    if cfg.stability_replicates > 0:
+        louvain = stability.louvain_stability(groups, scored, cfg, seed)
+        table["stability_louvain"] = table["group_id"].map(louvain)
+    if boot:
+        n_FD, tokens_D = counter.docs_.matrix()
+        ids = sorted(counter.docs_._ids, key=counter.docs_._ids.get)
+        st = stability.bootstrap_stability(groups, cand, pair_docs, n_FD, tokens_D, ids, test, cfg, seed,
+                                           cfg.stability_replicates)
+        table["stability"] = table["group_id"].map({g: v[0] for g, v in st.items()})
+        table["label_stability"] = table["group_id"].map({g: v[1] for g, v in st.items()})
+    return table
+
+
 def run_cooc(latent_batches: Iterable[Any], d_sae: int | None, cfg: CoocConfig, out_dir: str | Path | None,
              progress: bool = True, seed: int = 0, theta_F=None, extra: dict | None = None,
-             heldout_batches: Iterable[Any] | None = None) -> CoocResult:
+             heldout_batches: Iterable[Any] | None = None, rescan=None) -> CoocResult:
     """Count co-occurrences over ``latent_batches`` (CSR [tokens, d_sae] or LatentBatch), score
     the pairs, find groups and, when ``out_dir`` is given, write OUT/cooc/ files into it.
 
@@ -96,13 +170,20 @@ def run_cooc(latent_batches: Iterable[Any], d_sae: int | None, cfg: CoocConfig, 
     ``extra``: more entries for manifest.json (input description, experiment config, cache key).
     ``heldout_batches``: the held-out documents' latents, on which every edge is re-tested
     (cooc.replication); counted after the discovery part is analysed.
+    ``rescan``: a function returning the discovery batches again, for the second pass that labels each group's
+    structure from co-firing (cooc.cofiring) and measures its stability (cooc.stability); without it the labels
+    are the edge graph's alone and there is no stability.
     """
     start = time.time()
     counter = count(latent_batches, d_sae, cfg, theta_F, progress)
     heldout = None
     if heldout_batches is not None and cfg.replication:
         heldout = lambda: count(heldout_batches, counter.d_sae, cfg, theta_F, progress, allow_empty=True)  # noqa: E731
-    return analyse(counter, cfg, out_dir, seed=seed, extra=extra, start=start, heldout=heldout)
+    collect = None
+    if rescan is not None:
+        collect = lambda hubs, pairs: collect_second_pass(hubs, pairs, rescan(), counter.threshold,  # noqa: E731
+                                                          counter.theta_F, cfg.max_tokens, progress)
+    return analyse(counter, cfg, out_dir, seed=seed, extra=extra, start=start, heldout=heldout, collect=collect)
 
 
 def _token_iid(counter: CooccurrenceCounter, cfg: CoocConfig, seed: int, min_count: int) -> dict:
@@ -116,12 +197,14 @@ def _token_iid(counter: CooccurrenceCounter, cfg: CoocConfig, seed: int, min_cou
 
 
 def analyse(counter: CooccurrenceCounter, cfg: CoocConfig, out_dir: str | Path | None, seed: int = 0,
-            extra: dict | None = None, start: float | None = None, heldout=None) -> CoocResult:
+            extra: dict | None = None, start: float | None = None, heldout=None, collect=None) -> CoocResult:
     """Score, group and write the counts of a filled counter (the second half of :func:`run_cooc`;
     a distributed run calls it on rank 0 with the reduced counter). ``start``: time.time() at which
     counting began, for the manifest's wall time. ``result.pairs`` holds the pairs cfg.write_pairs keeps.
     ``heldout``: a filled counter of the held-out documents (or a function returning one, called once the
-    discovery part is analysed), on which the edges are re-tested (cooc.replication).
+    discovery part is analysed), on which the edges are re-tested (cooc.replication). ``collect``: runs the second
+    pass over the counted tokens (see :func:`second_pass`); without it the structure labels are the edge graph's
+    and there is no stability.
 
     With ``method: significant`` only pairs with count >= cfg.min_count are scored and written (the
     others cannot be edges; they count as p = 1 in BH, see cooc.scoring), which bounds memory.
@@ -137,6 +220,8 @@ def analyse(counter: CooccurrenceCounter, cfg: CoocConfig, out_dir: str | Path |
     finder = GroupFinder.from_config(cfg, seed).fit(scored)
     scored["edge"] = finder.edge_mask_
     table = groups_frame(finder.groups_)
+    if collect is not None and finder.groups_:
+        table = second_pass(counter, scored, table, finder, cfg, test, seed, collect)
     token_iid = _token_iid(counter, cfg, seed, min_count) if test == "document" else None
     replicated = None
     if callable(heldout):
@@ -164,6 +249,7 @@ def analyse(counter: CooccurrenceCounter, cfg: CoocConfig, out_dir: str | Path |
         "documents": counter.spread_.summary(),
         "min_documents_applied": counter.docs_ is not None,
         "token_iid": token_iid,
+        "structure_from": "edge graph and co-firing (cooc.cofiring)" if "topology" in table else "edge graph",
         "replication": replicated,
         "n_active_latents": int((counter.occ_F > 0).sum()),
         "n_tested_latents": int(scored.attrs["n_tested"]),
@@ -172,6 +258,7 @@ def analyse(counter: CooccurrenceCounter, cfg: CoocConfig, out_dir: str | Path |
         "n_pairs_scored": int(len(scored)),
         "family_size": int(scored.attrs["family_size"]),
         "n_pairs_pruned": int(counter.n_pruned_),
+        "n_significant": int((scored["p_adj"].to_numpy() < cfg.alpha).sum()),
         "n_edges": int(finder.edge_mask_.sum()),
         "n_groups": len(finder.groups_),
         "method": cfg.method,

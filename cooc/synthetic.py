@@ -58,7 +58,7 @@ class PlantedData:
 
 
 def planted(d_sae: int = 3000, n_tokens: int = 40_000, l0: float = 30.0, n_hubs: int = 4,
-            n_cliques: int = 4, n_chains: int = 2, seed: int = 0) -> PlantedData:
+            n_cliques: int = 4, n_chains: int = 2, seed: int = 0, n_parents: int = 0) -> PlantedData:
     """Independent heavy-tailed background plus planted groups on disjoint random latents.
 
     * hub_spoke (1 hub + 6-12 spokes): the hub fires at rate 2-5%; whenever it fires, exactly one
@@ -66,7 +66,11 @@ def planted(d_sae: int = 3000, n_tokens: int = 40_000, l0: float = 30.0, n_hubs:
     * clique (4-8 members): a hidden context fires at 1-3%; each member fires with prob. 0.8.
     * chain (5-7 members): hidden causes z_1..z_{n-1} at 1-2%; member k fires when z_{k-1} or z_k
       does (prob. 0.9 each), so only neighbours share a cause.
-    Planted latents keep their own background firing on top.
+    * parent_child (2 members; ``n_parents``, drawn after the others so earlier groups do not change): the parent
+      fires at 2-4 %; the child fires only with it, on 30 % of its tokens (P(parent | child) = 1), and where both
+      fire both activations are halved (activation splitting, as in feature absorption). The child has no
+      background firing.
+    Planted latents keep their own background firing on top (but the children).
     """
     rng = np.random.default_rng(seed)
     rate_F = heavy_tailed_rates(d_sae, l0, seed=seed + 1)
@@ -113,10 +117,27 @@ def planted(d_sae: int = 3000, n_tokens: int = 40_000, l0: float = 30.0, n_hubs:
             cols.append(np.full(hit.shape[0], m))
         groups.append(sorted(ids.tolist()))
         kinds.append("chain")
+    halve = []
+    for _ in range(n_parents):
+        parent, child = take(2)
+        rows[0], cols[0] = rows[0][cols[0] != child], cols[0][cols[0] != child]  # the child has no background
+        on = np.flatnonzero(rng.random(n_tokens) < rng.uniform(0.02, 0.04))
+        both = on[rng.random(on.shape[0]) < 0.3]
+        rows += [on, both]
+        cols += [np.full(on.shape[0], parent), np.full(both.shape[0], child)]
+        halve.append((both, parent, child))
+        groups.append(sorted([int(parent), int(child)]))
+        kinds.append("parent_child")
     r, c = np.concatenate(rows), np.concatenate(cols)
     vals = (1.0 + rng.exponential(1.0, r.shape[0])).astype(np.float32)
     acts = sp.coo_matrix((vals, (r, c)), shape=(n_tokens, d_sae)).tocsr()
     acts.sum_duplicates()
+    if halve:
+        acts = acts.tolil()
+        for both, parent, child in halve:
+            for col in (parent, child):
+                acts[both, col] = acts[both, col].toarray() * 0.5
+        acts = acts.tocsr()
     return PlantedData(acts, groups, kinds, rate_F)
 
 

@@ -43,8 +43,9 @@ def parts(cfg: ExperimentConfig) -> tuple[str, str | None]:
 
 
 def _input(cfg: ExperimentConfig, progress: bool, shard: tuple[int, int] | None = None):
-    """(batches, held-out batches or None, d_sae or None, θ_F or None, description) for the configured
-    activation source: the discovery documents and the held-out ones (see :func:`parts`).
+    """(batches, held-out batches or None, d_sae or None, θ_F or None, description, rescan) for the configured
+    activation source: the discovery documents and the held-out ones (see :func:`parts`); ``rescan()`` gives the
+    discovery batches again (the co-firing pass).
 
     ``shard=(rank, world_size)``: only that rank's part (a file: a contiguous row range of the first
     cooc.max_tokens rows, cut at document boundaries; the stream: the documents with ordinal % world_size == rank).
@@ -69,13 +70,16 @@ def _input(cfg: ExperimentConfig, progress: bool, shard: tuple[int, int] | None 
             acts_TF, docs_T = cut(acts_TF, docs_T)
             held = None if held is None else cut(*held)
         heldout = None if held is None or replicate is None else iter_chunks(held[0], cfg.cooc.chunk_tokens, held[1])
-        return iter_chunks(acts_TF, cfg.cooc.chunk_tokens, docs_T), heldout, acts_TF.shape[1], None, info
+        rescan = lambda: iter_chunks(acts_TF, cfg.cooc.chunk_tokens, docs_T)  # noqa: E731
+        return iter_chunks(acts_TF, cfg.cooc.chunk_tokens, docs_T), heldout, acts_TF.shape[1], None, info, rescan
     theta_F = cfg.session(progress).theta_F() if cfg.cooc.use_sae_threshold else None
     d_sae = None if theta_F is None else theta_F.shape[0]
     if shard is not None and d_sae is None:
         d_sae = cfg.session(progress).d_sae  # a rank whose shard is empty still needs the width
     heldout = None if replicate is None else _latent_batches(cfg, progress, shard, replicate)
-    return _latent_batches(cfg, progress, shard, find), heldout, d_sae, theta_F, {"source": "stream", "part": find}
+    rescan = lambda: _latent_batches(cfg, False, shard, find)  # noqa: E731 - through the activation cache
+    return (_latent_batches(cfg, progress, shard, find), heldout, d_sae, theta_F, {"source": "stream", "part": find},
+            rescan)
 
 
 def _latent_batches(cfg: ExperimentConfig, progress: bool, shard: tuple[int, int] | None, part: str):
@@ -114,10 +118,10 @@ def cooc_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, force: bo
     if not force and run.is_done(STAGE, key):
         log.info("cooc: up to date in %s (use --fresh to recompute)", run.out / STAGE)
         return run.out / STAGE
-    batches, heldout, d_sae, theta_F, info = _input(cfg, progress)
+    batches, heldout, d_sae, theta_F, info, rescan = _input(cfg, progress)
     with run.stage(STAGE, key) as folder:
         result = run_cooc(batches, d_sae, cfg.cooc, None, progress=progress, seed=cfg.seed, theta_F=theta_F,
-                          extra={"input": info, "cache_key": key}, heldout_batches=heldout)
+                          extra={"input": info, "cache_key": key}, heldout_batches=heldout, rescan=rescan)
         result.save(folder)
     folder = run.out / STAGE  # where the finished stage now lies
     log.info("cooc: %d tokens, %d tested latents, %d edges, %d groups (%s) -> %s", result.n_tokens,
@@ -133,8 +137,8 @@ def cooc_stage_distributed(cfg: ExperimentConfig, out: Path, d, fresh: bool = Fa
     ``d``: the :class:`cooc.distributed.Dist` of this process."""
     import time
 
-    from cooc.distributed import broadcast, raise_if_any_failed, reduce_counter
-    from cooc.run import analyse, count
+    from cooc.distributed import all_gather, broadcast, raise_if_any_failed, reduce_counter
+    from cooc.run import analyse, collect_second_pass, count
     from sources.errors import ConfigError
 
     run = key = reuse = error = None
@@ -157,7 +161,7 @@ def cooc_stage_distributed(cfg: ExperimentConfig, out: Path, d, fresh: bool = Fa
                     "from a single process; bound the stream with data.max_tokens instead")
     start, error, counter, info = time.time(), None, None, {}
     try:
-        batches, heldout_batches, d_sae, theta_F, info = _input(cfg, progress and d.is_main, d.shard)
+        batches, heldout_batches, d_sae, theta_F, info, rescan = _input(cfg, progress and d.is_main, d.shard)
         counter = count(batches, d_sae, cfg.cooc, theta_F, progress and d.is_main, allow_empty=True)
     except ConfigError as exc:
         error = exc
@@ -172,13 +176,39 @@ def cooc_stage_distributed(cfg: ExperimentConfig, out: Path, d, fresh: bool = Fa
             error = exc
         raise_if_any_failed(error, d)
         heldout = reduce_counter(heldout, d)
+    threshold, theta = (counter.threshold, counter.theta_F) if d.is_main else (None, None)
+    threshold, theta = broadcast((threshold, theta), d)
+
+    def collect(hubs, pairs):  # every rank adds its shard's second-pass sums (rank 0 from inside analyse)
+        hubs, pairs = broadcast((hubs, pairs), d)
+        if hubs is None:
+            return None
+        mine = collect_second_pass(hubs, pairs, rescan(), threshold, theta, cfg.cooc.max_tokens)
+        parts = all_gather(mine, d)
+        cof, pair_docs = parts[0]
+        for other_cof, other_docs in parts[1:]:
+            cof.merge(other_cof)
+            if pair_docs is not None:
+                pair_docs.merge(other_docs)
+        return cof, pair_docs
+
     if not d.is_main:
+        collect(None, None)  # waits for rank 0's groups (None: rank 0 has none, or failed)
         return None
     info = {**info, "world_size": d.world_size, "backend": d.backend}
-    with run.stage(STAGE, key) as folder:
-        result = analyse(counter, cfg.cooc, None, seed=cfg.seed, extra={"input": info, "cache_key": key},
-                         start=start, heldout=heldout)
-        result.save(folder)
+    asked = []
+
+    def collect_main(hubs, pairs):
+        asked.append(True)
+        return collect(hubs, pairs)
+    try:
+        with run.stage(STAGE, key) as folder:
+            result = analyse(counter, cfg.cooc, None, seed=cfg.seed, extra={"input": info, "cache_key": key},
+                             start=start, heldout=heldout, collect=collect_main)
+            result.save(folder)
+    finally:
+        if not asked:
+            broadcast((None, None), d)  # release the other ranks
     folder = out / STAGE
     log.info("cooc: %d tokens on %d ranks, %d tested latents, %d edges, %d groups (%s) -> %s", result.n_tokens,
              d.world_size, result.manifest["n_tested_latents"], result.manifest["n_edges"], len(result.groups),

@@ -174,6 +174,18 @@ def _cooc_section(run: _RunFiles, figdir: Path) -> dict:
     elif "replication" in man:
         rows.append(("replication", "not run: no held-out documents (data.heldout_fraction 0, cooc.replication off, "
                                     "or an input without document ids)"))
+    one = groups.drop_duplicates("group_id") if n_groups else groups
+    if "stability" in one:
+        st = one["stability"].dropna()
+        rows.append((f"membership stability ({cfg.get('stability_replicates')} document-bootstrap replicates): "
+                     "median; groups at 0.8 or more", f"{_fmt(st.median())}; {int((st >= 0.8).sum())} of {len(st)}"))
+    if "label_stability" in one:
+        rows.append(("label stability (best match keeps the edge-graph label): median", _fmt(one["label_stability"].median())))
+    if "stability_louvain" in one:
+        rows.append(("stability under other Louvain seeds and resolutions: median; groups below 0.8",
+                     f"{_fmt(one['stability_louvain'].median())}; {int((one['stability_louvain'] < 0.8).sum())}"))
+    if "topology" in one:
+        rows.append(("structure labels from", "the edge graph and the members' co-firing (see docs/cooc.md)"))
     pairs = run.table("cooc", "pairs")
     cut = {}
     if not pairs.empty and pairs["edge"].any():

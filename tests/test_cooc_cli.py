@@ -56,8 +56,12 @@ def test_cli_writes_every_documented_file_and_column(tmp_path, acts_file):
     assert list(pairs.columns) == ["i", "j", "count", "documents", "expected", "jaccard", "npmi", "p_value", "p_adj", "edge"]
     assert (pairs.i < pairs.j).all() and pairs.edge.any()
     groups = pd.read_csv(folder / "groups.csv")
+    from cooc.cofiring import COFIRING_COLUMNS
+
+    # a file without document ids: co-firing structure and Louvain stability, no bootstrap, no replication
     assert list(groups.columns) == ["latent", "group_id", "group_size", "structure", "n_edges", "density",
-                                    "degree_centralisation", "clustering", "diameter"]
+                                    "degree_centralisation", "clustering", "diameter", *COFIRING_COLUMNS,
+                                    "stability_louvain"]
     assert (groups.group_size >= 2).all() and not groups.duplicated(["latent", "group_id"]).any()
     assert (groups.groupby("group_id").size() == groups.groupby("group_id").group_size.first()).all()
     manifest = json.loads((folder / "manifest.json").read_text())
