@@ -1,11 +1,12 @@
 """Summarise the default run's groups beside the reference size-targeted cut on the same counts.
 
-    .venv/bin/python benchmarks/cooc_default_summary.py   # after python -m experiments.steer
+    .venv/bin/python benchmarks/cooc_default_summary.py [runs/default]   # after python -m experiments.steer
 """
+import sys
 import numpy as np
 from collections import Counter
 from cooc import CoocResult, GroupFinder
-res=CoocResult.load('runs/default/cooc', pairs=True)
+res=CoocResult.load((sys.argv[1] if len(sys.argv) > 1 else 'runs/default') + '/cooc', pairs=True)
 m=res.manifest
 p=res.pairs; p.attrs['family_size']=m['family_size']
 def summ(name, sizes, structs, n_active):
