@@ -34,7 +34,7 @@ def _load(cfg, part: str) -> list:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="experiments/configs/default.yaml")
-    ap.add_argument("--thresholds", type=float, nargs="+", default=[0.0, 0.5, 1.0])
+    ap.add_argument("--thresholds", type=float, nargs="+", default=[0.0, 5.0, 10.0])  # the default SAE: every active latent is > 2.2
     ap.add_argument("--npmi", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
     ap.add_argument("--budgets", type=int, nargs="+", default=[50_000, 100_000, 0],
                     help="content tokens of each part; 0: all the stream gives")
