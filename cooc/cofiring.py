@@ -71,7 +71,8 @@ class _Sums:
 
 @dataclass
 class GroupCofiring:
-    """Accumulates, per group, the co-firing sums of its members over latent chunks (``update``), then ``frame()``.
+    """Accumulates, per group, the co-firing sums of its members over latent chunks (``update``), then
+    ``metrics(group_id, edges)``.
 
     ``groups``: group id -> (sorted member latents, hub latent). Fires when activation > max(threshold, θ_F), the
     counter's rule.

@@ -102,6 +102,11 @@ def _prune(run: sp.csr_matrix, below: int) -> sp.csr_matrix:
     return run
 
 
+def _document_starts(docs_T: np.ndarray) -> np.ndarray:
+    """First row of each run of equal document ids (rows of one document are contiguous)."""
+    return np.concatenate([[0], np.flatnonzero(docs_T[1:] != docs_T[:-1]) + 1])
+
+
 @dataclass
 class UpperPairs:
     """Stored pairs i < j with their co-occurrence counts, sorted by (i, j)."""
@@ -209,7 +214,7 @@ class CooccurrenceCounter:
             self._pending = None
         if not len(docs_T):
             return
-        starts = np.concatenate([[0], np.flatnonzero(docs_T[1:] != docs_T[:-1]) + 1])
+        starts = _document_starts(docs_T)
         run_ids = docs_T[starts].tolist()
         repeated = [d for d in run_ids if d in self._done_docs]
         if repeated or len(set(run_ids)) < len(run_ids):
@@ -232,9 +237,9 @@ class CooccurrenceCounter:
     def _count_documents(self, B_TF: sp.csr_matrix, docs_T: np.ndarray) -> None:
         """Add whole documents (contiguous rows) to the support store: its "tokens" are documents, its
         occurrences the documents a latent fires in, its pair counts the documents a pair co-fires in."""
-        starts = np.concatenate([[0], np.flatnonzero(docs_T[1:] != docs_T[:-1]) + 1])
+        starts = _document_starts(docs_T)
         self._done_docs.update(docs_T[starts].tolist())
-        g_T = np.cumsum(np.isin(np.arange(len(docs_T)), starts)) - 1  # local document of each row
+        g_T = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(docs_T))))  # local document of each row
         self.support_store()._add_documents(B_TF, g_T, len(starts))
 
     def support_store(self) -> "CooccurrenceCounter":

@@ -136,10 +136,13 @@ class TokenSpread:
 
 
 def document_expected(n_FD: sp.csr_matrix, tokens_D: np.ndarray, i: np.ndarray, j: np.ndarray,
-                      chunk: int = 200_000) -> np.ndarray:
-    """E_ij = Σ_d n_id n_jd / N_d for each pair (i[k], j[k]), in chunks of pairs (exact, vectorised)."""
+                      chunk: int = 200_000, weights_D: np.ndarray | None = None) -> np.ndarray:
+    """E_ij = Σ_d n_id n_jd / N_d for each pair (i[k], j[k]), in chunks of pairs (exact, vectorised); with
+    ``weights_D`` (a document bootstrap's multiplicities, cooc.stability) Σ_d w_d n_id n_jd / N_d."""
     inv = np.zeros(len(tokens_D), dtype=np.float64)
     inv[tokens_D > 0] = 1.0 / tokens_D[tokens_D > 0]
+    if weights_D is not None:
+        inv *= np.asarray(weights_D, dtype=np.float64)
     A = sp.csr_matrix(n_FD, dtype=np.float64)
     A_scaled = sp.csr_matrix(A @ sp.diags(inv))
     out = np.empty(len(i), dtype=np.float64)

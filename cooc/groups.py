@@ -192,6 +192,14 @@ class GroupFinder:
         return t, False
 
 
+def internal_edges(table: pd.DataFrame, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """For each pair (i[k], j[k]), the id of the group holding both latents (a groups_frame table), else None."""
+    group_of = dict(zip(table["latent"].astype(int), table["group_id"]))
+    gi = np.array([group_of.get(int(a)) for a in i], dtype=object)
+    gj = np.array([group_of.get(int(b)) for b in j], dtype=object)
+    return np.where(gi == gj, gi, None)
+
+
 def groups_frame(groups: list[Group]) -> pd.DataFrame:
     """One row per member latent: GROUP_COLUMNS, ordered by group size (desc), id, latent."""
     rows = []

@@ -16,6 +16,7 @@ import pandas as pd
 
 from cooc.counting import CooccurrenceCounter
 from cooc.documents import document_expected
+from cooc.groups import internal_edges
 from cooc.scoring import pair_stats
 from stats.multiple import bh_adjust
 
@@ -44,11 +45,9 @@ def retest(i: np.ndarray, j: np.ndarray, heldout: CooccurrenceCounter, test: str
 def group_replication(table: pd.DataFrame, i: np.ndarray, j: np.ndarray, replicated: np.ndarray) -> pd.DataFrame:
     """Per group id: ``replication_edges`` (its internal edges that replicate), ``replication_tested`` (its
     internal edges) and ``replication_rate`` (their ratio)."""
-    group_of = dict(zip(table["latent"].astype(int), table["group_id"]))
-    gi = np.array([group_of.get(int(a)) for a in i], dtype=object)
-    gj = np.array([group_of.get(int(b)) for b in j], dtype=object)
-    inside = (gi == gj) & (gi != None)  # noqa: E711 - elementwise on an object array
-    frame = pd.DataFrame({"group_id": gi[inside], "replicated": np.asarray(replicated, dtype=bool)[inside]})
+    g = internal_edges(table, i, j)
+    inside = g != None  # noqa: E711 - elementwise on an object array
+    frame = pd.DataFrame({"group_id": g[inside], "replicated": np.asarray(replicated, dtype=bool)[inside]})
     agg = frame.groupby("group_id")["replicated"].agg(["sum", "size"])
     out = pd.DataFrame({"group_id": table["group_id"].unique()}).set_index("group_id")
     out["replication_edges"] = agg["sum"].reindex(out.index).fillna(0).astype(np.int64)

@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 from cooc.config import CoocConfig
 from cooc.counting import CooccurrenceCounter, check_csr
-from cooc.groups import GroupFinder, groups_frame
+from cooc.groups import GroupFinder, groups_frame, internal_edges
 from cooc.result import CoocResult
 from cooc.scoring import score_pairs
 from sources.errors import ConfigError
@@ -51,8 +51,7 @@ def count(latent_batches: Iterable[Any], d_sae: int | None, cfg: CoocConfig, the
         acts = check_csr(_as_csr(batch), width)
         docs = getattr(batch, "doc_index_N", None)
         if docs is None and cfg.test == "document":
-            raise ConfigError("cooc.test", "document needs the document id of every counted token, which this input "
-                                           "lacks (a CSR file without activations.documents); use binomial")
+            raise _no_document_ids()
         if counter is None:
             width = acts.shape[1]
             counter = new_counter(width)
@@ -81,9 +80,14 @@ def effective_test(cfg: CoocConfig, counter: CooccurrenceCounter) -> str:
     if cfg.test == "auto":
         return "document" if has_docs else "binomial"
     if cfg.test == "document" and not has_docs:
-        raise ConfigError("cooc.test", "document needs the document id of every counted token, which this input "
-                                       "lacks (a CSR file without activations.documents); use auto or binomial")
+        raise _no_document_ids()
     return cfg.test
+
+
+def _no_document_ids() -> ConfigError:
+    """cooc.test: document on an input without document ids (refused before counting, and again on a counter)."""
+    return ConfigError("cooc.test", "document needs the document id of every counted token, which this input lacks "
+                                    "(a CSR file without activations.documents); use auto or binomial")
 
 
 def _first_tokens(latent_batches: Iterable[Any], max_tokens: int | None):
@@ -131,11 +135,9 @@ def second_pass(counter: CooccurrenceCounter, scored, table, finder: GroupFinder
 
     groups = finder.groups_
     edges = scored.loc[scored["edge"], ["i", "j"]].to_numpy()
-    group_of = dict(zip(table["latent"].astype(int), table["group_id"]))
     by_group: dict[str, list[tuple[int, int]]] = {}
-    for i, j in edges.tolist():
-        g = group_of.get(i)
-        if g is not None and g == group_of.get(j):
+    for (i, j), g in zip(edges.tolist(), internal_edges(table, edges[:, 0], edges[:, 1])):
+        if g is not None:
             by_group.setdefault(g, []).append((i, j))
     hubs, degree = {}, {}
     for g in groups:

@@ -26,16 +26,15 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from cooc.documents import poisson_chernoff_tail
+from cooc.documents import document_expected
 from cooc.groups import GroupFinder
-from cooc.scoring import upper_tail
+from cooc.scoring import pair_stats
 from stats.multiple import bh_adjust
 
 CANDIDATE_P = 0.5
 CANDIDATE_NPMI_MARGIN = 0.1
 LOUVAIN_SEEDS = 5
 LOUVAIN_RESOLUTIONS = (0.5, 2.0)
-STABILITY_COLUMNS = ["stability", "label_stability", "stability_louvain"]
 
 
 def candidates(scored: pd.DataFrame, cfg) -> np.ndarray:
@@ -90,27 +89,21 @@ class PairDocuments:
 
 
 def _replicate_table(w_D, cand: pd.DataFrame, C_DP, n_FD, tokens_D, test: str, min_occurrences: int) -> pd.DataFrame:
+    """The candidate pairs' statistics (the stage's: cooc.scoring.pair_stats) on the documents reweighted by w_D."""
     i, j = cand["i"].to_numpy(), cand["j"].to_numpy()
     c = np.asarray(C_DP.T @ w_D).ravel()
     n_F = np.asarray(n_FD @ w_D).ravel()
     N = float(tokens_D @ w_D)
     K = int((n_F >= min_occurrences).sum())
     ni, nj = n_F[i], n_F[j]
+    e_doc = document_expected(n_FD, tokens_D, i, j, weights_D=w_D) if test == "document" else None
     with np.errstate(divide="ignore", invalid="ignore"):
-        if test == "document":
-            inv = np.where(tokens_D > 0, w_D / np.maximum(tokens_D, 1), 0.0)
-            A = sp.csr_matrix(n_FD, dtype=np.float64)
-            E = np.asarray(A[i].multiply(A[j] @ sp.diags(inv)).sum(axis=1)).ravel()
-            p = poisson_chernoff_tail(c, E)
-        else:
-            p = upper_tail(c, ni, nj, max(int(round(N)), 1), "binomial")
-        jac = c / (ni + nj - c)
-        npmi = np.where(c >= N, 1.0, (np.log(c) + np.log(N) - np.log(ni) - np.log(nj)) / -(np.log(c) - np.log(N)))
+        st = pair_stats(c, ni, nj, N, test, e_doc)
     tested = (ni >= min_occurrences) & (nj >= min_occurrences) & (c > 0)
-    p = np.where(tested, np.nan_to_num(p, nan=1.0), 1.0)
+    p = np.where(tested, np.nan_to_num(st["p_value"], nan=1.0), 1.0)
     support = np.asarray(((C_DP > 0).astype(np.int64)).T @ (w_D > 0).astype(np.int64)).ravel()
-    return pd.DataFrame({"i": i, "j": j, "count": c, "documents": support, "jaccard": np.nan_to_num(jac),
-                         "npmi": np.nan_to_num(npmi, nan=-1.0), "p_adj": bh_adjust(p, max(K * (K - 1) // 2, len(p)))})
+    return pd.DataFrame({"i": i, "j": j, "count": c, "documents": support, "jaccard": np.nan_to_num(st["jaccard"]),
+                         "npmi": np.nan_to_num(st["npmi"], nan=-1.0), "p_adj": bh_adjust(p, max(K * (K - 1) // 2, len(p)))})
 
 
 def _best_match(groups: list, found: list) -> list[tuple[float, str]]:

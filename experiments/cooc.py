@@ -37,9 +37,8 @@ FILE_SECTIONS = ("seed", "activations", "cooc")
 def parts(cfg: ExperimentConfig) -> tuple[str, str | None]:
     """(the part groups are found on, the part they are replicated on or None): discovery and heldout when
     data.heldout_fraction > 0, else every document and no replication."""
-    if cfg.data.heldout_fraction <= 0:
-        return "all", None
-    return "discovery", ("heldout" if cfg.cooc.replication else None)
+    find = cfg.data.reading("discovery").part
+    return find, ("heldout" if find != "all" and cfg.cooc.replication else None)
 
 
 def _input(cfg: ExperimentConfig, progress: bool, shard: tuple[int, int] | None = None):

@@ -229,7 +229,7 @@ def run_interventions(session: Session, groups: list[GroupSpec], icfg: Intervent
         empty = pd.DataFrame(columns=EFFECTS_COLUMNS)
         verdicts = verdicts_frame(empty, [], icfg.modes[0], icfg.primary_effect, icfg.alpha, icfg.min_docs)
         return InterventionsResult(empty, verdicts, pd.DataFrame(columns=ARMS_COLUMNS),
-                                   effect_verdicts_frame(empty, icfg.alpha, icfg.min_docs), summarize(verdicts, [], [], icfg, None))
+                                   effect_verdicts_frame(empty, icfg.alpha, icfg.min_docs), summarize(verdicts, [], [], icfg, None, data.part))
     ckpt = Path(checkpoints) if checkpoints is not None else None
     saved = _load(ckpt, POOL_FILE, "the pool scan")
     if saved is not None:
@@ -268,16 +268,16 @@ def run_interventions(session: Session, groups: list[GroupSpec], icfg: Intervent
     verdicts = verdicts_frame(effects, infos, icfg.modes[0], icfg.primary_effect, icfg.alpha, icfg.min_docs)
     return InterventionsResult(effects, verdicts, pd.DataFrame(arms, columns=ARMS_COLUMNS),
                                effect_verdicts_frame(effects, icfg.alpha, icfg.min_docs),
-                               summarize(verdicts, evals, tasks, icfg, read_layer), evals, tasks)
+                               summarize(verdicts, evals, tasks, icfg, read_layer, data.part), evals, tasks)
 
 
 def summarize(verdicts: pd.DataFrame, evals: list[GroupEval], tasks: list, icfg: InterventionsConfig,
-              read_layer: int | None) -> dict:
+              read_layer: int | None, documents: str) -> dict:
     """summary.json: the primary comparison, the task data's sizes and each evaluated group's tokens, documents,
     arms and drawn controls."""
     return {
         "n_groups": int(len(verdicts)),
-        "documents": icfg.evaluate_on,
+        "documents": documents,
         "primary": {"mode": icfg.modes[0], "effect": icfg.primary_effect, "scope": "fires"},
         "alpha": icfg.alpha,
         "n_boot": icfg.n_boot,
