@@ -56,34 +56,58 @@ from threadpoolctl import threadpool_limits
 
 from probes.linear import logistic_path, ridge_path
 from stats import HIGHER_IS_BETTER, cluster_bootstrap_weights, grouped_folds, metrics_for, paired_test, percentile_ci, r2, score
-from subspaces import Subspace, frequency_bins, matched_groups, random_subspaces
+from subspaces import Subspace, enrichment_matched_groups, frequency_bins, matched_groups, random_subspaces
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["task", "group_id", "arm", "metric", "estimate", "ci_low", "ci_high", "p_value", "p_adj", "n",
-           "n_docs", "group_size", "row_type", "win", "note"]
+           "n_docs", "group_size", "row_type", "win", "note", "family", "rank_p"]
 
 TESTED_METRIC = {"regression": "r2", "classification": "log_loss"}
 """The one metric per target kind whose comparisons get p-values (proper scoring rules, additive per token)."""
 
-COMPARISONS: list[tuple[str, str]] = [
-    ("group_subspace", "chance"),
-    ("group_latents", "chance"),
-    ("group_subspace", "best_single_direction"),
-    ("group_latents", "best_single_latent"),
-    ("group_subspace", "matched_subspace"),
-    ("group_latents", "matched_latents"),
-    ("group_subspace", "random_subspace"),
-    ("group_latents", "ksparse"),
+COMPARISONS: list[tuple[str, str, str]] = [
+    ("group_subspace", "chance", "gate"),
+    ("group_latents", "chance", "gate"),
+    ("group_subspace", "enriched_subspace", "primary"),
+    ("group_subspace", "best_plus_enriched", "primary"),
+    ("group_latents", "enriched_latents", "primary"),
+    ("group_latents", "best_latent_plus_enriched", "primary"),
+    ("group_latents", "kbest_latents", "primary"),
+    ("group_latents", "ksparse", "primary"),
+    ("group_subspace", "best_single_direction", "exploratory"),
+    ("group_latents", "best_single_latent", "exploratory"),
+    ("group_subspace", "matched_subspace", "exploratory"),
+    ("group_latents", "matched_latents", "exploratory"),
+    ("group_subspace", "random_subspace", "exploratory"),
 ]
-"""(A, B): one-sided test that arm A beats arm B; the row's arm is ``A-vs-B``."""
+"""(A, B, family): one-sided test that arm A beats arm B; the row's arm is ``A-vs-B``. Each family is corrected on its
+own (Benjamini–Hochberg over the run): ``gate`` (the group beats chance), ``primary`` (the pre-specified test of
+"grouping helps": the enrichment- and budget-matched comparators, and a target's baselines), ``exploratory``."""
+
+BASELINE_COMPARISONS: list[tuple[str, str, str]] = [
+    ("group_subspace", "baseline:union", "primary"),
+    ("group_latents", "baseline:union", "primary"),
+]
+"""Added for targets with baselines (e.g. URL position): a group claims the information only by beating their union."""
+
+TASK_COMPARISONS: list[tuple[str, str, str]] = [("residual", "neighbour_residual", "task")]
+"""Per target, without a group, where the target has a topic control: the word's own residual against a neighbouring
+token's (if the neighbour reads the label as well, the label is topic, not sense)."""
+
+GROUPING_HELPS: dict[str, tuple[str, ...]] = {
+    "group_subspace": ("enriched_subspace", "best_plus_enriched"),
+    "group_latents": ("enriched_latents", "best_latent_plus_enriched", "kbest_latents", "ksparse"),
+}
+"""A unit (the group's subspace, or its latents) helps when it wins against every one of these (and beats chance)."""
 
 
 @dataclass(frozen=True)
 class Settings:
     folds: int = 5
     n_bootstrap: int = 1000
-    n_controls: int = 5
+    n_controls: int = 50
+    """Draws of the primary controls (enrichment-matched groups, and the best direction plus enriched directions)."""
     n_freq_bins: int = 10
     ci_level: float = 0.95
     regularisation: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
@@ -93,13 +117,19 @@ class Settings:
     seed: int = 0
     member_arms: bool = True
     """Report each member latent alone (``latent:<id>`` rows)."""
+    n_exploratory_controls: int = 10
+    """Draws of the exploratory controls (frequency-matched groups, random subspaces)."""
+    enrichment_pool: int = 20
+    """Enrichment-matched controls draw each member's replacement among its this many nearest latents."""
+    ksparse_screen: int = 256
+    """The k-sparse probe's matching pursuit runs over this many latents with the best univariate score."""
 
     @classmethod
     def from_config(cls, probes_cfg, seed: int) -> "Settings":
         reg = probes_cfg.regularisation
         reg = (float(reg),) if np.isscalar(reg) else tuple(float(a) for a in reg)
         return cls(probes_cfg.folds, probes_cfg.n_bootstrap, probes_cfg.n_controls, probes_cfg.n_freq_bins, probes_cfg.ci_level,
-                   reg, probes_cfg.inner_folds, seed)
+                   reg, probes_cfg.inner_folds, seed, n_exploratory_controls=probes_cfg.n_exploratory_controls)
 
 
 @dataclass
@@ -113,6 +143,15 @@ class Target:
     y: np.ndarray
     classes: tuple[str, ...] = ()
     """Class names for y = 0, 1."""
+    leak_key: np.ndarray | None = None
+    """Per row, a key (e.g. a URL's template) that must not be seen in training when a row with it is tested: each
+    training fold drops its rows whose key occurs in the test fold (folds stay grouped by document)."""
+    baselines: dict[str, np.ndarray] = field(default_factory=dict)
+    """Baseline features per row (name -> [n_rows, p]), e.g. position in the context; arms ``baseline:<name>``, and
+    ``baseline:union`` (all of them) which a group must beat (:data:`BASELINE_COMPARISONS`)."""
+    topic_control: bool = False
+    """Also probe the residual at a neighbouring token of the same window (arm ``neighbour_residual``, from
+    ``evaluate_target``'s ``neighbour_acts_ND``): if it reads the label as well, the label is topic, not the word."""
 
 
 # --- fitting -------------------------------------------------------------------------------------
@@ -183,6 +222,9 @@ def choose_strength(X: np.ndarray, y: np.ndarray, splits, kind: str, strengths) 
         return strengths[0]
     if not splits:
         return strengths[len(strengths) // 2]
+    splits = [(tr, te) for tr, te in splits if len(tr) >= 2 and len(te)]  # a split can lose its training rows to leaks
+    if not splits:
+        return strengths[len(strengths) // 2]
     loss = np.zeros(len(strengths))
     for tr, te in splits:
         Xtr, Xte = _standardise(X[tr], X[te])
@@ -207,24 +249,31 @@ class FoldFits:
     """L2 strength chosen per fold."""
 
 
-def fit_predict(X, y, folds, kind: str, select: int | None = None, regularisation=1.0, inner=None) -> FoldFits:
+def fit_predict(X, y, folds, kind: str, select=None, regularisation=1.0, inner=None, features=None) -> FoldFits:
     """Out-of-fold predictions (regression: values; classification: P(y = 1)).
 
-    On each training fold: optionally keep the ``select`` columns with the best univariate score,
-    standardise, pick the L2 strength among ``regularisation`` (a number or a list) by inner CV over
-    ``inner`` (from :func:`inner_splits`, one entry per fold), fit, predict the held-out fold.
+    On each training fold: optionally keep some columns (``select``: an int keeps that many with the best
+    univariate score; a callable ``(X_train, y_train) -> columns`` chooses them), standardise, pick the L2 strength
+    among ``regularisation`` (a number or a list) by inner CV over ``inner`` (from :func:`inner_splits`, one entry
+    per fold), fit, predict the held-out fold. ``features`` (a callable ``fold -> X``) gives each fold its own
+    feature matrix instead of ``X``.
     """
     y = np.asarray(y, dtype=np.float64)
     strengths = [float(regularisation)] if np.isscalar(regularisation) else [float(a) for a in regularisation]
     pred = np.full(len(y), np.nan)
     columns: list[np.ndarray] = []
     chosen: list[float] = []
-    X = X.tocsr() if sp.issparse(X) else np.asarray(X)
+    if features is None:
+        X = X.tocsr() if sp.issparse(X) else np.asarray(X)
     for f, (tr, te) in enumerate(folds):
-        Xtr, Xte = X[tr], X[te]
+        Xf = X if features is None else features(f)
+        Xtr, Xte = Xf[tr], Xf[te]
         if select is not None:
-            s = univariate_scores(Xtr, y[tr])
-            cols = np.argsort(-s, kind="stable")[:select]
+            if callable(select):
+                cols = np.asarray(select(Xtr, y[tr]), dtype=np.int64)
+            else:
+                s = univariate_scores(Xtr, y[tr])
+                cols = np.argsort(-s, kind="stable")[:select]
             columns.append(cols)
             Xtr, Xte = Xtr[:, cols], Xte[:, cols]
         Xtr = _dense(Xtr).astype(np.float64)
@@ -234,6 +283,46 @@ def fit_predict(X, y, folds, kind: str, select: int | None = None, regularisatio
         Xtr, Xte = _standardise(Xtr, Xte)
         pred[te] = _predict_path(Xtr, y[tr], Xte, kind, [a])[0]
     return FoldFits(pred, columns, chosen)
+
+
+def matching_pursuit(k: int, screen: int = 256):
+    """A column chooser for :func:`fit_predict`: the k-sparse probe's support, chosen jointly on the training fold.
+
+    The ``screen`` columns with the best univariate score are standardised and scikit-learn's
+    ``OrthogonalMatchingPursuit`` picks ``k`` of them for the label (0/1 labels as a linear probability model);
+    the arm is then fitted on those k columns like every other arm.
+    """
+    from sklearn.linear_model import OrthogonalMatchingPursuit
+
+    def choose(Xtr, ytr):
+        s = univariate_scores(Xtr, ytr)
+        pool = np.argsort(-s, kind="stable")[:max(screen, k)]
+        pool = pool[s[pool] > 0] if (s[pool] > 0).sum() >= k else pool[:k]
+        if len(pool) <= k:
+            return pool
+        Z = _dense(Xtr[:, pool]).astype(np.float64)
+        sd = Z.std(0)
+        Z = (Z - Z.mean(0)) / np.where(sd < 1e-12, 1.0, sd)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            omp = OrthogonalMatchingPursuit(n_nonzero_coefs=k, fit_intercept=True).fit(Z, ytr - ytr.mean())
+        picked = np.flatnonzero(omp.coef_)
+        rest = [c for c in np.argsort(-s[pool], kind="stable") if c not in set(picked)]
+        picked = np.concatenate([picked, rest[:k - len(picked)]]).astype(np.int64)  # OMP stops early on an exact fit
+        return pool[picked]
+
+    return choose
+
+
+def drop_leaks(folds, key) -> list:
+    """``folds`` with each training fold's rows dropped whose ``key`` occurs in its test fold (None: unchanged)."""
+    if key is None:
+        return folds
+    key = np.asarray(key)
+    out = []
+    for tr, te in folds:
+        out.append((tr[~np.isin(key[tr], np.unique(key[te]))], te))
+    return out
 
 
 # --- evaluation of one target ---------------------------------------------------------------------
@@ -246,6 +335,8 @@ class ArmScores:
     est: dict[str, float]
     samples: dict[str, np.ndarray]
     note: str = ""
+    draws: dict[str, np.ndarray] | None = None
+    """For a control family: each draw's estimate per metric (for the empirical rank p-value)."""
 
 
 @dataclass
@@ -257,6 +348,7 @@ class TargetEvaluator:
     latents_NF: sp.csr_matrix
     docs_N: np.ndarray
     settings: Settings
+    neighbour_acts_ND: np.ndarray | None = None
     folds: list = field(init=False)
     W_BN: np.ndarray = field(init=False)
 
@@ -270,8 +362,15 @@ class TargetEvaluator:
         self.n_docs = int(len(np.unique(self.docs)))
         s = self.settings
         self.metrics = metrics_for(t.kind)
-        self.folds = grouped_folds(self.docs, s.folds, s.seed, self.y if t.kind == "classification" else None)
+        self.key = None if t.leak_key is None else np.asarray(t.leak_key)
+        self.folds = drop_leaks(grouped_folds(self.docs, s.folds, s.seed, self.y if t.kind == "classification" else None), self.key)
+        for tr, _ in self.folds:
+            if len(tr) < 2 or (t.kind == "classification" and len(np.unique(self.y[tr])) < 2):
+                raise ValueError(f"a training fold has {len(tr)} rows left after dropping rows that share a key "
+                                 "(e.g. a URL template) with its test fold")
         self.inner = inner_splits(self.docs, self.y, t.kind, self.folds, s.inner_folds, s.seed) if len(s.regularisation) > 1 else None
+        if self.inner is not None and self.key is not None:
+            self.inner = [None if sp_ is None else drop_leaks(sp_, self.key[tr]) for sp_, (tr, _) in zip(self.inner, self.folds)]
         rng = np.random.default_rng([s.seed, zlib.crc32(t.task.encode())])
         self.W_BN = cluster_bootstrap_weights(self.docs, s.n_bootstrap, rng)
         self.chance_pred = self.chance_prediction()
@@ -308,8 +407,8 @@ class TargetEvaluator:
                 samples[m] = np.asarray(score(m, self.y, pred, self.W_BN), dtype=np.float64)
         return ArmScores(est, samples, note)
 
-    def arm(self, X, select: int | None = None) -> FoldFits:
-        return fit_predict(X, self.y, self.folds, self.target.kind, select, self.settings.regularisation, self.inner)
+    def arm(self, X, select=None, features=None) -> FoldFits:
+        return fit_predict(X, self.y, self.folds, self.target.kind, select, self.settings.regularisation, self.inner, features)
 
     def rows_for(self, arm: str, sc: ArmScores, group_id, group_size) -> list[dict]:
         out = []
@@ -327,13 +426,65 @@ class TargetEvaluator:
         return pred
 
     def ceiling_rows(self) -> list[dict]:
-        """The residual-stream ceiling and the chance floor (no group)."""
+        """The residual-stream ceiling, the chance floor, the target's baselines and its topic control (no group)."""
         fit = self.arm(self.acts)
-        rows = self.rows_for("residual", self.scores(fit.pred, _note(f"full residual stream, {self.acts.shape[1]} dims", fit)), None, None)
-        return rows + self.rows_for("chance", self.chance, None, None)
+        self.residual = self.scores(fit.pred, _note(f"full residual stream, {self.acts.shape[1]} dims", fit))
+        rows = self.rows_for("residual", self.residual, None, None) + self.rows_for("chance", self.chance, None, None)
+        for name, sc in self.baselines().items():
+            rows += self.rows_for(name, sc, None, None)
+        t = self.target
+        if t.topic_control and self.neighbour_acts_ND is not None:
+            fit = self.arm(np.asarray(self.neighbour_acts_ND)[np.asarray(t.rows)])
+            nb = self.scores(fit.pred, _note("full residual stream at a neighbouring token (topic control)", fit))
+            rows += self.rows_for("neighbour_residual", nb, None, None)
+            arms = {"residual": self.residual, "neighbour_residual": nb}
+            rows += self.comparison_rows(arms, TASK_COMPARISONS, None, None)
+        return rows
 
-    def group_rows(self, group_id, members, W_dec_FD: np.ndarray, counts_F: np.ndarray,
-                   bins_F: np.ndarray | None = None) -> list[dict]:
+    def baselines(self) -> dict[str, ArmScores]:
+        """``baseline:<name>`` for each of the target's baselines, and ``baseline:union`` (all together); cached."""
+        if getattr(self, "_baselines", None) is None:
+            out = {}
+            b = self.target.baselines
+            for name, X in b.items():
+                fit = self.arm(np.asarray(X, dtype=np.float64))
+                out[f"baseline:{name}"] = self.scores(fit.pred, _note(f"{np.shape(X)[1]} features", fit))
+            if b:
+                X = np.hstack([np.asarray(v, dtype=np.float64) for v in b.values()])
+                fit = self.arm(X)
+                out["baseline:union"] = self.scores(fit.pred, _note(f"union of {', '.join(b)}: {X.shape[1]} features", fit))
+            self._baselines = out
+        return self._baselines
+
+    def comparison_rows(self, arms: dict[str, ArmScores], comparisons, group_id, k) -> list[dict]:
+        s = self.settings
+        tested = TESTED_METRIC[self.target.kind]
+        rows = []
+        for a, b, family in comparisons:
+            if a not in arms or b not in arms:
+                continue
+            for m in self.metrics:
+                if b == "chance" and m != tested:
+                    continue
+                c = paired_test(arms[a].est[m], arms[a].samples[m], arms[b].est[m], arms[b].samples[m],
+                                HIGHER_IS_BETTER[m], s.ci_level, n_clusters=self.n_docs)
+                if m == tested:
+                    p, note = c.p_value, "A-vs-B: difference A - B oriented so that > 0 means A is better; one-sided p"
+                else:
+                    p, note = np.nan, f"descriptive only (the tested metric is {tested})"
+                rank_p = np.nan
+                draws = arms[b].draws
+                if draws is not None and m == tested and np.isfinite(arms[a].est[m]):
+                    sign = 1.0 if HIGHER_IS_BETTER[m] else -1.0
+                    d = draws[m][np.isfinite(draws[m])]
+                    rank_p = float((1 + np.count_nonzero(sign * d >= sign * arms[a].est[m])) / (1 + len(d)))
+                row = _row(self.target.task, group_id, f"{a}-vs-{b}", m, c.estimate, c.ci_low, c.ci_high, p,
+                           self.n, self.n_docs, k, "comparison", note)
+                row["family"], row["rank_p"] = family, rank_p
+                rows.append(row)
+        return rows
+
+    def group_rows(self, group_id, members, W_dec_FD: np.ndarray, pools: "ControlPools") -> list[dict]:
         """Every arm and comparison row of one group."""
         s = self.settings
         members = [int(i) for i in members]
@@ -341,6 +492,7 @@ class TargetEvaluator:
         arms: dict[str, ArmScores] = {}
         rows: list[dict] = []
         W = np.asarray(W_dec_FD, dtype=np.float64)
+        unit = W / np.maximum(np.linalg.norm(W, axis=1, keepdims=True), 1e-12)
 
         acts = self.acts.astype(np.float64)
         sub = Subspace.from_decoder(W, members, name=f"group{group_id}")
@@ -353,42 +505,77 @@ class TargetEvaluator:
             for j, lat in enumerate(members):
                 fit = self.arm(G[:, [j]])
                 rows += self.rows_for(f"latent:{lat}", self.scores(fit.pred, _note("", fit)), group_id, k)
-        fit = self.arm(G, select=1)
-        arms["best_single_latent"] = self.scores(fit.pred, _note(_chosen_note(fit.columns, members), fit))
-        dirs = W[members] / np.maximum(np.linalg.norm(W[members], axis=1, keepdims=True), 1e-12)
-        fit = self.arm(acts @ dirs.T, select=1)
-        arms["best_single_direction"] = self.scores(fit.pred, _note(_chosen_note(fit.columns, members), fit))
+        best_lat = self.arm(G, select=1)
+        arms["best_single_latent"] = self.scores(best_lat.pred, _note(_chosen_note(best_lat.columns, members), best_lat))
+        member_coords = acts @ unit[members].T
+        best_dir = self.arm(member_coords, select=1)
+        arms["best_single_direction"] = self.scores(best_dir.pred, _note(_chosen_note(best_dir.columns, members), best_dir))
         fit = self.arm(self.lat, select=k)
-        arms["ksparse"] = self.scores(fit.pred, _note(_ksparse_note(fit.columns, members), fit))
+        arms["kbest_latents"] = self.scores(fit.pred, _note(_ksparse_note(fit.columns, members, "best univariate"), fit))
+        fit = self.arm(self.lat, select=matching_pursuit(k, s.ksparse_screen))
+        arms["ksparse"] = self.scores(fit.pred, _note(_ksparse_note(fit.columns, members, "matching pursuit"), fit))
 
-        ctrl_rng = np.random.default_rng([s.seed, zlib.crc32(str(group_id).encode()), 1])
-        controls = matched_groups(members, counts_F, s.n_controls, s.n_freq_bins, ctrl_rng, bins_F=bins_F)
+        # primary controls: enrichment-matched groups (n_controls draws) and the best direction plus k - 1 of theirs
+        rng = np.random.default_rng([s.seed, zlib.crc32(str(group_id).encode()), zlib.crc32(self.target.task.encode())])
+        enriched = enrichment_matched_groups(members, pools.task_fires_F, pools.other_fires_F, s.n_controls, rng,
+                                             linked=pools.linked, pool=s.enrichment_pool)
+        e_lat, e_sub, e_best, e_best_lat = [], [], [], []
+        chosen = [int(c[0]) for c in best_dir.columns]
+        chosen_lat = [int(c[0]) for c in best_lat.columns]
+        for c in enriched:
+            e_lat.append(self.scores(self.arm(self.lat[:, list(c.latents)]).pred))
+            e_sub.append(self.scores(self.arm(Subspace.from_decoder(W, c.latents).coords(acts)).pred))
+            per_fold, per_fold_lat = {}, {}
+            for j in set(chosen):  # the best member's direction, then the controls of the other k - 1 members
+                others = [lat for i, lat in enumerate(c.latents) if i != j]
+                per_fold[j] = Subspace.from_decoder(W, [members[j]] + others).coords(acts) if others else member_coords[:, [j]]
+            for j in set(chosen_lat):  # the same with activations: the best member latent and k - 1 enriched latents
+                per_fold_lat[j] = self.lat[:, [members[j]] + [lat for i, lat in enumerate(c.latents) if i != j]]
+            e_best.append(self.scores(self.arm(None, features=lambda f: per_fold[chosen[f]]).pred))
+            e_best_lat.append(self.scores(self.arm(None, features=lambda f: per_fold_lat[chosen_lat[f]]).pred))
+        n_e = len(enriched)
+        arms["enriched_latents"] = _control_scores(e_lat, f"{n_e} enrichment-matched groups (not co-occurring)", rng)
+        arms["enriched_subspace"] = _control_scores(e_sub, f"{n_e} enrichment-matched decoder spans", rng)
+        arms["best_plus_enriched"] = _control_scores(
+            e_best, f"best member direction (per training fold) + {k - 1} enrichment-matched directions, {n_e} draws", rng)
+        arms["best_latent_plus_enriched"] = _control_scores(
+            e_best_lat, f"best member latent (per training fold) + {k - 1} enrichment-matched latents, {n_e} draws", rng)
+
+        # exploratory controls: frequency-matched groups and random subspaces
+        n_x = s.n_exploratory_controls
+        controls = matched_groups(members, pools.counts_F, n_x, s.n_freq_bins, rng, bins_F=pools.bins_F)
         m_lat, m_sub = [], []
         for c in controls:
             m_lat.append(self.scores(self.arm(self.lat[:, list(c.latents)]).pred))
             m_sub.append(self.scores(self.arm(Subspace.from_decoder(W, c.latents).coords(acts)).pred))
-        arms["matched_latents"] = _mean_scores(m_lat, f"mean of {len(controls)} frequency-matched groups")
-        arms["matched_subspace"] = _mean_scores(m_sub, f"mean of {len(controls)} frequency-matched decoder spans")
-        r_sub = [self.scores(self.arm(rs.coords(acts)).pred) for rs in random_subspaces(W.shape[1], sub.dim, s.n_controls, ctrl_rng)]
-        arms["random_subspace"] = _mean_scores(r_sub, f"mean of {len(r_sub)} random {sub.dim}-dim subspaces")
+        arms["matched_latents"] = _control_scores(m_lat, f"{len(controls)} frequency-matched groups", rng)
+        arms["matched_subspace"] = _control_scores(m_sub, f"{len(controls)} frequency-matched decoder spans", rng)
+        r_sub = [self.scores(self.arm(rs.coords(acts)).pred) for rs in random_subspaces(W.shape[1], sub.dim, n_x, rng)]
+        arms["random_subspace"] = _control_scores(r_sub, f"{len(r_sub)} random {sub.dim}-dim subspaces", rng)
 
         for name, sc in arms.items():
             rows += self.rows_for(name, sc, group_id, k)
         arms["chance"] = self.chance
-        tested = TESTED_METRIC[self.target.kind]
-        for a, b in COMPARISONS:
-            for m in self.metrics:
-                if b == "chance" and m != tested:
-                    continue
-                c = paired_test(arms[a].est[m], arms[a].samples[m], arms[b].est[m], arms[b].samples[m],
-                                HIGHER_IS_BETTER[m], s.ci_level, n_clusters=self.n_docs)
-                if m == tested:
-                    p, note = c.p_value, "A-vs-B: difference A - B oriented so that > 0 means A is better; one-sided p"
-                else:
-                    p, note = np.nan, f"descriptive only (the tested metric is {tested})"
-                rows.append(_row(self.target.task, group_id, f"{a}-vs-{b}", m, c.estimate, c.ci_low, c.ci_high, p,
-                                 self.n, self.n_docs, k, "comparison", note))
-        return rows
+        comps = list(COMPARISONS)
+        if self.target.baselines:
+            arms.update(self.baselines())
+            comps += BASELINE_COMPARISONS
+        return rows + self.comparison_rows(arms, comps, group_id, k)
+
+
+@dataclass
+class ControlPools:
+    """What the controls of one target are drawn from."""
+
+    counts_F: np.ndarray
+    """Firing counts over the co-occurrence tokens (frequency-matched controls)."""
+    task_fires_F: np.ndarray
+    """Firings of every latent on the target's tokens (enrichment-matched controls)."""
+    other_fires_F: np.ndarray
+    """... and on the other tokens of the same probe windows."""
+    linked: set = field(default_factory=set)
+    """Latent pairs ``(i, j)``, i < j, that co-occur: an enrichment-matched draw never holds both."""
+    bins_F: np.ndarray | None = None
 
 
 def _weighted_nanmean(V_BK: np.ndarray, W_BK: np.ndarray) -> np.ndarray:
@@ -399,14 +586,16 @@ def _weighted_nanmean(V_BK: np.ndarray, W_BK: np.ndarray) -> np.ndarray:
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
-def _mean_scores(items: list[ArmScores], note: str) -> ArmScores:
+def _control_scores(items: list[ArmScores], note: str, rng: np.random.Generator) -> ArmScores:
+    """A control family: the estimate is the mean over its draws; each bootstrap replicate takes one random draw's
+    replicate, so the paired test's spread holds the variation between draws as well as between documents."""
     metrics = items[0].est.keys()
-    est = {m: float(np.nanmean([it.est[m] for it in items])) if any(np.isfinite(it.est[m]) for it in items) else float("nan")
-           for m in metrics}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        samples = {m: np.nanmean(np.stack([it.samples[m] for it in items]), axis=0) for m in metrics}
-    return ArmScores(est, samples, note)
+    draws = {m: np.array([it.est[m] for it in items], dtype=np.float64) for m in metrics}
+    est = {m: float(np.nanmean(draws[m])) if np.isfinite(draws[m]).any() else float("nan") for m in metrics}
+    B = len(next(iter(items[0].samples.values())))
+    pick = rng.integers(0, len(items), B)
+    samples = {m: np.stack([it.samples[m] for it in items])[pick, np.arange(B)] for m in metrics}
+    return ArmScores(est, samples, f"mean of {note}; replicates resample the draws", draws)
 
 
 def _note(text: str, fit: FoldFits) -> str:
@@ -425,15 +614,15 @@ def _chosen_note(chosen: list[np.ndarray], members: list[int]) -> str:
     return "chosen: " + ", ".join(f"{vals[i]} ({counts[i]}/{len(picks)} folds)" for i in order)
 
 
-def _ksparse_note(chosen: list[np.ndarray], members: list[int]) -> str:
+def _ksparse_note(chosen: list[np.ndarray], members: list[int], how: str) -> str:
     overlap = [len(set(int(x) for x in c) & set(members)) for c in chosen]
-    return f"members among the chosen latents per fold: {overlap}"
+    return f"{how}; members among the chosen latents per fold: {overlap}"
 
 
 def _row(task, group_id, arm, metric, estimate, lo, hi, p, n, n_docs, group_size, row_type, note) -> dict:
     return {"task": task, "group_id": group_id, "arm": arm, "metric": metric, "estimate": estimate, "ci_low": lo, "ci_high": hi,
             "p_value": p, "p_adj": np.nan, "n": n, "n_docs": n_docs, "group_size": group_size, "row_type": row_type,
-            "win": None, "note": note}
+            "win": None, "note": note, "family": "", "rank_p": np.nan}
 
 
 def skipped_row(task: str, reason: str, n: int = 0, n_docs: int = 0) -> dict:
@@ -442,26 +631,37 @@ def skipped_row(task: str, reason: str, n: int = 0, n_docs: int = 0) -> dict:
 
 
 def evaluate_target(target: Target, acts_ND, latents_NF, docs_N, groups: dict, W_dec_FD, counts_F,
-                    settings: Settings, ceiling: bool = True) -> list[dict]:
+                    settings: Settings, ceiling: bool = True, other_fires_F=None, linked=None,
+                    threshold_F=None, neighbour_acts_ND=None) -> list[dict]:
     """All rows (arms and comparisons, p_adj still empty) of one target for the given groups.
+
+    Enrichment-matched controls are matched on firings on the target's rows (activation above ``threshold_F``,
+    default 0) and on ``other_fires_F`` (firings on the other tokens of the same text; default ``counts_F``), and
+    never hold two latents of a ``linked`` pair.
 
     BLAS runs single-threaded here: the many small fits are much faster that way, above all on a
     machine whose cores are shared.
     """
     with threadpool_limits(limits=1, user_api="blas"):
-        return _evaluate_target(target, acts_ND, latents_NF, docs_N, groups, W_dec_FD, counts_F, settings, ceiling)
+        lat = sp.csr_matrix(latents_NF)[np.asarray(target.rows)]
+        thr = 0.0 if threshold_F is None else np.asarray(threshold_F, dtype=np.float64)
+        fired = lat.copy()
+        fired.data = (fired.data > (thr if np.isscalar(thr) else thr[fired.indices])).astype(np.float64)
+        task_fires = np.asarray(fired.sum(0)).ravel()
+        pools = ControlPools(np.asarray(counts_F), task_fires, np.asarray(counts_F if other_fires_F is None else other_fires_F),
+                             set() if linked is None else linked, frequency_bins(counts_F, settings.n_freq_bins))
+        return _evaluate_target(target, acts_ND, latents_NF, docs_N, groups, W_dec_FD, pools, settings, ceiling, neighbour_acts_ND)
 
 
-def _evaluate_target(target, acts_ND, latents_NF, docs_N, groups, W_dec_FD, counts_F, settings, ceiling) -> list[dict]:
+def _evaluate_target(target, acts_ND, latents_NF, docs_N, groups, W_dec_FD, pools, settings, ceiling, neighbour_acts_ND) -> list[dict]:
     try:
-        ev = TargetEvaluator(target, acts_ND, latents_NF, docs_N, settings)
+        ev = TargetEvaluator(target, acts_ND, latents_NF, docs_N, settings, neighbour_acts_ND)
     except ValueError as exc:  # too few documents for the folds
         return [skipped_row(target.task, str(exc), len(target.rows), int(len(np.unique(np.asarray(docs_N)[target.rows]))))]
-    bins = frequency_bins(counts_F, settings.n_freq_bins)
     rows = ev.ceiling_rows() if ceiling else []
     for gid, members in groups.items():
         try:
-            rows += ev.group_rows(gid, members, W_dec_FD, counts_F, bins)
+            rows += ev.group_rows(gid, members, W_dec_FD, pools)
         except ValueError as exc:  # e.g. a frequency bin too small for matched controls
             row = skipped_row(target.task, f"group {gid}: {exc}", ev.n, ev.n_docs)
             row["group_id"] = gid
@@ -470,18 +670,23 @@ def _evaluate_target(target, acts_ND, latents_NF, docs_N, groups, W_dec_FD, coun
 
 
 def finalize(df, alpha: float):
-    """Benjamini–Hochberg over every tested comparison of the run, then the ``win`` flag (see the module docstring).
+    """Benjamini–Hochberg within each family of tested comparisons of the run (``gate``, ``primary``,
+    ``exploratory``, ``task``), then the ``win`` flag (see the module docstring).
 
-    ``df`` is a DataFrame of rows from :func:`evaluate_target` (any number of targets and groups); it is
-    modified in place and returned.
+    A comparison of a group arm is won when its corrected p-value is below ``alpha``, the difference is positive and
+    the same group arm beats chance in the gate family (gatekeeping). ``df`` is a DataFrame of rows from
+    :func:`evaluate_target` (any number of targets and groups); it is modified in place and returned.
     """
     import pandas as pd
 
     from stats import bh_adjust
 
     comp = (df["row_type"] == "comparison").to_numpy()
+    fam = df["family"].fillna("").astype(str).to_numpy()
     df["p_adj"] = np.nan
-    df.loc[comp, "p_adj"] = bh_adjust(df.loc[comp, "p_value"].to_numpy(np.float64))
+    for f in np.unique(fam[comp]):
+        m = comp & (fam == f)
+        df.loc[m, "p_adj"] = bh_adjust(df.loc[m, "p_value"].to_numpy(np.float64))
     sig = comp & (df["p_adj"] < alpha).to_numpy() & (df["estimate"] > 0).to_numpy()
     arm_a = df["arm"].str.split("-vs-").str[0]
     key = list(zip(df["task"], df["group_id"], arm_a, df["metric"]))
@@ -489,6 +694,43 @@ def finalize(df, alpha: float):
     win = pd.Series(pd.NA, index=df.index, dtype="boolean")
     tested = comp & df["p_value"].notna().to_numpy()
     idx = np.flatnonzero(tested)
-    win.iloc[idx] = [bool(sig[i] and key[i] in beats_chance) for i in idx]
+    win.iloc[idx] = [bool(sig[i] and (fam[i] == "task" or key[i] in beats_chance)) for i in idx]
     df["win"] = win
     return df
+
+
+VERDICT_COLUMNS = ["task", "group_id", "group_size", "unit", "beats_chance", "grouping_helps", "lost_to",
+                   "beats_baselines", "estimate_min", "p_adj_max"]
+
+
+def verdicts(df):
+    """Per (target, group, unit): does grouping help? From finalised results (:func:`finalize`).
+
+    ``grouping_helps``: the unit (``group_subspace`` or ``group_latents``) wins against every comparator of
+    :data:`GROUPING_HELPS` (the enrichment- and budget-matched ones), which are pre-specified as the primary family;
+    ``lost_to`` lists those it did not beat. ``beats_baselines`` (targets with baselines only): it also beats the
+    union of the baselines. ``estimate_min`` / ``p_adj_max``: the smallest difference and the largest corrected
+    p-value among the required comparisons (the intersection-union test's p-value).
+    """
+    import pandas as pd
+
+    c = df[(df["row_type"] == "comparison") & df["p_value"].notna()]
+    out = []
+    for (task, gid), sub in c[c["group_id"].notna()].groupby(["task", "group_id"], sort=False):
+        by_arm = sub.set_index("arm")
+        for unit, needed in GROUPING_HELPS.items():
+            arms = [f"{unit}-vs-{b}" for b in needed]
+            have = [a for a in arms if a in by_arm.index]
+            if not have:
+                continue
+            won = {a: bool(by_arm.loc[a, "win"]) for a in have}
+            chance = f"{unit}-vs-chance"
+            base = f"{unit}-vs-baseline:union"
+            out.append({"task": task, "group_id": gid, "group_size": sub["group_size"].iloc[0], "unit": unit,
+                        "beats_chance": bool(by_arm.loc[chance, "win"]) if chance in by_arm.index else False,
+                        "grouping_helps": len(have) == len(arms) and all(won.values()),
+                        "lost_to": " ".join(a.split("-vs-")[1] for a in arms if not won.get(a, False)),
+                        "beats_baselines": bool(by_arm.loc[base, "win"]) if base in by_arm.index else pd.NA,
+                        "estimate_min": float(by_arm.loc[have, "estimate"].min()),
+                        "p_adj_max": float(by_arm.loc[have, "p_adj"].max())})
+    return pd.DataFrame(out, columns=VERDICT_COLUMNS)

@@ -36,13 +36,20 @@ class _ProbesSection(Section):
     max_documents: int | None = Field(20000, ge=1)
     """Scan at most this many documents of the corpus for task examples (None: all of them)."""
     prefix_tokens: int = Field(32, ge=0)
-    """Tokens of the same document the model sees before the first task token of each probe window."""
+    """Tokens of the same document the model sees before the first task token of each probe window (with
+    random_prefix: at most this many)."""
+    random_prefix: bool = True
+    """Draw each window's prefix length at random in [prefix_tokens // 4, prefix_tokens] (seeded), so that a task
+    token's position in the window is not fixed by where the window starts."""
     folds: int = Field(5, ge=2)
     """Cross-validation folds, grouped by document."""
     n_bootstrap: int = Field(1000, ge=50)
     """Document-level bootstrap replicates for intervals and paired tests."""
-    n_controls: int = Field(5, ge=1)
-    """Random matched groups and random subspaces per probed group."""
+    n_controls: int = Field(50, ge=1)
+    """Draws of the primary controls per probed group and target: enrichment-matched groups (their latents and their
+    decoder span) and the best member direction plus enrichment-matched directions."""
+    n_exploratory_controls: int = Field(10, ge=1)
+    """Draws of the exploratory controls: frequency-matched groups and random subspaces."""
     n_freq_bins: int = Field(10, ge=1)
     """Firing-frequency quantile bins for matched groups."""
     alpha: float = Field(0.05, gt=0, lt=1)

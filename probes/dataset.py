@@ -56,6 +56,13 @@ class ProbeData:
     """Task tokens on which any member of group g fires."""
     other_fires_G: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     """Other (non-task) window tokens on which any member of group g fires."""
+    fires_NG: sp.csr_matrix | None = None
+    """Per task token (row), the groups of which any member fires there (per-target selection)."""
+    other_fires_F: np.ndarray | None = None
+    """Other window tokens on which each latent fires (enrichment-matched controls)."""
+    neighbour_acts_ND: np.ndarray | None = None
+    """Per task token, the residual at the hook two positions earlier in its window (BOS when there is none): the
+    topic control of word sense."""
     n_other: int = 0
     n_windows: int = 0
     n_window_tokens: int = 0
@@ -72,14 +79,16 @@ class ProbeData:
         return self.examples["doc_index"].to_numpy()
 
 
-def plan_windows(positions, prefix: int, context_len: int) -> list[tuple[int, int, list[int]]]:
+def plan_windows(positions, prefix: int, context_len: int, rng: np.random.Generator | None = None) -> list[tuple[int, int, list[int]]]:
     """Greedy probe windows over sorted token positions of one document.
 
     Returns ``(start, end, covered)``: the window holds document tokens ``start..end`` (inclusive) after
     BOS, with ``end - start + 2 <= context_len``, and ``covered`` are the task positions it serves;
     each has at least ``min(prefix, (context_len - 2) // 2)`` tokens of its document before it in the
     window (fewer only at the start of the document). The prefix is capped at half the window so that
-    a window always has room for the task tokens that follow.
+    a window always has room for the task tokens that follow. With ``rng`` each window's prefix is a random
+    integer in ``[prefix // 4, prefix]`` instead (so that a task token's position in the window does not follow from
+    its position in the document's structure).
     """
     P = sorted(set(int(p) for p in positions))
     body = context_len - 1
@@ -89,7 +98,8 @@ def plan_windows(positions, prefix: int, context_len: int) -> list[tuple[int, in
     out = []
     i = 0
     while i < len(P):
-        start = max(0, P[i] - prefix)
+        pre = prefix if rng is None else int(rng.integers(prefix // 4, prefix + 1))
+        start = max(0, P[i] - pre)
         limit = start + body - 1
         j = i
         while j + 1 < len(P) and P[j + 1] <= limit:
@@ -121,14 +131,15 @@ def window_tokens(ids: np.ndarray, start: int, end: int, bos: int, masked: set[i
     return np.concatenate([[bos], body]).astype(np.int64), np.concatenate([[False], ~np.isin(body, list(masked))])
 
 
-def build_windows(docs: list[Doc], tokenizer, prefix: int, context_len: int) -> list[_Window]:
+def build_windows(docs: list[Doc], tokenizer, prefix: int, context_len: int,
+                  rng: np.random.Generator | None = None) -> list[_Window]:
     bos, _, masked = special_ids(tokenizer)
     out = []
     for doc in docs:
         row_of = {}
         for r_i, r in enumerate(doc.rows):
             row_of.setdefault(r["token_index"], []).append(r_i)
-        for start, end, covered in plan_windows(row_of, prefix, context_len):
+        for start, end, covered in plan_windows(row_of, prefix, context_len, rng):
             tokens, mask = window_tokens(doc.ids, start, end, bos, masked)
             task_pos = {}
             for p in covered:
@@ -149,6 +160,9 @@ def run_windows(family: str, windows: list[_Window], model, sae, hook: HookSpec,
     task_fires = np.zeros(n_groups, dtype=np.int64)
     other_fires = np.zeros(n_groups, dtype=np.int64)
     n_other = 0
+    other_F = np.zeros(int(sae.W_dec.shape[0]), dtype=np.int64)
+    fires_rows: list[sp.csr_matrix] = []
+    nb_rows: list[np.ndarray] = []
     acts_rows: list[np.ndarray] = []
     lat_rows: list[sp.csr_matrix] = []
     meta: list[dict] = []
@@ -167,14 +181,18 @@ def run_windows(family: str, windows: list[_Window], model, sae, hook: HookSpec,
         n_tok += len(b_idx)
         is_task = np.array([pos[j] in batch[b_idx[j]].task_pos for j in range(len(b_idx))], dtype=bool)
         is_ignored = np.array([pos[j] in batch[b_idx[j]].ignore_pos for j in range(len(b_idx))], dtype=bool)
+        fired = fires(lat, thr).numpy()
+        other_F += fired[~is_task & ~is_ignored].sum(0)
         if n_groups:
-            fired = fires(lat, thr).numpy()
             any_G = (sp.csr_matrix(fired.astype(np.float32)) @ membership_FG).toarray() > 0
             task_fires += any_G[is_task].sum(0)
             other_fires += any_G[~is_task & ~is_ignored].sum(0)
+            fires_rows.append(sp.csr_matrix(any_G[is_task]))
         n_other += int((~is_task & ~is_ignored).sum())
         sel = np.flatnonzero(is_task)
         acts_rows.append(flat[torch.from_numpy(sel).to(flat.device)].float().cpu().numpy())
+        nb_pos = np.maximum(pos[sel] - NEIGHBOUR_OFFSET, 0)
+        nb_rows.append(acts[torch.from_numpy(b_idx[sel]).to(acts.device), torch.from_numpy(nb_pos).to(acts.device)].float().cpu().numpy())
         lat_rows.append(sp.csr_matrix(lat[torch.from_numpy(sel)].numpy()))
         for j in sel:
             w = batch[b_idx[j]]
@@ -190,15 +208,24 @@ def run_windows(family: str, windows: list[_Window], model, sae, hook: HookSpec,
     acts_ND = np.concatenate(acts_rows) if acts_rows else np.zeros((0, d_model), dtype=np.float32)
     latents_NF = sp.vstack(lat_rows).tocsr() if lat_rows else sp.csr_matrix((0, d_sae), dtype=np.float32)
     examples = pd.DataFrame(meta)
+    fires_NG = sp.vstack(fires_rows).tocsr() if fires_rows else sp.csr_matrix((len(examples), n_groups), dtype=bool)
+    nb_ND = np.concatenate(nb_rows) if nb_rows else np.zeros((0, d_model), dtype=np.float32)
     # rows in a stable order: by document, then token
     if len(examples):
         order_rows = np.lexsort((examples["token_index"].to_numpy(), examples["doc_index"].to_numpy()))
         examples = examples.iloc[order_rows].reset_index(drop=True)
         acts_ND = acts_ND[order_rows]
         latents_NF = latents_NF[order_rows]
+        fires_NG = fires_NG[order_rows]
+        nb_ND = nb_ND[order_rows]
     saved = [(w.doc.doc_index, w.start, w.tokens, w.mask) for w in windows]
     return ProbeData(family, acts_ND.astype(np.float32), latents_NF.astype(np.float32), examples, np.asarray(group_ids),
-                     task_fires, other_fires, n_other, len(windows), n_tok, windows=saved)
+                     task_fires, other_fires, fires_NG, other_F, nb_ND.astype(np.float32), n_other, len(windows), n_tok,
+                     windows=saved)
+
+
+NEIGHBOUR_OFFSET = 2
+"""The topic control reads the residual this many positions before a task token."""
 
 
 def membership_matrix(groups: dict[str, tuple[int, ...]], d_sae: int) -> tuple[sp.csr_matrix, np.ndarray]:
@@ -233,7 +260,8 @@ def build_probe_data(family: str, cfg, model, sae, groups: dict[str, tuple[int, 
     report.update(sel.report)
     if not chosen:
         return None, report
-    windows = build_windows(chosen, model.tokenizer, pc.prefix_tokens, cfg.data.context_len)
+    prefix_rng = np.random.default_rng([int(cfg.seed), _family_code(family), 11]) if pc.random_prefix else None
+    windows = build_windows(chosen, model.tokenizer, pc.prefix_tokens, cfg.data.context_len, prefix_rng)
     M, ids = membership_matrix(groups, int(sae.W_dec.shape[0])) if groups else (None, np.zeros(0, dtype=object))
     data = run_windows(family, windows, model, sae, cfg.hook, cfg.stream.batch_size, threshold_F, M, ids, progress)
     data.n_candidate_docs = n_cand

@@ -3,7 +3,9 @@
 Files (each written atomically, ``summary.json`` last, so its presence means the others are complete):
 
 ``results.csv``   tidy results, one row per (task, group, arm, metric); see docs/probes.md for the columns
-``groups.csv``    enrichment of every candidate group on every task, with a ``selected`` flag
+``groups.csv``    enrichment of every candidate group on every target of every task, with a ``selected`` flag
+``verdicts.csv``  per (target, group, unit): does grouping help (probes.comparison.verdicts; derived from
+                  results.csv, recomputed on load)
 ``examples.csv``  every task token with its document, character span, token text and labels
 ``targets.csv``   every probed target's examples and labels: task, target, kind, row (into the task's rows of
                   examples.csv), y, classes; the interventions stage's task effects read these targets out
@@ -27,9 +29,9 @@ from probes.dataset import WINDOWS_FILE, load_windows, save_windows
 from sources.errors import ConfigError
 from sources.files import SavedResult, atomic_path, read_csv, read_tables, read_versioned, write_json
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Version of the files' layout; :meth:`ProbesResult.load` refuses another (the stage key includes it).
-2: targets.csv added."""
+2: targets.csv added. 3: results.csv's family and rank_p columns, groups.csv per target, verdicts.csv."""
 HINT = "rerun the probes stage (python -m experiments.probe --fresh, or python -m experiments.steer) with the same --out"
 
 TARGET_COLUMNS = ["task", "target", "kind", "row", "y", "classes"]
@@ -70,9 +72,19 @@ class ProbesResult(SavedResult):
         return {(task, int(d), int(s)): (t, m) for task, ws in self.windows.items() for d, s, t, m in ws}
 
     def selected_groups(self) -> pd.DataFrame | None:
-        """The enrichment table when it has what group selection needs (task, group_id, enrichment, selected)."""
+        """The enrichment table when it has what group selection needs (task, group_id, enrichment, selected): one row
+        per (task, group), the group's most enriched target (groups are selected per target)."""
         g = self.groups
-        return g if {"task", "group_id", "enrichment", "selected"} <= set(g.columns) else None
+        if not {"task", "group_id", "enrichment", "selected"} <= set(g.columns):
+            return None
+        g = g.sort_values(["selected", "enrichment"], ascending=[False, False], kind="stable")
+        return g.drop_duplicates(["task", "group_id"]).reset_index(drop=True)
+
+    def verdicts(self) -> pd.DataFrame:
+        """Per (target, group, unit): does grouping help? (:func:`probes.comparison.verdicts` of the results)."""
+        from probes.comparison import verdicts
+
+        return verdicts(self.results)
 
     def save(self, folder: str | Path) -> None:
         out = Path(folder)
@@ -80,6 +92,8 @@ class ProbesResult(SavedResult):
                          ("targets.csv", self.targets)):
             with atomic_path(out / name, "out") as tmp:
                 df.to_csv(tmp, index=False)
+        with atomic_path(out / "verdicts.csv", "out") as tmp:
+            self.verdicts().to_csv(tmp, index=False)
         save_windows(out / WINDOWS_FILE, self.windows)
         for stem, fig in self.figures.items():
             with atomic_path(out / "figures" / f"{stem}.png", "out") as tmp:

@@ -63,6 +63,7 @@ def run_probes(cooc: CoocResult, cfg, progress: bool = True, model=None, sae=Non
     summary: dict = {"tasks": {}, "settings": settings.__dict__, "n_candidate_groups": len(cand), "cooc_tokens": cooc.n_tokens,
                      "documents": cfg.data.reading(pc.evaluate_on).part}
     timings: dict[str, float] = {}
+    linked = linked_pairs(cooc)
     for family in pc.tasks:
         t_task = time.perf_counter()
         fam = summary["tasks"].setdefault(family, {})
@@ -81,25 +82,6 @@ def run_probes(cooc: CoocResult, cfg, progress: bool = True, model=None, sae=Non
             log.warning("probes: %s skipped: %s", family, reason)
             continue
 
-        table = enrichment_table(data.group_ids, [sizes[g] for g in data.group_ids], data.task_fires_G, data.other_fires_G,
-                                 data.n, data.n_other)
-        if pc.groups == "auto":
-            chosen = select_groups(table, pc.n_groups, pc.min_count, pc.min_group_size, pc.max_group_size)
-        else:
-            chosen = table.set_index("group_id").loc[list(pc.groups)].reset_index()
-        table.insert(0, "task", family)
-        table["selected"] = table["group_id"].isin(chosen["group_id"])
-        table["structure"] = [structure.get(g, "") for g in table["group_id"]]
-        tables.append(table)
-        probe_groups = {str(g): cand[str(g)] for g in chosen["group_id"]}
-        fam["selected_groups"] = chosen.to_dict(orient="records")
-        if not probe_groups:
-            reason = (f"no group fires on at least {pc.min_count} of the {data.n} task tokens (probes.min_count) within sizes "
-                      f"{pc.min_group_size}..{pc.max_group_size}; only the residual ceiling is reported")
-            rows.append(skipped_row(family, reason, data.n, int(data.examples['doc_index'].nunique())))
-            fam["no_groups"] = reason
-            log.warning("probes: %s: %s", family, reason)
-
         targets, skipped = task.targets(data.examples, pc, target_rng(cfg.seed))
         target_frames.append(targets_frame(family, targets))
         for name, reason in skipped:
@@ -107,10 +89,33 @@ def run_probes(cooc: CoocResult, cfg, progress: bool = True, model=None, sae=Non
             log.info("probes: %s skipped: %s", name, reason)
         fam["targets"] = [t.task for t in targets]
         fam["skipped_targets"] = dict(skipped)
-        for t in targets:
+        fam["selected_groups"] = {}
+        family_groups: dict[str, tuple[int, ...]] = {}
+        for t in targets:  # groups are chosen per target: they must fire on that target's tokens
+            table = _target_enrichment(data, t, sizes)
+            if pc.groups == "auto":
+                chosen = select_groups(table, pc.n_groups, pc.min_count, pc.min_group_size, pc.max_group_size)
+            else:
+                chosen = table.set_index("group_id").loc[list(pc.groups)].reset_index()
+            table.insert(0, "task", family)
+            table.insert(1, "target", t.task)
+            table["selected"] = table["group_id"].isin(chosen["group_id"])
+            table["structure"] = [structure.get(g, "") for g in table["group_id"]]
+            tables.append(table)
+            probe_groups = {str(g): cand[str(g)] for g in chosen["group_id"]}
+            family_groups.update(probe_groups)
+            fam["selected_groups"][t.task] = chosen.to_dict(orient="records")
+            if not probe_groups:
+                reason = (f"no group fires on at least {pc.min_count} of the {len(t.rows)} tokens of {t.task} (probes.min_count) "
+                          f"within sizes {pc.min_group_size}..{pc.max_group_size}; only the ceiling and baselines are reported")
+                rows.append(skipped_row(t.task, reason, len(t.rows), int(len(np.unique(data.doc_N[t.rows])))))
+                log.warning("probes: %s: %s", t.task, reason)
             t_eval = time.perf_counter()
-            rows += evaluate_target(t, data.acts_ND, data.latents_NF, data.doc_N, probe_groups, W_dec, cooc.occ_F, settings)
+            rows += evaluate_target(t, data.acts_ND, data.latents_NF, data.doc_N, probe_groups, W_dec, cooc.occ_F, settings,
+                                    other_fires_F=data.other_fires_F, linked=linked, threshold_F=thr,
+                                    neighbour_acts_ND=data.neighbour_acts_ND)
             timings[f"{t.task}_eval_s"] = round(time.perf_counter() - t_eval, 2)
+        probe_groups = family_groups
 
         if pc.figures and probe_groups:
             fam["figures"] = _figures(family, data, targets, probe_groups, W_dec, thr, figures)
@@ -134,6 +139,33 @@ def run_probes(cooc: CoocResult, cfg, progress: bool = True, model=None, sae=Non
     _log_headline(df)
     targets = pd.concat(target_frames, ignore_index=True) if target_frames else pd.DataFrame(columns=TARGET_COLUMNS)
     return ProbesResult(df, groups, examples, windows, summary, figures, targets)
+
+
+def _target_enrichment(data, target, sizes) -> pd.DataFrame:
+    """The enrichment table of every candidate group on one target's tokens (probes.selection)."""
+    rows = np.asarray(target.rows)
+    if data.fires_NG is not None and data.fires_NG.shape[1]:
+        task_fires = np.asarray(data.fires_NG[rows].sum(0)).ravel()
+    else:
+        task_fires = np.zeros(len(data.group_ids), dtype=np.int64)
+    return enrichment_table(data.group_ids, [sizes[g] for g in data.group_ids], task_fires, data.other_fires_G, len(rows),
+                            data.n_other)
+
+
+def linked_pairs(cooc: CoocResult) -> set[tuple[int, int]]:
+    """Latent pairs that co-occur: the co-occurrence graph's edges (OUT/cooc/pairs.parquet, when written) and every
+    pair of members of one group. Enrichment-matched controls never hold both latents of such a pair."""
+    out: set[tuple[int, int]] = set()
+    pairs = cooc.pairs
+    if pairs is None and cooc.folder is not None and (cooc.folder / "pairs.parquet").exists():
+        pairs = pd.read_parquet(cooc.folder / "pairs.parquet", columns=["i", "j", "edge"])
+    if pairs is not None and {"i", "j", "edge"} <= set(pairs.columns):
+        e = pairs.loc[pairs["edge"].astype(bool), ["i", "j"]].to_numpy(np.int64)
+        out.update(zip(np.minimum(e[:, 0], e[:, 1]).tolist(), np.maximum(e[:, 0], e[:, 1]).tolist()))
+    for m in cooc.members().values():
+        m = sorted(m)
+        out.update((a, b) for x, a in enumerate(m) for b in m[x + 1:])
+    return out
 
 
 FIGURE_COLUMNS = ("doc_id", "token")

@@ -11,8 +11,8 @@ from sklearn.model_selection import cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from probes.comparison import (COLUMNS, Settings, Target, choose_strength, evaluate_target, finalize, fit_predict, inner_splits,
-                             univariate_scores)
+from probes.comparison import (COLUMNS, Settings, Target, choose_strength, drop_leaks, evaluate_target, finalize, fit_predict,
+                               inner_splits, univariate_scores, verdicts)
 from probes.linear import logistic_fit, logistic_path, ridge_fit, ridge_path
 from stats import grouped_folds
 from subspaces import Subspace, principal_angles
@@ -194,10 +194,62 @@ def test_shuffled_labels_give_no_more_wins_than_the_nominal_error_rate(kind, rep
 
     single = tested[tested["arm"].isin(["group_subspace-vs-best_single_direction", "group_latents-vs-best_single_latent"])]
     assert (single["p_adj"] < alpha).mean() <= limit(len(single))
-    assert single["win"].astype(bool).mean() <= limit(len(single))
-    # arms that are exchangeable under the null (group vs matched group / random subspace): raw p-values are calibrated
-    exch = tested[tested["arm"].str.contains("matched|random")]
+    # arms that are exchangeable under the null (group vs enrichment-matched, frequency-matched groups, random
+    # subspaces): their raw p-values, which no gate protects, are calibrated
+    exch = tested[tested["arm"].str.contains("enriched_|matched|random")]
     assert (exch["p_value"] < alpha).mean() <= limit(len(exch))
-    # and no replicate (= one run) reports any win more often than alpha allows
-    any_win = comp.groupby("rep")["win"].apply(lambda w: bool(w.fillna(False).any()))
-    assert any_win.mean() <= limit(replicates)
+    assert set(exch["family"]) == {"primary", "exploratory"}
+
+
+def equal_signal(seed, unit, n_docs=30, per_doc=12):
+    """The label lives in one member alone: along its decoder direction (``unit`` group_subspace) or in its activation
+    (group_latents); the group's other members add nothing to it."""
+    acts, A, W, _, docs, counts, group, _ = planted(seed=seed, n_docs=n_docs, per_doc=per_doc)
+    rng = np.random.default_rng(seed + 1)
+    signal = acts @ W[group[0]] if unit == "group_subspace" else A[:, group[0]]
+    y = signal + rng.normal(scale=signal.std(), size=len(signal))  # R² about 0.5 for the one member
+    return acts, A, W, y, docs, counts, group
+
+
+@pytest.mark.parametrize("unit, fooled_by", [("group_subspace", "enriched_subspace"), ("group_latents", "enriched_latents")])
+def test_an_equal_signal_null_gives_grouping_helps_at_most_at_the_nominal_rate_though_weaker_comparators_are_fooled(unit, fooled_by):
+    """The calibration test that can fail: when one member carries the whole label, the group beats enrichment-matched
+    controls (which lack that member) in most replicates, so a verdict built on that comparator alone would say
+    "grouping helps"; the pre-specified verdict also needs the budget-matched comparators (best direction plus
+    enriched directions; the k best single latents and the k-sparse probe) and must stay at the nominal rate."""
+    alpha, reps = 0.05, 30
+    helps, fooled, gate = [], [], []
+    for seed in range(reps):
+        acts, A, W, y, docs, counts, group = equal_signal(200 + seed, unit)
+        settings = Settings(n_bootstrap=200, n_controls=10, n_exploratory_controls=2, n_freq_bins=5, member_arms=False,
+                            seed=seed, regularisation=(1.0, 100.0, 10000.0))
+        rows = evaluate_target(Target("equal", "regression", np.arange(len(y)), y), acts, sp.csr_matrix(A), docs,
+                               {0: tuple(group)}, W, counts, settings, ceiling=False)
+        df = finalize(pd.DataFrame(rows, columns=COLUMNS), alpha)
+        v = verdicts(df).set_index("unit").loc[unit]
+        helps.append(bool(v["grouping_helps"]))
+        gate.append(bool(v["beats_chance"]))
+        fooled.append(bool(df.set_index(["arm", "metric"]).loc[(f"{unit}-vs-{fooled_by}", "r2"), "win"]))
+    limit = binom.ppf(0.999, reps, alpha) / reps
+    assert all(gate)  # the signal is real: the gate passes
+    assert np.mean(fooled) >= 0.8  # the test data is not too easy
+    assert np.mean(helps) <= limit
+
+
+def test_a_label_spread_over_the_group_subspace_is_a_grouping_win():
+    acts, A, W, y, docs, counts, group, _ = planted(seed=3)
+    rows = evaluate_target(Target("planted", "regression", np.arange(len(y)), y), acts, sp.csr_matrix(A), docs, {7: tuple(group)},
+                           W, counts, Settings(n_bootstrap=300, n_controls=10, n_exploratory_controls=2, n_freq_bins=5,
+                                               member_arms=False))
+    v = verdicts(finalize(pd.DataFrame(rows, columns=COLUMNS), 0.05)).set_index("unit")
+    assert v.loc["group_subspace", "grouping_helps"] and v.loc["group_subspace", "lost_to"] == ""
+    # the k best single latents of all latents are the members themselves: the latents unit does not help
+    assert not v.loc["group_latents", "grouping_helps"] and "kbest_latents" in v.loc["group_latents", "lost_to"]
+
+
+def test_rows_sharing_a_leak_key_with_the_test_fold_never_train():
+    folds = [(np.array([0, 1, 2, 3]), np.array([4, 5])), (np.array([2, 3, 4, 5]), np.array([0, 1]))]
+    key = np.array(["a", "b", "c", "x", "x", "y"])
+    out = drop_leaks(folds, key)
+    assert out[0][0].tolist() == [0, 1, 2] and out[1][0].tolist() == [2, 3, 4, 5]
+    assert drop_leaks(folds, None) is folds

@@ -189,7 +189,7 @@ def test_word_sense_targets_skip_honestly_and_balance_resolved_within_each_word(
                                           rng=np.random.default_rng(0))
     names = [t.task for t in targets]
     assert names == ["word_sense/bank/sense", "word_sense/resolved"]
-    assert dict(skipped)["word_sense/how/sense"].startswith("too few examples: 0 degree")
+    assert dict(skipped)["word_sense/how/next_word"].startswith("too few examples: 0 degree")
     res = targets[1]
     sub = ex.iloc[res.rows]
     assert (sub["word"] == "bank").all()  # "how" is never resolved, so it cannot be balanced

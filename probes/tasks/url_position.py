@@ -5,6 +5,8 @@ Targets (regression, all URL tokens): ``url_position/since_start`` and ``url_pos
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 from pydantic import Field
@@ -44,8 +46,9 @@ def select_url_examples(docs, tokenizer, max_tokens: int, max_urls_per_doc: int,
             if total >= max_tokens:
                 ignore.update(int(p) for p in t.positions)
                 continue
-            for p, a, b in zip(t.positions, t.since_start, t.since_slash):
-                rows.append({"token_index": int(p), "url": u.text, "url_start": u.start, "since_start": int(a), "since_slash": int(b)})
+            for j, (p, a, b) in enumerate(zip(t.positions, t.since_start, t.since_slash)):
+                rows.append({"token_index": int(p), "url": u.text, "url_start": u.start, "url_template": url_template(u.text),
+                             "url_index": j, "since_start": int(a), "since_slash": int(b)})
             total += len(t.positions)
         taken = {r["token_index"] for r in rows}
         ignore -= taken
@@ -54,10 +57,42 @@ def select_url_examples(docs, tokenizer, max_tokens: int, max_urls_per_doc: int,
     return chosen, len(cands)
 
 
+def url_template(url: str) -> str:
+    """A URL with its query and fragment dropped and every run of digits written as 0: URLs of one template (the
+    same API path with other ids, say) share it, and the probes never train on a template they are tested on."""
+    base = re.split(r"[?#]", url, maxsplit=1)[0]
+    return re.sub(r"\d+", "0", base.rstrip("/"))
+
+
+MAX_INDEX = 64
+"""Baseline features: token index within the URL and position in the window are one-hot, capped at this."""
+
+
+def _one_hot(values, cap: int | None = None) -> np.ndarray:
+    v = np.asarray(values)
+    if cap is not None:
+        v = np.minimum(v.astype(np.int64), cap)
+    _, inv = np.unique(v, return_inverse=True)
+    out = np.zeros((len(v), int(inv.max()) + 1 if len(v) else 0))
+    out[np.arange(len(v)), inv] = 1.0
+    return out
+
+
+def url_baselines(examples: pd.DataFrame) -> dict[str, np.ndarray]:
+    """What predicts a URL token's position without the model: its position in the probe window (one-hot), its index
+    among the URL's tokens (one-hot) and its identity (one-hot over the token strings of the sample)."""
+    position = examples["token_index"].to_numpy(np.int64) - examples["window_start"].to_numpy(np.int64) + 1
+    return {"position": _one_hot(position, MAX_INDEX * 2), "url_index": _one_hot(examples["url_index"], MAX_INDEX),
+            "token": _one_hot(examples["token"].astype(str).to_numpy())}
+
+
 def url_targets(examples: pd.DataFrame) -> tuple[list[Target], list[tuple[str, str]]]:
     rows = np.arange(len(examples))
-    out = [Target("url_position/since_start", "regression", rows, examples["since_start"].to_numpy(np.float64)),
-           Target("url_position/since_slash", "regression", rows, examples["since_slash"].to_numpy(np.float64))]
+    have = {"url_index", "window_start", "token", "url_template"} <= set(examples.columns)
+    base = url_baselines(examples) if have else {}
+    key = examples["url_template"].astype(str).to_numpy() if have else None
+    out = [Target(f"url_position/{name}", "regression", rows, examples[name].to_numpy(np.float64), leak_key=key, baselines=base)
+           for name in ("since_start", "since_slash")]
     return out, []
 
 

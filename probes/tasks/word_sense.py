@@ -54,7 +54,7 @@ class WordSenseSpec(Section):
     """Ambiguous words and their sense cues (default: the built-in lexicon in probes/lexicon.py)."""
     window_words: int = Field(15, ge=1)
     """Words on each side of an occurrence searched for cue words."""
-    max_per_word: int = Field(40, ge=2)
+    max_per_word: int = Field(200, ge=2)
     """At most this many occurrences per word (drawn at random, up to half per sense when both have enough)."""
     min_per_class: int = Field(20, ge=2)
     """A sense (or resolved) target needs at least this many examples of each class, else it is skipped with a reason."""
@@ -72,7 +72,7 @@ class WordSenseSpec(Section):
         return {w.lower(): e for w, e in v.items()}
 
 
-def select_word_sense_examples(docs, tokenizer, lexicon: dict, window_words: int, max_per_word: int, max_tokens: int,
+def select_word_sense_examples(docs, tokenizer, lexicon: dict, window_words: int, max_per_word: int, max_tokens: int | None,
                                rng: np.random.Generator) -> tuple[list[Doc], int, pd.DataFrame]:
     """Labelled occurrences, at most ``max_per_word`` per word (up to half per sense when both senses have enough).
 
@@ -109,7 +109,7 @@ def select_word_sense_examples(docs, tokenizer, lexicon: dict, window_words: int
             spare -= extra
         for s, p in pools.items():
             keep.extend(p[:take[s]])
-    if len(keep) > max_tokens:
+    if max_tokens is not None and len(keep) > max_tokens:
         keep = rng.choice(keep, size=max_tokens, replace=False).tolist()
     per_doc: dict[int, list] = {}
     for k in sorted(keep):
@@ -146,7 +146,7 @@ def word_sense_targets(examples: pd.DataFrame, lexicon: dict, min_per_class: int
     docs = examples["doc_index"].to_numpy() if len(examples) else np.array([], dtype=np.int64)
     for w, entry in lexicon.items():
         names = list(_senses(entry))
-        task = f"word_sense/{w}/sense"
+        task = f"word_sense/{w}/{_label_kind(entry)}"
         rows = np.flatnonzero(words == w)
         y = (senses[rows] == names[1]).astype(np.float64)
         counts = {names[0]: int((y == 0).sum()), names[1]: int((y == 1).sum())}
@@ -155,7 +155,7 @@ def word_sense_targets(examples: pd.DataFrame, lexicon: dict, min_per_class: int
             skipped.append((task, f"{reason} ('{w}' occurrences in the probe sample: "
                                   f"{', '.join(f'{c} {s}' for s, c in counts.items())})"))
         else:
-            targets.append(Target(task, "classification", rows, y, tuple(names)))
+            targets.append(Target(task, "classification", rows, y, tuple(names), topic_control=True))
     task = "word_sense/resolved"
     if len(examples):
         resolved = examples["resolved"].to_numpy(bool)
@@ -178,8 +178,15 @@ def word_sense_targets(examples: pd.DataFrame, lexicon: dict, min_per_class: int
         how = "balanced within each word" if balance_resolved else "pooled over words"
         skipped.append((task, f"{reason} ({how}: {counts['resolved']} resolved, {counts['unresolved']} unresolved)"))
     else:
-        targets.append(Target(task, "classification", rows, y, ("unresolved", "resolved")))
+        targets.append(Target(task, "classification", rows, y, ("unresolved", "resolved"), topic_control=True))
     return targets, skipped
+
+
+def _label_kind(entry) -> str:
+    """``sense``; ``next_word`` for a word labelled only by what follows it (cue window before it 0, e.g. ``how``):
+    a causal model has not read its label yet, so probing it is next-token prediction, and it is named so."""
+    before = entry.get("window_before") if isinstance(entry, dict) else entry.window_before
+    return "next_word" if before == 0 else "sense"
 
 
 def _senses(entry) -> dict:
@@ -199,8 +206,9 @@ class WordSense(Task):
 
     def select(self, docs, tokenizer, probes_cfg, rng):
         ws = probes_cfg.word_sense
+        # bounded by max_per_word per word, not by probes.max_tokens: each sense needs its own examples
         chosen, n, table = select_word_sense_examples(docs, tokenizer, _lexicon(probes_cfg), ws.window_words, ws.max_per_word,
-                                                      probes_cfg.max_tokens, rng)
+                                                      None, rng)
         return Selection(chosen, n, {"label_counts": table.to_dict(orient="records")})
 
     def finish(self, examples):
@@ -215,10 +223,10 @@ class WordSense(Task):
         return word_sense_targets(examples, _lexicon(probes_cfg), ws.min_per_class, probes_cfg.folds, ws.balance_resolved, rng)
 
     def reads_out(self, target):
-        return target.endswith("/sense")  # word_sense/resolved is about the window, not about what the model reads
+        return target.endswith(("/sense", "/next_word"))  # word_sense/resolved is about the window, not what the model reads
 
     def panels(self, examples, targets):
-        sense_words = {t.task.split("/")[1] for t in targets if t.task.endswith("/sense")}
+        sense_words = {t.task.split("/")[1] for t in targets if t.task.endswith(("/sense", "/next_word"))}
         sense = [f"{w}:{s}" if w in sense_words else None for w, s in zip(examples["word"], examples["sense"])]
         panels = [("sense resolved by the preceding text", np.where(examples["resolved"], "resolved", "unresolved"), "categorical"),
                   ("ambiguous word", examples["word"].to_numpy(), "categorical")]
