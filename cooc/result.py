@@ -71,6 +71,17 @@ class CoocResult(SavedResult):
             self.counts_FF = symmetric(p.i, p.j, p.count.astype(np.int64), self.counter.occ_F, self.counter.d_sae)
         return self.counts_FF
 
+    def edges(self) -> np.ndarray:
+        """The co-occurrence graph's edges ``[n, 2]`` (i < j): from the loaded pairs, else read from the folder's
+        pairs.parquet (columns i, j, edge only); empty when no pairs were written (``cooc.write_pairs: none``)."""
+        pairs = self.pairs
+        if pairs is None and self.folder is not None:
+            pairs = _read_pairs(self.folder / "pairs.parquet", ["i", "j", "edge"])
+        if pairs is None or not {"i", "j", "edge"} <= set(pairs.columns):
+            return np.zeros((0, 2), dtype=np.int64)
+        e = pairs.loc[pairs["edge"].astype(bool), ["i", "j"]].to_numpy(np.int64)
+        return np.sort(e, axis=1)
+
     # ------------------------------------------------------------------ views
 
     @property

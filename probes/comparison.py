@@ -1,46 +1,37 @@
-"""Cross-validated probes of one target: a latent group against single latents, sparse probes and controls.
+"""Cross-validated probes of one target: does a latent group carry it better than comparators that are not a group?
 
-For a target (labels ``y`` on a set of task tokens) and a group of latents (size k) the arms are
+For a target (labels ``y`` on a set of task tokens) and a group of latents (size k) the arms are (docs/probes.md
+has the full table and the question each answers)
 
-==========================  ======================================================================  ==========
-arm                         features                                                                 dim
-==========================  ======================================================================  ==========
-``group_subspace``          coordinates of the residual stream in the orthonormalised span of the    k
-                            members' decoder vectors
-``group_latents``           the members' SAE activations                                             k
-``latent:<id>``             one member's SAE activation                                              1
-``best_single_latent``      the member activation with the highest univariate score, chosen on       1
-                            each training fold
-``best_single_direction``   the residual coordinate along one member's (unit) decoder vector,        1
-                            chosen on each training fold
-``ksparse``                 the k latents (of all d_sae) with the highest univariate score on each   k
-                            training fold
-``matched_latents``         activations of a random size- and firing-frequency-matched group         k
-``matched_subspace``        residual coordinates in that matched group's decoder span                 k
-``random_subspace``         residual coordinates in a Haar-random subspace of the same dimension      k
-``residual``                the full residual stream (ceiling; one per target, no group)              d_model
-``chance``                  no features: the training folds' mean label (floor; one per target)      0
-==========================  ======================================================================  ==========
+* ``group_subspace`` (residual coordinates in the members' orthonormalised decoder span) and ``group_latents``
+  (the members' activations), k dims;
+* primary comparators, k dims: ``enriched_subspace`` / ``enriched_latents`` (random groups matched member by member
+  on firing on the target's tokens and elsewhere, never holding two co-occurring latents:
+  :func:`subspaces.enrichment_matched_groups`), ``best_plus_enriched`` / ``best_latent_plus_enriched`` (the best
+  member, chosen on each training fold, plus k - 1 enriched directions / latents), ``kbest_latents`` (the k latents
+  of all d_sae with the best univariate score on each training fold) and ``ksparse`` (k latents chosen jointly by
+  orthogonal matching pursuit on each training fold);
+* exploratory comparators: ``best_single_latent`` / ``best_single_direction`` (1 dim), ``matched_latents`` /
+  ``matched_subspace`` (size- and firing-frequency-matched groups), ``random_subspace``; ``latent:<id>`` rows;
+* per target: ``residual`` (ceiling), ``chance`` (floor), the target's ``baseline:<name>`` arms and
+  ``baseline:union``, and ``neighbour_residual`` (topic control).
 
-Controls (``matched_*``, ``random_subspace``) are reported as the mean over ``n_controls`` draws.
-Every arm is a ridge regression (regression targets) or L2 logistic regression (binary targets,
-:mod:`probes.linear`) on features standardised on the training fold, fitted with the same regularisation, on the same
-document-grouped folds; metrics are computed on the pooled out-of-fold predictions. The univariate
-score used for choosing latents is the squared Pearson correlation with the target on the training
-fold (= in-fold R² of a one-feature least-squares fit; for 0/1 labels the squared point-biserial
-correlation), so the choice never sees held-out tokens.
+Every arm is a ridge regression (regression targets) or L2 logistic regression (binary targets, :mod:`probes.linear`)
+on features standardised on the training fold, its L2 strength chosen per training fold by inner CV, on the same
+document-grouped folds (a target's ``leak_key`` also keeps rows sharing a key with the test fold out of training);
+metrics are computed on the out-of-fold predictions. The univariate score used for choosing latents is the squared
+Pearson correlation with the target on the training fold, so no choice sees held-out tokens.
 
-Metrics are computed within each test fold and averaged (weighted by fold size). Intervals:
-document-level bootstrap of the out-of-fold predictions (the same replicates for every arm of a
-target, so differences are paired). Comparisons (:data:`COMPARISONS`) are one-sided paired tests
-of "the group arm is better" (:func:`stats.paired_test`, t with documents - 1 degrees of freedom).
-Only the primary metric of each target kind gets a p-value (:data:`TESTED_METRIC`: R² for
-regression, log-loss for classification); differences in the other metrics are reported with
-intervals but untested, because for rank metrics (Spearman, AUROC) the variance from fitting the
-probes dominates and a test-set bootstrap is anti-conservative (tests/test_probes_statistics.py).
-The caller corrects all p-values of a run together (Benjamini–Hochberg) and sets ``win``: a
-comparison is won when its corrected p-value is below alpha *and* the group arm also beats
-``chance`` at that level, so that two useless probes can never produce a win.
+Intervals: document-level bootstrap of the out-of-fold predictions (the same replicates for every arm of a target,
+so differences are paired). A control with draws is the mean over its draws, and each replicate takes one random
+draw's replicate, so its spread includes the variation between draws. Comparisons (:data:`COMPARISONS`) are one-sided
+paired tests of "the group arm is better" (:func:`stats.paired_test`, t with documents - 1 degrees of freedom) on the
+primary metric of each target kind (:data:`TESTED_METRIC`: R² for regression, log-loss for classification); other
+metrics get intervals only, because for rank metrics the variance from fitting dominates and a test-set bootstrap is
+anti-conservative. :func:`finalize` corrects each family (gate, primary, exploratory, task) on its own
+(Benjamini–Hochberg) and sets ``win`` (corrected p below alpha, positive, and the group arm beats chance: a
+gatekeeper); :func:`verdicts` says per (target, group, unit) whether grouping helps: wins against every primary
+comparator (:data:`GROUPING_HELPS`).
 """
 
 from __future__ import annotations
@@ -714,6 +705,8 @@ def verdicts(df):
     """
     import pandas as pd
 
+    if not {"row_type", "p_value", "arm", "task", "group_id", "win", "estimate", "p_adj"} <= set(df.columns):
+        return pd.DataFrame(columns=VERDICT_COLUMNS)
     c = df[(df["row_type"] == "comparison") & df["p_value"].notna()]
     out = []
     for (task, gid), sub in c[c["group_id"].notna()].groupby(["task", "group_id"], sort=False):
@@ -726,7 +719,8 @@ def verdicts(df):
             won = {a: bool(by_arm.loc[a, "win"]) for a in have}
             chance = f"{unit}-vs-chance"
             base = f"{unit}-vs-baseline:union"
-            out.append({"task": task, "group_id": gid, "group_size": sub["group_size"].iloc[0], "unit": unit,
+            size = sub["group_size"].iloc[0]
+            out.append({"task": task, "group_id": gid, "group_size": int(size) if pd.notna(size) else pd.NA, "unit": unit,
                         "beats_chance": bool(by_arm.loc[chance, "win"]) if chance in by_arm.index else False,
                         "grouping_helps": len(have) == len(arms) and all(won.values()),
                         "lost_to": " ".join(a.split("-vs-")[1] for a in arms if not won.get(a, False)),

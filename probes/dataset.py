@@ -32,6 +32,7 @@ from sources.corpora import pad_batch, special_ids
 from sources.errors import ConfigError
 from sources.progress import progress_bar
 from sources.sae_view import as_view, fires
+from sources.patching import read_sites
 from sources.stream import hook_activations
 
 from probes.documents import Doc, iter_probe_documents
@@ -63,6 +64,8 @@ class ProbeData:
     neighbour_acts_ND: np.ndarray | None = None
     """Per task token, the residual at the hook two positions earlier in its window (BOS when there is none): the
     topic control of word sense."""
+    late_acts_ND: np.ndarray | None = None
+    """Per task token, the activations at the task's later site (``Task.late_hook``), or None."""
     n_other: int = 0
     n_windows: int = 0
     n_window_tokens: int = 0
@@ -152,8 +155,10 @@ def build_windows(docs: list[Doc], tokenizer, prefix: int, context_len: int,
 
 
 def run_windows(family: str, windows: list[_Window], model, sae, hook: HookSpec, batch_size: int, threshold_F: np.ndarray,
-                membership_FG: sp.csr_matrix | None, group_ids: np.ndarray, progress: bool = False) -> ProbeData:
-    """Forward every window to the hook, encode with the SAE, keep the task tokens' rows and group firing counts."""
+                membership_FG: sp.csr_matrix | None, group_ids: np.ndarray, progress: bool = False,
+                late_hook: HookSpec | None = None) -> ProbeData:
+    """Forward every window to the hook (and to ``late_hook`` in the same pass, when given), encode with the SAE,
+    keep the task tokens' rows and group firing counts."""
     _, pad, _ = special_ids(model.tokenizer)
     order = sorted(range(len(windows)), key=lambda i: -len(windows[i].tokens))
     n_groups = 0 if membership_FG is None else membership_FG.shape[1]
@@ -163,6 +168,7 @@ def run_windows(family: str, windows: list[_Window], model, sae, hook: HookSpec,
     other_F = np.zeros(int(sae.W_dec.shape[0]), dtype=np.int64)
     fires_rows: list[sp.csr_matrix] = []
     nb_rows: list[np.ndarray] = []
+    late_rows: list[np.ndarray] = []
     acts_rows: list[np.ndarray] = []
     lat_rows: list[sp.csr_matrix] = []
     meta: list[dict] = []
@@ -173,7 +179,10 @@ def run_windows(family: str, windows: list[_Window], model, sae, hook: HookSpec,
     for b0 in range(0, len(order), batch_size):
         batch = [windows[i] for i in order[b0:b0 + batch_size]]
         tokens, mask = pad_batch([w.tokens for w in batch], [w.mask for w in batch], pad)
-        acts = hook_activations(model, torch.from_numpy(tokens), hook)
+        if late_hook is None:
+            acts = hook_activations(model, torch.from_numpy(tokens), hook)
+        else:
+            acts, late = read_sites(model, torch.from_numpy(tokens), [hook, late_hook], logits=False).acts
         mask_t = torch.from_numpy(mask).to(acts.device)
         b_idx, pos = (x.cpu().numpy() for x in mask_t.nonzero(as_tuple=True))
         flat = acts[mask_t]
@@ -191,6 +200,8 @@ def run_windows(family: str, windows: list[_Window], model, sae, hook: HookSpec,
         n_other += int((~is_task & ~is_ignored).sum())
         sel = np.flatnonzero(is_task)
         acts_rows.append(flat[torch.from_numpy(sel).to(flat.device)].float().cpu().numpy())
+        if late_hook is not None:
+            late_rows.append(late[mask_t][torch.from_numpy(sel).to(late.device)].float().cpu().numpy())
         nb_pos = np.maximum(pos[sel] - NEIGHBOUR_OFFSET, 0)
         nb_rows.append(acts[torch.from_numpy(b_idx[sel]).to(acts.device), torch.from_numpy(nb_pos).to(acts.device)].float().cpu().numpy())
         lat_rows.append(sp.csr_matrix(lat[torch.from_numpy(sel)].numpy()))
@@ -210,6 +221,7 @@ def run_windows(family: str, windows: list[_Window], model, sae, hook: HookSpec,
     examples = pd.DataFrame(meta)
     fires_NG = sp.vstack(fires_rows).tocsr() if fires_rows else sp.csr_matrix((len(examples), n_groups), dtype=bool)
     nb_ND = np.concatenate(nb_rows) if nb_rows else np.zeros((0, d_model), dtype=np.float32)
+    late_ND = np.concatenate(late_rows) if late_rows else None
     # rows in a stable order: by document, then token
     if len(examples):
         order_rows = np.lexsort((examples["token_index"].to_numpy(), examples["doc_index"].to_numpy()))
@@ -218,10 +230,11 @@ def run_windows(family: str, windows: list[_Window], model, sae, hook: HookSpec,
         latents_NF = latents_NF[order_rows]
         fires_NG = fires_NG[order_rows]
         nb_ND = nb_ND[order_rows]
+        late_ND = None if late_ND is None else late_ND[order_rows]
     saved = [(w.doc.doc_index, w.start, w.tokens, w.mask) for w in windows]
     return ProbeData(family, acts_ND.astype(np.float32), latents_NF.astype(np.float32), examples, np.asarray(group_ids),
-                     task_fires, other_fires, fires_NG, other_F, nb_ND.astype(np.float32), n_other, len(windows), n_tok,
-                     windows=saved)
+                     task_fires, other_fires, fires_NG, other_F, nb_ND.astype(np.float32), late_ND, n_other, len(windows),
+                     n_tok, windows=saved)
 
 
 NEIGHBOUR_OFFSET = 2
@@ -263,7 +276,8 @@ def build_probe_data(family: str, cfg, model, sae, groups: dict[str, tuple[int, 
     prefix_rng = np.random.default_rng([int(cfg.seed), _family_code(family), 11]) if pc.random_prefix else None
     windows = build_windows(chosen, model.tokenizer, pc.prefix_tokens, cfg.data.context_len, prefix_rng)
     M, ids = membership_matrix(groups, int(sae.W_dec.shape[0])) if groups else (None, np.zeros(0, dtype=object))
-    data = run_windows(family, windows, model, sae, cfg.hook, cfg.stream.batch_size, threshold_F, M, ids, progress)
+    late = task.late_hook(cfg, model)
+    data = run_windows(family, windows, model, sae, cfg.hook, cfg.stream.batch_size, threshold_F, M, ids, progress, late)
     data.n_candidate_docs = n_cand
     data.examples = task.finish(data.examples)
     if "_visible_from" in data.examples:

@@ -83,6 +83,8 @@ def run_probes(cooc: CoocResult, cfg, progress: bool = True, model=None, sae=Non
             continue
 
         targets, skipped = task.targets(data.examples, pc, target_rng(cfg.seed))
+        extra, extra_skipped = task.model_targets(data, targets, pc, cfg.seed)
+        targets, skipped = targets + extra, skipped + extra_skipped
         target_frames.append(targets_frame(family, targets))
         for name, reason in skipped:
             rows.append(skipped_row(name, reason))
@@ -155,13 +157,8 @@ def _target_enrichment(data, target, sizes) -> pd.DataFrame:
 def linked_pairs(cooc: CoocResult) -> set[tuple[int, int]]:
     """Latent pairs that co-occur: the co-occurrence graph's edges (OUT/cooc/pairs.parquet, when written) and every
     pair of members of one group. Enrichment-matched controls never hold both latents of such a pair."""
-    out: set[tuple[int, int]] = set()
-    pairs = cooc.pairs
-    if pairs is None and cooc.folder is not None and (cooc.folder / "pairs.parquet").exists():
-        pairs = pd.read_parquet(cooc.folder / "pairs.parquet", columns=["i", "j", "edge"])
-    if pairs is not None and {"i", "j", "edge"} <= set(pairs.columns):
-        e = pairs.loc[pairs["edge"].astype(bool), ["i", "j"]].to_numpy(np.int64)
-        out.update(zip(np.minimum(e[:, 0], e[:, 1]).tolist(), np.maximum(e[:, 0], e[:, 1]).tolist()))
+    e = cooc.edges()
+    out: set[tuple[int, int]] = set(zip(e[:, 0].tolist(), e[:, 1].tolist()))
     for m in cooc.members().values():
         m = sorted(m)
         out.update((a, b) for x, a in enumerate(m) for b in m[x + 1:])

@@ -281,17 +281,27 @@ def _probes_section(run: _RunFiles, figdir: Path) -> dict:
     comp["win"] = comp["win"].astype(str).str.lower() == "true"
     comp["label"] = comp["task"].str.replace("/sense", "", regex=False) + " · " + comp["group_id"].astype(str) + " · " + comp["arm"]
     comp = comp.sort_values(["task", "group_id", "arm"])
-    head = comp[comp["arm"].str.contains("best_single")]  # the question the project asks: group vs best single
+    fam = comp["family"].fillna("") if "family" in comp else pd.Series("", index=comp.index)
+    head = comp[fam == "primary"]  # the pre-specified question: does grouping beat enrichment- and budget-matched controls?
     if len(head) > 40:
         head = head.sort_values("p_adj").head(40).sort_values(["task", "group_id", "arm"])
-    png = figures.forest(head, "label", figdir / "probes_vs_best_single.png",
-                         "probes: group representation minus the best single latent / direction (tested metric)",
+    png = figures.forest(head, "label", figdir / "probes_primary.png",
+                         "probes: group minus enrichment- and budget-matched comparators (primary family, tested metric)",
                          "difference (> 0: the group's representation is better)")
-    rows = [[t, g, a, m, _fmt(e), f"[{_fmt(lo)}, {_fmt(hi)}]", _p(p), "yes" if w else "no"] for t, g, a, m, e, lo, hi, p, w in
-            zip(comp["task"], comp["group_id"], comp["arm"], comp["metric"], comp["estimate"], comp["ci_low"],
+    rows = [[t, g, f, a, m, _fmt(e), f"[{_fmt(lo)}, {_fmt(hi)}]", _p(p), "yes" if w else "no"] for t, g, f, a, m, e, lo, hi, p, w in
+            zip(comp["task"], comp["group_id"], fam, comp["arm"], comp["metric"], comp["estimate"], comp["ci_low"],
                 comp["ci_high"], comp["p_adj"], comp["win"])]
     skipped = r[r["row_type"] == "skipped"]
+    from probes.comparison import verdicts as probe_verdicts
+
+    v = probe_verdicts(r) if "family" in r else pd.DataFrame()
+    vrows = [[t, g, u, "yes" if h else "no", lost or "—", "" if pd.isna(b) else ("yes" if b else "no"), _fmt(e), _p(p)]
+             for t, g, u, h, lost, b, e, p in zip(v.get("task", []), v.get("group_id", []), v.get("unit", []),
+                                                 v.get("grouping_helps", []), v.get("lost_to", []),
+                                                 v.get("beats_baselines", []), v.get("estimate_min", []),
+                                                 v.get("p_adj_max", []))]
     return {"ran": True, "rows": rows, "figure": _png(png), "wins": int(comp["win"].sum()), "n": len(comp),
+            "verdicts": vrows, "helps": int(v["grouping_helps"].sum()) if len(v) else 0, "n_verdicts": len(v),
             "skipped": [(t, str(n)) for t, n in zip(skipped["task"], skipped["note"])][:20]}
 
 
@@ -414,8 +424,9 @@ def _summary(verdicts: dict, probes: dict, cooc: dict) -> list[str]:
         rows = dict(cooc["rows"])
         lines.append(f"Co-occurrence: {rows.get('groups', '0')} groups; {rows.get('latents in groups', '')}.")
     if probes.get("ran"):
-        lines.append(f"Probes: the group representation won {probes['wins']} of {probes['n']} corrected comparisons "
-                     "against its baselines (best single latent or direction, matched and random subspaces).")
+        lines.append(f"Probes: grouping helps (beats the enrichment- and budget-matched comparators) in {probes['helps']} of "
+                     f"{probes['n_verdicts']} (target, group, unit) verdicts; {probes['wins']} of {probes['n']} corrected "
+                     "comparisons won in all families.")
     if verdicts.get("ran"):
         counts = "; ".join(f"{v}: {n}" for v, n in verdicts["counts"].items())
         lines.append(f"Interventions: {verdicts['wins']} of {verdicts['n']} groups beat their best single latent "

@@ -243,3 +243,31 @@ def test_outside_examples_never_come_from_text_that_might_be_quoted():
     assert m[text.index('"a')] and m[text.index("very")] and not m[text.index("ok")]
     assert m[text.index("pipe")]  # after the unpaired third mark: the rest of the line is unsure
     assert not m[text.index("next")] and m[text.index("curly")] and not m[text.index(" end")]
+
+
+def test_the_uncertainty_target_is_the_entropy_of_a_cross_fitted_later_layer_sense_probe():
+    from types import SimpleNamespace
+
+    from probes.comparison import Target
+    from probes.config import ProbesConfig
+    from probes.tasks.word_sense import uncertainty_target
+
+    rng = np.random.default_rng(0)
+    n = 240
+    docs = np.repeat(np.arange(48), 5)
+    y = rng.integers(0, 2, n).astype(float)
+    clear = np.arange(n) < 120  # the later layer separates the senses on these tokens, not on the others
+    late = rng.normal(size=(n, 6))
+    late[:, 0] += np.where(clear, 6.0, 0.0) * (2 * y - 1)
+    late[:, 1] += np.where(clear, 3.0, 0.0)  # lets the probe tell the two kinds of token apart
+    data = SimpleNamespace(late_acts_ND=late, doc_N=docs)
+    targets = [Target("word_sense/bank/sense", "classification", np.arange(n), y),
+               Target("word_sense/how/next_word", "classification", np.arange(n), y)]  # not a sense: not read out
+    out, skipped = uncertainty_target(data, targets, ProbesConfig(), seed=0)
+    assert not skipped and [t.task for t in out] == ["word_sense/uncertainty"]
+    u = out[0]
+    assert u.kind == "regression" and u.topic_control and len(u.rows) == n
+    assert ((u.y >= 0) & (u.y <= 1)).all()
+    assert u.y[clear].mean() < 0.3 < 0.7 < u.y[~clear].mean()
+    none, why = uncertainty_target(SimpleNamespace(late_acts_ND=None, doc_N=docs), targets, ProbesConfig(), seed=0)
+    assert none == [] and "uncertainty_offset" in why[0][1]

@@ -147,3 +147,31 @@ def test_a_frequency_bin_too_small_for_a_matched_group_is_an_error():
     counts = np.arange(20)
     with pytest.raises(ValueError, match="use fewer bins"):
         matched_groups([0, 1], counts, n_controls=1, n_bins=10)
+
+
+def test_enrichment_matched_controls_fire_like_the_members_on_the_task_and_never_co_occur():
+    from subspaces import enrichment_matched_groups
+
+    rng = np.random.default_rng(0)
+    F = 400
+    task = rng.poisson(rng.gamma(1.0, 5.0, F))
+    other = rng.poisson(rng.gamma(1.0, 50.0, F))
+    group = [3, 17, 42, 99]
+    task[group] = [60, 55, 40, 0]  # selective members, and one that never fires on the task
+    other[group] = [5, 8, 3, 200]
+    linked = {(i, j) for i in range(F) for j in range(i + 1, F) if (i + j) % 7 == 0}  # many co-occurring pairs
+    ctrls = enrichment_matched_groups(group, task, other, 30, seed=1, linked=linked, pool=10)
+    assert len(ctrls) == 30 and len({c.latents for c in ctrls}) > 1
+    for c in ctrls:
+        assert not set(c.latents) & set(group) and len(set(c.latents)) == len(group)
+        assert not any((min(a, b), max(a, b)) in linked for a in c.latents for b in c.latents if a != b)
+    # each control is among the latents nearest its member in (log task firings, log other firings)
+    d = lambda m, j: np.hypot(np.log1p(task[j]) - np.log1p(task[m]), np.log1p(other[j]) - np.log1p(other[m]))  # noqa: E731
+    for pos, m in enumerate(group):
+        dist = np.array([d(m, j) for j in range(F) if j not in group])
+        chosen = np.array([d(m, c.latents[pos]) for c in ctrls])
+        assert (chosen <= np.quantile(dist, 0.1)).all()
+    assert enrichment_matched_groups(group, task, other, 3, seed=1, linked=linked) == \
+        enrichment_matched_groups(group, task, other, 3, seed=1, linked=linked)
+    with pytest.raises(ValueError, match="outside the group"):
+        enrichment_matched_groups(list(range(5)), task[:8], other[:8], 1)

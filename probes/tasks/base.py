@@ -58,6 +58,15 @@ class Task:
         """Targets with enough data, and ``(target, reason)`` for those without."""
         raise NotImplementedError
 
+    def late_hook(self, cfg, model):
+        """A later site whose activations :meth:`model_targets` needs (``sources.config.HookSpec``), or None."""
+        return None
+
+    def model_targets(self, data, targets: list[Target], probes_cfg, seed: int) -> tuple[list[Target], list[tuple[str, str]]]:
+        """Targets derived from the model itself (e.g. a later layer's readout), from the dataset (``data``:
+        ``probes.dataset.ProbeData``) and the text targets; default none."""
+        return [], []
+
     def reads_out(self, target: str) -> bool:
         """Whether the interventions stage reads out this target (task effects); default: every target."""
         return True

@@ -60,6 +60,9 @@ class WordSenseSpec(Section):
     """A sense (or resolved) target needs at least this many examples of each class, else it is skipped with a reason."""
     balance_resolved: bool = True
     """Resolved-vs-unresolved uses, per word, equally many of each, so word identity carries no information about it."""
+    uncertainty_offset: int | None = Field(8, ge=1)
+    """The model-based uncertainty target reads the sense at this many layers after the hook (capped at the last
+    layer): word_sense/uncertainty is the entropy of a cross-fitted sense probe there. None: no such target."""
 
     @field_validator("lexicon")
     @classmethod
@@ -182,6 +185,46 @@ def word_sense_targets(examples: pd.DataFrame, lexicon: dict, min_per_class: int
     return targets, skipped
 
 
+def uncertainty_target(data, targets, probes_cfg, seed: int) -> tuple[list[Target], list[tuple[str, str]]]:
+    """``word_sense/uncertainty``: how unsure a later layer is about the word's sense (a model-based target beside the
+    text-based ``resolved``).
+
+    For every sense target, an L2 logistic probe on the later layer's residual (``late_acts_ND``) predicts the sense
+    out of fold (document-grouped folds, strength by inner CV, as every probe arm); the target is the binary entropy
+    (bits) of that prediction, pooled over the words. A token's value comes from a probe that never saw its
+    document, so the target is not the probe's own fit.
+    """
+    from probes.comparison import fit_predict, inner_splits
+    from stats import grouped_folds
+
+    task = "word_sense/uncertainty"
+    late = getattr(data, "late_acts_ND", None)
+    if late is None:
+        return [], [(task, "no later layer read (probes.word_sense.uncertainty_offset is null, or the hook is the last layer)")]
+    rows, ys = [], []
+    docs_all = data.doc_N
+    for t in targets:
+        if not t.task.endswith("/sense"):
+            continue
+        docs = docs_all[t.rows]
+        try:
+            folds = grouped_folds(docs, probes_cfg.folds, seed, t.y)
+        except ValueError:
+            continue
+        inner = inner_splits(docs, t.y, "classification", folds, probes_cfg.inner_folds, seed)
+        p = np.clip(fit_predict(late[t.rows].astype(np.float64), t.y, folds, "classification", None,
+                                probes_cfg.regularisation, inner).pred, 1e-12, 1 - 1e-12)
+        rows.append(np.asarray(t.rows))
+        ys.append(-(p * np.log2(p) + (1 - p) * np.log2(1 - p)))
+    if not rows:
+        return [], [(task, "no word has a sense target to read out at the later layer")]
+    r, y = np.concatenate(rows), np.concatenate(ys)
+    order = np.argsort(r, kind="stable")
+    if len(np.unique(docs_all[r])) < probes_cfg.folds:
+        return [], [(task, f"only {len(np.unique(docs_all[r]))} documents for {probes_cfg.folds} folds")]
+    return [Target(task, "regression", r[order], y[order], topic_control=True)], []
+
+
 def _label_kind(entry) -> str:
     """``sense``; ``next_word`` for a word labelled only by what follows it (cue window before it 0, e.g. ``how``):
     a causal model has not read its label yet, so probing it is next-token prediction, and it is named so."""
@@ -221,6 +264,19 @@ class WordSense(Task):
     def targets(self, examples, probes_cfg, rng):
         ws = probes_cfg.word_sense
         return word_sense_targets(examples, _lexicon(probes_cfg), ws.min_per_class, probes_cfg.folds, ws.balance_resolved, rng)
+
+    def late_hook(self, cfg, model):
+        off = cfg.probes.word_sense.uncertainty_offset
+        if off is None:
+            return None
+        from sources.config import HookSpec
+
+        last = int(getattr(model, "n_layers", cfg.hook.layer + off + 1)) - 1
+        layer = min(cfg.hook.layer + off, last)
+        return HookSpec(layer=layer, site="resid_post") if layer > cfg.hook.layer else None
+
+    def model_targets(self, data, targets, probes_cfg, seed):
+        return uncertainty_target(data, targets, probes_cfg, seed)
 
     def reads_out(self, target):
         return target.endswith(("/sense", "/next_word"))  # word_sense/resolved is about the window, not what the model reads
