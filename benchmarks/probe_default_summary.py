@@ -36,12 +36,12 @@ for task, sub in arms[arms.arm == "residual"].groupby("task", sort=False):
 
 print("\n## verdicts (grouping helps = wins against every enrichment- and budget-matched comparator)\n")
 v = res.verdicts()
-print("| target | group (size) | unit | grouping helps | did not beat | beats URL baselines | smallest difference | largest p_adj |")
-print("|---|---|---|---|---|---|---|---|")
+print("| target | group (size) | unit | grouping helps | did not beat | beats URL baselines | smallest difference | p (IUT) | p_adj |")
+print("|---|---|---|---|---|---|---|---|---|")
 for x in v.itertuples():
     base = "" if str(x.beats_baselines) in ("<NA>", "nan") else ("yes" if x.beats_baselines else "no")
     print(f"| {x.task} | {x.group_id} ({x.group_size}) | {x.unit} | {'yes' if x.grouping_helps else 'no'} | {x.lost_to or '—'} | "
-          f"{base} | {x.estimate_min:+.3f} | {x.p_adj_max:.2g} |")
+          f"{base} | {x.estimate_min:+.3f} | {x.p_iut:.2g} | {x.p_adj:.2g} |")
 
 print("\n## tested comparisons (tested metric), by family\n")
 tested = r[(r.row_type == "comparison") & r.p_adj.notna()]

@@ -11,10 +11,11 @@ import errno
 import functools
 import logging
 import signal
+import os
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, NoReturn, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -154,6 +155,24 @@ def entry_point(main: Callable[[list[str] | None], Any]) -> Callable[[list[str] 
         return 0
 
     return wrapped
+
+
+def exit_process(code: int) -> NoReturn:
+    """End a ``python -m experiments.<stage>`` process with ``code``.
+
+    After Ctrl-C or SIGTERM (130, 143) the process ends through ``os._exit`` once stdout and stderr are flushed (the
+    entry point has already cleaned up): a KeyboardInterrupt that lands inside code a library runs with ``exec()`` of
+    a string (nnsight does) leaves CPython's "unhandled KeyboardInterrupt" flag set even though the entry point caught
+    it, and the interpreter would then end by re-raising SIGINT (exit status -2) instead of returning 130.
+    """
+    if code in (130, 143):
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+    sys.exit(code)
 
 
 def _os_message(exc: OSError) -> str:

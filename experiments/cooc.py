@@ -14,10 +14,9 @@ groups and writes; the result is identical to a single process (cooc.distributed
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
-from experiments.cli import build_config, entry_point, parser
+from experiments.cli import build_config, entry_point, exit_process, parser
 from experiments.config import ExperimentConfig
 from cooc.result import FORMAT_VERSION
 from experiments.run import Run
@@ -241,4 +240,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -15,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from experiments.cli import build_config, entry_point, parser
+from experiments.cli import build_config, entry_point, exit_process, parser
 from experiments.config import ExperimentConfig
 from experiments.preflight import check_inputs
 from experiments.run import PARTIAL, RECOMPUTE, Run, read_manifest
@@ -163,4 +163,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

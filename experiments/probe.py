@@ -9,10 +9,9 @@ only the run bookkeeping. See docs/probes.md.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
-from experiments.cli import build_config, entry_point, parser
+from experiments.cli import build_config, entry_point, exit_process, parser
 from experiments.config import ExperimentConfig
 from experiments.preflight import check_inputs
 from experiments.run import Run
@@ -78,4 +77,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -9,10 +9,9 @@ PCA views of each reported group) and then this.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
-from experiments.cli import ArgumentParser, entry_point
+from experiments.cli import ArgumentParser, entry_point, exit_process
 from experiments.run import RECOMPUTE, Run, lock_folder, release_locks, verify_record
 from reports.explore import FORMAT_VERSION, ExploreResult
 from sources.config import require_known_groups
@@ -121,4 +120,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -10,10 +10,9 @@ The model and SAE are loaded and checked against each other before anything is w
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
-from experiments.cli import build_config, entry_point, parser
+from experiments.cli import build_config, entry_point, exit_process, parser
 from experiments.config import ExperimentConfig
 from experiments.preflight import check_inputs
 from experiments.run import Run
@@ -65,4 +64,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -11,11 +11,10 @@ table is printed. The default config reproduces the built-in default SAE
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 
-from experiments.cli import CONFIG_DIR, build_config, entry_point, parser
+from experiments.cli import CONFIG_DIR, build_config, entry_point, exit_process, parser
 from experiments.config import ExperimentConfig
 from sources.errors import ConfigError
 
@@ -84,4 +83,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -140,6 +140,9 @@ class Target:
     baselines: dict[str, np.ndarray] = field(default_factory=dict)
     """Baseline features per row (name -> [n_rows, p]), e.g. position in the context; arms ``baseline:<name>``, and
     ``baseline:union`` (all of them) which a group must beat (:data:`BASELINE_COMPARISONS`)."""
+    clusters: np.ndarray | None = None
+    """Per row, the unit that folds keep together and the bootstrap resamples, when documents are not independent
+    (e.g. documents linked by a shared URL template); default: the document."""
     topic_control: bool = False
     """Also probe the residual at a neighbouring token of the same window (arm ``neighbour_residual``, from
     ``evaluate_target``'s ``neighbour_acts_ND``): if it reads the label as well, the label is topic, not the word."""
@@ -351,19 +354,22 @@ class TargetEvaluator:
         self.docs = np.asarray(self.docs_N)[t.rows]
         self.n = len(self.y)
         self.n_docs = int(len(np.unique(self.docs)))
+        self.units = self.docs if t.clusters is None else np.asarray(t.clusters)
+        """What folds keep together and the bootstrap resamples: documents, or the target's clusters of documents."""
+        self.n_units = int(len(np.unique(self.units)))
         s = self.settings
         self.metrics = metrics_for(t.kind)
         self.key = None if t.leak_key is None else np.asarray(t.leak_key)
-        self.folds = drop_leaks(grouped_folds(self.docs, s.folds, s.seed, self.y if t.kind == "classification" else None), self.key)
+        self.folds = drop_leaks(grouped_folds(self.units, s.folds, s.seed, self.y if t.kind == "classification" else None), self.key)
         for tr, _ in self.folds:
             if len(tr) < 2 or (t.kind == "classification" and len(np.unique(self.y[tr])) < 2):
                 raise ValueError(f"a training fold has {len(tr)} rows left after dropping rows that share a key "
                                  "(e.g. a URL template) with its test fold")
-        self.inner = inner_splits(self.docs, self.y, t.kind, self.folds, s.inner_folds, s.seed) if len(s.regularisation) > 1 else None
+        self.inner = inner_splits(self.units, self.y, t.kind, self.folds, s.inner_folds, s.seed) if len(s.regularisation) > 1 else None
         if self.inner is not None and self.key is not None:
             self.inner = [None if sp_ is None else drop_leaks(sp_, self.key[tr]) for sp_, (tr, _) in zip(self.inner, self.folds)]
         rng = np.random.default_rng([s.seed, zlib.crc32(t.task.encode())])
-        self.W_BN = cluster_bootstrap_weights(self.docs, s.n_bootstrap, rng)
+        self.W_BN = cluster_bootstrap_weights(self.units, s.n_bootstrap, rng)
         self.chance_pred = self.chance_prediction()
         self.chance = self.scores(self.chance_pred, "training folds' mean label")
 
@@ -458,7 +464,7 @@ class TargetEvaluator:
                 if b == "chance" and m != tested:
                     continue
                 c = paired_test(arms[a].est[m], arms[a].samples[m], arms[b].est[m], arms[b].samples[m],
-                                HIGHER_IS_BETTER[m], s.ci_level, n_clusters=self.n_docs)
+                                HIGHER_IS_BETTER[m], s.ci_level, n_clusters=self.n_units)
                 if m == tested:
                     p, note = c.p_value, "A-vs-B: difference A - B oriented so that > 0 means A is better; one-sided p"
                 else:
@@ -690,20 +696,25 @@ def finalize(df, alpha: float):
     return df
 
 
-VERDICT_COLUMNS = ["task", "group_id", "group_size", "unit", "beats_chance", "grouping_helps", "lost_to",
-                   "beats_baselines", "estimate_min", "p_adj_max"]
+VERDICT_COLUMNS = ["task", "group_id", "group_size", "unit", "beats_chance", "grouping_helps", "lost_to", "missing",
+                   "beats_baselines", "estimate_min", "p_iut", "p_adj"]
 
 
-def verdicts(df):
+def verdicts(df, alpha: float = 0.05):
     """Per (target, group, unit): does grouping help? From finalised results (:func:`finalize`).
 
-    ``grouping_helps``: the unit (``group_subspace`` or ``group_latents``) wins against every comparator of
-    :data:`GROUPING_HELPS` (the enrichment- and budget-matched ones), which are pre-specified as the primary family;
-    ``lost_to`` lists those it did not beat. ``beats_baselines`` (targets with baselines only): it also beats the
-    union of the baselines. ``estimate_min`` / ``p_adj_max``: the smallest difference and the largest corrected
-    p-value among the required comparisons (the intersection-union test's p-value).
+    For each unit (``group_subspace`` or ``group_latents``) the required comparisons are those of
+    :data:`GROUPING_HELPS` (the enrichment- and budget-matched comparators, pre-specified). Their intersection-union
+    p-value ``p_iut`` is the largest raw one-sided p-value among them; Benjamini–Hochberg over the verdicts of the run
+    gives ``p_adj``. ``grouping_helps``: every required comparison was tested (``missing`` lists those without a
+    p-value), every difference is positive, the unit beats chance (gate) and ``p_adj < alpha``. ``lost_to`` names the
+    comparators with a raw p-value of at least ``alpha`` or a difference of at most 0; ``estimate_min`` is the
+    smallest difference. ``beats_baselines`` (targets with baselines only): the unit's comparison with the baselines'
+    union is won.
     """
     import pandas as pd
+
+    from stats import bh_adjust
 
     if not {"row_type", "p_value", "arm", "task", "group_id", "win", "estimate", "p_adj"} <= set(df.columns):
         return pd.DataFrame(columns=VERDICT_COLUMNS)
@@ -716,15 +727,20 @@ def verdicts(df):
             have = [a for a in arms if a in by_arm.index]
             if not have:
                 continue
-            won = {a: bool(by_arm.loc[a, "win"]) for a in have}
-            chance = f"{unit}-vs-chance"
-            base = f"{unit}-vs-baseline:union"
+            p = by_arm.loc[have, "p_value"].astype(float)
+            est = by_arm.loc[have, "estimate"].astype(float)
+            chance, base = f"{unit}-vs-chance", f"{unit}-vs-baseline:union"
             size = sub["group_size"].iloc[0]
             out.append({"task": task, "group_id": gid, "group_size": int(size) if pd.notna(size) else pd.NA, "unit": unit,
                         "beats_chance": bool(by_arm.loc[chance, "win"]) if chance in by_arm.index else False,
-                        "grouping_helps": len(have) == len(arms) and all(won.values()),
-                        "lost_to": " ".join(a.split("-vs-")[1] for a in arms if not won.get(a, False)),
+                        "complete": len(have) == len(arms), "positive": bool((est > 0).all()),
+                        "lost_to": " ".join(a.split("-vs-")[1] for a in have if not (p[a] < alpha and est[a] > 0)),
+                        "missing": " ".join(a.split("-vs-")[1] for a in arms if a not in have),
                         "beats_baselines": bool(by_arm.loc[base, "win"]) if base in by_arm.index else pd.NA,
-                        "estimate_min": float(by_arm.loc[have, "estimate"].min()),
-                        "p_adj_max": float(by_arm.loc[have, "p_adj"].max())})
-    return pd.DataFrame(out, columns=VERDICT_COLUMNS)
+                        "estimate_min": float(est.min()), "p_iut": float(p.max()) if len(have) == len(arms) else np.nan})
+    v = pd.DataFrame(out)
+    if v.empty:
+        return pd.DataFrame(columns=VERDICT_COLUMNS)
+    v["p_adj"] = bh_adjust(v["p_iut"].to_numpy(np.float64))
+    v["grouping_helps"] = v["complete"] & v["positive"] & v["beats_chance"] & (v["p_adj"] < alpha).to_numpy()
+    return v[VERDICT_COLUMNS]

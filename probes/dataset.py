@@ -62,8 +62,8 @@ class ProbeData:
     other_fires_F: np.ndarray | None = None
     """Other window tokens on which each latent fires (enrichment-matched controls)."""
     neighbour_acts_ND: np.ndarray | None = None
-    """Per task token, the residual at the hook two positions earlier in its window (BOS when there is none): the
-    topic control of word sense."""
+    """Per task token, the residual at the hook two positions before its first token (``first_token_index`` of its
+    row: a word's first token) in its window (BOS when there is none): the topic control of word sense."""
     late_acts_ND: np.ndarray | None = None
     """Per task token, the activations at the task's later site (``Task.late_hook``), or None."""
     n_other: int = 0
@@ -202,7 +202,10 @@ def run_windows(family: str, windows: list[_Window], model, sae, hook: HookSpec,
         acts_rows.append(flat[torch.from_numpy(sel).to(flat.device)].float().cpu().numpy())
         if late_hook is not None:
             late_rows.append(late[mask_t][torch.from_numpy(sel).to(late.device)].float().cpu().numpy())
-        nb_pos = np.maximum(pos[sel] - NEIGHBOUR_OFFSET, 0)
+        # the topic control: two tokens before the task's first token (a word's first token; default the token itself)
+        span = np.array([(lambda r: r["token_index"] - r.get("first_token_index", r["token_index"]))(
+            batch[b_idx[j]].doc.rows[batch[b_idx[j]].task_pos[pos[j]]]) for j in sel], dtype=np.int64)
+        nb_pos = np.maximum(pos[sel] - span - NEIGHBOUR_OFFSET, 0)
         nb_rows.append(acts[torch.from_numpy(b_idx[sel]).to(acts.device), torch.from_numpy(nb_pos).to(acts.device)].float().cpu().numpy())
         lat_rows.append(sp.csr_matrix(lat[torch.from_numpy(sel)].numpy()))
         for j in sel:

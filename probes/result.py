@@ -84,7 +84,7 @@ class ProbesResult(SavedResult):
         """Per (target, group, unit): does grouping help? (:func:`probes.comparison.verdicts` of the results)."""
         from probes.comparison import verdicts
 
-        return verdicts(self.results)
+        return verdicts(self.results, float((self.summary or {}).get("alpha", 0.05)))
 
     def save(self, folder: str | Path) -> None:
         out = Path(folder)

@@ -294,12 +294,14 @@ def _probes_section(run: _RunFiles, figdir: Path) -> dict:
     skipped = r[r["row_type"] == "skipped"]
     from probes.comparison import verdicts as probe_verdicts
 
-    v = probe_verdicts(r) if "family" in r else pd.DataFrame()
+    pr = run.probes()
+    alpha = float((pr.summary or {}).get("alpha", 0.05)) if pr is not None else 0.05
+    v = probe_verdicts(r, alpha) if "family" in r else pd.DataFrame()
     vrows = [[t, g, u, "yes" if h else "no", lost or "—", "" if pd.isna(b) else ("yes" if b else "no"), _fmt(e), _p(p)]
              for t, g, u, h, lost, b, e, p in zip(v.get("task", []), v.get("group_id", []), v.get("unit", []),
                                                  v.get("grouping_helps", []), v.get("lost_to", []),
                                                  v.get("beats_baselines", []), v.get("estimate_min", []),
-                                                 v.get("p_adj_max", []))]
+                                                 v.get("p_adj", []))]
     return {"ran": True, "rows": rows, "figure": _png(png), "wins": int(comp["win"].sum()), "n": len(comp),
             "verdicts": vrows, "helps": int(v["grouping_helps"].sum()) if len(v) else 0, "n_verdicts": len(v),
             "skipped": [(t, str(n)) for t, n in zip(skipped["task"], skipped["note"])][:20]}

@@ -12,7 +12,8 @@ Enrichment-matched groups (:func:`enrichment_matched_groups`) answer "is it the 
 members fire on the task's tokens?": each member is replaced by a random non-member among the ``pool`` latents
 nearest to it in (log(1 + firings on the task tokens), log(1 + firings on the other tokens of the same text)),
 which is what the group was selected for (its enrichment on the task tokens); a draw never takes two latents that
-co-occur (an edge of the co-occurrence graph, or members of one co-occurrence group), so the control is as
+co-occur with each other or with a member (an edge of the co-occurrence graph, or members of one co-occurrence
+group), so the control is as
 task-selective as the group but is not a group.
 """
 
@@ -90,7 +91,8 @@ def enrichment_matched_groups(group, task_fires_F, other_fires_F, n_controls: in
     For member m, the candidates are the ``pool`` non-members closest to m in
     ``(log1p(task_fires), log1p(other_fires))`` (Euclidean; ties broken at random). A draw visits the members in
     random order and takes, for each, a random candidate that is not already drawn and not ``linked`` to a latent
-    already drawn (``linked``: a set of ``(i, j)`` pairs with i < j, e.g. co-occurrence edges); when every candidate
+    already drawn or to a member (``linked``: a set of ``(i, j)`` pairs with i < j, e.g. co-occurrence edges), so a
+    control can be combined with a member (the best member plus k - 1 controls) without co-occurring; when every candidate
     is excluded the next-nearest latents are tried. ``bins`` of the result hold each control's rank among its
     member's candidates (0 = nearest).
     """
@@ -124,7 +126,8 @@ def enrichment_matched_groups(group, task_fires_F, other_fires_F, n_controls: in
                 window = ranked[start:start + pool]
                 for c in rng.permutation(len(window)):
                     j = int(window[c])
-                    if j in taken or any((min(j, q), max(j, q)) in linked for q in taken):
+                    if j in taken or any((min(j, q), max(j, q)) in linked for q in taken) or \
+                            any((min(j, q), max(j, q)) in linked for q in group):
                         continue
                     pick = (j, start + int(c))
                     break

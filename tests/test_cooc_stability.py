@@ -65,3 +65,26 @@ def test_planted_groups_are_stable_and_the_columns_are_written():
     assert (mine["stability_louvain"] == 1.0).all()  # whole components: Louvain never touches them
     off = run_cooc(chunk, 420, CoocConfig(stability_replicates=0), None, progress=False, rescan=lambda: chunk)
     assert "stability" not in off.groups_table and "topology" in off.groups_table
+
+
+def test_a_group_carried_by_three_documents_is_less_stable_than_planted_groups():
+    """The stability column can fail: two latents that co-fire strongly but only inside three documents pass every
+    floor (document support 3) yet appear in a bootstrap replicate only when enough of those documents are drawn."""
+    bg = document_clustered(d_sae=300, n_docs=300, tokens_per_doc=100, seed=0)
+    pl = planted(d_sae=120, n_tokens=bg.acts_TF.shape[0], l0=1.0, n_hubs=1, n_cliques=2, n_chains=0, seed=0)
+    n = bg.acts_TF.shape[0]
+    fragile = np.zeros((n, 2), dtype=np.float32)
+    rng = np.random.default_rng(0)
+    for doc in (10, 150, 290):  # 25 shared tokens in each of three documents, nowhere else
+        rows = doc * 100 + rng.choice(100, 25, replace=False)
+        fragile[rows] = 1.0
+    acts = sp.hstack([bg.acts_TF, pl.acts_TF, sp.csr_matrix(fragile)], format="csr")
+    chunk = [FileChunk(acts, bg.docs_T)]
+    res = run_cooc(chunk, 422, CoocConfig(stability_replicates=20), None, progress=False, rescan=lambda: chunk)
+    t = res.groups_table
+    frag = t[t["latent"].isin([420, 421])].drop_duplicates("group_id")
+    assert len(frag) == 1 and set(t.loc[t["group_id"] == frag["group_id"].item(), "latent"]) == {420, 421}
+    planted_ids = {m + 300 for g in pl.groups for m in g}
+    robust = t[t["latent"].isin(planted_ids)].drop_duplicates("group_id")
+    print("fragile stability", frag["stability"].item(), "planted", robust["stability"].tolist())
+    assert frag["stability"].item() <= 0.7 < robust["stability"].min()

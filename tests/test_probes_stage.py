@@ -17,8 +17,13 @@ from probes.comparison import COLUMNS
 from sources.errors import ConfigError
 from tiny import save_cooc_standin, tiny_hf_model, tiny_tokenizer
 
+def doc_word(i: int) -> str:
+    """Letters for a document number (0 -> a, 12 -> bc): URLs of different documents have different templates."""
+    return "".join(chr(97 + int(c)) for c in str(i))
+
+
 SENTENCES = [
-    "see https://example.com/{a}/path{j}/page?x={i} for details",
+    "see https://example.com/{d}/{a}/path{j}/page?x={i} for details",  # {d}: a URL template per document
     "the bank of the river was steep and the water of the stream rose near the bank",
     "the bank lent money and the loan with credit from the bank was large",
     "a bat flew out of the cave at night",
@@ -42,7 +47,7 @@ def setup(tmp_path_factory):
     rng = random.Random(0)
     with open(root / "corpus.jsonl", "w") as f:
         for i in range(40):
-            parts = [rng.choice(SENTENCES).format(a="abc"[j % 3], j=j, i=i) for j in range(rng.randint(3, 6))]
+            parts = [rng.choice(SENTENCES).format(a="abc"[j % 3], j=j, i=i, d=doc_word(i)) for j in range(rng.randint(3, 6))]
             f.write(json.dumps({"id": f"d{i}", "text": " ".join(parts)}) + "\n")
     config = root / "config.yaml"
     config.write_text(f"""

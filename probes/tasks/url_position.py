@@ -86,13 +86,27 @@ def url_baselines(examples: pd.DataFrame) -> dict[str, np.ndarray]:
             "token": _one_hot(examples["token"].astype(str).to_numpy())}
 
 
+def template_components(docs_N: np.ndarray, templates_N: np.ndarray) -> np.ndarray:
+    """Per row, its connected component in the graph linking each document to the URL templates it holds: documents
+    sharing a template are not independent, so folds keep a component together and the bootstrap resamples
+    components (no template is then ever on both sides of a split)."""
+    import networkx as nx
+
+    g = nx.Graph()
+    for d, t in zip(docs_N.tolist(), templates_N.tolist()):
+        g.add_edge(("doc", d), ("url", t))
+    comp = {node: c for c, nodes in enumerate(sorted(nx.connected_components(g), key=min)) for node in nodes}
+    return np.array([comp[("doc", d)] for d in docs_N.tolist()], dtype=np.int64)
+
+
 def url_targets(examples: pd.DataFrame) -> tuple[list[Target], list[tuple[str, str]]]:
     rows = np.arange(len(examples))
     have = {"url_index", "window_start", "token", "url_template"} <= set(examples.columns)
     base = url_baselines(examples) if have else {}
     key = examples["url_template"].astype(str).to_numpy() if have else None
-    out = [Target(f"url_position/{name}", "regression", rows, examples[name].to_numpy(np.float64), leak_key=key, baselines=base)
-           for name in ("since_start", "since_slash")]
+    clusters = template_components(examples["doc_index"].to_numpy(), key) if have else None
+    out = [Target(f"url_position/{name}", "regression", rows, examples[name].to_numpy(np.float64), leak_key=key,
+                  baselines=base, clusters=clusters) for name in ("since_start", "since_slash")]
     return out, []
 
 

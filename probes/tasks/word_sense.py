@@ -124,11 +124,12 @@ def select_word_sense_examples(docs, tokenizer, lexicon: dict, window_words: int
         ids, spans = tokenize(tokenizer, text)
         rows = []
         at = tokens_at_chars(spans, [occ.end - 1 for occ in per_doc[di]])
-        for occ, p in zip(per_doc[di], at):
+        first = tokens_at_chars(spans, [occ.start for occ in per_doc[di]])
+        for occ, p, p0 in zip(per_doc[di], at, first):
             if p < 0:
                 continue
-            rows.append({"token_index": int(p), "word": occ.word, "sense": occ.sense, "cues": " ".join(occ.cues),
-                         "_occ": occ})
+            rows.append({"token_index": int(p), "first_token_index": int(p0) if 0 <= p0 <= p else int(p), "word": occ.word,
+                         "sense": occ.sense, "cues": " ".join(occ.cues), "_occ": occ})
         # other occurrences of lexicon words in the document are neither task nor 'other' tokens
         others = tokens_at_chars(spans, [m.end() - 1 for m in pattern.finditer(text)])
         ignore = {int(p) for p in others if p >= 0} - {r["token_index"] for r in rows}
