@@ -391,6 +391,8 @@ class Records:
     """name -> per-token drops of the targeted logit difference."""
     norm: list = field(default_factory=list)
     read: list = field(default_factory=list)
+    collateral: list = field(default_factory=list)
+    """Per token: part of the ``other`` scope (not edited, at or after its context's first edited position)."""
 
     def sums(self, n_docs: int) -> DocSums:
         cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)  # noqa: E731
@@ -401,7 +403,8 @@ class Records:
             eff[f"logit_diff:{name}"] = cat(vals)
         if self.read:
             eff["read"] = cat(self.read)
-        return doc_sums(cat(self.doc).astype(np.int64), n_docs, cat(self.target).astype(bool), eff, cat(self.norm))
+        other = cat(self.collateral).astype(bool) if self.collateral else None
+        return doc_sums(cat(self.doc).astype(np.int64), n_docs, cat(self.target).astype(bool), eff, cat(self.norm), other)
 
 
 @dataclass
@@ -419,6 +422,17 @@ class GroupEval:
     """Tokens of each evaluation context that were evaluated (the rest was cut, see choose_contexts)."""
     tasks: list = field(default_factory=list)
     """Task evaluations of the group (:class:`interventions.tasks.TaskEval`), one per probe task family it fires on."""
+
+
+def collateral_mask(edited_BL: torch.Tensor) -> torch.Tensor:
+    """Positions that count as collateral (scope ``other``) for an edit at ``edited_BL``: not edited themselves, and
+    at or after their context's first edited position. Earlier positions cannot change in a causal model (counting
+    them would dilute the collateral effect, by a different amount for each arm), and edited positions are the
+    edit's own (with steering at every position nothing is collateral, and the scope is empty)."""
+    L = edited_BL.shape[-1]
+    pos = torch.arange(L, device=edited_BL.device)
+    first = torch.where(edited_BL.any(-1), edited_BL.float().argmax(-1), torch.full(edited_BL.shape[:-1], L, device=edited_BL.device))
+    return (pos >= first.unsqueeze(-1)) & ~edited_BL
 
 
 def documents_first(ids: np.ndarray, doc_of, rng: np.random.Generator) -> np.ndarray:
@@ -532,13 +546,19 @@ def evaluate_group(model: LoadedModel, sae, hook: HookSpec, plan: Plan, contexts
         b_idx, t_idx = ch.extra["at"]
         rec = records[(arm.name, arm.mode, arm.alpha)]
         rec.doc.append(ch.extra["doc_T"])
-        rec.target.append(ev.target(arm, ch)[b_idx, t_idx].cpu().numpy())
+        target_BL = ev.target(arm, ch)
+        rec.target.append(target_BL[b_idx, t_idx].cpu().numpy())
         rec.ce.append(out["dce"][i][b_idx, t_idx].cpu().numpy())
         rec.kl.append(out["kl"][i][b_idx, t_idx].cpu().numpy())
         rec.margin.append(out["margin"][i][b_idx, t_idx].cpu().numpy())
         for n, v in out["ld"].items():
             rec.logit_diffs.setdefault(n, []).append(v[i][b_idx, t_idx].cpu().numpy())
-        rec.norm.append(d.norm(dim=-1)[b_idx, t_idx].cpu().numpy())
+        norm_BL = d.norm(dim=-1)
+        rec.norm.append(norm_BL[b_idx, t_idx].cpu().numpy())
+        edited_BL = target_BL | (norm_BL > 0)  # where the arm edits (an exactly-zero edit still has its positions)
+        if arm.kind in ("steer", "steer_random") and icfg.steering.positions == "all":
+            edited_BL = edited_BL | ch.content
+        rec.collateral.append(collateral_mask(edited_BL)[b_idx, t_idx].cpu().numpy())
         read = out["read"]
         if read is not None:
             change = (read[i] - ch.clean_read).norm(dim=-1) / ch.clean_read.norm(dim=-1).clamp_min(1e-12)

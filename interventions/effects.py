@@ -4,7 +4,8 @@ Unit of resampling: the **document**. Tokens of one document are not independent
 position changes later predictions of the same context), so every estimate is computed from
 per-document sums and every interval resamples whole documents.
 
-For an arm and a scope (``fires``: the arm's target tokens, ``other``: every other scored token)
+For an arm and a scope (``fires``: the arm's target tokens, ``other``: the collateral tokens, i.e. scored tokens that
+the arm does not edit, at or after their context's first edited position)
 the per-document sums are ``n`` (scored tokens), ``ce`` / ``kl`` / ``read`` (summed per-token effects)
 and ``norm`` (summed edit norm ``||delta_t||`` over the target tokens). Statistics:
 
@@ -81,17 +82,19 @@ class DocSums:
 
 
 def doc_sums(doc_T: np.ndarray, n_docs: int, target_T: np.ndarray, effects: dict[str, np.ndarray],
-             norm_T: np.ndarray | None = None) -> DocSums:
+             norm_T: np.ndarray | None = None, other_T: np.ndarray | None = None) -> DocSums:
     """Per-document sums from per-token data of the scored tokens.
 
     ``doc_T``: document index (0..n_docs-1) of every scored token; ``target_T``: whether it is one of
     the arm's target tokens (scope ``fires``); ``effects``: per-token values (``ce``, ``kl``, ``read``);
-    ``norm_T``: the edit norm at the token.
+    ``norm_T``: the edit norm at the token; ``other_T``: the tokens of scope ``other`` (default: every token that is
+    not a target; the interventions stage passes :func:`interventions.arms.collateral_mask`'s tokens).
     """
     doc_T = np.asarray(doc_T, dtype=np.int64)
     target_T = np.asarray(target_T, dtype=bool)
+    other_T = ~target_T if other_T is None else np.asarray(other_T, dtype=bool) & ~target_T
     out = {}
-    for scope, sel in (("fires", target_T), ("other", ~target_T)):
+    for scope, sel in (("fires", target_T), ("other", other_T)):
         d = doc_T[sel]
         out[("n", scope)] = np.bincount(d, minlength=n_docs).astype(np.float64)
         for name, vals in effects.items():

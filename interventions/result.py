@@ -20,8 +20,9 @@ import pandas as pd
 
 from sources.files import SavedResult, atomic_path, read_tables, read_versioned, write_json
 
-FORMAT_VERSION = 1
-"""Version of the files' layout; :meth:`InterventionsResult.load` refuses another (the stage key includes it)."""
+FORMAT_VERSION = 2
+"""Version of the files' layout; :meth:`InterventionsResult.load` refuses another (the stage key includes it).
+2: the ``other`` scope holds only unedited tokens at or after each context's first edited position."""
 HINT = "rerun python -m experiments.interventions (or python -m experiments.steer) with the same --out and --fresh"
 TABLES = ("effects.csv", "arms.csv", "verdicts.csv")
 

@@ -189,7 +189,10 @@ def test_effects_match_an_independent_pytorch_computation_and_outputs_are_tidy(m
     assert {"group", "best_single", "random_groups", "random_directions", "steer:pc1", "steer:random"} <= set(eff["arm"])
     # steering with alpha = 0 changes nothing
     zero = eff[(eff["arm"] == "steer:pc1") & (eff["alpha"] == 0.0) & (eff["comparator"] == "clean")]
-    assert np.allclose(zero["estimate"], 0.0, atol=1e-6)
+    assert np.allclose(zero.loc[zero["scope"] == "fires", "estimate"], 0.0, atol=1e-6)
+    # steering at every position leaves no collateral token: its `other` scope is empty, never reported as a number
+    steer_other = eff[eff["arm"].str.startswith("steer") & (eff["scope"] == "other") & (eff["comparator"] == "clean")]
+    assert len(steer_other) and steer_other["estimate"].isna().all()
 
     # independent recomputation of the group's mean KL where it fires: plain transformers forward + torch hook
     ge = res.evals[0]
@@ -580,3 +583,22 @@ def test_resample_effects_do_not_depend_on_how_contexts_and_arms_are_batched(mod
         est.append(eff[sel].set_index(["arm", "effect"])["estimate"].sort_index())
     assert len(est[0]) > 5
     np.testing.assert_allclose(est[0].to_numpy(), est[1].to_numpy(), rtol=1e-4, atol=1e-7)
+
+
+def test_collateral_is_the_unedited_tokens_from_each_contexts_first_edit_on():
+    import torch
+
+    from interventions.arms import collateral_mask
+    from interventions.effects import doc_sums
+
+    edited = torch.tensor([[0, 0, 1, 0, 1, 0],   # edits at 2 and 4
+                           [0, 0, 0, 0, 0, 0],   # never edited: nothing is collateral
+                           [1, 1, 1, 1, 1, 1],   # steered everywhere: nothing is collateral
+                           [1, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    want = [[i > 2 and i != 4 for i in range(6)], [False] * 6, [False] * 6, [i > 0 for i in range(6)]]
+    assert collateral_mask(edited).tolist() == want
+    doc = np.array([0, 0, 1, 1])
+    target = np.array([True, False, False, False])
+    s = doc_sums(doc, 2, target, {"kl": np.array([1.0, 2.0, 3.0, 4.0])}, other_T=np.array([True, True, False, True]))
+    assert s.get("n", "other").tolist() == [1.0, 1.0] and s.get("kl", "other").tolist() == [2.0, 4.0]  # targets never
+    assert s.get("kl", "fires").tolist() == [1.0, 0.0]
