@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from interventions.arms import Chunk, Evaluator, Plan, arm_batching, documents_first, fires_any, run_arms
+from interventions.arms import Chunk, Evaluator, Plan, arm_batching, collateral_mask, documents_first, fires_any, run_arms
 from interventions.forward import clean_hook_and_read, multi_arm_read
 from interventions.effects import doc_sums
 from probes.dataset import window_tokens
@@ -442,7 +442,7 @@ def evaluate_task(model: LoadedModel, hook: HookSpec, plan: Plan, td: TaskData, 
     doc_ids = {td.windows[i].doc_index: td.windows[i].doc_id for i in chosen}
     per_fwd, cb = arm_batching(len(arms), len(chosen), ev.icfg.batch_size)
     readouts = td.readouts
-    rec = {t: {(a.name, a.mode, a.alpha): {"doc": [], "target": [], "eff": [], "norm": []} for a in arms} for t in readouts}
+    rec = {t: {(a.name, a.mode, a.alpha): {"doc": [], "target": [], "collateral": [], "eff": [], "norm": []} for a in arms} for t in readouts}
     gi = torch.as_tensor(plan.group.members)
     n_tok = n_fires = 0
     bar = progress_bar(total=math.ceil(len(chosen) / cb) * math.ceil(len(arms) / per_fwd),
@@ -489,10 +489,15 @@ def evaluate_task(model: LoadedModel, hook: HookSpec, plan: Plan, td: TaskData, 
     def record(ch, i, arm, d, edited):
         tgt = ev.target(arm, ch)
         norm = d.norm(dim=-1)
+        edited_BL = tgt | (norm > 0)  # the other scope: unedited task tokens from the window's first edit on
+        if arm.kind in ("steer", "steer_random") and ev.icfg.steering.positions == "all":
+            edited_BL = edited_BL | ch.content
+        coll = collateral_mask(edited_BL)
         for t, (b_, p_, r_, clean) in ch.extra["at"].items():
             r = rec[t][(arm.name, arm.mode, arm.alpha)]
             r["doc"].append(ch.docs[b_.numpy()])
             r["target"].append(tgt[b_, p_].cpu().numpy())
+            r["collateral"].append(coll[b_, p_].cpu().numpy())
             r["norm"].append(norm[b_, p_].cpu().numpy())
             if i in edited:
                 r["eff"].append(readouts[t].loss(edited[i][b_, p_].cpu().numpy(), r_) - clean)
@@ -508,6 +513,7 @@ def evaluate_task(model: LoadedModel, hook: HookSpec, plan: Plan, td: TaskData, 
         if not any(len(v["doc"]) for v in per_arm.values()):
             continue
         sums[t] = {k: doc_sums(cat(v["doc"]).astype(np.int64), n_docs, cat(v["target"]).astype(bool),
-                               {effect_name(t): cat(v["eff"])}, cat(v["norm"])) for k, v in per_arm.items()}
+                               {effect_name(t): cat(v["eff"])}, cat(v["norm"]), cat(v["collateral"]).astype(bool))
+                   for k, v in per_arm.items()}
     return TaskEval(td.family, n_docs, [doc_ids[d] for d in doc_keys], len(chosen), n_tok, n_fires, sums, list(chosen))
 

@@ -162,7 +162,8 @@ def test_a_planted_group_whose_ablation_destroys_the_probed_information_has_a_cl
     # steering along the alpha grid reads the task too; alpha = 0 changes nothing
     st = eff[(eff["mode"] == "steer") & (eff["effect"] == name) & (eff["comparator"] == "clean")]
     assert set(st["alpha"]) == {0.0, 2.0}
-    assert (st.loc[st["alpha"] == 0.0, "estimate"] == 0.0).all()
+    assert (st.loc[(st["alpha"] == 0.0) & (st["scope"] == "fires"), "estimate"] == 0.0).all()
+    assert st.loc[st["scope"] == "other", "estimate"].isna().all()  # steered at every position: no collateral token
     ev = res.effect_verdicts
     assert ((ev["effect"] == name) & (ev["kind"] == "task")).any()
     assert "task_beats_best_single_on" in res.verdicts.columns
