@@ -264,7 +264,8 @@ def run_interventions(session: Session, groups: list[GroupSpec], icfg: Intervent
         arms += done["arms"]
         if done["eval"] is not None:
             evals.append(done["eval"])
-    effects = adjust_run(pd.DataFrame(rows, columns=[c for c in EFFECTS_COLUMNS if c != "p_adj"]).assign(p_adj=np.nan))
+    effects = adjust_run(pd.DataFrame(rows, columns=[c for c in EFFECTS_COLUMNS if c not in ("p_adj", "family")]).assign(p_adj=np.nan),
+                         icfg.modes[0], icfg.primary_effect)
     verdicts = verdicts_frame(effects, infos, icfg.modes[0], icfg.primary_effect, icfg.alpha, icfg.min_docs)
     return InterventionsResult(effects, verdicts, pd.DataFrame(arms, columns=ARMS_COLUMNS),
                                effect_verdicts_frame(effects, icfg.alpha, icfg.min_docs),

@@ -20,9 +20,10 @@ import pandas as pd
 
 from sources.files import SavedResult, atomic_path, read_tables, read_versioned, write_json
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Version of the files' layout; :meth:`InterventionsResult.load` refuses another (the stage key includes it).
-2: the ``other`` scope holds only unedited tokens at or after each context's first edited position."""
+2: the ``other`` scope holds only unedited tokens at or after each context's first edited position. 3: effects.csv's
+``family`` column (BH within primary, secondary and arm-vs-clean rows)."""
 HINT = "rerun python -m experiments.interventions (or python -m experiments.steer) with the same --out and --fresh"
 TABLES = ("effects.csv", "arms.csv", "verdicts.csv")
 

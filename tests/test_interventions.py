@@ -314,8 +314,28 @@ def _run_of_groups(evals, icfg, rng):
         r, info = group_rows(ge, icfg, rng, rng)
         rows += r
         infos.append(info)
-    eff = adjust_run(pd.DataFrame(rows).assign(p_adj=np.nan))
+    eff = adjust_run(pd.DataFrame(rows).assign(p_adj=np.nan), "zero", icfg.primary_effect)
     return eff, verdicts_frame(eff, infos, "zero", icfg.primary_effect, icfg.alpha, icfg.min_docs)
+
+
+def test_the_primary_comparisons_are_corrected_apart_from_the_secondary_and_the_vs_clean_rows():
+    from stats import bh_adjust
+
+    rng = np.random.default_rng(1)
+    icfg = InterventionsConfig(modes=["zero"], n_controls=2, n_boot=200, steering={"enabled": False}, min_docs=5)
+    evals = [_synthetic_group(rng, 1.0 if i < 2 else 0.0, icfg.n_boot) for i in range(4)]
+    eff, _ = _run_of_groups(evals, icfg, rng)
+    prim = eff[eff["family"] == "primary"]
+    assert len(prim) == 4 * 3  # per group: vs best single, random groups, random directions
+    assert (prim["arm"] == "group").all() and (prim["effect"] == icfg.primary_effect).all() and (prim["scope"] == "fires").all()
+    assert set(eff["family"]) == {"primary", "secondary", "vs_clean"}
+    assert (eff.loc[eff["comparator"] == "clean", "family"] == "vs_clean").all()
+    for fam, sub in eff.groupby("family"):
+        np.testing.assert_allclose(sub["p_adj"].to_numpy(), bh_adjust(sub["p_value"].to_numpy()), equal_nan=True)
+    # one family over everything (the old rule) would give the primary rows larger corrected p-values
+    pooled = bh_adjust(eff.loc[eff["comparator"] != "clean", "p_value"].to_numpy())
+    pooled_prim = pooled[(eff.loc[eff["comparator"] != "clean", "family"] == "primary").to_numpy()]
+    assert (prim["p_adj"].to_numpy() <= pooled_prim + 1e-12).all()
 
 
 def test_on_null_data_verdicts_show_wins_no_more_often_than_the_nominal_error_rate():
