@@ -28,7 +28,9 @@ for r in v.itertuples():
           f"{r.better_unit_on if isinstance(r.better_unit_on, str) and r.better_unit_on else '—'} |")
 effects = pd.read_csv(out / "interventions" / "effects.csv", dtype={"group_id": str})
 cmp = effects[effects["comparator"] != "clean"]
-print(f"\ncomparisons in the run's BH family (rows of effects.csv against a comparator): {len(cmp)}, of which "
+fam = cmp["family"] if "family" in cmp else pd.Series("secondary", index=cmp.index)
+sizes = ", ".join(f"{f} {int((fam == f).sum())}" for f in ("primary", "secondary") if (fam == f).any())
+print(f"\ncomparisons (rows of effects.csv against a comparator): {len(cmp)} ({sizes}; BH within each family), of which "
       f"{int(cmp['p_value'].isna().sum())} have no p-value; better-unit effect verdicts: {int(ev['better_unit'].sum())}")
 print("\nTask effects (zero ablation; readout loss increase: R² drop, or drop of log p(correct sense)):")
 print("| group | task | docs | tokens | group | best single | group − best single [CI], p_adj | vs random groups | "
