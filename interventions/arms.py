@@ -344,6 +344,17 @@ class Evaluator:
             return fires_any(ch.f[..., gi], self.thr[gi]) & ch.content
         return ch.group_fires
 
+    def edit_positions(self, arm: Arm, ch: Chunk) -> torch.Tensor:
+        """Where the arm edits: steering at the positions ``steering.positions`` names, every other arm at its targets."""
+        if arm.kind in ("steer", "steer_random"):
+            return ch.content if self.icfg.steering.positions == "all" else ch.group_fires
+        return self.target(arm, ch)
+
+    def collateral(self, arm: Arm, ch: Chunk, delta: torch.Tensor) -> torch.Tensor:
+        """The arm's collateral tokens (scope ``other``; :func:`collateral_mask`): its edit positions, and wherever its
+        delta is non-zero, count as edited (an exactly-zero edit keeps its positions)."""
+        return collateral_mask(self.edit_positions(arm, ch) | (delta.norm(dim=-1) > 0))
+
     def delta(self, arm: Arm, ch: Chunk) -> torch.Tensor:
         key = (arm.name, arm.mode, arm.alpha)
         if key in ch.cache:
@@ -353,8 +364,7 @@ class Evaluator:
             ref = self.delta(Arm("group", "group", arm.mode, arm.latents, basis=self._group_basis(arm, ch), seed=arm.seed), ch)
             d = E.norm_matched_delta(ref, arm.vector)
         elif arm.kind in ("steer", "steer_random"):
-            where = ch.content if self.icfg.steering.positions == "all" else ch.group_fires
-            d = E.steer_delta(ch.x, arm.vector, arm.alpha * arm.scale, where)
+            d = E.steer_delta(ch.x, arm.vector, arm.alpha * arm.scale, self.edit_positions(arm, ch))
         else:  # an ablation: its mode's entry of the table says how
             d = MODES[arm.mode].delta(self, arm, ch, pos)
         ch.cache[key] = d
@@ -546,19 +556,14 @@ def evaluate_group(model: LoadedModel, sae, hook: HookSpec, plan: Plan, contexts
         b_idx, t_idx = ch.extra["at"]
         rec = records[(arm.name, arm.mode, arm.alpha)]
         rec.doc.append(ch.extra["doc_T"])
-        target_BL = ev.target(arm, ch)
-        rec.target.append(target_BL[b_idx, t_idx].cpu().numpy())
+        rec.target.append(ev.target(arm, ch)[b_idx, t_idx].cpu().numpy())
         rec.ce.append(out["dce"][i][b_idx, t_idx].cpu().numpy())
         rec.kl.append(out["kl"][i][b_idx, t_idx].cpu().numpy())
         rec.margin.append(out["margin"][i][b_idx, t_idx].cpu().numpy())
         for n, v in out["ld"].items():
             rec.logit_diffs.setdefault(n, []).append(v[i][b_idx, t_idx].cpu().numpy())
-        norm_BL = d.norm(dim=-1)
-        rec.norm.append(norm_BL[b_idx, t_idx].cpu().numpy())
-        edited_BL = target_BL | (norm_BL > 0)  # where the arm edits (an exactly-zero edit still has its positions)
-        if arm.kind in ("steer", "steer_random") and icfg.steering.positions == "all":
-            edited_BL = edited_BL | ch.content
-        rec.collateral.append(collateral_mask(edited_BL)[b_idx, t_idx].cpu().numpy())
+        rec.norm.append(d.norm(dim=-1)[b_idx, t_idx].cpu().numpy())
+        rec.collateral.append(ev.collateral(arm, ch, d)[b_idx, t_idx].cpu().numpy())
         read = out["read"]
         if read is not None:
             change = (read[i] - ch.clean_read).norm(dim=-1) / ch.clean_read.norm(dim=-1).clamp_min(1e-12)

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from interventions.arms import Chunk, Evaluator, Plan, arm_batching, collateral_mask, documents_first, fires_any, run_arms
+from interventions.arms import Chunk, Evaluator, Plan, arm_batching, documents_first, fires_any, run_arms
 from interventions.forward import clean_hook_and_read, multi_arm_read
 from interventions.effects import doc_sums
 from probes.dataset import window_tokens
@@ -489,10 +489,7 @@ def evaluate_task(model: LoadedModel, hook: HookSpec, plan: Plan, td: TaskData, 
     def record(ch, i, arm, d, edited):
         tgt = ev.target(arm, ch)
         norm = d.norm(dim=-1)
-        edited_BL = tgt | (norm > 0)  # the other scope: unedited task tokens from the window's first edit on
-        if arm.kind in ("steer", "steer_random") and ev.icfg.steering.positions == "all":
-            edited_BL = edited_BL | ch.content
-        coll = collateral_mask(edited_BL)
+        coll = ev.collateral(arm, ch, d)  # the other scope: unedited task tokens from the window's first edit on
         for t, (b_, p_, r_, clean) in ch.extra["at"].items():
             r = rec[t][(arm.name, arm.mode, arm.alpha)]
             r["doc"].append(ch.docs[b_.numpy()])

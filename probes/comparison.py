@@ -18,8 +18,8 @@ has the full table and the question each answers)
 
 Every arm is a ridge regression (regression targets) or L2 logistic regression (binary targets, :mod:`probes.linear`)
 on features standardised on the training fold, its L2 strength chosen per training fold by inner CV, on the same
-document-grouped folds (a target's ``leak_key`` also keeps rows sharing a key with the test fold out of training);
-metrics are computed on the out-of-fold predictions. The univariate score used for choosing latents is the squared
+document-grouped folds (or folds grouped by a target's ``clusters`` of linked documents); metrics are computed on the
+out-of-fold predictions. The univariate score used for choosing latents is the squared
 Pearson correlation with the target on the training fold, so no choice sees held-out tokens.
 
 Intervals: document-level bootstrap of the out-of-fold predictions (the same replicates for every arm of a target,
@@ -36,6 +36,7 @@ comparator (:data:`GROUPING_HELPS`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 import zlib
@@ -46,6 +47,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from probes.linear import logistic_path, ridge_path
+from sources.sae_view import fires
 from stats import HIGHER_IS_BETTER, cluster_bootstrap_weights, grouped_folds, metrics_for, paired_test, percentile_ci, r2, score
 from subspaces import Subspace, enrichment_matched_groups, frequency_bins, matched_groups, random_subspaces
 
@@ -134,9 +136,6 @@ class Target:
     y: np.ndarray
     classes: tuple[str, ...] = ()
     """Class names for y = 0, 1."""
-    leak_key: np.ndarray | None = None
-    """Per row, a key (e.g. a URL's template) that must not be seen in training when a row with it is tested: each
-    training fold drops its rows whose key occurs in the test fold (folds stay grouped by document)."""
     baselines: dict[str, np.ndarray] = field(default_factory=dict)
     """Baseline features per row (name -> [n_rows, p]), e.g. position in the context; arms ``baseline:<name>``, and
     ``baseline:union`` (all of them) which a group must beat (:data:`BASELINE_COMPARISONS`)."""
@@ -214,9 +213,6 @@ def choose_strength(X: np.ndarray, y: np.ndarray, splits, kind: str, strengths) 
     strengths = sorted(float(a) for a in strengths)
     if len(strengths) == 1:
         return strengths[0]
-    if not splits:
-        return strengths[len(strengths) // 2]
-    splits = [(tr, te) for tr, te in splits if len(tr) >= 2 and len(te)]  # a split can lose its training rows to leaks
     if not splits:
         return strengths[len(strengths) // 2]
     loss = np.zeros(len(strengths))
@@ -308,17 +304,6 @@ def matching_pursuit(k: int, screen: int = 256):
     return choose
 
 
-def drop_leaks(folds, key) -> list:
-    """``folds`` with each training fold's rows dropped whose ``key`` occurs in its test fold (None: unchanged)."""
-    if key is None:
-        return folds
-    key = np.asarray(key)
-    out = []
-    for tr, te in folds:
-        out.append((tr[~np.isin(key[tr], np.unique(key[te]))], te))
-    return out
-
-
 # --- evaluation of one target ---------------------------------------------------------------------
 
 
@@ -359,15 +344,8 @@ class TargetEvaluator:
         self.n_units = int(len(np.unique(self.units)))
         s = self.settings
         self.metrics = metrics_for(t.kind)
-        self.key = None if t.leak_key is None else np.asarray(t.leak_key)
-        self.folds = drop_leaks(grouped_folds(self.units, s.folds, s.seed, self.y if t.kind == "classification" else None), self.key)
-        for tr, _ in self.folds:
-            if len(tr) < 2 or (t.kind == "classification" and len(np.unique(self.y[tr])) < 2):
-                raise ValueError(f"a training fold has {len(tr)} rows left after dropping rows that share a key "
-                                 "(e.g. a URL template) with its test fold")
+        self.folds = grouped_folds(self.units, s.folds, s.seed, self.y if t.kind == "classification" else None)
         self.inner = inner_splits(self.units, self.y, t.kind, self.folds, s.inner_folds, s.seed) if len(s.regularisation) > 1 else None
-        if self.inner is not None and self.key is not None:
-            self.inner = [None if sp_ is None else drop_leaks(sp_, self.key[tr]) for sp_, (tr, _) in zip(self.inner, self.folds)]
         rng = np.random.default_rng([s.seed, zlib.crc32(t.task.encode())])
         self.W_BN = cluster_bootstrap_weights(self.units, s.n_bootstrap, rng)
         self.chance_pred = self.chance_prediction()
@@ -427,7 +405,7 @@ class TargetEvaluator:
         fit = self.arm(self.acts)
         self.residual = self.scores(fit.pred, _note(f"full residual stream, {self.acts.shape[1]} dims", fit))
         rows = self.rows_for("residual", self.residual, None, None) + self.rows_for("chance", self.chance, None, None)
-        for name, sc in self.baselines().items():
+        for name, sc in self.baselines.items():
             rows += self.rows_for(name, sc, None, None)
         t = self.target
         if t.topic_control and self.neighbour_acts_ND is not None:
@@ -438,20 +416,19 @@ class TargetEvaluator:
             rows += self.comparison_rows(arms, TASK_COMPARISONS, None, None)
         return rows
 
+    @functools.cached_property
     def baselines(self) -> dict[str, ArmScores]:
-        """``baseline:<name>`` for each of the target's baselines, and ``baseline:union`` (all together); cached."""
-        if getattr(self, "_baselines", None) is None:
-            out = {}
-            b = self.target.baselines
-            for name, X in b.items():
-                fit = self.arm(np.asarray(X, dtype=np.float64))
-                out[f"baseline:{name}"] = self.scores(fit.pred, _note(f"{np.shape(X)[1]} features", fit))
-            if b:
-                X = np.hstack([np.asarray(v, dtype=np.float64) for v in b.values()])
-                fit = self.arm(X)
-                out["baseline:union"] = self.scores(fit.pred, _note(f"union of {', '.join(b)}: {X.shape[1]} features", fit))
-            self._baselines = out
-        return self._baselines
+        """``baseline:<name>`` for each of the target's baselines, and ``baseline:union`` (all together)."""
+        out = {}
+        b = self.target.baselines
+        for name, X in b.items():
+            fit = self.arm(np.asarray(X, dtype=np.float64))
+            out[f"baseline:{name}"] = self.scores(fit.pred, _note(f"{np.shape(X)[1]} features", fit))
+        if b:
+            X = np.hstack([np.asarray(v, dtype=np.float64) for v in b.values()])
+            fit = self.arm(X)
+            out["baseline:union"] = self.scores(fit.pred, _note(f"union of {', '.join(b)}: {X.shape[1]} features", fit))
+        return out
 
     def comparison_rows(self, arms: dict[str, ArmScores], comparisons, group_id, k) -> list[dict]:
         s = self.settings
@@ -555,7 +532,7 @@ class TargetEvaluator:
         arms["chance"] = self.chance
         comps = list(COMPARISONS)
         if self.target.baselines:
-            arms.update(self.baselines())
+            arms.update(self.baselines)
             comps += BASELINE_COMPARISONS
         return rows + self.comparison_rows(arms, comps, group_id, k)
 
@@ -641,10 +618,7 @@ def evaluate_target(target: Target, acts_ND, latents_NF, docs_N, groups: dict, W
     """
     with threadpool_limits(limits=1, user_api="blas"):
         lat = sp.csr_matrix(latents_NF)[np.asarray(target.rows)]
-        thr = 0.0 if threshold_F is None else np.asarray(threshold_F, dtype=np.float64)
-        fired = lat.copy()
-        fired.data = (fired.data > (thr if np.isscalar(thr) else thr[fired.indices])).astype(np.float64)
-        task_fires = np.asarray(fired.sum(0)).ravel()
+        task_fires = np.asarray(fires(lat, 0.0 if threshold_F is None else threshold_F).sum(0)).ravel()
         pools = ControlPools(np.asarray(counts_F), task_fires, np.asarray(counts_F if other_fires_F is None else other_fires_F),
                              set() if linked is None else linked, frequency_bins(counts_F, settings.n_freq_bins))
         return _evaluate_target(target, acts_ND, latents_NF, docs_N, groups, W_dec_FD, pools, settings, ceiling, neighbour_acts_ND)

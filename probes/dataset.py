@@ -53,8 +53,6 @@ class ProbeData:
     examples: pd.DataFrame
     """One row per task token: doc_index, doc_id, token_index, char_start, char_end, token and task fields."""
     group_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
-    task_fires_G: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    """Task tokens on which any member of group g fires."""
     other_fires_G: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     """Other (non-task) window tokens on which any member of group g fires."""
     fires_NG: sp.csr_matrix | None = None
@@ -162,7 +160,6 @@ def run_windows(family: str, windows: list[_Window], model, sae, hook: HookSpec,
     _, pad, _ = special_ids(model.tokenizer)
     order = sorted(range(len(windows)), key=lambda i: -len(windows[i].tokens))
     n_groups = 0 if membership_FG is None else membership_FG.shape[1]
-    task_fires = np.zeros(n_groups, dtype=np.int64)
     other_fires = np.zeros(n_groups, dtype=np.int64)
     n_other = 0
     other_F = np.zeros(int(sae.W_dec.shape[0]), dtype=np.int64)
@@ -194,23 +191,21 @@ def run_windows(family: str, windows: list[_Window], model, sae, hook: HookSpec,
         other_F += fired[~is_task & ~is_ignored].sum(0)
         if n_groups:
             any_G = (sp.csr_matrix(fired.astype(np.float32)) @ membership_FG).toarray() > 0
-            task_fires += any_G[is_task].sum(0)
             other_fires += any_G[~is_task & ~is_ignored].sum(0)
             fires_rows.append(sp.csr_matrix(any_G[is_task]))
         n_other += int((~is_task & ~is_ignored).sum())
         sel = np.flatnonzero(is_task)
+        rows_sel = [batch[b_idx[j]].doc.rows[batch[b_idx[j]].task_pos[pos[j]]] for j in sel]
         acts_rows.append(flat[torch.from_numpy(sel).to(flat.device)].float().cpu().numpy())
         if late_hook is not None:
             late_rows.append(late[mask_t][torch.from_numpy(sel).to(late.device)].float().cpu().numpy())
         # the topic control: two tokens before the task's first token (a word's first token; default the token itself)
-        span = np.array([(lambda r: r["token_index"] - r.get("first_token_index", r["token_index"]))(
-            batch[b_idx[j]].doc.rows[batch[b_idx[j]].task_pos[pos[j]]]) for j in sel], dtype=np.int64)
+        span = np.array([r["token_index"] - r.get("first_token_index", r["token_index"]) for r in rows_sel], dtype=np.int64)
         nb_pos = np.maximum(pos[sel] - span - NEIGHBOUR_OFFSET, 0)
         nb_rows.append(acts[torch.from_numpy(b_idx[sel]).to(acts.device), torch.from_numpy(nb_pos).to(acts.device)].float().cpu().numpy())
         lat_rows.append(sp.csr_matrix(lat[torch.from_numpy(sel)].numpy()))
-        for j in sel:
+        for j, r in zip(sel, rows_sel):
             w = batch[b_idx[j]]
-            r = w.doc.rows[w.task_pos[pos[j]]]
             tok_id = int(w.tokens[pos[j]])
             meta.append({"doc_index": w.doc.doc_index, "doc_id": w.doc.doc_id, "char_start": int(w.doc.spans[r["token_index"], 0]),
                          "char_end": int(w.doc.spans[r["token_index"], 1]), "token": model.tokenizer.decode([tok_id]),
@@ -236,12 +231,13 @@ def run_windows(family: str, windows: list[_Window], model, sae, hook: HookSpec,
         late_ND = None if late_ND is None else late_ND[order_rows]
     saved = [(w.doc.doc_index, w.start, w.tokens, w.mask) for w in windows]
     return ProbeData(family, acts_ND.astype(np.float32), latents_NF.astype(np.float32), examples, np.asarray(group_ids),
-                     task_fires, other_fires, fires_NG, other_F, nb_ND.astype(np.float32), late_ND, n_other, len(windows),
-                     n_tok, windows=saved)
+                     other_fires_G=other_fires, fires_NG=fires_NG, other_fires_F=other_F,
+                     neighbour_acts_ND=nb_ND.astype(np.float32), late_acts_ND=late_ND, n_other=n_other,
+                     n_windows=len(windows), n_window_tokens=n_tok, windows=saved)
 
 
 NEIGHBOUR_OFFSET = 2
-"""The topic control reads the residual this many positions before a task token."""
+"""The topic control reads the residual this many positions before a task token's first token."""
 
 
 def membership_matrix(groups: dict[str, tuple[int, ...]], d_sae: int) -> tuple[sp.csr_matrix, np.ndarray]:

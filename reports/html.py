@@ -292,11 +292,8 @@ def _probes_section(run: _RunFiles, figdir: Path) -> dict:
             zip(comp["task"], comp["group_id"], fam, comp["arm"], comp["metric"], comp["estimate"], comp["ci_low"],
                 comp["ci_high"], comp["p_adj"], comp["win"])]
     skipped = r[r["row_type"] == "skipped"]
-    from probes.comparison import verdicts as probe_verdicts
-
     pr = run.probes()
-    alpha = float((pr.summary or {}).get("alpha", 0.05)) if pr is not None else 0.05
-    v = probe_verdicts(r, alpha) if "family" in r else pd.DataFrame()
+    v = pr.verdicts() if pr is not None else pd.DataFrame()
     vrows = [[t, g, u, "yes" if h else "no", lost or "—", "" if pd.isna(b) else ("yes" if b else "no"), _fmt(e), _p(p)]
              for t, g, u, h, lost, b, e, p in zip(v.get("task", []), v.get("group_id", []), v.get("unit", []),
                                                  v.get("grouping_helps", []), v.get("lost_to", []),

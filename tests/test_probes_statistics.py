@@ -11,7 +11,7 @@ from sklearn.model_selection import cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from probes.comparison import (COLUMNS, Settings, Target, choose_strength, drop_leaks, evaluate_target, finalize, fit_predict,
+from probes.comparison import (COLUMNS, Settings, Target, choose_strength, evaluate_target, finalize, fit_predict,
                                inner_splits, univariate_scores, verdicts)
 from probes.linear import logistic_fit, logistic_path, ridge_fit, ridge_path
 from stats import grouped_folds
@@ -209,11 +209,15 @@ def test_shuffled_labels_give_no_more_wins_than_the_nominal_error_rate(kind, rep
 
 def equal_signal(seed, unit, n_docs=30, per_doc=12):
     """The label lives in one member alone: along its decoder direction (``unit`` group_subspace) or in its activation
-    (group_latents); the group's other members add nothing to it."""
+    (group_latents); the group's other members add nothing to it. Text is clustered: documents differ in how strongly
+    every latent fires and in a document-level offset of the label."""
     acts, A, W, _, docs, counts, group, _ = planted(seed=seed, n_docs=n_docs, per_doc=per_doc)
     rng = np.random.default_rng(seed + 1)
+    A = A * rng.lognormal(0.0, 0.5, n_docs)[docs][:, None]
+    acts = A @ W + 0.05 * rng.normal(size=acts.shape)
     signal = acts @ W[group[0]] if unit == "group_subspace" else A[:, group[0]]
-    y = signal + rng.normal(scale=signal.std(), size=len(signal))  # R² about 0.5 for the one member
+    noise = 0.7 * signal.std()  # R² about 0.5 for the one member
+    y = signal + rng.normal(scale=noise, size=len(signal)) + rng.normal(scale=noise, size=n_docs)[docs]
     return acts, A, W, y, docs, counts, group
 
 
@@ -254,9 +258,55 @@ def test_a_label_spread_over_the_group_subspace_is_a_grouping_win():
     assert not latents["grouping_helps"] and "kbest_latents" in f"{latents['lost_to']} {latents['missing']}"
 
 
-def test_rows_sharing_a_leak_key_with_the_test_fold_never_train():
-    folds = [(np.array([0, 1, 2, 3]), np.array([4, 5])), (np.array([2, 3, 4, 5]), np.array([0, 1]))]
-    key = np.array(["a", "b", "c", "x", "x", "y"])
-    out = drop_leaks(folds, key)
-    assert out[0][0].tolist() == [0, 1, 2] and out[1][0].tolist() == [2, 3, 4, 5]
-    assert drop_leaks(folds, None) is folds
+def test_url_folds_never_put_one_url_template_on_both_sides_of_a_split():
+    """The URL targets' folds and bootstrap units are the components of documents linked by shared URL templates, so
+    no template (the same URL up to digits and query) is ever trained on and tested in one split."""
+    from probes.tasks.url_position import template_components, url_template, url_targets
+
+    assert url_template("https://a.org/v1/items/123?x=4#f") == url_template("https://a.org/v1/items/9/") == "https://a.org/v0/items/0"
+    rng = np.random.default_rng(0)
+    docs = np.repeat(np.arange(60), 4)
+    pairs = rng.integers(0, 70, (60, 2))  # two templates per document, shared across documents at random
+    templates = np.array([f"https://t{pairs[d, i % 2]}.org/p" for i, d in enumerate(docs)])
+    comp = template_components(docs, templates)
+    for d in np.unique(docs):  # a document lies in one component
+        assert len(np.unique(comp[docs == d])) == 1
+    n_comp = len(np.unique(comp))
+    assert 1 < n_comp < 60  # templates did link documents
+    ex = pd.DataFrame({"doc_index": docs, "url_template": templates, "url_index": np.arange(len(docs)) % 4,
+                       "window_start": 0, "token_index": np.arange(len(docs)) % 9 + 1, "token": "x",
+                       "since_start": np.arange(len(docs)) % 7, "since_slash": np.arange(len(docs)) % 3})
+    t = url_targets(ex)[0][0]
+    assert np.array_equal(t.clusters, comp) and set(t.baselines) == {"position", "url_index", "token"}
+    for tr, te in grouped_folds(t.clusters, min(5, n_comp), 0):
+        assert not set(templates[tr]) & set(templates[te])
+    # folds grouped by document alone would train and test on the same templates
+    assert any(set(templates[tr]) & set(templates[te]) for tr, te in grouped_folds(docs, 5, 0))
+
+
+def test_a_verdict_is_the_intersection_union_test_of_its_comparators_corrected_over_verdicts():
+    from probes.comparison import GROUPING_HELPS
+    from stats import bh_adjust
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for g in range(6):
+        for unit, needed in GROUPING_HELPS.items():
+            rows.append({"task": "t", "group_id": f"g{g}", "arm": f"{unit}-vs-chance", "row_type": "comparison",
+                         "p_value": 1e-6, "estimate": 0.3, "family": "gate", "group_size": 3})
+            for b in needed:
+                rows.append({"task": "t", "group_id": f"g{g}", "arm": f"{unit}-vs-{b}", "row_type": "comparison",
+                             "p_value": float(rng.uniform(0, 0.04 if g < 3 else 1)), "estimate": 0.1,
+                             "family": "primary", "group_size": 3})
+    df = pd.DataFrame(rows)
+    for c in COLUMNS:
+        if c not in df:
+            df[c] = np.nan if c not in ("note",) else ""
+    df = finalize(df[COLUMNS].copy(), 0.05)
+    v = verdicts(df, 0.05)
+    assert len(v) == 12
+    for r in v.itertuples():
+        raw = df[(df["group_id"] == r.group_id) & df["arm"].str.startswith(f"{r.unit}-vs-") & (df["family"] == "primary")]
+        assert r.p_iut == raw["p_value"].max()
+    np.testing.assert_allclose(v["p_adj"], bh_adjust(v["p_iut"].to_numpy()))
+    assert (v["grouping_helps"] == (v["p_adj"] < 0.05)).all()  # every gate passes and every difference is positive

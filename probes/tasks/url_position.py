@@ -103,10 +103,10 @@ def url_targets(examples: pd.DataFrame) -> tuple[list[Target], list[tuple[str, s
     rows = np.arange(len(examples))
     have = {"url_index", "window_start", "token", "url_template"} <= set(examples.columns)
     base = url_baselines(examples) if have else {}
-    key = examples["url_template"].astype(str).to_numpy() if have else None
-    clusters = template_components(examples["doc_index"].to_numpy(), key) if have else None
-    out = [Target(f"url_position/{name}", "regression", rows, examples[name].to_numpy(np.float64), leak_key=key,
-                  baselines=base, clusters=clusters) for name in ("since_start", "since_slash")]
+    clusters = template_components(examples["doc_index"].to_numpy(), examples["url_template"].astype(str).to_numpy()) \
+        if have else None
+    out = [Target(f"url_position/{name}", "regression", rows, examples[name].to_numpy(np.float64), baselines=base,
+                  clusters=clusters) for name in ("since_start", "since_slash")]
     return out, []
 
 
