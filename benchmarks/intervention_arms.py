@@ -11,10 +11,13 @@ times, alternating within each repeat so that machine load hits all alike:
 * ``plain A·B``: the same for the A·B rows (what batching the arms costs without nnsight and edits);
 * ``arms``: ``multi_arm_logits`` with A arms, each adding a precomputed SAE-latent ablation delta
   (zeroing 6 latents of the default SAE, as ``interventions.arms`` precomputes it) at the hook;
-* ``+ effects``: ``arms`` plus ``token_effects`` (ΔCE and KL per position, what each arm is scored on).
+* ``+ effects``: ``arms`` plus ``token_effects`` (ΔCE and KL per position, what each arm is scored on);
+* ``started``: ``multi_arm_logits`` with ``x_BLD`` (the clean activations at the hook, as the stage passes them with
+  ``interventions.start_at_hook: true``): the blocks before the hook are skipped (nnsight ``Envoy.skip``).
 
 Ratios: per-arm cost = arms / A / plain (goal <= 1.2x), the same with effects, and the nnsight+edit
-overhead = arms / plain A·B. Deltas are computed once per arm outside the timed region; their cost is
+overhead = arms / plain A·B; the started path per arm / plain and started / arms (the saving of skipping the
+blocks before the hook; its maximum logit difference from the full path is printed too). Deltas are computed once per arm outside the timed region; their cost is
 printed separately (one SAE encode of the clean activations per chunk, shared by the arms).
 """
 
@@ -62,8 +65,9 @@ def main() -> None:
           f"{hook.site}, contexts of {args.context_len} tokens; each arm zeroes {args.latents} SAE latents; "
           f"best of {args.repeats} repeats")
     print("| arms x contexts | plain fwd s | plain fwd of A·B rows s | arms fwd s | arms + effects s | delta s (all arms) | "
-          "per arm / plain | per arm incl. effects / plain | arms / plain A·B |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "per arm / plain | per arm incl. effects / plain | arms / plain A·B | started fwd s | started per arm / plain | "
+          "started / arms | max logit diff |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     with torch.no_grad():
         model.hf(tokens_all[:1].to(model.device))  # warm-up
         for A, B in layouts:
@@ -77,7 +81,7 @@ def main() -> None:
             fns = [(lambda z, d=d: z + d.to(z.dtype)) for d in deltas]
             clean_lp = next_token_logprobs(model.hf(tokens).logits)
             big = tokens.repeat(A, 1)
-            best = {k: float("inf") for k in ("plain", "plain_big", "arms", "effects")}
+            best = {k: float("inf") for k in ("plain", "plain_big", "arms", "effects", "started")}
             for _ in range(args.repeats):
                 t0 = time.perf_counter()
                 model.hf(tokens)
@@ -89,12 +93,18 @@ def main() -> None:
                 logits, _ = multi_arm_logits(model, hook, tokens, fns)
                 token_effects(clean_lp, logits, tokens)
                 t4 = time.perf_counter()
-                del logits
-                for k, v in (("plain", t1 - t0), ("plain_big", t2 - t1), ("arms", t3 - t2), ("effects", t4 - t3)):
+                started, _ = multi_arm_logits(model, hook, tokens, fns, x_BLD=x)
+                t5 = time.perf_counter()
+                diff = float((started - logits).abs().max())
+                del logits, started
+                for k, v in (("plain", t1 - t0), ("plain_big", t2 - t1), ("arms", t3 - t2), ("effects", t4 - t3),
+                             ("started", t5 - t4)):
                     best[k] = min(best[k], v)
             print(f"| {A}x{B} | {best['plain']:.3f} | {best['plain_big']:.3f} | {best['arms']:.3f} | "
                   f"{best['effects']:.3f} | {t_delta:.3f} | {best['arms'] / A / best['plain']:.2f}x | "
-                  f"{best['effects'] / A / best['plain']:.2f}x | {best['arms'] / best['plain_big']:.2f}x |", flush=True)
+                  f"{best['effects'] / A / best['plain']:.2f}x | {best['arms'] / best['plain_big']:.2f}x | "
+                  f"{best['started']:.3f} | {best['started'] / A / best['plain']:.2f}x | "
+                  f"{best['started'] / best['arms']:.2f}x | {diff:.1e} |", flush=True)
 
 
 if __name__ == "__main__":

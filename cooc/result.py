@@ -71,6 +71,17 @@ class CoocResult(SavedResult):
             self.counts_FF = symmetric(p.i, p.j, p.count.astype(np.int64), self.counter.occ_F, self.counter.d_sae)
         return self.counts_FF
 
+    def linked_pairs(self) -> set[tuple[int, int]]:
+        """Latent pairs that co-occur: the co-occurrence graph's edges (:meth:`edges`) and every pair of members of one
+        group. Matched controls (probes' enrichment-matched groups, interventions' co-firing latents) never hold both
+        latents of such a pair."""
+        e = self.edges()
+        out: set[tuple[int, int]] = set(zip(e[:, 0].tolist(), e[:, 1].tolist()))
+        for m in self.members().values():
+            m = sorted(m)
+            out.update((a, b) for x, a in enumerate(m) for b in m[x + 1:])
+        return out
+
     def edges(self) -> np.ndarray:
         """The co-occurrence graph's edges ``[n, 2]`` (i < j): from the loaded pairs, else read from the folder's
         pairs.parquet (columns i, j, edge only); empty when no pairs were written (``cooc.write_pairs: none``)."""

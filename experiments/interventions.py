@@ -106,7 +106,7 @@ def interventions_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, 
     with run.stage(STAGE, key, copies=("verdicts.csv",)) as folder:  # OUT/verdicts.csv, recorded with the stage
         checkpoints = _checkpoint_folder(folder, key, fresh=force)
         result = run_interventions(session, groups, icfg, session.view(cfg.cooc.threshold, cfg.cooc.use_sae_threshold).threshold_F,
-                                   occ_F=cooc.occ_F,
+                                   occ_F=cooc.occ_F, linked=cooc.linked_pairs(),
                                    seed=cfg.seed, progress=progress, task_data=task_data, checkpoints=checkpoints)
         result.save(folder)
     return run.out / STAGE

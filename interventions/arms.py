@@ -5,10 +5,15 @@ The pipeline for a group ``G`` with members ``m_1..m_k``:
 1. :func:`scan_pool` reads the (cached) activation stream once for all groups: firing counts and mean
    firing activations of every latent, the mean residual, and the contexts where each group fires
    (any member active), plus the members' activations there (for the steering directions).
-2. :func:`plan_arms` lists the arms of each mode: the whole group, each of the ``max_members`` members
-   writing the most norm, ``n_controls`` random latent groups matched on size and firing frequency
-   (:func:`subspaces.matched_groups`) and ``n_controls`` random directions norm-matched to the group's edit;
-   and the steering arms (each direction and the random directions, at every alpha).
+2. :func:`plan_arms` lists the arms of each mode: the whole group; every member (or the ``max_members`` writing
+   the most norm); ``n_splits`` random splits of the members into complementary halves (the non-additivity
+   test); and ``n_controls`` draws of each matched control (:data:`interventions.effects.CONTROLS` says what each
+   controls for): co-firing latents (non-members firing at the group's tokens, matched member by member on firing
+   there and elsewhere, :func:`subspaces.enrichment_matched_groups`), random spans of the group's dimension
+   rescaled to its removed norm, random directions norm-matched to the group's edit (all three at the group's
+   tokens), and random latent groups matched on size and firing frequency at their own tokens
+   (:func:`subspaces.matched_groups`); and the steering arms (each direction and the random directions, at every
+   alpha).
 3. :func:`evaluate_group` runs clean passes and batched multi-arm passes over the group's evaluation
    contexts and reduces per-token effects to per-document sums (:mod:`interventions.effects`).
 """
@@ -71,6 +76,9 @@ class Pool:
     """group id -> {context index: position of the group's last firing token in that context}."""
     group_acts: dict[str, list[np.ndarray]] = field(default_factory=dict)
     """Members' activations [n, k] at tokens where the group fires (at most ``max_rows`` rows)."""
+    group_cofire: dict[str, np.ndarray] = field(default_factory=dict)
+    """group id -> firing counts [F] of every latent at the tokens where the group fires (the co-firing control's
+    matching variable)."""
     sample_latents_SF: sp.csr_matrix | None = None
     """Latents of every content token of the pool (only when a mode needs ``pool_latents``: resample)."""
     sample_doc_S: np.ndarray | None = None
@@ -101,6 +109,7 @@ def scan_pool(model: LoadedModel, sae, data: DataSpec, hook: HookSpec, stream: S
     for g in groups:
         pool.group_contexts[g.group_id] = {}
         pool.group_acts[g.group_id] = []
+        pool.group_cofire[g.group_id] = np.zeros(F)
     rows_kept = {g.group_id: 0 for g in groups}
     sample_rows: list[sp.csr_matrix] = []
     sample_docs: list[int] = []
@@ -126,6 +135,7 @@ def scan_pool(model: LoadedModel, sae, data: DataSpec, hook: HookSpec, stream: S
             fg = fire[:, gi].any(-1)
             if not fg.any():
                 continue
+            pool.group_cofire[g.group_id] += fire[fg].sum(0).double().numpy()
             last = torch.full((len(contexts),), -1, dtype=torch.long)
             last.scatter_reduce_(0, b_idx[fg], pos[fg], reduce="amax")
             for b in torch.nonzero(last >= 0).flatten().tolist():
@@ -157,9 +167,10 @@ def scan_pool(model: LoadedModel, sae, data: DataSpec, hook: HookSpec, stream: S
 @dataclass
 class Arm:
     name: str
-    """group | member:<latent> | random_group:<r> | random_direction:<r> | steer:<direction> | steer:random:<r>"""
+    """group | member:<latent> | half:<s>a / half:<s>b | cofiring:<r> | random_span:<r> | random_direction:<r> |
+    random_group:<r> | steer:<direction> | steer:random:<r>"""
     kind: str
-    """group, member, random_group, random_direction, steer, steer_random"""
+    """group, member, half, cofiring, random_span, random_direction, random_group, steer, steer_random"""
     mode: str
     """An ablation mode, or steer."""
     latents: tuple[int, ...] = ()
@@ -188,6 +199,12 @@ class Plan:
     group_norm: float
     control_bins: int = 10
     """Firing-frequency bins the random control groups were matched on."""
+    cofiring_groups: list[tuple[int, ...]] = field(default_factory=list)
+    """The co-firing control draws (non-members firing at the group's tokens)."""
+    halves: list[tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    """Random splits of the members into complementary halves."""
+    n_draws: int = 0
+    """Draws of each matched control (random spans and directions included)."""
 
 
 def _unit(v: torch.Tensor) -> torch.Tensor:
@@ -225,15 +242,44 @@ def steering_directions(group: GroupSpec, pool: Pool, W_eff: torch.Tensor, which
     return out, group_norm
 
 
+def cofiring_groups(group: GroupSpec, pool: Pool, n: int, rng: np.random.Generator, linked=None) -> list[tuple[int, ...]]:
+    """``n`` draws of the co-firing control: for each member, a non-member that fires at the group's tokens, among the
+    20 such latents nearest to it in (log firings at the group's tokens, log firings elsewhere in the pool), no two
+    drawn latents (nor a drawn latent and a member) ``linked`` by co-occurrence
+    (:func:`subspaces.enrichment_matched_groups`). Such latents fire where the group fires, about as often as its
+    members do, without forming a group with them."""
+    from subspaces import enrichment_matched_groups
+
+    at = pool.group_cofire.get(group.group_id)
+    if at is None:
+        at = np.zeros_like(pool.count_F)
+    other = np.clip(pool.count_F - at, 0, None)
+    return [tuple(c.latents) for c in enrichment_matched_groups(group.members, at, other, n, seed=rng, linked=linked,
+                                                                 eligible_F=at > 0)]
+
+
+def member_halves(members: tuple[int, ...], n: int, rng: np.random.Generator) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """``n`` random splits of ``members`` into complementary halves (sizes floor(k/2) and ceil(k/2))."""
+    if len(members) < 2:
+        return []
+    out = []
+    for _ in range(n):
+        perm = rng.permutation(len(members))
+        h = len(members) // 2
+        out.append((tuple(int(members[i]) for i in sorted(perm[:h])), tuple(int(members[i]) for i in sorted(perm[h:]))))
+    return out
+
+
 def plan_arms(group: GroupSpec, pool: Pool, W_eff: torch.Tensor, occ_F: np.ndarray, icfg: InterventionsConfig,
-              rng: np.random.Generator, arm_seed: int | None = None) -> Plan:
-    """Every arm of the group's comparisons (see the module docstring); ``arm_seed`` seeds the arms' own draws."""
-    from subspaces import matched_groups
+              rng: np.random.Generator, arm_seed: int | None = None, linked=None) -> Plan:
+    """Every arm of the group's comparisons (see the module docstring); ``arm_seed`` seeds the arms' own draws;
+    ``linked``: latent pairs that co-occur (``CoocResult.linked_pairs``), never both in a co-firing control."""
+    from subspaces import Subspace, matched_groups
 
     members = list(group.members)
     written = pool.mean_act_F[members] * pool.count_F[members] * W_eff[members].norm(dim=-1).cpu().numpy()
     order = np.argsort(-written, kind="stable")
-    tested = tuple(int(members[i]) for i in order[: icfg.max_members])
+    tested = tuple(int(members[i]) for i in order[: icfg.max_members or len(members)])
     controls, n_bins = None, 0
     for n_bins in (10, 5, 3, 2, 1):  # as fine a frequency match as the SAE's width allows
         try:
@@ -249,6 +295,15 @@ def plan_arms(group: GroupSpec, pool: Pool, W_eff: torch.Tensor, occ_F: np.ndarr
     random_groups = [tuple(c.latents) for c in controls]
     d_model = W_eff.shape[1]
     directions = [E.random_unit_vector(d_model, rng) for _ in range(icfg.n_controls)]
+    try:
+        cofiring = cofiring_groups(group, pool, icfg.n_controls, rng, linked)
+    except ValueError as exc:
+        log.warning("group %s: no co-firing control (%s)", group.group_id, exc)
+        cofiring = []
+    halves = member_halves(group.members, icfg.n_splits, rng)
+    dim = min(len(members), d_model)
+    spans = [torch.from_numpy(Subspace.random(d_model, dim, rng).basis_DK).float().to(W_eff.device)
+             for _ in range(icfg.n_controls)]
 
     arms: list[Arm] = []
     for mode in icfg.modes:
@@ -259,10 +314,16 @@ def plan_arms(group: GroupSpec, pool: Pool, W_eff: torch.Tensor, occ_F: np.ndarr
 
         arms.append(Arm("group", "group", mode, tuple(members), basis=basis(members), seed=arm_seed))
         arms += [Arm(f"member:{m}", "member", mode, (m,), basis=basis([m]), seed=arm_seed) for m in tested]
-        arms += [Arm(f"random_group:{r}", "random_group", mode, rg, basis=basis(rg), seed=arm_seed)
-                 for r, rg in enumerate(random_groups)]
+        for s_, (a, b) in enumerate(halves):
+            arms += [Arm(f"half:{s_}a", "half", mode, a, basis=basis(a), seed=arm_seed),
+                     Arm(f"half:{s_}b", "half", mode, b, basis=basis(b), seed=arm_seed)]
+        arms += [Arm(f"cofiring:{r}", "cofiring", mode, cg, basis=basis(cg), seed=arm_seed) for r, cg in enumerate(cofiring)]
+        arms += [Arm(f"random_span:{r}", "random_span", mode, tuple(members), basis=B, seed=arm_seed)
+                 for r, B in enumerate(spans)]
         arms += [Arm(f"random_direction:{r}", "random_direction", mode, tuple(members), vector=u, seed=arm_seed)
                  for r, u in enumerate(directions)]
+        arms += [Arm(f"random_group:{r}", "random_group", mode, rg, basis=basis(rg), seed=arm_seed)
+                 for r, rg in enumerate(random_groups)]
     steer_dirs, group_norm = {}, 0.0
     st = icfg.steering
     if st.enabled:
@@ -274,7 +335,7 @@ def plan_arms(group: GroupSpec, pool: Pool, W_eff: torch.Tensor, occ_F: np.ndarr
                      for d, v in steer_dirs.items()]
             arms += [Arm(f"steer:random:{r}", "steer_random", "steer", (), alpha=a, scale=unit, vector=u)
                      for r, u in enumerate(rand)]
-    return Plan(group, arms, tested, random_groups, steer_dirs, group_norm, n_bins)
+    return Plan(group, arms, tested, random_groups, steer_dirs, group_norm, n_bins, cofiring, halves, icfg.n_controls)
 
 
 # ----------------------------------------------------------------------------------- evaluation
@@ -360,9 +421,10 @@ class Evaluator:
         if key in ch.cache:
             return ch.cache[key]
         pos = self.target(arm, ch)
-        if arm.kind == "random_direction":
+        if arm.kind in ("random_direction", "random_span"):
             ref = self.delta(Arm("group", "group", arm.mode, arm.latents, basis=self._group_basis(arm, ch), seed=arm.seed), ch)
-            d = E.norm_matched_delta(ref, arm.vector)
+            d = (E.norm_matched_delta(ref, arm.vector) if arm.kind == "random_direction"
+                 else E.norm_matched_span_delta(ref, ch.x, arm.basis))
         elif arm.kind in ("steer", "steer_random"):
             d = E.steer_delta(ch.x, arm.vector, arm.alpha * arm.scale, self.edit_positions(arm, ch))
         else:  # an ablation: its mode's entry of the table says how
@@ -493,17 +555,27 @@ def run_arms(chunks, arms: list[Arm], ev: "Evaluator", forward, record, bar, kil
     """The multi-arm loop shared by model effects (:func:`evaluate_group`) and task effects
     (:func:`interventions.tasks.evaluate_task`): for every clean :class:`Chunk`, the arms in slices of
     ``ev.icfg.batch_size`` (:func:`arm_batching`), each slice's deltas in one ``forward(ch, deltas)`` pass, and
-    ``record(ch, i, arm, delta, out)`` per arm of the slice. ``chunks`` yields the chunks (built lazily, one clean
-    pass each); their delta caches are cleared once all arms have run."""
+    ``record(ch, i, arm, delta, out)`` per arm of the slice. An arm whose delta is exactly zero on the whole chunk
+    (a latent that never fires there, alpha 0) is not run: it changes nothing, so ``record`` gets ``out=None`` and
+    records exact zeros. ``chunks`` yields the chunks (built lazily, one clean pass each); their delta caches are
+    cleared once all arms have run. ``bar`` counts arm-chunks."""
     per_fwd, _ = arm_batching(len(arms), 1, ev.icfg.batch_size)
     for ch in chunks:
-        for a0 in range(0, len(arms), per_fwd):
-            sub = arms[a0:a0 + per_fwd]
+        live = []
+        for a in arms:
+            d = ev.delta(a, ch)
+            if bool(d.any()):
+                live.append(a)
+            else:
+                record(ch, None, a, d, None)
+        bar.update(len(arms) - len(live))
+        for a0 in range(0, len(live), per_fwd):
+            sub = live[a0:a0 + per_fwd]
             deltas = [ev.delta(a, ch) for a in sub]
             out = forward(ch, deltas)
             for i, (arm, d) in enumerate(zip(sub, deltas)):
                 record(ch, i, arm, d, out)
-            bar.update(1)
+            bar.update(len(sub))
             if kill_name is not None:
                 kill_point(kill_name)
         ch.cache.clear()
@@ -526,9 +598,8 @@ def evaluate_group(model: LoadedModel, sae, hook: HookSpec, plan: Plan, contexts
     arms = plan.arms
     records = {(a.name, a.mode, a.alpha): Records() for a in arms}
     per_fwd, cb = arm_batching(len(arms), len(contexts), icfg.batch_size)
-    n_fwd = math.ceil(len(contexts) / cb) * math.ceil(len(arms) / per_fwd)
-    bar = progress_bar(total=n_fwd, desc=f"interventions {plan.group.group_id}", unit="fwd", progress=progress,
-                       mininterval=2.0)
+    bar = progress_bar(total=math.ceil(len(contexts) / cb) * len(arms), desc=f"interventions {plan.group.group_id}",
+                       unit="arm", progress=progress, mininterval=2.0)
     n_fires = 0
 
     def chunks():
@@ -545,7 +616,8 @@ def evaluate_group(model: LoadedModel, sae, hook: HookSpec, plan: Plan, contexts
 
     def forward(ch, deltas):
         fns = [(lambda x, d=d: x + d.to(x.dtype)) for d in deltas]
-        logits, read = multi_arm_logits(model, hook, ch.tokens, fns, icfg.read_layer)
+        logits, read = multi_arm_logits(model, hook, ch.tokens, fns, icfg.read_layer,
+                                        x_BLD=ch.x if icfg.start_at_hook else None)
         dce_A, kl_A = token_effects(ch.clean_lp, logits, ch.tokens)
         out = {"dce": dce_A, "kl": kl_A, "margin": margin_drop(ch.clean_pair, logits), "read": read,
                "ld": {n: ch.clean_ld[n] - logit_diff(logits, t, fo) for n, (t, fo) in ev.logit_ids.items()}}
@@ -557,13 +629,22 @@ def evaluate_group(model: LoadedModel, sae, hook: HookSpec, plan: Plan, contexts
         rec = records[(arm.name, arm.mode, arm.alpha)]
         rec.doc.append(ch.extra["doc_T"])
         rec.target.append(ev.target(arm, ch)[b_idx, t_idx].cpu().numpy())
+        rec.norm.append(d.norm(dim=-1)[b_idx, t_idx].cpu().numpy())
+        rec.collateral.append(ev.collateral(arm, ch, d)[b_idx, t_idx].cpu().numpy())
+        if out is None:  # the arm changes nothing on this chunk: every effect is exactly 0
+            zero = np.zeros(len(b_idx))
+            for lst in (rec.ce, rec.kl, rec.margin):
+                lst.append(zero)
+            for n in ev.logit_ids:
+                rec.logit_diffs.setdefault(n, []).append(zero)
+            if icfg.read_layer is not None:
+                rec.read.append(zero)
+            return
         rec.ce.append(out["dce"][i][b_idx, t_idx].cpu().numpy())
         rec.kl.append(out["kl"][i][b_idx, t_idx].cpu().numpy())
         rec.margin.append(out["margin"][i][b_idx, t_idx].cpu().numpy())
         for n, v in out["ld"].items():
             rec.logit_diffs.setdefault(n, []).append(v[i][b_idx, t_idx].cpu().numpy())
-        rec.norm.append(d.norm(dim=-1)[b_idx, t_idx].cpu().numpy())
-        rec.collateral.append(ev.collateral(arm, ch, d)[b_idx, t_idx].cpu().numpy())
         read = out["read"]
         if read is not None:
             change = (read[i] - ch.clean_read).norm(dim=-1) / ch.clean_read.norm(dim=-1).clamp_min(1e-12)
@@ -588,16 +669,25 @@ def pooled(sums: dict, names: list[str], mode: str, alpha=None) -> DocSums | Non
     return out
 
 
+def document_halves(n_docs: int, rng: np.random.Generator) -> np.ndarray:
+    """A seeded random split of ``n_docs`` documents in two halves (bool [n_docs], True: the first half)."""
+    fold = np.zeros(n_docs, dtype=bool)
+    fold[rng.permutation(n_docs)[: n_docs // 2]] = True
+    return fold
+
+
 def best_single(sums: dict, members: tuple[int, ...], mode: str, effect: str, n_docs: int,
-                rng: np.random.Generator) -> tuple[DocSums | None, str]:
-    """Cross-fitted best single member: documents are split in two halves; on each half the arm is the member
-    whose effect (``effect`` at the group's tokens) is largest on the *other* half, so the choice never sees
-    the documents it is scored on. Returns the combined sums and which members were chosen."""
+                rng: np.random.Generator | None = None, fold: np.ndarray | None = None) -> tuple[DocSums | None, str]:
+    """Cross-fitted best single member: documents are split in two halves (``fold``, or :func:`document_halves` drawn
+    from ``rng``); on each half the arm is the member whose effect (``effect`` at the group's tokens) is largest on
+    the *other* half, so the choice never sees the documents it is scored on. Every member in ``sums`` is a
+    candidate, and the choice is made per effect (the caller passes one ``effect`` at a time and the same ``fold``).
+    Returns the combined sums and which members were chosen."""
     cand = [(m, sums[(f"member:{m}", mode, None)]) for m in members if (f"member:{m}", mode, None) in sums]
     if not cand:
         return None, ""
-    fold = np.zeros(n_docs, dtype=bool)
-    fold[rng.permutation(n_docs)[: n_docs // 2]] = True
+    if fold is None:
+        fold = document_halves(n_docs, rng)
     chosen = []
     out = None
     for half in (fold, ~fold):

@@ -81,6 +81,10 @@ class TaskEffectsConfig(Section):
     outer fold by an inner document-grouped 3-fold CV. A single value fixes it."""
     steering: bool = True
     """Also read the task along the steering alpha grid (the steering arms run on the task windows too)."""
+    amnesic: bool = True
+    """Also the amnesic readout (effect probe_amnesic:<target>): a readout refitted on each ablation arm's edited
+    residuals (cross-fitted by document over the evaluated windows) minus the same refit on the clean residuals: is
+    the information gone, or only moved away from where the fixed clean readout looks?"""
 
     @field_validator("l2", mode="before")
     @classmethod
@@ -137,10 +141,21 @@ class InterventionsConfig(Section):
     """Value the clamp mode sets every edited latent to, in clamp_units."""
     clamp_units: Literal["mean_activation", "absolute"] = "mean_activation"
     """mean_activation: clamp_value times the latent's mean activation over the tokens where it fires."""
-    max_members: int = Field(4, ge=1)
-    """Single-latent arms per group: the members writing the most norm at the group's tokens."""
-    n_controls: int = Field(2, ge=1)
-    """Random latent groups (size and firing-frequency matched) and random norm-matched directions per mode."""
+    max_members: int | None = Field(None, ge=1)
+    """Single-latent arms per group: None (default) tries every member, so the best single latent is chosen among
+    all of them (per mode and effect, on the other half of the documents); a number keeps the members writing the
+    most norm at the group's tokens (cheaper, and a weaker best single)."""
+    n_controls: int = Field(4, ge=1)
+    """Draws per group and mode of each matched control (co-firing latents, random spans, random directions, random
+    latent groups). Each bootstrap replicate resamples the draws too, so the comparison is against the control's
+    distribution, not against a few fixed draws."""
+    n_splits: int = Field(2, ge=0)
+    """Random splits of the members into complementary halves per mode: the non-additivity test compares the group
+    with the sum of its two halves' effects, besides the sum of its members' (0: no halves)."""
+    additivity_effect: Literal["margin", "ce"] = "margin"
+    """The signed effect of the pre-specified non-additivity test (the group's effect vs the sum of its members'
+    effects on the same tokens, in the primary mode): margin, the drop of the clean top-1 vs top-2 logit margin
+    (logit-level, so effects that add in the logits add in it), or ce."""
     evaluate_on: Literal["heldout", "discovery", "all"] = "heldout"
     """Documents the pool (evaluation contexts, firing rates, means) is drawn from: heldout (default) keeps them apart
     from the discovery documents the groups were found on (data.heldout_fraction)."""
@@ -155,6 +170,10 @@ class InterventionsConfig(Section):
     contexts). Later tokens cannot change the effect at the group's tokens; they only add collateral tokens."""
     min_docs: int = Field(5, ge=2)
     """Fewer evaluation documents than this: the group gets no verdict (insufficient data)."""
+    start_at_hook: bool = True
+    """Every arm's pass skips the blocks before the hook and starts from the clean pass's activations there (the
+    same for every arm; nnsight's Envoy.skip), which gives the full pass's logits up to float rounding (tested) for
+    resid_post and resid_pre hooks; false runs every arm's whole forward (the reference path, e.g. for benchmarks)."""
     batch_size: int = Field(16, ge=1)
     """Sequences per forward pass (arms x contexts stacked along the batch dimension)."""
     seed: Seed | None = None

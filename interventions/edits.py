@@ -156,6 +156,15 @@ def norm_matched_delta(reference_delta: Tensor, u_D: Tensor) -> Tensor:
     return n * u_D.to(device=reference_delta.device, dtype=torch.float32)
 
 
+def norm_matched_span_delta(reference_delta: Tensor, x: Tensor, basis_DK: Tensor) -> Tensor:
+    """Random-span control: at every token, the projection out of the span ``basis_DK`` (``-B B^T x``) rescaled to the
+    norm of ``reference_delta`` (0 where the reference edits nothing): matched on dimension and on removed norm."""
+    n = reference_delta.float().norm(dim=-1, keepdim=True)
+    d = project_out_delta(x, basis_DK)
+    dn = d.norm(dim=-1, keepdim=True)
+    return torch.where(dn > 0, d * (n / dn.clamp_min(torch.finfo(torch.float32).tiny)), torch.zeros_like(d))
+
+
 def as_edit_fn(delta_fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
     """Wrap ``x -> delta`` as an ``EditFn`` ``x -> x + delta`` in the site's dtype."""
 

@@ -36,6 +36,7 @@ random directions, on the primary effect of the primary mode at the group's toke
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -71,6 +72,13 @@ class DocSums:
             raise ValueError("cannot pool sums over different documents")
         keys = set(self.values) | set(other.values)
         return DocSums(self.n_docs, {k: self.get(*k) + other.get(*k) for k in keys})
+
+    def with_counts_of(self, other: "DocSums") -> "DocSums":
+        """These sums with ``other``'s token counts ``n`` (a sum of several arms' effects on the same tokens is a
+        per-token sum, not a pooled mean)."""
+        vals = {k: v for k, v in self.values.items() if k[0] != "n"}
+        vals.update({k: v for k, v in other.values.items() if k[0] == "n"})
+        return DocSums(self.n_docs, vals)
 
     def subset(self, docs: np.ndarray) -> "DocSums":
         """Sums with every document outside ``docs`` (bool [n_docs]) set to 0."""
@@ -177,18 +185,54 @@ def _n(s: DocSums, scope: str) -> tuple[int, int]:
     return int(n.sum()), int((n > 0).sum())
 
 
+Draws = list  # list[DocSums]: the draws of a random control, one DocSums each
+
+
+def draw_index(n_draws: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """``[n_boot, n_draws]`` draw indices: bootstrap replicate ``b`` averages the control over the draws
+    ``idx[b]`` (drawn with replacement), so the control's own draw-to-draw variation enters the interval."""
+    return rng.integers(0, n_draws, size=(n_boot, n_draws))
+
+
+def _stat(x: "DocSums | Draws", effect: str, scope: str, W: np.ndarray, idx: np.ndarray | None) -> tuple[float, np.ndarray]:
+    """Point estimate and replicates of one arm, or of a control's draws (their mean; replicate ``b`` averages the
+    draws ``idx[b]`` on document weights ``W[b]``; NaN draws, e.g. a control that fires on no resampled document,
+    are left out)."""
+    ones = np.ones((1, W.shape[1]))
+    if isinstance(x, DocSums):
+        return float(statistic(x, effect, scope, ones)[0]), statistic(x, effect, scope, W)
+    est_J = np.array([statistic(d, effect, scope, ones)[0] for d in x])
+    per_JR = np.stack([statistic(d, effect, scope, W) for d in x])
+    if idx is None or idx.shape[1] != len(x):
+        raise ValueError(f"{len(x)} control draws need a draw index [n_boot, {len(x)}]")
+    picked = per_JR[idx.T, np.arange(W.shape[0])[None, :]]
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN replicates stay NaN
+        return float(np.nanmean(est_J)) if np.isfinite(est_J).any() else np.nan, np.nanmean(picked, axis=0)
+
+
+def _n_of(x: "DocSums | Draws", scope: str) -> np.ndarray:
+    if isinstance(x, DocSums):
+        return x.get("n", scope)
+    return np.mean([d.get("n", scope) for d in x], axis=0)
+
+
 def effect_row(group_id: str, arm: str, comparator: str, mode: str, alpha_value, effect: str, scope: str,
-               s: DocSums, ref: DocSums | None, W: np.ndarray) -> dict:
+               s: "DocSums | Draws", ref: "DocSums | Draws | None", W: np.ndarray, draws: dict | None = None) -> dict:
     """One row of effects.csv before summarising (:func:`finish_rows`): ``arm`` minus ``ref`` (unless the
-    comparator is clean) for one effect and scope, with its bootstrap replicates under ``"_boot"``."""
-    ones = np.ones((1, s.n_docs))
-    est = statistic(s, effect, scope, ones)[0]
-    boot = statistic(s, effect, scope, W)
-    n, n_docs = _n(s, scope)
+    comparator is clean) for one effect and scope, with its bootstrap replicates under ``"_boot"``. ``s`` and
+    ``ref`` are an arm's sums or a control's draws (a list; ``draws`` maps a number of draws to its
+    :func:`draw_index`)."""
+    def idx(x):
+        return None if isinstance(x, DocSums) else (draws or {}).get(len(x))
+
+    est, boot = _stat(s, effect, scope, W, idx(s))
+    n_s = _n_of(s, scope)
+    n, n_docs = int(round(n_s.sum())), int((n_s > 0).sum())
     if ref is not None:
-        est = est - statistic(ref, effect, scope, ones)[0]
-        boot = boot - statistic(ref, effect, scope, W)
-        n_docs = int(((s.get("n", scope) + ref.get("n", scope)) > 0).sum())
+        e_r, b_r = _stat(ref, effect, scope, W, idx(ref))
+        est, boot = est - e_r, boot - b_r
+        n_docs = int(((n_s + _n_of(ref, scope)) > 0).sum())
     return {"group_id": group_id, "arm": arm, "comparator": comparator, "mode": mode,
             "alpha": np.nan if alpha_value is None else float(alpha_value), "effect": effect, "scope": scope,
             "n": n, "n_docs": n_docs, "estimate": float(est), "_boot": boot}
@@ -210,27 +254,37 @@ def finish_rows(rows: list[dict], alpha: float) -> list[dict]:
 
 # ----------------------------------------------------------------------------------- multiple testing
 
-def test_family(effects: pd.DataFrame, primary_mode: str | None = None, primary_effect: str | None = None) -> np.ndarray:
-    """Each row's BH family: ``primary`` (pre-specified: the group against each comparator of :data:`COMPARATORS` on
-    the primary effect of the primary mode, at the group's tokens), ``secondary`` (every other comparison) and
-    ``vs_clean`` (arm-vs-clean rows). Without a primary (mode, effect) every comparison is ``secondary``."""
+def test_family(effects: pd.DataFrame, primary_mode: str | None = None, primary_effect: str | None = None,
+                additivity_effect: str | None = None) -> np.ndarray:
+    """Each row's BH family: ``primary`` (pre-specified: the group against its best single latent and each control at
+    its tokens, :data:`PRIMARY_COMPARATORS`, on the primary effect of the primary mode, at the group's tokens),
+    ``additivity`` (pre-specified: the group against the sum of its members' effects on ``additivity_effect`` in the
+    primary mode, at the group's tokens), ``secondary`` (every other comparison) and ``vs_clean`` (arm-vs-clean
+    rows). Without a primary (mode, effect) every comparison is ``secondary``."""
     cmp = (effects["comparator"] != "clean").to_numpy()
     fam = np.where(cmp, "secondary", "vs_clean").astype(object)
     if primary_mode is not None and primary_effect is not None:
-        prim = (cmp & (effects["arm"] == "group").to_numpy() & (effects["mode"] == primary_mode).to_numpy()
-                & (effects["effect"] == primary_effect).to_numpy() & (effects["scope"] == "fires").to_numpy()
-                & effects["comparator"].isin(COMPARATORS).to_numpy())
-        fam[prim] = "primary"
+        base = (cmp & (effects["arm"] == "group").to_numpy() & (effects["mode"] == primary_mode).to_numpy()
+                & (effects["scope"] == "fires").to_numpy())
+        fam[base & (effects["effect"] == primary_effect).to_numpy()
+            & effects["comparator"].isin(PRIMARY_COMPARATORS).to_numpy()] = "primary"
+        if additivity_effect is not None:
+            fam[base & (effects["effect"] == additivity_effect).to_numpy()
+                & (effects["comparator"] == "sum_of_members").to_numpy()] = "additivity"
     return fam
 
 
-def adjust_run(effects: pd.DataFrame, primary_mode: str | None = None, primary_effect: str | None = None) -> pd.DataFrame:
+FAMILIES = ("primary", "additivity", "secondary", "vs_clean")
+
+
+def adjust_run(effects: pd.DataFrame, primary_mode: str | None = None, primary_effect: str | None = None,
+               additivity_effect: str | None = None) -> pd.DataFrame:
     """Fill ``p_adj`` (BH within each family of :func:`test_family`: the pre-specified primary comparisons, the
-    other comparisons, the arm-vs-clean rows) and the ``family`` column."""
+    pre-specified non-additivity tests, the other comparisons, the arm-vs-clean rows) and the ``family`` column."""
     effects = effects.copy()
-    effects["family"] = test_family(effects, primary_mode, primary_effect)
+    effects["family"] = test_family(effects, primary_mode, primary_effect, additivity_effect)
     effects["p_adj"] = np.nan
-    for fam in ("primary", "secondary", "vs_clean"):
+    for fam in FAMILIES:
         sel = (effects["family"] == fam).to_numpy()
         if sel.any():
             effects.loc[sel, "p_adj"] = bh_adjust(effects.loc[sel, "p_value"].to_numpy())
@@ -239,21 +293,51 @@ def adjust_run(effects: pd.DataFrame, primary_mode: str | None = None, primary_e
 
 # ----------------------------------------------------------------------------------- verdicts
 
-COMPARATORS = ("best_single", "random_groups", "random_directions")
-VERDICT_COLUMNS = ["group_id", "group_size", "structure", "n_docs", "n_tokens_fires", "mode", "effect",
-                   "verdict", "beats_best_single", "beats_random_groups", "beats_random_directions",
-                   "group_estimate", "best_single_estimate", "ratio_vs_best_single",
-                   "diff_vs_best_single", "ci_low_vs_best_single", "ci_high_vs_best_single", "p_adj_vs_best_single",
-                   "diff_vs_random_groups", "p_adj_vs_random_groups",
-                   "diff_vs_random_directions", "p_adj_vs_random_directions",
-                   "best_single_latents", "beats_best_single_on", "collateral_kl", "steer_beats_random_alphas",
-                   "better_unit_on", "task_beats_best_single_on"]
-EFFECT_VERDICT_COLUMNS = ["group_id", "mode", "effect", "kind", "n_docs", "n_tokens", "group_estimate",
-                          "best_single_estimate", "beats_best_single", "diff_vs_best_single", "ci_low_vs_best_single",
-                          "ci_high_vs_best_single", "p_adj_vs_best_single", "effect_size_vs_best_single",
-                          "beats_random_groups", "diff_vs_random_groups", "p_adj_vs_random_groups",
-                          "beats_random_directions", "diff_vs_random_directions", "p_adj_vs_random_directions",
-                          "better_unit"]
+CONTROLS = {
+    "cofiring_latents": "non-member latents that fire at the group's tokens, matched member by member on how often they "
+                        "fire there and elsewhere and never co-occurring with each other or a member; edited at the "
+                        "group's tokens (latent modes: those latents; subspace modes: their decoder span). Controls "
+                        "for: what the group was selected for (firing on these tokens), size, frequency",
+    "random_spans": "a Haar-random span of the group's dimension, projected out at the group's tokens and rescaled at "
+                    "each token to the norm the group's edit removes. Controls for: dimension and removed norm",
+    "random_directions": "one random direction at the group's tokens with the norm the group's edit removes at each "
+                         "token. Controls for: removed norm",
+    "random_groups": "random latents matched on size and firing frequency, edited and scored at their own tokens. "
+                     "Controls for: frequency (other tokens than the group's: descriptive, secondary)",
+}
+"""The matched controls, and what each controls for (arm and comparator names of effects.csv)."""
+COMPARATORS = ("best_single", "cofiring_latents", "random_spans", "random_directions", "random_groups")
+PRIMARY_COMPARATORS = ("best_single", "cofiring_latents", "random_spans", "random_directions")
+"""The group's pre-specified comparisons: its best single latent and every control applied at its own tokens; the
+group is a better unit when it beats all of them."""
+TOKEN_CONTROLS = PRIMARY_COMPARATORS[1:]
+ADDITIVITY_COMPARATORS = ("sum_of_members", "halves")
+"""Non-additivity: the group's effect against the sum of its members' effects, and against the sum of the effects of
+two complementary halves of its members (mean over random splits), on the same tokens."""
+ADDITIVE_EFFECTS = ("margin", "ce")
+"""Signed effects the non-additivity comparisons are made on (plus every logit_diff)."""
+
+
+def _cols(comp: str, ci: bool = False) -> list[str]:
+    return [f"beats_{comp}", f"diff_vs_{comp}"] + ([f"ci_low_vs_{comp}", f"ci_high_vs_{comp}"] if ci else []) + [f"p_adj_vs_{comp}"]
+
+
+VERDICT_COLUMNS = (["group_id", "group_size", "structure", "n_docs", "n_tokens_fires", "mode", "effect", "verdict",
+                    "group_estimate", "best_single_estimate", "ratio_vs_best_single"]
+                   + _cols("best_single", ci=True) + [c for comp in COMPARATORS[1:] for c in _cols(comp)]
+                   + ["additivity", "additivity_effect", "additivity_ratio", "sum_of_members_estimate"]
+                   + _cols("sum_of_members", ci=True)[1:] + _cols("halves")[1:]
+                   + ["best_single_latents", "beats_best_single_on", "collateral_kl", "steer_beats_random_alphas",
+                      "better_unit_on", "task_beats_best_single_on"])
+EFFECT_VERDICT_COLUMNS = (["group_id", "mode", "effect", "kind", "n_docs", "n_tokens", "group_estimate",
+                           "best_single_estimate", "best_single_latents"]
+                          + _cols("best_single", ci=True) + ["effect_size_vs_best_single"]
+                          + [c for comp in COMPARATORS[1:] for c in _cols(comp)] + ["better_unit"])
+ADDITIVITY_COLUMNS = ["group_id", "group_size", "structure", "mode", "effect", "n_docs", "n_tokens", "group_estimate",
+                      "sum_of_members_estimate", "best_single_estimate", "halves_estimate", "ratio_vs_sum",
+                      "diff_vs_sum_of_members", "ci_low_vs_sum_of_members", "ci_high_vs_sum_of_members",
+                      "p_adj_vs_sum_of_members", "diff_vs_halves", "ci_low_vs_halves", "ci_high_vs_halves",
+                      "p_adj_vs_halves", "family", "additivity"]
 
 
 def outcome(row: dict | None, alpha: float) -> str:
@@ -285,14 +369,21 @@ def _comparison(c: dict | None, comp: str, tested: bool, alpha: float) -> dict:
     col = {f"beats_{comp}": outcome(c, alpha) if tested else "untested",
            f"diff_vs_{comp}": np.nan if c is None else c["estimate"],
            f"p_adj_vs_{comp}": np.nan if c is None else c["p_adj"]}
-    if comp == "best_single":
-        for key in ("ci_low", "ci_high", "effect_size"):
-            col[f"{key}_vs_best_single"] = np.nan if c is None else c[key]
+    if comp in ("best_single", "sum_of_members", "halves"):
+        for key in ("ci_low", "ci_high") + (("effect_size",) if comp == "best_single" else ()):
+            col[f"{key}_vs_{comp}"] = np.nan if c is None else c[key]
     return col
 
 
+def additivity_label(row: dict | None, alpha: float, tested: bool = True) -> str:
+    """superadditive (the group's effect significantly exceeds the sum of its members'), subadditive (below it),
+    additive (no departure detected) or untested, from a ``group - sum_of_members`` row."""
+    o = outcome(row, alpha) if tested else "untested"
+    return {"beats": "superadditive", "loses": "subadditive", "tie": "additive"}.get(o, "untested")
+
+
 def group_verdict(effects: pd.DataFrame, group_id: str, mode: str, effect: str, alpha: float, info: dict,
-                  min_docs: int) -> dict:
+                  min_docs: int, additivity_effect: str = "margin") -> dict:
     """One row of verdicts.csv from the (BH-adjusted) effects of one group."""
     g = effects[effects["group_id"] == group_id].to_dict("records")
     base = {"group_id": group_id, "mode": mode, "effect": effect, **{k: info.get(k) for k in
@@ -308,10 +399,20 @@ def group_verdict(effects: pd.DataFrame, group_id: str, mode: str, effect: str, 
     base["collateral_kl"] = np.nan if coll is None else coll["estimate"]
     outcomes = {}
     enough = (info.get("n_docs") or 0) >= min_docs
-    for comp in COMPARATORS:
-        base.update(_comparison(_one(g, arm="group", comparator=comp, mode=mode, effect=effect, scope="fires"),
+    for comp in COMPARATORS + ADDITIVITY_COMPARATORS:
+        e = additivity_effect if comp in ADDITIVITY_COMPARATORS else effect
+        base.update(_comparison(_one(g, arm="group", comparator=comp, mode=mode, effect=e, scope="fires"),
                                 comp, enough, alpha))
-        outcomes[comp] = base[f"beats_{comp}"]
+        outcomes[comp] = base.pop(f"beats_{comp}") if comp in ADDITIVITY_COMPARATORS else base[f"beats_{comp}"]
+    add_row = _one(g, arm="group", comparator="sum_of_members", mode=mode, effect=additivity_effect, scope="fires")
+    summed = _one(g, arm="sum_of_members", comparator="clean", mode=mode, effect=additivity_effect, scope="fires")
+    own_add = _one(g, arm="group", comparator="clean", mode=mode, effect=additivity_effect, scope="fires")
+    base["additivity"] = additivity_label(add_row, alpha, enough)
+    base["additivity_effect"] = additivity_effect
+    base["sum_of_members_estimate"] = np.nan if summed is None else summed["estimate"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        base["additivity_ratio"] = (own_add["estimate"] / summed["estimate"]
+                                    if own_add is not None and summed is not None and summed["estimate"] != 0 else np.nan)
     wins = [r for r in g if r["arm"] == "group" and r["comparator"] == "best_single" and r["scope"] == "fires"]
 
     def ok(r):  # task effects have their own documents (the probe windows)
@@ -325,8 +426,7 @@ def group_verdict(effects: pd.DataFrame, group_id: str, mode: str, effect: str, 
     for r in wins:
         if not (ok(r) and outcome(r, alpha) == "beats"):
             continue
-        ctl = [_one(g, arm="group", comparator=c, mode=r["mode"], effect=r["effect"], scope="fires")
-               for c in ("random_groups", "random_directions")]
+        ctl = [_one(g, arm="group", comparator=c, mode=r["mode"], effect=r["effect"], scope="fires") for c in TOKEN_CONTROLS]
         if all(c is not None and outcome(c, alpha) == "beats" for c in ctl):
             better.append(f"{r['mode']}/{r['effect']}")
     base["better_unit_on"] = ";".join(better)
@@ -341,11 +441,12 @@ def is_task_effect(effect: str) -> bool:
     return str(effect).startswith("probe")
 
 
-def effect_verdicts_frame(effects: pd.DataFrame, alpha: float, min_docs: int) -> pd.DataFrame:
+def effect_verdicts_frame(effects: pd.DataFrame, alpha: float, min_docs: int, best_single: dict | None = None) -> pd.DataFrame:
     """One row per (group, ablation mode, effect) at the group's tokens (scope ``fires``): the group's estimate,
-    its best single latent's, and beats/loses/tie against each comparator with the difference and its BH-adjusted p
-    ("which effect, by how much"). ``kind``: ``model`` (next-token effects, read) or ``task`` (probe readouts).
-    ``better_unit``: beats its best single latent and both matched controls on this effect."""
+    its best single latent's (chosen for this mode and effect; ``best_single`` maps (group, mode, effect) to the
+    chosen latents), and beats/loses/tie against each comparator with the difference and its BH-adjusted p ("which
+    effect, by how much"). ``kind``: ``model`` (next-token effects, read) or ``task`` (probe readouts).
+    ``better_unit``: beats its best single latent and every control at its tokens on this effect."""
     if effects.empty:
         return pd.DataFrame(columns=EFFECT_VERDICT_COLUMNS)
     e = effects[(effects["scope"] == "fires") & (effects["mode"] != "steer")]
@@ -358,35 +459,72 @@ def effect_verdicts_frame(effects: pd.DataFrame, alpha: float, min_docs: int) ->
         best = _one(rows, arm="best_single", comparator="clean")
         r = {"group_id": gid, "mode": mode, "effect": effect, "kind": "task" if is_task_effect(effect) else "model",
              "n_docs": own["n_docs"], "n_tokens": own["n"], "group_estimate": own["estimate"],
-             "best_single_estimate": np.nan if best is None else best["estimate"]}
+             "best_single_estimate": np.nan if best is None else best["estimate"],
+             "best_single_latents": (best_single or {}).get((gid, mode, effect), "")}
         res = {}
         for comp in COMPARATORS:
             r.update(_comparison(_one(rows, arm="group", comparator=comp), comp, own["n_docs"] >= min_docs, alpha))
             res[comp] = r[f"beats_{comp}"]
-        r["better_unit"] = all(v == "beats" for v in res.values())
+        r["better_unit"] = all(res[c] == "beats" for c in PRIMARY_COMPARATORS)
         out.append(r)
     return pd.DataFrame(out, columns=EFFECT_VERDICT_COLUMNS)
+
+
+def additivity_frame(effects: pd.DataFrame, infos: Iterable[dict], alpha: float, min_docs: int) -> pd.DataFrame:
+    """The non-additivity table (additivity.csv): per group, ablation mode and signed effect at the group's tokens,
+    the group's effect, the sum of its members' effects, its best single member's (the maximum, cross-fitted) and the
+    mean over random splits of the sum of two complementary halves' effects; the group minus the sum and minus the
+    halves with intervals and BH-adjusted p; and the label (super-/subadditive, additive: no departure detected)."""
+    info = {i["group_id"]: i for i in infos}
+    if effects.empty:
+        return pd.DataFrame(columns=ADDITIVITY_COLUMNS)
+    e = effects[(effects["scope"] == "fires") & effects["comparator"].isin(ADDITIVITY_COMPARATORS)]
+    out = []
+    for (gid, mode, effect), sub in e.groupby(["group_id", "mode", "effect"], sort=False):
+        g = effects[(effects["group_id"] == gid) & (effects["mode"] == mode) & (effects["effect"] == effect)
+                    & (effects["scope"] == "fires")].to_dict("records")
+        own = _one(g, arm="group", comparator="clean")
+        vs_sum = _one(g, arm="group", comparator="sum_of_members")
+        vs_half = _one(g, arm="group", comparator="halves")
+        est = lambda arm: (lambda r: np.nan if r is None else r["estimate"])(_one(g, arm=arm, comparator="clean"))  # noqa: E731
+        n_docs = 0 if own is None else own["n_docs"]
+        tested = n_docs >= min_docs and (info.get(gid, {}).get("n_docs") or 0) >= min_docs
+        r = {"group_id": gid, "group_size": info.get(gid, {}).get("group_size"),
+             "structure": info.get(gid, {}).get("structure"), "mode": mode, "effect": effect, "n_docs": n_docs,
+             "n_tokens": np.nan if own is None else own["n"], "group_estimate": est("group"),
+             "sum_of_members_estimate": est("sum_of_members"), "best_single_estimate": est("best_single"),
+             "halves_estimate": est("halves")}
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r["ratio_vs_sum"] = r["group_estimate"] / r["sum_of_members_estimate"] if r["sum_of_members_estimate"] else np.nan
+        for comp, row in (("sum_of_members", vs_sum), ("halves", vs_half)):
+            for key in ("estimate", "ci_low", "ci_high", "p_adj"):
+                name = {"estimate": f"diff_vs_{comp}"}.get(key, f"{key}_vs_{comp}")
+                r[name] = np.nan if row is None else row[key]
+        r["family"] = None if vs_sum is None else vs_sum.get("family")
+        r["additivity"] = additivity_label(vs_sum, alpha, tested)
+        out.append(r)
+    return pd.DataFrame(out, columns=ADDITIVITY_COLUMNS)
 
 
 def verdict_text(outcomes: dict, row: dict, n_docs: int, min_docs: int) -> str:
     if n_docs < min_docs:
         return f"insufficient data ({n_docs} documents < min_docs {min_docs})"
     b = outcomes["best_single"]
-    controls = [outcomes["random_groups"], outcomes["random_directions"]]
+    controls = [outcomes[c] for c in TOKEN_CONTROLS]
     if b == "beats" and all(c == "beats" for c in controls):
-        return "better unit: beats its best single latent and both matched controls"
+        return "better unit: beats its best single latent and every control at its tokens"
     if b == "beats":
-        return "beats its best single latent but not all matched controls"
+        return "beats its best single latent but not every control at its tokens"
     if b == "loses":
         return "worse than its best single latent"
     if all(c == "beats" for c in controls):
-        return "beats matched controls but not its best single latent"
+        return "beats the controls at its tokens but not its best single latent"
     if b == "untested":
         return "not estimable"
     return "no better than its best single latent"
 
 
 def verdicts_frame(effects: pd.DataFrame, infos: Iterable[dict], mode: str, effect: str, alpha: float,
-                   min_docs: int) -> pd.DataFrame:
-    rows = [group_verdict(effects, info["group_id"], mode, effect, alpha, info, min_docs) for info in infos]
+                   min_docs: int, additivity_effect: str = "margin") -> pd.DataFrame:
+    rows = [group_verdict(effects, info["group_id"], mode, effect, alpha, info, min_docs, additivity_effect) for info in infos]
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)

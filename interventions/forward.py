@@ -19,7 +19,7 @@ import torch
 from sources.config import HookSpec
 from sources.errors import ConfigError
 from sources.models import LoadedModel
-from sources.patching import read_sites
+from sources.patching import can_start_at, read_sites
 
 EditFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -60,19 +60,30 @@ def _stack(fns: Sequence[EditFn], n_rows: int) -> EditFn:
 
 
 @torch.no_grad()
+def _start(model: LoadedModel, hook: HookSpec, x_BLD: torch.Tensor | None, A: int):
+    """``read_sites``'s ``start`` for ``A`` stacked copies of the clean value at the hook (None: the full pass)."""
+    if x_BLD is None or not can_start_at(model, hook):
+        return None
+    return hook, x_BLD.repeat(A, *([1] * (x_BLD.dim() - 1)))
+
+
+@torch.no_grad()
 def multi_arm_logits(model: LoadedModel, hook: HookSpec, tokens_BL: torch.Tensor, edits: Sequence[EditFn],
-                     read_layer: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                     read_layer: int | None = None, x_BLD: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits ``[A, B, L, V]`` (float32) of ``A = len(edits)`` arms in one forward pass.
 
     ``edits[a]`` is an ``EditFn`` (``x [B, L, D] -> x'``) applied at ``hook`` to arm ``a``'s copy of the batch.
     With ``read_layer``, also returns the residual stream (resid_post) at that layer, ``[A, B, L, D]`` float32.
+    ``x_BLD``: the clean value at ``hook`` for these tokens (from a clean pass); the blocks before the hook are then
+    skipped (:func:`sources.patching.read_sites` with ``start``), which gives the same result without recomputing
+    what every arm shares.
     """
     A, B = len(edits), tokens_BL.shape[0]
     if A == 0:
         raise ValueError("multi_arm_logits needs at least one arm")
     check_read_layer(model, hook, read_layer)
     reads = [HookSpec(layer=read_layer, site="resid_post")] if read_layer is not None else []
-    r = read_sites(model, tokens_BL.repeat(A, 1), reads, [(hook, _stack(edits, B))])
+    r = read_sites(model, tokens_BL.repeat(A, 1), reads, [(hook, _stack(edits, B))], start=_start(model, hook, x_BLD, A))
     logits = r.logits.view(A, B, *r.logits.shape[1:])
     read = r.acts[0].float().view(A, B, *tokens_BL.shape[1:], -1) if reads else None
     return logits, read
@@ -80,15 +91,16 @@ def multi_arm_logits(model: LoadedModel, hook: HookSpec, tokens_BL: torch.Tensor
 
 @torch.no_grad()
 def multi_arm_read(model: LoadedModel, hook: HookSpec, tokens_BL: torch.Tensor, edits: Sequence[EditFn],
-                   read_layer: int) -> torch.Tensor:
+                   read_layer: int, x_BLD: torch.Tensor | None = None) -> torch.Tensor:
     """The residual stream (resid_post) at ``read_layer`` ``[A, B, L, D]`` (float32) of ``A = len(edits)`` arms in
-    one forward pass that stops there (no later layer, no unembedding: the task readouts need nothing more)."""
+    one forward pass that stops there (no later layer, no unembedding: the task readouts need nothing more).
+    ``x_BLD`` as in :func:`multi_arm_logits`: the pass then runs only the blocks from the hook to ``read_layer``."""
     A, B = len(edits), tokens_BL.shape[0]
     if A == 0:
         raise ValueError("multi_arm_read needs at least one arm")
     check_read_layer(model, hook, read_layer)
     r = read_sites(model, tokens_BL.repeat(A, 1), [HookSpec(layer=read_layer, site="resid_post")], [(hook, _stack(edits, B))],
-                   logits=False)
+                   logits=False, start=_start(model, hook, x_BLD, A))
     return r.acts[0].float().view(A, B, *tokens_BL.shape[1:], -1)
 
 

@@ -78,27 +78,38 @@ def render_report(result) -> str:
     lines += [
         f"{n} group(s) evaluated. Verdicts use the **{mode}** ablation and the {EFFECT_WORDS.get(effect, effect)} "
         f"(`{effect}`), at the tokens where the group fires. \"Beats\" means the group's effect is larger, "
-        f"with a Benjamini-Hochberg adjusted p < {alpha} (over all {n_cmp} comparisons of the run) and a "
-        f"{100 * (1 - alpha):.0f}% document-bootstrap interval of the difference above 0.",
+        f"with a Benjamini-Hochberg adjusted p < {alpha} (within the pre-specified primary family: per group, vs its "
+        f"best single latent and each control at its tokens; {n_cmp} comparisons in the run in all) and a "
+        f"{100 * (1 - alpha):.0f}% document-bootstrap interval of the difference above 0 (control draws resampled "
+        f"inside the bootstrap).",
         "",
-        f"- **{better} of {n}** are better units: they beat their best single latent *and* both matched controls.",
+        f"- **{better} of {n}** are better units: they beat their best single latent *and* every control at their tokens.",
         f"- {_count(v, 'beats_best_single', 'beats')} beat their best single latent "
-        f"(cross-fitted: chosen on one half of the documents, scored on the other); "
+        f"(every member tried, chosen per mode and effect on one half of the documents, scored on the other); "
         f"{_count(v, 'beats_best_single', 'loses')} are worse than it.",
-        f"- {_count(v, 'beats_random_groups', 'beats')} beat random latent groups matched on size and firing frequency; "
-        f"{_count(v, 'beats_random_directions', 'beats')} beat random directions removing the same norm.",
+        f"- At the group's tokens: {_count(v, 'beats_cofiring_latents', 'beats')} beat co-firing latents (non-members "
+        f"firing there, matched on frequency); {_count(v, 'beats_random_spans', 'beats')} beat random spans of their "
+        f"dimension removing the same norm; {_count(v, 'beats_random_directions', 'beats')} beat random directions "
+        f"removing the same norm. At their own tokens (descriptive): {_count(v, 'beats_random_groups', 'beats')} beat "
+        f"random latent groups matched on size and frequency.",
+        f"- Non-additivity ({v['additivity_effect'].iloc[0] if 'additivity_effect' in v else 'margin'}, the group vs the "
+        f"sum of its members' effects on the same tokens, its own BH family): "
+        + ", ".join(f"{_count(v, 'additivity', lab)} {lab}" for lab in ("superadditive", "subadditive", "additive"))
+        + " (additive: no departure detected).",
     ]
     if insufficient:
         lines.append(f"- {insufficient} had too few evaluation documents for a verdict.")
     lines += ["", "| group | size | structure | docs | verdict | group / best single | group - best single [CI] | "
-              "vs random groups | vs random directions | collateral KL |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "vs co-firing latents | vs random spans | vs random directions | vs random groups (own tokens) | "
+              "group / sum of members | collateral KL |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in v.itertuples():
         lines.append(
             f"| {r.group_id} | {r.group_size} | {r.structure if isinstance(r.structure, str) else ''} | {r.n_docs} | {r.verdict} | "
             f"{_g(r.ratio_vs_best_single)}x | {_g(r.diff_vs_best_single)} [{_g(r.ci_low_vs_best_single)}, "
-            f"{_g(r.ci_high_vs_best_single)}], p_adj {_p(r.p_adj_vs_best_single)} | {r.beats_random_groups} "
-            f"(p_adj {_p(r.p_adj_vs_random_groups)}) | {r.beats_random_directions} (p_adj {_p(r.p_adj_vs_random_directions)}) | "
-            f"{_g(r.collateral_kl)} |")
+            f"{_g(r.ci_high_vs_best_single)}], p_adj {_p(r.p_adj_vs_best_single)} | "
+            + " | ".join(f"{getattr(r, 'beats_' + c)} (p_adj {_p(getattr(r, 'p_adj_vs_' + c))})"
+                         for c in ("cofiring_latents", "random_spans", "random_directions", "random_groups"))
+            + f" | {_g(r.additivity_ratio)}x: {r.additivity} (p_adj {_p(r.p_adj_vs_sum_of_members)}) | {_g(r.collateral_kl)} |")
     lines.append("")
     for r in v.itertuples():
         if not math.isfinite(float(r.group_estimate)):
@@ -112,11 +123,30 @@ def render_report(result) -> str:
         if steer:
             words += f" Steering along its direction moves the output more than random directions of equal norm at {steer.replace(';', ', ')}."
         lines.append(words)
+    lines += _additivity_section(getattr(result, "additivity", None))
     lines += _task_section(result.effect_verdicts, summary, v, alpha)
     lines += ["", "Per-arm effects, all modes, scopes (`fires` / `other` tokens = collateral damage) and the steering "
               "dose-response over the alpha grid are in `interventions/effects.csv`; what each arm edited (including the "
               "random control latents) in `interventions/arms.csv`. Definitions: docs/interventions.md.", ""]
     return "\n".join(lines)
+
+
+def _additivity_section(add: pd.DataFrame | None) -> list[str]:
+    """The non-additivity table (additivity.csv): the group vs the sum of its members' effects on the same tokens."""
+    if add is None or add.empty:
+        return []
+    lines = ["", "### Non-additivity: does the group act as a unit?", "",
+             "The group's effect against the sum of its members' individual effects on the same tokens (and against the "
+             "sum of two complementary halves' effects, mean over random splits). Additive: no departure detected.", "",
+             "| group | mode | effect | group | sum of members | group / sum | group - sum [CI], p_adj | "
+             "group - halves [CI], p_adj | label |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in add.itertuples():
+        lines.append(f"| {r.group_id} | {r.mode} | {r.effect} | {_g(r.group_estimate)} | {_g(r.sum_of_members_estimate)} | "
+                     f"{_g(r.ratio_vs_sum)}x | {_g(r.diff_vs_sum_of_members)} [{_g(r.ci_low_vs_sum_of_members)}, "
+                     f"{_g(r.ci_high_vs_sum_of_members)}], {_p(r.p_adj_vs_sum_of_members)} | {_g(r.diff_vs_halves)} "
+                     f"[{_g(r.ci_low_vs_halves)}, {_g(r.ci_high_vs_halves)}], {_p(r.p_adj_vs_halves)} | {r.additivity}"
+                     f"{' (pre-specified)' if r.family == 'additivity' else ''} |")
+    return lines
 
 
 def _task_section(ev: pd.DataFrame | None, summary: dict, v: pd.DataFrame, alpha: float) -> list[str]:
@@ -127,7 +157,7 @@ def _task_section(ev: pd.DataFrame | None, summary: dict, v: pd.DataFrame, alpha
     lines = []
     tasks = summary.get("tasks") or {}
     layer = summary.get("read_layer")
-    task = ev[(ev["mode"] == mode) & ev["effect"].astype(str).str.startswith("probe:")]
+    task = ev[(ev["mode"] == mode) & ev["effect"].astype(str).str.match(r"probe(_amnesic)?:")]
     if tasks:
         quality = []
         for fam, info in tasks.items():
@@ -139,26 +169,29 @@ def _task_section(ev: pd.DataFrame | None, summary: dict, v: pd.DataFrame, alpha
                   "A linear readout of each probe task, fitted on the clean residual stream at the read layer and "
                   "cross-fitted by document, reads the task tokens after each intervention; the effect is the increase "
                   "of its loss per task token, paired with the clean run (regression: squared error / Var(y), i.e. the "
-                  "R^2 drop; classification: -log p(correct sense)). Clean cross-fitted readouts: "
+                  "R^2 drop; classification: -log p(correct sense)); the *amnesic* rows refit the readout on the edited "
+                  "residuals (cross-fitted by document) and subtract the same refit on the clean ones, so they say "
+                  "whether the information is gone rather than moved. Clean cross-fitted readouts: "
                   + ("; ".join(quality) if quality else "none") + "."]
         if task.empty:
             lines += ["", "None of the evaluated groups fires on a task token, so there are no task effects."]
         else:
             lines += ["", f"{mode} ablation, at the task tokens where the group fires:", "",
                       "| group | task | docs | tokens | group | best single | group - best single [CI], p_adj | "
-                      "vs random groups | vs random directions |", "|---|---|---|---|---|---|---|---|---|"]
+                      "vs co-firing latents | vs random spans | vs random directions |", "|---|---|---|---|---|---|---|---|---|---|"]
             for r in task.itertuples():
-                lines.append(f"| {r.group_id} | {str(r.effect).split(':', 1)[1]} | {r.n_docs} | {r.n_tokens} | "
+                what = str(r.effect).split(':', 1)[1] + (" (amnesic)" if str(r.effect).startswith("probe_amnesic") else "")
+                lines.append(f"| {r.group_id} | {what} | {r.n_docs} | {r.n_tokens} | "
                              f"{_g(r.group_estimate)} | {_g(r.best_single_estimate)} | {r.beats_best_single}: "
                              f"{_g(r.diff_vs_best_single)} [{_g(r.ci_low_vs_best_single)}, {_g(r.ci_high_vs_best_single)}], "
-                             f"p_adj {_p(r.p_adj_vs_best_single)} | {r.beats_random_groups} (p_adj "
-                             f"{_p(r.p_adj_vs_random_groups)}) | {r.beats_random_directions} (p_adj "
-                             f"{_p(r.p_adj_vs_random_directions)}) |")
+                             f"p_adj {_p(r.p_adj_vs_best_single)} | "
+                             + " | ".join(f"{getattr(r, 'beats_' + c)} (p_adj {_p(getattr(r, 'p_adj_vs_' + c))})"
+                                          for c in ("cofiring_latents", "random_spans", "random_directions")) + " |")
             n_task_groups = task["group_id"].nunique()
             better = task[task["better_unit"].astype(str) == "True"]
             lines += ["", f"{n_task_groups} of {len(v)} group(s) fire on task tokens; {len(better)} of {len(task)} "
                           f"(group, task) pairs show a better unit on the task readout (beats its best single latent "
-                          f"and both controls at BH-adjusted p < {alpha})."]
+                          f"and every control at its tokens at BH-adjusted p < {alpha})."]
     margin = ev[(ev["mode"] == mode) & (ev["effect"] == "margin")]
     if not margin.empty:
         parts = [f"{r.group_id} {_g(r.group_estimate)} vs {_g(r.best_single_estimate)} ({r.beats_best_single})"

@@ -14,10 +14,11 @@ import pandas as pd
 from cooc.result import CoocResult
 from interventions.config import InterventionsConfig
 from interventions.modes import needs
-from interventions.arms import (Evaluator, GroupEval, GroupSpec, Pool, best_single, choose_contexts, evaluate_group,
-                                    plan_arms, pooled, scan_pool)
-from interventions.effects import (COMPARATORS, EFFECTS_COLUMNS, adjust_run, bootstrap_weights, effect_row,
-                                 effect_verdicts_frame, finish_rows, verdicts_frame)
+from interventions.arms import (Evaluator, GroupEval, GroupSpec, Pool, choose_contexts, evaluate_group, plan_arms, pooled,
+                                scan_pool)
+from interventions.effects import (ADDITIVE_EFFECTS, ADDITIVITY_COMPARATORS, COMPARATORS, EFFECTS_COLUMNS, DocSums,
+                                   additivity_frame, adjust_run, bootstrap_weights, draw_index, effect_row,
+                                   effect_verdicts_frame, finish_rows, verdicts_frame)
 from sources.config import HookSpec, require_known_groups
 from sources.errors import ConfigError
 from sources.sae_view import as_view
@@ -76,49 +77,110 @@ def _rngs(seed: int, group_id: str, n: int) -> list[np.random.Generator]:
     return [np.random.default_rng(s) for s in ss.spawn(n)]
 
 
-def _ablation_arms(s: dict, plan, icfg: InterventionsConfig, mode: str, effect: str, n_docs: int,
-                   rng_fold: np.random.Generator) -> tuple[dict, str]:
-    """The ablation arms of one mode as per-document sums: group, members, cross-fitted best single (chosen on
-    ``effect``), pooled random groups and pooled random directions."""
-    arms = {"group": s[("group", mode, None)]}
+def _draws(s: dict, names: list[str], mode: str) -> list[DocSums] | None:
+    out = [s[(n, mode, None)] for n in names if (n, mode, None) in s]
+    return out or None
+
+
+def _summed(parts: list[DocSums], like: DocSums) -> DocSums:
+    """The per-token sum of several arms' effects on the tokens of ``like`` (the group): sums added, counts of ``like``."""
+    out = parts[0]
+    for p in parts[1:]:
+        out = out + p
+    return out.with_counts_of(like)
+
+
+def _ablation_arms(s: dict, plan, mode: str) -> dict:
+    """The ablation arms of one mode as per-document sums: group, members, each control's draws (lists), the sum of
+    the members' effects (when every member was run) and the sums of complementary halves (a list, one per split)."""
+    group = s[("group", mode, None)]
+    arms: dict = {"group": group}
     for m in plan.tested_members:
         arms[f"member:{m}"] = s[(f"member:{m}", mode, None)]
-    best, label = best_single(s, plan.tested_members, mode, effect, n_docs, rng_fold)
-    arms["best_single"] = best
-    arms["random_groups"] = pooled(s, [f"random_group:{r}" for r in range(len(plan.random_groups))], mode)
-    arms["random_directions"] = pooled(s, [f"random_direction:{r}" for r in range(icfg.n_controls)], mode)
-    return arms, label
+    arms["cofiring_latents"] = _draws(s, [f"cofiring:{r}" for r in range(len(plan.cofiring_groups))], mode)
+    arms["random_spans"] = _draws(s, [f"random_span:{r}" for r in range(plan.n_draws)], mode)
+    arms["random_directions"] = _draws(s, [f"random_direction:{r}" for r in range(plan.n_draws)], mode)
+    arms["random_groups"] = _draws(s, [f"random_group:{r}" for r in range(len(plan.random_groups))], mode)
+    if set(plan.tested_members) == set(plan.group.members) and len(plan.group.members) > 1:
+        arms["sum_of_members"] = _summed([s[(f"member:{m}", mode, None)] for m in plan.group.members], group)
+    halves = [_summed([s[(f"half:{k}a", mode, None)], s[(f"half:{k}b", mode, None)]], group)
+              for k in range(len(plan.halves)) if (f"half:{k}a", mode, None) in s]
+    arms["halves"] = halves or None
+    return arms
+
+
+def _comparisons(add, arms: dict, mode: str, effects: list[str], additive: list[str], members, n_docs: int,
+                 fold: np.ndarray, chosen: dict, key: str = "") -> None:
+    """Rows of one mode: every arm and control vs clean, the group vs each control, vs the sum of its members and
+    its halves (``additive`` effects, at its tokens), and vs its best single member chosen per effect (cross-fitted
+    on ``fold``; the choice goes into ``chosen[(key, mode, effect)]``)."""
+    from interventions.arms import best_single
+
+    sums = {(n, mode, None): a for n, a in arms.items() if n.startswith("member:")}
+    for name, a in arms.items():
+        if a is None:
+            continue
+        if name in ADDITIVITY_COMPARATORS:
+            add(name, "clean", mode, None, additive, a, None, ("fires",))
+        else:
+            add(name, "clean", mode, None, effects, a, None)
+    for comp in COMPARATORS[1:]:
+        if arms.get(comp) is not None:
+            add("group", comp, mode, None, effects, arms["group"], arms[comp])
+    for comp in ADDITIVITY_COMPARATORS:
+        if arms.get(comp) is not None:
+            add("group", comp, mode, None, additive, arms["group"], arms[comp], ("fires",))
+    for e in effects:
+        best, label = best_single(sums, members, mode, e, n_docs, fold=fold)
+        chosen[(key, mode, e)] = label
+        if best is not None:
+            add("best_single", "clean", mode, None, [e], best, None)
+            add("group", "best_single", mode, None, [e], arms["group"], best)
+
+
+def _adder(rows: list, gid: str, W: np.ndarray, draws: dict):
+    def add(arm, comp, mode, alpha, eff_list, a, b, scopes=("fires", "other")):
+        for eff in eff_list:
+            for scope in scopes:
+                rows.append(effect_row(gid, arm, comp, mode, alpha, eff, scope, a, b, W, draws))
+    return add
+
+
+def _draw_indices(plan, n_boot: int, rng: np.random.Generator) -> dict:
+    """A :func:`interventions.effects.draw_index` per number of draws the group's controls have."""
+    sizes = sorted({plan.n_draws, len(plan.cofiring_groups), len(plan.random_groups), len(plan.halves)} - {0})
+    return {n: draw_index(n, n_boot, rng) for n in sizes}
 
 
 def task_rows(ge: GroupEval, icfg: InterventionsConfig, rng_boot: np.random.Generator,
-              rng_fold: np.random.Generator) -> list[dict]:
+              rng_fold: np.random.Generator, rng_draw: np.random.Generator | None = None) -> list[dict]:
     """effects.csv rows (unadjusted) of the group's task effects (``probe:<target>``, ``probe_per_norm:<target>``).
 
     Each task family has its own documents (the probe windows), hence its own bootstrap weights; the best single
     member is cross-fitted on the task effect itself (over the task's documents)."""
+    from interventions.arms import document_halves
     from interventions.tasks import effect_name
 
     gid, plan = ge.plan.group.group_id, ge.plan
     rows: list[dict] = []
+    rng_draw = rng_draw if rng_draw is not None else np.random.default_rng(0)
     for te in ge.tasks:
         W = bootstrap_weights(te.n_docs, icfg.n_boot, rng_boot)
+        draws = _draw_indices(plan, icfg.n_boot, rng_draw)
+        fold = document_halves(te.n_docs, rng_fold)
+        add = _adder(rows, gid, W, draws)
         for target, s in te.sums.items():
             eff, eff_pn = effect_name(target), effect_name(target, per_norm=True)
-
-            def add(arm, comp, mode, alpha, eff_list, a, b):
-                for e in eff_list:
-                    for scope in ("fires", "other"):
-                        rows.append(effect_row(gid, arm, comp, mode, alpha, e, scope, a, b, W))
-
+            task_effects = [eff, eff_pn]
+            if any(v.has(effect_name(target, amnesic=True)) for v in s.values()):
+                task_effects += [effect_name(target, amnesic=True), effect_name(target, per_norm=True, amnesic=True)]
             for mode in icfg.modes:
-                arms, label = _ablation_arms(s, plan, icfg, mode, eff, te.n_docs, rng_fold)
-                te.best_single[f"{target}|{mode}"] = label
-                for name, a in arms.items():
-                    if a is not None:
-                        add(name, "clean", mode, None, [eff, eff_pn], a, None)
-                for comp in COMPARATORS:
-                    if arms.get(comp) is not None:
-                        add("group", comp, mode, None, [eff, eff_pn], arms["group"], arms[comp])
+                arms = _ablation_arms(s, plan, mode)
+                arms.pop("sum_of_members", None), arms.pop("halves", None)  # a readout loss does not add
+                chosen: dict = {}
+                _comparisons(add, arms, mode, task_effects, [], plan.tested_members, te.n_docs, fold, chosen)
+                te.best_single[f"{target}|{mode}"] = chosen[("", mode, eff)]
+                te.best_single_effects.update({(m, e): v for (_, m, e), v in chosen.items()})
             if icfg.steering.enabled and icfg.tasks.steering:
                 for a in icfg.steering.alphas:
                     rand = pooled(s, [f"steer:random:{r}" for r in range(icfg.steering.n_random)], "steer", a)
@@ -136,31 +198,26 @@ def task_rows(ge: GroupEval, icfg: InterventionsConfig, rng_boot: np.random.Gene
 
 def group_rows(ge: GroupEval, icfg: InterventionsConfig, rng_boot: np.random.Generator,
                rng_fold: np.random.Generator, rng_task_boot: np.random.Generator | None = None,
-               rng_task_fold: np.random.Generator | None = None) -> tuple[list[dict], dict]:
+               rng_task_fold: np.random.Generator | None = None, rng_draw: np.random.Generator | None = None,
+               rng_task_draw: np.random.Generator | None = None) -> tuple[list[dict], dict]:
     """effects.csv rows (unadjusted) and the verdict inputs of one evaluated group."""
+    from interventions.arms import document_halves
+
     gid, plan, s = ge.plan.group.group_id, ge.plan, ge.sums
     W = bootstrap_weights(ge.n_docs, icfg.n_boot, rng_boot)
+    draws = _draw_indices(plan, icfg.n_boot, rng_draw if rng_draw is not None else np.random.default_rng(0))
+    fold = document_halves(ge.n_docs, rng_fold)
     has_read = icfg.read_layer is not None
     lds = [f"logit_diff:{n}" for n in icfg.logit_diffs]
     effects = (["ce", "kl", "margin", "ce_per_norm", "margin_per_norm", "sqrt_kl_per_norm"]
                + (["read", "read_per_norm"] if has_read else [])
                + [e for n in icfg.logit_diffs for e in (f"logit_diff:{n}", f"logit_diff_per_norm:{n}")])
+    additive = list(ADDITIVE_EFFECTS) + lds
     rows: list[dict] = []
-    chosen = {}
-
-    def add(arm, comp, mode, alpha, eff_list, a, b):
-        for eff in eff_list:
-            for scope in ("fires", "other"):
-                rows.append(effect_row(gid, arm, comp, mode, alpha, eff, scope, a, b, W))
-
+    chosen: dict = {}
+    add = _adder(rows, gid, W, draws)
     for mode in icfg.modes:
-        arms, chosen[mode] = _ablation_arms(s, plan, icfg, mode, icfg.primary_effect, ge.n_docs, rng_fold)
-        for name, a in arms.items():
-            if a is not None:
-                add(name, "clean", mode, None, effects, a, None)
-        for comp in COMPARATORS:
-            if arms.get(comp) is not None:
-                add("group", comp, mode, None, effects, arms["group"], arms[comp])
+        _comparisons(add, _ablation_arms(s, plan, mode), mode, effects, additive, plan.tested_members, ge.n_docs, fold, chosen)
     if icfg.steering.enabled:
         steer_eff = ["ce", "kl", "margin"] + (["read"] if has_read else []) + lds
         for a in icfg.steering.alphas:
@@ -173,11 +230,14 @@ def group_rows(ge: GroupEval, icfg: InterventionsConfig, rng_boot: np.random.Gen
                 if rand is not None:
                     add(f"steer:{d}", "steer:random", "steer", a, steer_eff, arm, rand)
     rows += task_rows(ge, icfg, rng_boot if rng_task_boot is None else rng_task_boot,
-                      rng_fold if rng_task_fold is None else rng_task_fold)
+                      rng_fold if rng_task_fold is None else rng_task_fold, rng_task_draw)
     rows = finish_rows(rows, icfg.alpha)
+    best = {f"{m}/{e}": v for (_, m, e), v in chosen.items()}
+    for te in ge.tasks:
+        best.update({f"{m}/{e}": v for (m, e), v in getattr(te, "best_single_effects", {}).items()})
     info = {"group_id": gid, "group_size": plan.group.size, "structure": plan.group.structure, "n_docs": ge.n_docs,
             "n_tokens_fires": ge.n_tokens_fires, "n_contexts": ge.n_contexts,
-            "best_single_latents": chosen.get(icfg.modes[0], "")}
+            "best_single_latents": chosen.get(("", icfg.modes[0], icfg.primary_effect), ""), "best_single": best}
     return rows, info
 
 
@@ -194,12 +254,13 @@ def arms_rows(ge: GroupEval) -> list[dict]:
 
 def run_interventions(session: Session, groups: list[GroupSpec], icfg: InterventionsConfig, threshold_F: np.ndarray, *,
                       occ_F: np.ndarray | None = None, seed: int = 0, progress: bool = True, task_data: list | None = None,
-                      checkpoints: str | Path | None = None) -> InterventionsResult:
+                      checkpoints: str | Path | None = None, linked: set | None = None) -> InterventionsResult:
     """Evaluate ``groups`` on the session's model, SAE, hook and corpus (``sources.session.Session``; built by
     ``open_session`` or directly as ``Session(model, sae, hook, data, stream)``): the whole stage without a run folder.
 
     ``threshold_F`` is the per-latent firing threshold of the cooc stage; ``occ_F`` the firing counts used
-    to match control groups on frequency (default: the counts of the pool scan). ``task_data``
+    to match control groups on frequency (default: the counts of the pool scan); ``linked`` the latent pairs that
+    co-occur (``CoocResult.linked_pairs()``), never both in one co-firing control draw. ``task_data``
     (:func:`interventions.tasks.load_task_data`) adds the task effects at ``read_layer``.
 
     ``checkpoints``: a folder for per-group checkpoints (the caller keys it by everything the results depend
@@ -229,7 +290,8 @@ def run_interventions(session: Session, groups: list[GroupSpec], icfg: Intervent
         empty = pd.DataFrame(columns=EFFECTS_COLUMNS)
         verdicts = verdicts_frame(empty, [], icfg.modes[0], icfg.primary_effect, icfg.alpha, icfg.min_docs)
         return InterventionsResult(empty, verdicts, pd.DataFrame(columns=ARMS_COLUMNS),
-                                   effect_verdicts_frame(empty, icfg.alpha, icfg.min_docs), summarize(verdicts, [], [], icfg, None, data.part))
+                                   effect_verdicts_frame(empty, icfg.alpha, icfg.min_docs), summarize(verdicts, [], [], icfg, None, data.part),
+                                   additivity=additivity_frame(empty, [], icfg.alpha, icfg.min_docs))
     ckpt = Path(checkpoints) if checkpoints is not None else None
     saved = _load(ckpt, POOL_FILE, "the pool scan")
     if saved is not None:
@@ -257,7 +319,7 @@ def run_interventions(session: Session, groups: list[GroupSpec], icfg: Intervent
         if done is not None and done.get("group_id") == g.group_id:
             log.info("interventions: group %s loaded from checkpoint", g.group_id)
         else:
-            done = _evaluate(g, k, model, sae, hook, pool, W_eff, occ, ev, icfg, seed, tasks, read_layer, progress)
+            done = _evaluate(g, k, model, sae, hook, pool, W_eff, occ, ev, icfg, seed, tasks, read_layer, progress, linked)
             _save(ckpt, _group_file(g.group_id), done)
         rows += done["rows"]
         infos.append(done["info"])
@@ -265,11 +327,14 @@ def run_interventions(session: Session, groups: list[GroupSpec], icfg: Intervent
         if done["eval"] is not None:
             evals.append(done["eval"])
     effects = adjust_run(pd.DataFrame(rows, columns=[c for c in EFFECTS_COLUMNS if c not in ("p_adj", "family")]).assign(p_adj=np.nan),
-                         icfg.modes[0], icfg.primary_effect)
-    verdicts = verdicts_frame(effects, infos, icfg.modes[0], icfg.primary_effect, icfg.alpha, icfg.min_docs)
+                         icfg.modes[0], icfg.primary_effect, icfg.additivity_effect)
+    verdicts = verdicts_frame(effects, infos, icfg.modes[0], icfg.primary_effect, icfg.alpha, icfg.min_docs,
+                              icfg.additivity_effect)
+    best = {(i["group_id"], *k.split("/", 1)): v for i in infos for k, v in i.get("best_single", {}).items()}
     return InterventionsResult(effects, verdicts, pd.DataFrame(arms, columns=ARMS_COLUMNS),
-                               effect_verdicts_frame(effects, icfg.alpha, icfg.min_docs),
-                               summarize(verdicts, evals, tasks, icfg, read_layer, data.part), evals, tasks)
+                               effect_verdicts_frame(effects, icfg.alpha, icfg.min_docs, best),
+                               summarize(verdicts, evals, tasks, icfg, read_layer, data.part), evals, tasks,
+                               additivity=additivity_frame(effects, infos, icfg.alpha, icfg.min_docs))
 
 
 def summarize(verdicts: pd.DataFrame, evals: list[GroupEval], tasks: list, icfg: InterventionsConfig,
@@ -291,6 +356,8 @@ def summarize(verdicts: pd.DataFrame, evals: list[GroupEval], tasks: list, icfg:
                     "n_tokens_fires": e.n_tokens_fires, "n_arms": len(e.plan.arms),
                     "group_norm": e.plan.group_norm, "tested_members": list(e.plan.tested_members),
                     "random_groups": [list(r) for r in e.plan.random_groups], "control_frequency_bins": e.plan.control_bins,
+                    "cofiring_latents": [list(r) for r in e.plan.cofiring_groups],
+                    "halves": [[list(a), list(b)] for a, b in e.plan.halves], "n_control_draws": e.plan.n_draws,
                     "doc_ids": e.doc_ids, "context_ids": e.context_ids, "context_lengths": e.context_lengths,
                     "tasks": [{"family": t.family, "n_docs": t.n_docs, "n_windows": t.n_windows, "n_task_tokens": t.n_tokens,
                                "n_task_tokens_fires": t.n_tokens_fires, "doc_ids": t.doc_ids, "best_single": t.best_single}
@@ -300,19 +367,20 @@ def summarize(verdicts: pd.DataFrame, evals: list[GroupEval], tasks: list, icfg:
 
 
 def _evaluate(g: GroupSpec, ordinal: int, model, sae, hook: HookSpec, pool: Pool, W_eff, occ: np.ndarray, ev: Evaluator,
-              icfg: InterventionsConfig, seed: int, tasks: list, read_layer: int | None, progress: bool) -> dict:
+              icfg: InterventionsConfig, seed: int, tasks: list, read_layer: int | None, progress: bool,
+              linked=None) -> dict:
     """Everything group ``g`` contributes to the run (what a checkpoint holds): its effect rows before the run-wide
     BH adjustment, its verdict inputs, its arms and its :class:`GroupEval` (None when it never fires)."""
     from interventions.tasks import evaluate_task
 
-    r_ctx, r_plan, r_boot, r_fold, r_task, r_tboot, r_tfold, r_arms = _rngs(seed, g.group_id, 8)
+    r_ctx, r_plan, r_boot, r_fold, r_task, r_tboot, r_tfold, r_arms, r_draw, r_tdraw = _rngs(seed, g.group_id, 10)
     contexts = choose_contexts(pool, g, icfg.max_tokens, icfg.tail_tokens, r_ctx)
     if not contexts:
         log.warning("group %s never fires in the %d pool tokens; no verdict", g.group_id, pool.n_tokens)
         info = {"group_id": g.group_id, "group_size": g.size, "structure": g.structure, "n_docs": 0,
                 "n_tokens_fires": 0, "n_contexts": 0, "best_single_latents": ""}
         return {"version": CHECKPOINT_VERSION, "group_id": g.group_id, "rows": [], "info": info, "arms": [], "eval": None}
-    plan = plan_arms(g, pool, W_eff, occ, icfg, r_plan, arm_seed=int(r_arms.integers(2**32)))
+    plan = plan_arms(g, pool, W_eff, occ, icfg, r_plan, arm_seed=int(r_arms.integers(2**32)), linked=linked)
     ge = evaluate_group(model, sae, hook, plan, contexts, ev, progress=progress, kill_name=f"group {ordinal} forward")
     for td in tasks:
         te = evaluate_task(model, hook, plan, td, ev, read_layer, icfg.tasks.max_tokens, r_task,
@@ -321,7 +389,7 @@ def _evaluate(g: GroupSpec, ordinal: int, model, sae, hook: HookSpec, pool: Pool
             log.info("group %s fires on no %s task token; no task effects", g.group_id, td.family)
         else:
             ge.tasks.append(te)
-    g_rows, info = group_rows(ge, icfg, r_boot, r_fold, r_tboot, r_tfold)
+    g_rows, info = group_rows(ge, icfg, r_boot, r_fold, r_tboot, r_tfold, r_draw, r_tdraw)
     log.info("group %s: %d arms on %d contexts (%d documents, %d tokens where it fires)", g.group_id, len(plan.arms),
              ge.n_contexts, ge.n_docs, ge.n_tokens_fires)
     return {"version": CHECKPOINT_VERSION, "group_id": g.group_id, "rows": g_rows, "info": info, "arms": arms_rows(ge),
@@ -330,7 +398,7 @@ def _evaluate(g: GroupSpec, ordinal: int, model, sae, hook: HookSpec, pool: Pool
 
 # ----------------------------------------------------------------------------------- checkpoints
 
-CHECKPOINT_VERSION = 2  # 2: the pool may hold the latents of its tokens (resample), arms carry a seed
+CHECKPOINT_VERSION = 3  # 2: the pool may hold the latents of its tokens (resample), arms carry a seed; 3: co-firing counts, halves
 POOL_FILE = "pool.pkl"
 
 

@@ -5,6 +5,7 @@ Files (each written atomically, ``summary.json`` last; see docs/interventions.md
 
 ``effects.csv``          tidy effects, one row per (group, arm, mode, alpha, effect, scope), BH-adjusted over the run
 ``effect_verdicts.csv``  one row per (group, mode, effect): the group against its best single latent and controls
+``additivity.csv``       non-additivity: per (group, mode, signed effect) the group vs the sum of its members' effects
 ``arms.csv``             what every arm edits, including the drawn control latents
 ``summary.json``         the primary comparison, tasks, per-group token counts and documents, ``format_version``
 ``steering.png``         dose-response of the steering arms (when steering ran)
@@ -20,10 +21,12 @@ import pandas as pd
 
 from sources.files import SavedResult, atomic_path, read_tables, read_versioned, write_json
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """Version of the files' layout; :meth:`InterventionsResult.load` refuses another (the stage key includes it).
 2: the ``other`` scope holds only unedited tokens at or after each context's first edited position. 3: effects.csv's
-``family`` column (BH within primary, secondary and arm-vs-clean rows)."""
+``family`` column (BH within primary, secondary and arm-vs-clean rows). 4: controls at the group's tokens (co-firing
+latents, random spans), every member tried and the best single chosen per effect, control draws resampled in the
+bootstrap, the non-additivity family and additivity.csv."""
 HINT = "rerun python -m experiments.interventions (or python -m experiments.steer) with the same --out and --fresh"
 TABLES = ("effects.csv", "arms.csv", "verdicts.csv")
 
@@ -48,6 +51,8 @@ class InterventionsResult(SavedResult):
     tasks: list = field(default_factory=list, repr=False, compare=False)
     """The task data used (interventions.tasks.TaskData, with the readouts' clean quality; not saved)."""
     folder: Path | None = None
+    additivity: pd.DataFrame | None = None
+    """The non-additivity table (interventions.effects.ADDITIVITY_COLUMNS)."""
 
     @property
     def read_layer(self) -> int | None:
@@ -70,6 +75,10 @@ class InterventionsResult(SavedResult):
 
             with atomic_path(out / "steering.png") as tmp:
                 plot_dose_response(self.effects, tmp)
+        (out / "additivity.csv").unlink(missing_ok=True)
+        if self.additivity is not None:
+            with atomic_path(out / "additivity.csv") as tmp:
+                self.additivity.to_csv(tmp, index=False)
         with atomic_path(out / "verdicts.csv") as tmp:
             self.verdicts.to_csv(tmp, index=False)
         write_json(out / "summary.json", {**self.summary, "format_version": FORMAT_VERSION})
@@ -79,10 +88,11 @@ class InterventionsResult(SavedResult):
         """Read a finished interventions stage folder; ConfigError naming the file and the fix otherwise."""
         folder = Path(folder)
         summary = read_versioned(folder / "summary.json", "interventions", "interventions", FORMAT_VERSION, HINT)
-        tables = read_tables(folder, (*TABLES, "effect_verdicts.csv"), "interventions", HINT, optional=("effect_verdicts.csv",),
+        tables = read_tables(folder, (*TABLES, "effect_verdicts.csv", "additivity.csv"), "interventions", HINT,
+                             optional=("effect_verdicts.csv", "additivity.csv"),
                              dtype={"group_id": str, "best_single_latents": str, "latents": str})
         arms = tables["arms.csv"]
         if "latents" in arms:
             arms["latents"] = arms["latents"].fillna("")  # arms that edit no latent (directions, steering)
         return cls(tables["effects.csv"], tables["verdicts.csv"], arms, tables["effect_verdicts.csv"],
-                   summary, folder=folder)
+                   summary, folder=folder, additivity=tables["additivity.csv"])

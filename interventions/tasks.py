@@ -59,9 +59,10 @@ FAMILIES = tuple(TASKS)
 INNER_FOLDS = 3
 
 
-def effect_name(target: str, per_norm: bool = False) -> str:
-    """The ``effect`` column of a task effect: ``probe:<target>`` or ``probe_per_norm:<target>``."""
-    return f"probe{'_per_norm' if per_norm else ''}:{target}"
+def effect_name(target: str, per_norm: bool = False, amnesic: bool = False) -> str:
+    """The ``effect`` column of a task effect: ``probe:<target>`` or ``probe_per_norm:<target>`` (the fixed clean
+    readout), ``probe_amnesic:<target>`` or ``probe_amnesic_per_norm:<target>`` (a readout refitted after the edit)."""
+    return f"probe{'_amnesic' if amnesic else ''}{'_per_norm' if per_norm else ''}:{target}"
 
 
 # ----------------------------------------------------------------------------------- data
@@ -335,6 +336,42 @@ def fit_readout(target: TaskTarget, X_ND: np.ndarray, doc_N: np.ndarray, folds: 
     return r
 
 
+def crossfit_loss(kind: str, X: np.ndarray, y: np.ndarray, fold: np.ndarray, l2: float, scale: float) -> np.ndarray:
+    """Per-row loss of a readout refitted on ``X`` and cross-fitted over ``fold`` (each row read by the model fitted on
+    the other folds; a training fold with one class predicts that class's frequency)."""
+    out = np.zeros(len(y))
+    for k in np.unique(fold):
+        te, tr = fold == k, fold != k
+        if kind == "classification" and len(np.unique(y[tr])) < 2:
+            m = _Prior(y[tr])
+        else:
+            m = _estimator(kind, l2).fit(X[tr], y[tr])
+        out[te] = _loss(kind, m, X[te], y[te], scale)
+    return out
+
+
+def amnesic_effects(ro: "Readout", X_clean: np.ndarray, rows: np.ndarray, docs: np.ndarray, edited: dict,
+                    folds: int, seed: int = 0) -> dict:
+    """The amnesic readout's loss increase per task token for every arm: a readout of the target refitted on the
+    *edited* residuals of the evaluated windows' task tokens (cross-fitted by document, the clean readout's median L2
+    strength), minus the same refit on their clean residuals (paired per token). A fixed readout can fail after an
+    edit that only moves the information; a refitted one fails only when the information is gone (amnesic probing).
+    ``edited``: arm key -> edited residuals [T, D] (None: the arm changed nothing, effect 0)."""
+    y = ro.y[np.searchsorted(ro.rows, rows)] if np.all(np.diff(ro.rows) >= 0) else \
+        ro.y[np.array([{int(r): i for i, r in enumerate(ro.rows)}[int(r)] for r in rows])]
+    k = min(folds, len(np.unique(docs)))
+    if k < 2:
+        return {key: np.full(len(rows), np.nan) for key in edited}
+    fold = np.empty(len(rows), dtype=np.int64)
+    for f, (_, te) in enumerate(grouped_folds(docs, k, seed, y if ro.kind == "classification" else None)):
+        fold[te] = f
+    finite = [a for a in ro.l2 if a is not None and math.isfinite(a)]
+    l2 = float(np.median(finite)) if finite else 1.0
+    base = crossfit_loss(ro.kind, X_clean, y, fold, l2, ro.scale)
+    return {key: (np.zeros(len(rows)) if X is None else crossfit_loss(ro.kind, X, y, fold, l2, ro.scale) - base)
+            for key, X in edited.items()}
+
+
 @torch.no_grad()
 def _batches(windows: list[TaskWindow], idx: list[int], size: int, pad: int):
     for b0 in range(0, len(idx), size):
@@ -403,6 +440,8 @@ class TaskEval:
     best_single: dict = field(default_factory=dict)
     """``target|mode`` -> the cross-fitted best single member(s) (``a|b`` when the halves differ), filled by
     interventions.pipeline.task_rows."""
+    best_single_effects: dict = field(default_factory=dict)
+    """``(mode, effect)`` -> the best single member(s) chosen for that task effect (filled by task_rows)."""
 
 
 def choose_windows(td: TaskData, members: tuple[int, ...], max_tokens: int, rng: np.random.Generator) -> list[int]:
@@ -443,10 +482,15 @@ def evaluate_task(model: LoadedModel, hook: HookSpec, plan: Plan, td: TaskData, 
     per_fwd, cb = arm_batching(len(arms), len(chosen), ev.icfg.batch_size)
     readouts = td.readouts
     rec = {t: {(a.name, a.mode, a.alpha): {"doc": [], "target": [], "collateral": [], "eff": [], "norm": []} for a in arms} for t in readouts}
+    amnesic = ev.icfg.tasks.amnesic
+    amn_arms = {(a.name, a.mode, a.alpha) for a in arms if a.kind not in ("steer", "steer_random")}
+    clean_X = {t: [] for t in readouts}
+    """target -> per chunk: clean residuals, example rows and documents of its task tokens (the amnesic refit)."""
+    edit_X = {t: {k: [] for k in amn_arms} for t in readouts}
     gi = torch.as_tensor(plan.group.members)
     n_tok = n_fires = 0
-    bar = progress_bar(total=math.ceil(len(chosen) / cb) * math.ceil(len(arms) / per_fwd),
-                       desc=f"task {td.family} {plan.group.group_id}", unit="fwd", progress=progress, mininterval=2.0)
+    bar = progress_bar(total=math.ceil(len(chosen) / cb) * len(arms), desc=f"task {td.family} {plan.group.group_id}",
+                       unit="arm", progress=progress, mininterval=2.0)
 
     def chunks():
         nonlocal n_tok, n_fires
@@ -472,6 +516,8 @@ def evaluate_task(model: LoadedModel, hook: HookSpec, plan: Plan, td: TaskData, 
                     continue
                 b_, p_, r_ = (torch.as_tensor(v) for v in (b_, p_, r_))
                 at[t] = (b_, p_, r_.numpy(), ro.loss(read[b_, p_].cpu().numpy(), r_.numpy()))
+                if amnesic:
+                    clean_X[t].append((read[b_, p_].cpu().numpy(), r_.numpy(), docs[b_.numpy()]))
             ch.extra["at"] = at
             rows_here = {r for w in ws for r in w.rows.tolist()}
             n_tok += len(rows_here)
@@ -483,7 +529,8 @@ def evaluate_task(model: LoadedModel, hook: HookSpec, plan: Plan, td: TaskData, 
         live = [i for i, d in enumerate(deltas) if bool(d.any())]  # an arm that changes nothing reads the clean stream
         if not live:
             return {}
-        R = multi_arm_read(model, hook, ch.tokens, [(lambda x, d=deltas[i]: x + d.to(x.dtype)) for i in live], read_layer)
+        R = multi_arm_read(model, hook, ch.tokens, [(lambda x, d=deltas[i]: x + d.to(x.dtype)) for i in live], read_layer,
+                           x_BLD=ch.x if ev.icfg.start_at_hook else None)
         return {i: R[j] for j, i in enumerate(live)}
 
     def record(ch, i, arm, d, edited):
@@ -496,10 +543,14 @@ def evaluate_task(model: LoadedModel, hook: HookSpec, plan: Plan, td: TaskData, 
             r["target"].append(tgt[b_, p_].cpu().numpy())
             r["collateral"].append(coll[b_, p_].cpu().numpy())
             r["norm"].append(norm[b_, p_].cpu().numpy())
-            if i in edited:
+            live = edited is not None and i in edited
+            if live:
                 r["eff"].append(readouts[t].loss(edited[i][b_, p_].cpu().numpy(), r_) - clean)
             else:
                 r["eff"].append(np.zeros(len(r_)))
+            key = (arm.name, arm.mode, arm.alpha)
+            if amnesic and key in amn_arms:
+                edit_X[t][key].append(edited[i][b_, p_].cpu().numpy() if live else None)
 
     run_arms(chunks(), arms, ev, forward, record, bar)
     bar.close()
@@ -509,8 +560,24 @@ def evaluate_task(model: LoadedModel, hook: HookSpec, plan: Plan, td: TaskData, 
     for t, per_arm in rec.items():
         if not any(len(v["doc"]) for v in per_arm.values()):
             continue
-        sums[t] = {k: doc_sums(cat(v["doc"]).astype(np.int64), n_docs, cat(v["target"]).astype(bool),
-                               {effect_name(t): cat(v["eff"])}, cat(v["norm"]), cat(v["collateral"]).astype(bool))
-                   for k, v in per_arm.items()}
+        amn = {}
+        if amnesic and clean_X[t]:
+            Xc = np.concatenate([c[0] for c in clean_X[t]]).astype(np.float64)
+            rows = np.concatenate([c[1] for c in clean_X[t]])
+            docs = np.concatenate([c[2] for c in clean_X[t]])
+            edited_T = {}
+            for k, parts in edit_X[t].items():
+                if all(p is None for p in parts):
+                    edited_T[k] = None
+                else:
+                    edited_T[k] = np.concatenate([c[0] if p is None else p for p, c in zip(parts, clean_X[t])]).astype(np.float64)
+            amn = amnesic_effects(readouts[t], Xc, rows, docs, edited_T, ev.icfg.tasks.folds, ev.icfg.seed or 0)
+        sums[t] = {}
+        for k, v in per_arm.items():
+            eff = {effect_name(t): cat(v["eff"])}
+            if k in amn:
+                eff[effect_name(t, amnesic=True)] = amn[k]
+            sums[t][k] = doc_sums(cat(v["doc"]).astype(np.int64), n_docs, cat(v["target"]).astype(bool), eff,
+                                  cat(v["norm"]), cat(v["collateral"]).astype(bool))
     return TaskEval(td.family, n_docs, [doc_ids[d] for d in doc_keys], len(chosen), n_tok, n_fires, sums, list(chosen))
 

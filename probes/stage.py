@@ -63,7 +63,7 @@ def run_probes(cooc: CoocResult, cfg, progress: bool = True, model=None, sae=Non
     summary: dict = {"tasks": {}, "settings": settings.__dict__, "n_candidate_groups": len(cand), "cooc_tokens": cooc.n_tokens,
                      "documents": cfg.data.reading(pc.evaluate_on).part}
     timings: dict[str, float] = {}
-    linked = linked_pairs(cooc)
+    linked = cooc.linked_pairs()
     for family in pc.tasks:
         t_task = time.perf_counter()
         fam = summary["tasks"].setdefault(family, {})
@@ -152,17 +152,6 @@ def _target_enrichment(data, target, sizes) -> pd.DataFrame:
         task_fires = np.zeros(len(data.group_ids), dtype=np.int64)
     return enrichment_table(data.group_ids, [sizes[g] for g in data.group_ids], task_fires, data.other_fires_G, len(rows),
                             data.n_other)
-
-
-def linked_pairs(cooc: CoocResult) -> set[tuple[int, int]]:
-    """Latent pairs that co-occur: the co-occurrence graph's edges (OUT/cooc/pairs.parquet, when written) and every
-    pair of members of one group. Enrichment-matched controls never hold both latents of such a pair."""
-    e = cooc.edges()
-    out: set[tuple[int, int]] = set(zip(e[:, 0].tolist(), e[:, 1].tolist()))
-    for m in cooc.members().values():
-        m = sorted(m)
-        out.update((a, b) for x, a in enumerate(m) for b in m[x + 1:])
-    return out
 
 
 FIGURE_COLUMNS = ("doc_id", "token")

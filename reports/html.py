@@ -232,8 +232,10 @@ WIN = ("beats", "win")
 VERDICT_COLUMNS = [("group_id", "group"), ("group_size", "size"), ("structure", "structure"), ("n_docs", "docs"),
                    ("verdict", "verdict"), ("group_estimate", "group"),
                    ("best_single_estimate", "best single"), ("diff_vs_best_single", "Δ vs best single [95% CI]"),
-                   ("p_adj_vs_best_single", "p_adj"), ("beats_random_groups", "vs random groups"),
-                   ("beats_random_directions", "vs random directions"), ("better_unit_on", "better unit on"),
+                   ("p_adj_vs_best_single", "p_adj"), ("beats_cofiring_latents", "vs co-firing latents"),
+                   ("beats_random_spans", "vs random spans"), ("beats_random_directions", "vs random directions"),
+                   ("beats_random_groups", "vs random groups (own tokens)"), ("additivity", "non-additivity"),
+                   ("additivity_ratio", "group / sum of members"), ("better_unit_on", "better unit on"),
                    ("task_beats_best_single_on", "task effects beating best single")]
 
 
@@ -403,14 +405,14 @@ def _cards(run: _RunFiles, seed: int) -> list[dict]:
              "cells": [r.get("mode"), r.get("effect"), r.get("kind", ""), _fmt(r.get("group_estimate")), _fmt(r.get("best_single_estimate")),
                        f"{_fmt(r.get('diff_vs_best_single'))} [{_fmt(r.get('ci_low_vs_best_single'))}, {_fmt(r.get('ci_high_vs_best_single'))}]",
                        _p(r.get("p_adj_vs_best_single")), r.get("beats_best_single"),
-                       f"{r.get('beats_random_groups')} ({_p(r.get('p_adj_vs_random_groups'))})",
-                       f"{r.get('beats_random_directions')} ({_p(r.get('p_adj_vs_random_directions'))})",
+                       *(f"{r.get('beats_' + c)} ({_p(r.get('p_adj_vs_' + c))})"
+                         for c in ("cofiring_latents", "random_spans", "random_directions", "random_groups")),
                        "yes" if str(r.get("better_unit")) == "True" else "no"]}
             for r in ev.to_dict("records")]
         if not card["comparisons"] and len(ge):  # runs from before effect_verdicts.csv existed
             comps = ge[(ge["comparator"] != "clean") & (ge["effect"] == primary) & (ge["scope"] == "fires")]
             card["comparisons"] = [{"win": False, "cells": [m, primary, "", "", "", f"{c}: {_fmt(v)} [{_fmt(lo)}, {_fmt(hi)}]",
-                                                            _p(p), "", "", "", ""]}
+                                                            _p(p), "", "", "", "", "", ""]}
                                    for c, m, v, lo, hi, p in zip(comps["comparator"], comps["mode"], comps["estimate"],
                                                                  comps["ci_low"], comps["ci_high"], comps["p_adj"])]
         cards.append(card)

@@ -92,16 +92,57 @@ class Reading:
     """Logits ``[B, L, V]`` (float32), or None when the pass stopped after its last site."""
 
 
+_BLOCKS_RETURN_TENSORS: dict[int, bool] = {}
+
+
+def blocks_return_tensors(model: LoadedModel) -> bool:
+    """Whether the model's decoder blocks return the hidden states as a plain tensor (transformers 5: llama, gemma3
+    and gpt2 do) rather than a tuple; found once per model with one two-token forward and a plain PyTorch hook."""
+    key = id(model.hf)
+    if key not in _BLOCKS_RETURN_TENSORS:
+        block = model.hf.get_submodule(model.site(0, "resid_post").block)
+        seen = {}
+        handle = block.register_forward_hook(lambda _m, _i, out: seen.setdefault("out", out))
+        try:
+            with torch.no_grad():
+                model.hf(torch.zeros((1, 2), dtype=torch.long, device=model.device))
+        finally:
+            handle.remove()
+        _BLOCKS_RETURN_TENSORS[key] = isinstance(seen.get("out"), torch.Tensor)
+    return _BLOCKS_RETURN_TENSORS[key]
+
+
+def can_start_at(model: LoadedModel, hook: HookSpec) -> bool:
+    """Whether :func:`read_sites` can start a pass at ``hook`` (``start=``): a residual-stream site after block 0's
+    input, in a model whose blocks return tensors."""
+    return hook.site in ("resid_post", "resid_pre") and (hook.site == "resid_post" or hook.layer > 0) \
+        and blocks_return_tensors(model)
+
+
 @torch.no_grad()
 def read_sites(model: LoadedModel, tokens_BL: torch.Tensor, reads: Sequence[HookSpec] = (),
-               edits: Sequence[tuple[HookSpec, EditFn]] = (), logits: bool = True) -> Reading:
+               edits: Sequence[tuple[HookSpec, EditFn]] = (), logits: bool = True,
+               start: tuple[HookSpec, torch.Tensor] | None = None) -> Reading:
     """One forward pass that reads ``reads``, applies ``edits`` and returns what was read: the project's only trace.
 
     Sites are visited in forward order whatever order they are given in (nnsight 0.8 requires it); several edits of
     one site are chained in the given order; a site read twice is read once. Without ``logits`` the pass stops right
     after the last site read or edited, so no later layer runs. A site cannot be both edited and read (read the next
     site instead).
+
+    ``start=(hook, x_BLD)``: the value at ``hook`` (a residual-stream site, :func:`can_start_at`) is already known for
+    this batch (e.g. from a clean pass over the same tokens), so every block before it is skipped (nnsight's
+    ``Envoy.skip``: their forward does not run) and the site takes ``x_BLD`` (edits at ``hook`` apply to it). Later
+    layers run as in the full pass, so the result equals the full pass's up to float rounding (the clean value was
+    computed in another batch). Reads and edits must come at or after ``hook``.
     """
+    if start is not None:
+        s_hook, s_x = start
+        if not can_start_at(model, s_hook):
+            raise ValueError(f"a pass cannot start at {s_hook.site} of layer {s_hook.layer}; use the full pass")
+        s_key = _forward_key(model, s_hook)
+        if any(_forward_key(model, h) < s_key for h, _ in edits) or any(_forward_key(model, h) < s_key for h in reads):
+            raise ValueError("read_sites: with start, every read and edit comes at or after the start site")
     keyed: dict[tuple[int, int], dict] = {}
 
     def entry(h: HookSpec) -> dict:
@@ -118,6 +159,21 @@ def read_sites(model: LoadedModel, tokens_BL: torch.Tensor, reads: Sequence[Hook
         raise ValueError("read_sites: nothing to read and no logits asked for")
     saved: dict[tuple[int, int], object] = {}
     with model.lm.trace(tokens_BL.to(model.device)) as tracer:
+        if start is not None:
+            root = model.site(0, "resid_post").block.rsplit(".", 1)[0]
+            last = s_hook.layer if s_hook.site == "resid_post" else s_hook.layer - 1
+            x0 = s_x.to(device=model.device, dtype=model.dtype)
+            start_fns = keyed.get(s_key, {}).get("fns") if s_hook.site == "resid_post" else None
+            for i in range(last + 1):
+                value = x0
+                if i == last and start_fns:  # the start site's own edits, applied to the given value
+                    value = _apply(_chain(start_fns), x0, keyed[s_key]["where"])
+                model.envoy(f"{root}.{i}").skip(value)
+            if start_fns:
+                keyed.pop(s_key)
+            elif s_hook.site == "resid_post" and keyed.get(s_key, {}).get("read"):
+                saved[s_key] = x0
+                keyed.pop(s_key)
         for key in sorted(keyed):
             e = keyed[key]
             if e["fns"]:

@@ -85,7 +85,7 @@ def random_subspaces(d_model: int, dim: int, n: int, seed: int | np.random.Gener
 
 
 def enrichment_matched_groups(group, task_fires_F, other_fires_F, n_controls: int, seed: int | np.random.Generator = 0,
-                              linked=None, pool: int = 20) -> list[MatchedGroup]:
+                              linked=None, pool: int = 20, eligible_F: np.ndarray | None = None) -> list[MatchedGroup]:
     """``n_controls`` random groups matched to ``group`` member by member on task and other-token firing counts.
 
     For member m, the candidates are the ``pool`` non-members closest to m in
@@ -93,7 +93,8 @@ def enrichment_matched_groups(group, task_fires_F, other_fires_F, n_controls: in
     random order and takes, for each, a random candidate that is not already drawn and not ``linked`` to a latent
     already drawn or to a member (``linked``: a set of ``(i, j)`` pairs with i < j, e.g. co-occurrence edges), so a
     control can be combined with a member (the best member plus k - 1 controls) without co-occurring; when every candidate
-    is excluded the next-nearest latents are tried. ``bins`` of the result hold each control's rank among its
+    is excluded the next-nearest latents are tried. ``eligible_F`` (bool, optional) restricts the candidates (e.g. to
+    latents that fire on the task's tokens at all). ``bins`` of the result hold each control's rank among its
     member's candidates (0 = nearest).
     """
     group = tuple(int(i) for i in group)
@@ -108,8 +109,10 @@ def enrichment_matched_groups(group, task_fires_F, other_fires_F, n_controls: in
         raise ValueError(f"only {n_lat - len(group)} latents outside the group; need {len(group)}")
     rng = np.random.default_rng(seed)
     linked = set() if linked is None else linked
-    outside = np.ones(n_lat, dtype=bool)
+    outside = np.ones(n_lat, dtype=bool) if eligible_F is None else np.asarray(eligible_F, dtype=bool).copy()
     outside[list(group)] = False
+    if outside.sum() < len(group):
+        raise ValueError(f"only {int(outside.sum())} eligible latents outside the group; need {len(group)}")
     cand = np.flatnonzero(outside)
     jitter = rng.random(len(cand)) * 1e-9
     order = {m: cand[np.argsort((t[cand] - t[m]) ** 2 + (o[cand] - o[m]) ** 2 + jitter, kind="stable")] for m in group}

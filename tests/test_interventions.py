@@ -280,8 +280,9 @@ def test_a_group_whose_decoder_rows_are_zero_never_beats_anything(model, corpus)
 # ----------------------------------------------------------------------------------- null calibration
 
 def _synthetic_group(rng, effect_boost: float, n_boot: int) -> GroupEval:
-    """Per-token effects for a group, 3 members, 2 random groups and 2 random directions drawn from the same
-    distribution (plus ``effect_boost`` for the group), reduced through the same code path as real runs."""
+    """Per-token effects for a group, 3 members and 2 draws of each control (co-firing latents, random spans, random
+    directions, random groups) drawn from the same distribution (plus ``effect_boost`` for the group), reduced
+    through the same code path as real runs."""
     n_docs = int(rng.integers(6, 25))
     sizes = rng.integers(5, 40, n_docs)
     doc_T = np.repeat(np.arange(n_docs), sizes)
@@ -300,10 +301,10 @@ def _synthetic_group(rng, effect_boost: float, n_boot: int) -> GroupEval:
     for m in members:
         sums[(f"member:{m}", "zero", None)] = arm()
     for r in range(2):
-        sums[(f"random_group:{r}", "zero", None)] = arm()
-        sums[(f"random_direction:{r}", "zero", None)] = arm()
+        for kind in ("random_group", "random_direction", "cofiring", "random_span"):
+            sums[(f"{kind}:{r}", "zero", None)] = arm()
     plan = Plan(GroupSpec(f"g{rng.integers(1 << 40):x}", members), [Arm("group", "group", "zero")], members,
-                [(1, 2, 3), (4, 5, 6)], {}, 1.0)
+                [(1, 2, 3), (4, 5, 6)], {}, 1.0, cofiring_groups=[(7, 8, 9), (14, 15, 16)], n_draws=2)
     return GroupEval(plan, n_docs, [str(d) for d in range(n_docs)], sums, int(sizes.sum()), n_docs)
 
 
@@ -326,7 +327,7 @@ def test_the_primary_comparisons_are_corrected_apart_from_the_secondary_and_the_
     evals = [_synthetic_group(rng, 1.0 if i < 2 else 0.0, icfg.n_boot) for i in range(4)]
     eff, _ = _run_of_groups(evals, icfg, rng)
     prim = eff[eff["family"] == "primary"]
-    assert len(prim) == 4 * 3  # per group: vs best single, random groups, random directions
+    assert len(prim) == 4 * 4  # per group: vs best single, co-firing latents, random spans, random directions
     assert (prim["arm"] == "group").all() and (prim["effect"] == icfg.primary_effect).all() and (prim["scope"] == "fires").all()
     assert set(eff["family"]) == {"primary", "secondary", "vs_clean"}
     assert (eff.loc[eff["comparator"] == "clean", "family"] == "vs_clean").all()

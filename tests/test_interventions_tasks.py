@@ -158,7 +158,12 @@ def test_a_planted_group_whose_ablation_destroys_the_probed_information_has_a_cl
     # per unit of removed norm, and the comparisons, are there too
     assert {effect_name("planted/target", True)} <= set(eff["effect"])
     cmp = eff[(eff["arm"] == "group") & (eff["effect"] == name) & (eff["scope"] == "fires")]
-    assert {"clean", "best_single", "random_groups", "random_directions"} <= set(cmp["comparator"])
+    assert {"clean", "best_single", "cofiring_latents", "random_spans", "random_directions", "random_groups"} <= set(cmp["comparator"])
+    # the amnesic readout (refitted after the edit) sits beside the fixed one; the planted group's edit removes the
+    # target from the stream, so the refitted readout loses it too
+    amn = eff[(eff["arm"] == "group") & (eff["comparator"] == "clean") & (eff["scope"] == "fires")
+              & (eff["effect"] == effect_name("planted/target", amnesic=True))]
+    assert len(amn) == 1 and amn["estimate"].iloc[0] > 0.1, amn.to_dict("records")
     # steering along the alpha grid reads the task too; alpha = 0 changes nothing
     st = eff[(eff["mode"] == "steer") & (eff["effect"] == name) & (eff["comparator"] == "clean")]
     assert set(st["alpha"]) == {0.0, 2.0}
