@@ -521,23 +521,27 @@ def documents_first(ids: np.ndarray, doc_of, rng: np.random.Generator) -> np.nda
 
 
 def choose_contexts(pool: Pool, group: GroupSpec, max_tokens: int, tail_tokens: int | None,
-                    rng: np.random.Generator) -> list[tuple[Context, int]]:
+                    rng: np.random.Generator, max_doc_tokens: int | None = None) -> list[tuple[Context, int]]:
     """A seeded sample of the pool's contexts in which the group fires: ``(context, length)`` pairs whose
     lengths sum to about ``max_tokens``.
 
     Documents are the unit of the statistics, so contexts are drawn one per document first (in random
     order), then second contexts of documents, and so on. Each context is cut ``tail_tokens`` tokens after
     the group's last firing token (None: kept whole): later tokens cannot change what happens at the group's
-    tokens and only add tokens to the collateral (``other``) scope.
+    tokens and only add tokens to the collateral (``other``) scope. ``max_doc_tokens`` caps the tokens one document
+    contributes (its further contexts are skipped), so no document dominates a group's evaluation.
     """
     last = pool.group_contexts.get(group.group_id, {})
     if not last:
         return []
     order = documents_first(np.array(sorted(last)), lambda i: pool.contexts[i].doc_index, rng)
-    chosen, total = [], 0
+    chosen, total, per_doc = [], 0, {}
     for i in order.tolist():
         ctx = pool.contexts[i]
         n = len(ctx.tokens_L) if tail_tokens is None else min(len(ctx.tokens_L), last[i] + 1 + tail_tokens)
+        if max_doc_tokens is not None and per_doc.get(ctx.doc_index, 0) > 0 and per_doc[ctx.doc_index] + n > max_doc_tokens:
+            continue
+        per_doc[ctx.doc_index] = per_doc.get(ctx.doc_index, 0) + n
         chosen.append((ctx, n))
         total += n
         if total >= max_tokens:

@@ -165,6 +165,9 @@ class InterventionsConfig(Section):
     max_tokens: int = Field(1024, ge=1)
     """Evaluation tokens per group: contexts in which the group fires, one per document first, cut after
     the group's last firing token (see tail_tokens)."""
+    max_doc_tokens: int | None = Field(256, ge=1)
+    """At most this many evaluation tokens per document and group (a document's first context is always kept, then
+    further contexts while they fit), so that no document dominates a group's evaluation; None: no cap."""
     tail_tokens: int | None = Field(16, ge=1)
     """Each evaluation context is cut this many tokens after the group's last firing token (None: whole
     contexts). Later tokens cannot change the effect at the group's tokens; they only add collateral tokens."""

@@ -290,3 +290,24 @@ def test_the_amnesic_readout_tells_information_removed_from_information_moved():
     assert fixed["moved"] > 0.5 and fixed["removed"] > 0.5  # the fixed readout fails in both cases
     assert abs(amn["moved"].mean()) < 0.05  # the refitted one only when the information is gone
     assert amn["removed"].mean() > 0.5
+
+
+def test_no_document_contributes_more_than_max_doc_tokens_and_documents_come_first():
+    from interventions.arms import choose_contexts
+    from sources.corpora import Context
+
+    L = 40
+    ctxs = {}
+    for i in range(30):  # document 0 has 20 contexts, documents 1..10 one each
+        doc = 0 if i < 20 else i - 19
+        ctxs[i] = Context(index=i, doc_index=doc, doc_id=f"d{doc}", tokens_L=np.arange(L), mask_L=np.ones(L, dtype=bool),
+                          spans_L2=np.zeros((L, 2), dtype=np.int64))
+    pool = Pool(1000, np.ones(4), np.ones(4), torch.zeros(4), 1.0, contexts=ctxs,
+                group_contexts={"g": {i: L - 1 for i in ctxs}})
+    got = choose_contexts(pool, GroupSpec("g", (0, 1)), 10_000, None, np.random.default_rng(0), max_doc_tokens=100)
+    per_doc = {}
+    for c, n in got:
+        per_doc[c.doc_index] = per_doc.get(c.doc_index, 0) + n
+    assert set(per_doc) == set(range(11)) and max(per_doc.values()) <= 100 and per_doc[0] == 80
+    uncapped = choose_contexts(pool, GroupSpec("g", (0, 1)), 10_000, None, np.random.default_rng(0))
+    assert sum(n for c, n in uncapped if c.doc_index == 0) == 20 * L  # without the cap document 0 dominates
