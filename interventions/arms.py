@@ -314,7 +314,7 @@ def plan_arms(group: GroupSpec, pool: Pool, W_eff: torch.Tensor, occ_F: np.ndarr
 
         arms.append(Arm("group", "group", mode, tuple(members), basis=basis(members), seed=arm_seed))
         arms += [Arm(f"member:{m}", "member", mode, (m,), basis=basis([m]), seed=arm_seed) for m in tested]
-        for s_, (a, b) in enumerate(halves):
+        for s_, (a, b) in enumerate(halves if not sub else []):  # non-additivity: latent modes only (edits add)
             arms += [Arm(f"half:{s_}a", "half", mode, a, basis=basis(a), seed=arm_seed),
                      Arm(f"half:{s_}b", "half", mode, b, basis=basis(b), seed=arm_seed)]
         arms += [Arm(f"cofiring:{r}", "cofiring", mode, cg, basis=basis(cg), seed=arm_seed) for r, cg in enumerate(cofiring)]
@@ -681,27 +681,40 @@ def document_halves(n_docs: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def best_single(sums: dict, members: tuple[int, ...], mode: str, effect: str, n_docs: int,
-                rng: np.random.Generator | None = None, fold: np.ndarray | None = None) -> tuple[DocSums | None, str]:
+                rng: np.random.Generator | None = None, fold: np.ndarray | list | None = None) -> tuple[DocSums | None, str]:
     """Cross-fitted best single member: documents are split in two halves (``fold``, or :func:`document_halves` drawn
     from ``rng``); on each half the arm is the member whose effect (``effect`` at the group's tokens) is largest on
     the *other* half, so the choice never sees the documents it is scored on. Every member in ``sums`` is a
-    candidate, and the choice is made per effect (the caller passes one ``effect`` at a time and the same ``fold``).
-    Returns the combined sums and which members were chosen."""
+    candidate, and the choice is made per effect (the caller passes one ``effect`` at a time and the same folds).
+    ``fold`` may be a list of splits: the cross-fitted sums are then averaged over them, so the result does not hang
+    on one random split. A half with no scored token on the other half is left out of that split (the choice would
+    see its own documents). Returns the combined sums and the chosen members (most often chosen first, with how often,
+    e.g. ``12 (7/10)``)."""
     cand = [(m, sums[(f"member:{m}", mode, None)]) for m in members if (f"member:{m}", mode, None) in sums]
     if not cand:
         return None, ""
-    if fold is None:
-        fold = document_halves(n_docs, rng)
-    chosen = []
-    out = None
-    for half in (fold, ~fold):
-        other = (~half).astype(float)[None, :]
-        vals = np.array([statistic(s, effect, "fires", other)[0] for _, s in cand])
-        if not np.isfinite(vals).any():  # the other half has no scored token: choose on all documents
-            vals = np.array([statistic(s, effect, "fires", np.ones((1, n_docs)))[0] for _, s in cand])
-        k = int(np.nanargmax(np.where(np.isfinite(vals), vals, -np.inf))) if np.isfinite(vals).any() else 0
-        chosen.append(cand[k][0])
-        part = cand[k][1].subset(half)
-        out = part if out is None else out + part
-    label = str(chosen[0]) if chosen[0] == chosen[1] else f"{chosen[0]}|{chosen[1]}"
-    return out, label
+    folds = [document_halves(n_docs, rng)] if fold is None else (list(fold) if isinstance(fold, list) else [fold])
+    chosen: list[int] = []
+    total, used = None, 0
+    for f in folds:
+        out, ok = None, True
+        for half in (f, ~f):
+            other = (~half).astype(float)[None, :]
+            vals = np.array([statistic(s, effect, "fires", other)[0] for _, s in cand])
+            if not np.isfinite(vals).any():  # the other half has no scored token: this split cannot cross-fit
+                ok = False
+                break
+            k = int(np.nanargmax(np.where(np.isfinite(vals), vals, -np.inf)))
+            chosen.append(cand[k][0])
+            part = cand[k][1].subset(half)
+            out = part if out is None else out + part
+        if ok:
+            total = out if total is None else total + out
+            used += 1
+    if total is None:
+        return None, ""
+    total = total.scaled(1.0 / used)
+    counts = {m: chosen.count(m) for m in dict.fromkeys(chosen)}
+    top = sorted(counts, key=lambda m: -counts[m])[:2]
+    label = "|".join(f"{m} ({counts[m]}/{len(chosen)})" if len(chosen) > 2 else str(m) for m in top)
+    return total, label

@@ -149,13 +149,17 @@ class InterventionsConfig(Section):
     """Draws per group and mode of each matched control (co-firing latents, random spans, random directions, random
     latent groups). Each bootstrap replicate resamples the draws too, so the comparison is against the control's
     distribution, not against a few fixed draws."""
+    n_best_splits: int = Field(10, ge=1)
+    """Random document halvings the best single member is cross-fitted over (chosen on one half, scored on the other,
+    both ways); its sums are averaged over them, so the comparison does not hang on one split."""
     n_splits: int = Field(2, ge=0)
     """Random splits of the members into complementary halves per mode: the non-additivity test compares the group
     with the sum of its two halves' effects, besides the sum of its members' (0: no halves)."""
-    additivity_effect: Literal["margin", "ce"] = "margin"
+    additivity_effect: Literal["margin"] = "margin"
     """The signed effect of the pre-specified non-additivity test (the group's effect vs the sum of its members'
-    effects on the same tokens, in the primary mode): margin, the drop of the clean top-1 vs top-2 logit margin
-    (logit-level, so effects that add in the logits add in it), or ce."""
+    effects on the same tokens, in the primary mode, which must be a latent mode): margin, the drop of the clean top-1
+    vs top-2 logit margin (logit-level, so effects that add in the logits add in it; CE does not: log-softmax
+    curvature alone makes it superadditive)."""
     evaluate_on: Literal["heldout", "discovery", "all"] = "heldout"
     """Documents the pool (evaluation contexts, firing rates, means) is drawn from: heldout (default) keeps them apart
     from the discovery documents the groups were found on (data.heldout_fraction)."""

@@ -101,16 +101,21 @@ def _ablation_arms(s: dict, plan, mode: str) -> dict:
     arms["random_spans"] = _draws(s, [f"random_span:{r}" for r in range(plan.n_draws)], mode)
     arms["random_directions"] = _draws(s, [f"random_direction:{r}" for r in range(plan.n_draws)], mode)
     arms["random_groups"] = _draws(s, [f"random_group:{r}" for r in range(len(plan.random_groups))], mode)
-    if set(plan.tested_members) == set(plan.group.members) and len(plan.group.members) > 1:
+    from interventions.modes import MODES
+
+    # the sum of members (and halves) is the group's edit only where edits add: latent modes (each latent's change goes
+    # through the linear decoder); projecting out a span is not the sum of projecting out its non-orthogonal directions
+    additive_mode = MODES[mode].edits == "latents"
+    if additive_mode and set(plan.tested_members) == set(plan.group.members) and len(plan.group.members) > 1:
         arms["sum_of_members"] = _summed([s[(f"member:{m}", mode, None)] for m in plan.group.members], group)
     halves = [_summed([s[(f"half:{k}a", mode, None)], s[(f"half:{k}b", mode, None)]], group)
-              for k in range(len(plan.halves)) if (f"half:{k}a", mode, None) in s]
+              for k in range(len(plan.halves)) if (f"half:{k}a", mode, None) in s] if additive_mode else []
     arms["halves"] = halves or None
     return arms
 
 
 def _comparisons(add, arms: dict, mode: str, effects: list[str], additive: list[str], members, n_docs: int,
-                 fold: np.ndarray, chosen: dict, key: str = "") -> None:
+                 fold: list, chosen: dict, key: str = "") -> None:
     """Rows of one mode: every arm and control vs clean, the group vs each control, vs the sum of its members and
     its halves (``additive`` effects, at its tokens), and vs its best single member chosen per effect (cross-fitted
     on ``fold``; the choice goes into ``chosen[(key, mode, effect)]``)."""
@@ -167,7 +172,7 @@ def task_rows(ge: GroupEval, icfg: InterventionsConfig, rng_boot: np.random.Gene
     for te in ge.tasks:
         W = bootstrap_weights(te.n_docs, icfg.n_boot, rng_boot)
         draws = _draw_indices(plan, icfg.n_boot, rng_draw)
-        fold = document_halves(te.n_docs, rng_fold)
+        fold = [document_halves(te.n_docs, rng_fold) for _ in range(icfg.n_best_splits)]
         add = _adder(rows, gid, W, draws)
         for target, s in te.sums.items():
             eff, eff_pn = effect_name(target), effect_name(target, per_norm=True)
@@ -206,7 +211,7 @@ def group_rows(ge: GroupEval, icfg: InterventionsConfig, rng_boot: np.random.Gen
     gid, plan, s = ge.plan.group.group_id, ge.plan, ge.sums
     W = bootstrap_weights(ge.n_docs, icfg.n_boot, rng_boot)
     draws = _draw_indices(plan, icfg.n_boot, rng_draw if rng_draw is not None else np.random.default_rng(0))
-    fold = document_halves(ge.n_docs, rng_fold)
+    fold = [document_halves(ge.n_docs, rng_fold) for _ in range(icfg.n_best_splits)]
     has_read = icfg.read_layer is not None
     lds = [f"logit_diff:{n}" for n in icfg.logit_diffs]
     effects = (["ce", "kl", "margin", "ce_per_norm", "margin_per_norm", "sqrt_kl_per_norm"]
@@ -360,7 +365,8 @@ def summarize(verdicts: pd.DataFrame, evals: list[GroupEval], tasks: list, icfg:
                     "halves": [[list(a), list(b)] for a, b in e.plan.halves], "n_control_draws": e.plan.n_draws,
                     "doc_ids": e.doc_ids, "context_ids": e.context_ids, "context_lengths": e.context_lengths,
                     "tasks": [{"family": t.family, "n_docs": t.n_docs, "n_windows": t.n_windows, "n_task_tokens": t.n_tokens,
-                               "n_task_tokens_fires": t.n_tokens_fires, "doc_ids": t.doc_ids, "best_single": t.best_single}
+                               "n_task_tokens_fires": t.n_tokens_fires, "doc_ids": t.doc_ids, "best_single": t.best_single,
+                               "amnesic_refit": getattr(t, "amnesic_quality", {})}
                               for t in e.tasks]}
                    for e in evals],
     }

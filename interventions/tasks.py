@@ -356,7 +356,9 @@ def amnesic_effects(ro: "Readout", X_clean: np.ndarray, rows: np.ndarray, docs: 
     *edited* residuals of the evaluated windows' task tokens (cross-fitted by document, the clean readout's median L2
     strength), minus the same refit on their clean residuals (paired per token). A fixed readout can fail after an
     edit that only moves the information; a refitted one fails only when the information is gone (amnesic probing).
-    ``edited``: arm key -> edited residuals [T, D] (None: the arm changed nothing, effect 0)."""
+    ``edited``: arm key -> edited residuals [T, D] (None: the arm changed nothing, effect 0). The refit's own clean
+    loss is under :data:`AMNESIC_BASELINE`. The document bootstrap of these effects does not refit, so their intervals
+    leave out the refit's own variability: they are descriptive."""
     y = ro.y[np.searchsorted(ro.rows, rows)] if np.all(np.diff(ro.rows) >= 0) else \
         ro.y[np.array([{int(r): i for i, r in enumerate(ro.rows)}[int(r)] for r in rows])]
     k = min(folds, len(np.unique(docs)))
@@ -368,8 +370,15 @@ def amnesic_effects(ro: "Readout", X_clean: np.ndarray, rows: np.ndarray, docs: 
     finite = [a for a in ro.l2 if a is not None and math.isfinite(a)]
     l2 = float(np.median(finite)) if finite else 1.0
     base = crossfit_loss(ro.kind, X_clean, y, fold, l2, ro.scale)
-    return {key: (np.zeros(len(rows)) if X is None else crossfit_loss(ro.kind, X, y, fold, l2, ro.scale) - base)
-            for key, X in edited.items()}
+    out = {key: (np.zeros(len(rows)) if X is None else crossfit_loss(ro.kind, X, y, fold, l2, ro.scale) - base)
+           for key, X in edited.items()}
+    out[AMNESIC_BASELINE] = base
+    return out
+
+
+AMNESIC_BASELINE = "__clean_refit__"
+"""Key of :func:`amnesic_effects`'s result holding the refit's per-token loss on the clean residuals (its quality on
+the evaluated windows: 1 - mean is the refit's R^2 for a regression)."""
 
 
 @torch.no_grad()
@@ -440,6 +449,8 @@ class TaskEval:
     best_single: dict = field(default_factory=dict)
     """``target|mode`` -> the cross-fitted best single member(s) (``a|b`` when the halves differ), filled by
     interventions.pipeline.task_rows."""
+    amnesic_quality: dict = field(default_factory=dict)
+    """target -> tokens, documents and the clean loss of the amnesic refit on the evaluated windows (its power)."""
     best_single_effects: dict = field(default_factory=dict)
     """``(mode, effect)`` -> the best single member(s) chosen for that task effect (filled by task_rows)."""
 
@@ -557,6 +568,7 @@ def evaluate_task(model: LoadedModel, hook: HookSpec, plan: Plan, td: TaskData, 
     n_docs = len(doc_keys)
     cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)  # noqa: E731
     sums: dict[str, dict] = {}
+    amnesic_quality: dict[str, dict] = {}
     for t, per_arm in rec.items():
         if not any(len(v["doc"]) for v in per_arm.values()):
             continue
@@ -572,6 +584,9 @@ def evaluate_task(model: LoadedModel, hook: HookSpec, plan: Plan, td: TaskData, 
                 else:
                     edited_T[k] = np.concatenate([c[0] if p is None else p for p, c in zip(parts, clean_X[t])]).astype(np.float64)
             amn = amnesic_effects(readouts[t], Xc, rows, docs, edited_T, ev.icfg.tasks.folds, ev.icfg.seed or 0)
+            base = amn.pop(AMNESIC_BASELINE)
+            amnesic_quality[t] = {"n_tokens": int(len(rows)), "n_docs": int(len(np.unique(docs))),
+                                  "clean_refit_loss": float(np.mean(base))}
         sums[t] = {}
         for k, v in per_arm.items():
             eff = {effect_name(t): cat(v["eff"])}
@@ -579,5 +594,7 @@ def evaluate_task(model: LoadedModel, hook: HookSpec, plan: Plan, td: TaskData, 
                 eff[effect_name(t, amnesic=True)] = amn[k]
             sums[t][k] = doc_sums(cat(v["doc"]).astype(np.int64), n_docs, cat(v["target"]).astype(bool), eff,
                                   cat(v["norm"]), cat(v["collateral"]).astype(bool))
-    return TaskEval(td.family, n_docs, [doc_ids[d] for d in doc_keys], len(chosen), n_tok, n_fires, sums, list(chosen))
+    te = TaskEval(td.family, n_docs, [doc_ids[d] for d in doc_keys], len(chosen), n_tok, n_fires, sums, list(chosen))
+    te.amnesic_quality = amnesic_quality
+    return te
 

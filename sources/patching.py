@@ -23,6 +23,7 @@ Every function here runs under ``torch.no_grad`` and returns float32 logits ``[B
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -92,13 +93,13 @@ class Reading:
     """Logits ``[B, L, V]`` (float32), or None when the pass stopped after its last site."""
 
 
-_BLOCKS_RETURN_TENSORS: dict[int, bool] = {}
+_BLOCKS_RETURN_TENSORS: "weakref.WeakKeyDictionary[torch.nn.Module, bool]" = weakref.WeakKeyDictionary()
 
 
 def blocks_return_tensors(model: LoadedModel) -> bool:
     """Whether the model's decoder blocks return the hidden states as a plain tensor (transformers 5: llama, gemma3
     and gpt2 do) rather than a tuple; found once per model with one two-token forward and a plain PyTorch hook."""
-    key = id(model.hf)
+    key = model.hf
     if key not in _BLOCKS_RETURN_TENSORS:
         block = model.hf.get_submodule(model.site(0, "resid_post").block)
         seen = {}
