@@ -362,8 +362,10 @@ def amnesic_effects(ro: "Readout", X_clean: np.ndarray, rows: np.ndarray, docs: 
     y = ro.y[np.searchsorted(ro.rows, rows)] if np.all(np.diff(ro.rows) >= 0) else \
         ro.y[np.array([{int(r): i for i, r in enumerate(ro.rows)}[int(r)] for r in rows])]
     k = min(folds, len(np.unique(docs)))
-    if k < 2:
-        return {key: np.full(len(rows), np.nan) for key in edited}
+    if k < 2:  # one document: nothing to cross-fit over
+        out = {key: np.full(len(rows), np.nan) for key in edited}
+        out[AMNESIC_BASELINE] = np.full(len(rows), np.nan)
+        return out
     fold = np.empty(len(rows), dtype=np.int64)
     for f, (_, te) in enumerate(grouped_folds(docs, k, seed, y if ro.kind == "classification" else None)):
         fold[te] = f
@@ -586,7 +588,7 @@ def evaluate_task(model: LoadedModel, hook: HookSpec, plan: Plan, td: TaskData, 
             amn = amnesic_effects(readouts[t], Xc, rows, docs, edited_T, ev.icfg.tasks.folds, ev.icfg.seed or 0)
             base = amn.pop(AMNESIC_BASELINE)
             amnesic_quality[t] = {"n_tokens": int(len(rows)), "n_docs": int(len(np.unique(docs))),
-                                  "clean_refit_loss": float(np.mean(base))}
+                                  "clean_refit_loss": float(np.mean(base)) if np.isfinite(base).all() else None}
         sums[t] = {}
         for k, v in per_arm.items():
             eff = {effect_name(t): cat(v["eff"])}

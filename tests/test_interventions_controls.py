@@ -279,6 +279,8 @@ def test_the_amnesic_readout_tells_information_removed_from_information_moved():
     assert fixed["moved"] > 0.5 and fixed["removed"] > 0.5  # the fixed readout fails in both cases
     assert abs(amn["moved"].mean()) < 0.05  # the refitted one only when the information is gone
     assert amn["removed"].mean() > 0.5
+    one_doc = amnesic_effects(ro, X[:10], rows[:10], docs[:10], {"x": removed[:10]}, 5)  # nothing to cross-fit
+    assert np.isnan(one_doc["x"]).all() and "__clean_refit__" in one_doc
 
 
 def test_no_document_contributes_more_than_max_doc_tokens_and_documents_come_first():
