@@ -10,7 +10,7 @@ res=CoocResult.load((sys.argv[1] if len(sys.argv) > 1 else 'runs/default') + '/c
 m=res.manifest
 p=res.pairs; p.attrs['family_size']=m['family_size']
 def summ(name, sizes, structs, n_active):
-    sizes=np.array(sizes); c=Counter(sizes.tolist())
+    sizes=np.array(sizes)
     print(f"| {name} | {sizes.sum()/4096:.1%} ({sizes.sum()/n_active:.1%} of {n_active} active) | {len(sizes)} | {(sizes==2).mean():.0%} | {int(np.median(sizes))} | {sizes.max()} | " + ", ".join(f"{k} {v}" for k,v in Counter(structs).most_common()) + " |")
 g=res.groups_table; s=g.drop_duplicates('group_id')
 print({k:m[k] for k in ['n_tokens','n_active_latents','n_tested_latents','n_edges','n_groups','largest_component']})

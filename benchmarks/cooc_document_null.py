@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 
 from cooc import CooccurrenceCounter, score_pairs
 from cooc.inputs import iter_chunks

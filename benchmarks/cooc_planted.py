@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=40_000)
     args = ap.parse_args()
     print(f"d_sae={args.d_sae} tokens={args.tokens} (10 planted groups per seed: 4 hub_spoke, 4 clique, 2 chain)")
-    print(f"| method | seed | ARI | mean best-match Jaccard | exact | label right | groups found | largest | s |")
+    print("| method | seed | ARI | mean best-match Jaccard | exact | label right | groups found | largest | s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for seed in args.seeds:
         data = planted(d_sae=args.d_sae, n_tokens=args.tokens, seed=seed)
