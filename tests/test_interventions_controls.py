@@ -334,3 +334,26 @@ def test_a_control_whose_draws_differ_is_a_distribution_and_the_test_keeps_its_l
     p_null = np.array(p_null)
     assert (p_null < 0.05).mean() <= 0.08, (p_null < 0.05).mean()
     assert (np.array(p_planted) < 0.05).mean() >= 0.5  # an offset of 3 draw SDs is found
+
+
+def test_the_stage_gives_the_same_effects_with_arms_started_at_the_hook_and_with_full_forwards(model, sae, tmp_path):
+    from interventions.pipeline import run_interventions
+    from sources.config import DataSpec, StreamSpec
+    from sources.session import Session
+    from tiny import tiny_corpus_file
+
+    corpus = tiny_corpus_file(tmp_path, n_docs=10)
+    data = DataSpec(source="jsonl", path=str(corpus), context_len=32, max_tokens=3000)
+    stream = StreamSpec(batch_size=8, progress=False)
+    group = GroupSpec("gtest", (0, 1, 2), "clique")
+    thr = np.zeros(sae.cfg.d_sae, dtype=np.float32)
+    out = {}
+    for start in (True, False):
+        icfg = InterventionsConfig(modes=["zero", "project_out"], n_controls=2, max_tokens=192, pool_tokens=1500, n_boot=100,
+                                   min_docs=3, start_at_hook=start, steering={"alphas": [2.0], "n_random": 1})
+        res = run_interventions(Session(model, sae, HOOK, data, stream), [group], icfg, thr, seed=0, progress=False)
+        out[start] = res.effects.sort_values(["arm", "comparator", "mode", "alpha", "effect", "scope"]).reset_index(drop=True)
+    a, b = out[True], out[False]
+    assert len(a) == len(b) > 100
+    np.testing.assert_allclose(a["estimate"].to_numpy(), b["estimate"].to_numpy(), rtol=1e-4, atol=1e-6, equal_nan=True)
+    assert np.isfinite(a["estimate"]).sum() > 100
