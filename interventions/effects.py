@@ -199,28 +199,15 @@ def summarize_many(est: np.ndarray, boot: np.ndarray, n_docs: np.ndarray, alpha:
     return out
 
 
-def _n(s: DocSums, scope: str) -> tuple[int, int]:
-    n = s.get("n", scope)
-    return int(n.sum()), int((n > 0).sum())
-
-
 Draws = list  # list[DocSums]: the draws of a random control, one DocSums each
 
 
-def draw_index(n_draws: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """``[n_boot, n_draws]`` draw indices: bootstrap replicate ``b`` averages the control over the draws
-    ``idx[b]`` (drawn with replacement), so the control's own draw-to-draw variation enters the interval."""
-    return rng.integers(0, n_draws, size=(n_boot, n_draws))
-
-
-def _stat(x: "DocSums | Draws", effect: str, scope: str, W: np.ndarray,
-          idx: np.ndarray | None = None) -> tuple[float, np.ndarray, float, float]:
+def _stat(x: "DocSums | Draws", effect: str, scope: str, W: np.ndarray) -> tuple[float, np.ndarray, float, float]:
     """Point estimate, document-bootstrap replicates, draw variance and its degrees of freedom of one arm (variance
     0) or of a random control's draws: their mean, its replicates on the same document weights ``W`` (the draws
     held fixed, paired with the group), and the variance of the mean over draws, ``s^2 / J`` on ``J - 1`` degrees
     of freedom (the control is a random draw from a distribution; its mean over J draws is not that
-    distribution's mean). NaN draws (a control that never fires on the evaluated tokens) are left out. ``idx`` is
-    unused (kept for callers of the earlier draw-resampling version)."""
+    distribution's mean). NaN draws (a control that never fires on the evaluated tokens) are left out."""
     ones = np.ones((1, W.shape[1]))
     if isinstance(x, DocSums):
         return float(statistic(x, effect, scope, ones)[0]), statistic(x, effect, scope, W), 0.0, np.inf
@@ -244,11 +231,10 @@ def _n_of(x: "DocSums | Draws", scope: str) -> np.ndarray:
 
 
 def effect_row(group_id: str, arm: str, comparator: str, mode: str, alpha_value, effect: str, scope: str,
-               s: "DocSums | Draws", ref: "DocSums | Draws | None", W: np.ndarray, draws: dict | None = None) -> dict:
+               s: "DocSums | Draws", ref: "DocSums | Draws | None", W: np.ndarray) -> dict:
     """One row of effects.csv before summarising (:func:`finish_rows`): ``arm`` minus ``ref`` (unless the
-    comparator is clean) for one effect and scope, with its bootstrap replicates under ``"_boot"``. ``s`` and
-    ``ref`` are an arm's sums or a control's draws (a list; ``draws`` maps a number of draws to its
-    :func:`draw_index`)."""
+    comparator is clean) for one effect and scope, with its bootstrap replicates under ``"_boot"`` and its draw
+    variance under ``"_var"`` / ``"_df"``. ``s`` and ``ref`` are an arm's sums or a control's draws (a list)."""
     est, boot, var, df = _stat(s, effect, scope, W)
     n_s = _n_of(s, scope)
     n, n_docs = int(round(n_s.sum())), int((n_s > 0).sum())

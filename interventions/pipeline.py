@@ -13,11 +13,11 @@ import pandas as pd
 
 from cooc.result import CoocResult
 from interventions.config import InterventionsConfig
-from interventions.modes import needs
+from interventions.modes import MODES, needs
 from interventions.arms import (Evaluator, GroupEval, GroupSpec, Pool, choose_contexts, evaluate_group, plan_arms, pooled,
                                 scan_pool)
 from interventions.effects import (ADDITIVE_EFFECTS, ADDITIVITY_COMPARATORS, COMPARATORS, EFFECTS_COLUMNS, DocSums,
-                                   additivity_frame, adjust_run, bootstrap_weights, draw_index, effect_row,
+                                   additivity_frame, adjust_run, bootstrap_weights, effect_row,
                                    effect_verdicts_frame, finish_rows, verdicts_frame)
 from sources.config import HookSpec, require_known_groups
 from sources.errors import ConfigError
@@ -82,14 +82,6 @@ def _draws(s: dict, names: list[str], mode: str) -> list[DocSums] | None:
     return out or None
 
 
-def _summed(parts: list[DocSums], like: DocSums) -> DocSums:
-    """The per-token sum of several arms' effects on the tokens of ``like`` (the group): sums added, counts of ``like``."""
-    out = parts[0]
-    for p in parts[1:]:
-        out = out + p
-    return out.with_counts_of(like)
-
-
 def _ablation_arms(s: dict, plan, mode: str) -> dict:
     """The ablation arms of one mode as per-document sums: group, members, each control's draws (lists), the sum of
     the members' effects (when every member was run) and the sums of complementary halves (a list, one per split)."""
@@ -101,14 +93,13 @@ def _ablation_arms(s: dict, plan, mode: str) -> dict:
     arms["random_spans"] = _draws(s, [f"random_span:{r}" for r in range(plan.n_draws)], mode)
     arms["random_directions"] = _draws(s, [f"random_direction:{r}" for r in range(plan.n_draws)], mode)
     arms["random_groups"] = _draws(s, [f"random_group:{r}" for r in range(len(plan.random_groups))], mode)
-    from interventions.modes import MODES
-
     # the sum of members (and halves) is the group's edit only where edits add: latent modes (each latent's change goes
     # through the linear decoder); projecting out a span is not the sum of projecting out its non-orthogonal directions
     additive_mode = MODES[mode].edits == "latents"
     if additive_mode and set(plan.tested_members) == set(plan.group.members) and len(plan.group.members) > 1:
-        arms["sum_of_members"] = _summed([s[(f"member:{m}", mode, None)] for m in plan.group.members], group)
-    halves = [_summed([s[(f"half:{k}a", mode, None)], s[(f"half:{k}b", mode, None)]], group)
+        # per-token sums on the group's tokens: the members' sums added, the group's token counts
+        arms["sum_of_members"] = pooled(s, [f"member:{m}" for m in plan.group.members], mode).with_counts_of(group)
+    halves = [pooled(s, [f"half:{k}a", f"half:{k}b"], mode).with_counts_of(group)
               for k in range(len(plan.halves)) if (f"half:{k}a", mode, None) in s] if additive_mode else []
     arms["halves"] = halves or None
     return arms
@@ -143,22 +134,16 @@ def _comparisons(add, arms: dict, mode: str, effects: list[str], additive: list[
             add("group", "best_single", mode, None, [e], arms["group"], best)
 
 
-def _adder(rows: list, gid: str, W: np.ndarray, draws: dict):
+def _adder(rows: list, gid: str, W: np.ndarray):
     def add(arm, comp, mode, alpha, eff_list, a, b, scopes=("fires", "other")):
         for eff in eff_list:
             for scope in scopes:
-                rows.append(effect_row(gid, arm, comp, mode, alpha, eff, scope, a, b, W, draws))
+                rows.append(effect_row(gid, arm, comp, mode, alpha, eff, scope, a, b, W))
     return add
 
 
-def _draw_indices(plan, n_boot: int, rng: np.random.Generator) -> dict:
-    """A :func:`interventions.effects.draw_index` per number of draws the group's controls have."""
-    sizes = sorted({plan.n_draws, len(plan.cofiring_groups), len(plan.random_groups), len(plan.halves)} - {0})
-    return {n: draw_index(n, n_boot, rng) for n in sizes}
-
-
 def task_rows(ge: GroupEval, icfg: InterventionsConfig, rng_boot: np.random.Generator,
-              rng_fold: np.random.Generator, rng_draw: np.random.Generator | None = None) -> list[dict]:
+              rng_fold: np.random.Generator) -> list[dict]:
     """effects.csv rows (unadjusted) of the group's task effects (``probe:<target>``, ``probe_per_norm:<target>``).
 
     Each task family has its own documents (the probe windows), hence its own bootstrap weights; the best single
@@ -168,12 +153,10 @@ def task_rows(ge: GroupEval, icfg: InterventionsConfig, rng_boot: np.random.Gene
 
     gid, plan = ge.plan.group.group_id, ge.plan
     rows: list[dict] = []
-    rng_draw = rng_draw if rng_draw is not None else np.random.default_rng(0)
     for te in ge.tasks:
         W = bootstrap_weights(te.n_docs, icfg.n_boot, rng_boot)
-        draws = _draw_indices(plan, icfg.n_boot, rng_draw)
         fold = [document_halves(te.n_docs, rng_fold) for _ in range(icfg.n_best_splits)]
-        add = _adder(rows, gid, W, draws)
+        add = _adder(rows, gid, W)
         for target, s in te.sums.items():
             eff, eff_pn = effect_name(target), effect_name(target, per_norm=True)
             task_effects = [eff, eff_pn]
@@ -203,14 +186,12 @@ def task_rows(ge: GroupEval, icfg: InterventionsConfig, rng_boot: np.random.Gene
 
 def group_rows(ge: GroupEval, icfg: InterventionsConfig, rng_boot: np.random.Generator,
                rng_fold: np.random.Generator, rng_task_boot: np.random.Generator | None = None,
-               rng_task_fold: np.random.Generator | None = None, rng_draw: np.random.Generator | None = None,
-               rng_task_draw: np.random.Generator | None = None) -> tuple[list[dict], dict]:
+               rng_task_fold: np.random.Generator | None = None) -> tuple[list[dict], dict]:
     """effects.csv rows (unadjusted) and the verdict inputs of one evaluated group."""
     from interventions.arms import document_halves
 
     gid, plan, s = ge.plan.group.group_id, ge.plan, ge.sums
     W = bootstrap_weights(ge.n_docs, icfg.n_boot, rng_boot)
-    draws = _draw_indices(plan, icfg.n_boot, rng_draw if rng_draw is not None else np.random.default_rng(0))
     fold = [document_halves(ge.n_docs, rng_fold) for _ in range(icfg.n_best_splits)]
     has_read = icfg.read_layer is not None
     lds = [f"logit_diff:{n}" for n in icfg.logit_diffs]
@@ -220,7 +201,7 @@ def group_rows(ge: GroupEval, icfg: InterventionsConfig, rng_boot: np.random.Gen
     additive = list(ADDITIVE_EFFECTS) + lds
     rows: list[dict] = []
     chosen: dict = {}
-    add = _adder(rows, gid, W, draws)
+    add = _adder(rows, gid, W)
     for mode in icfg.modes:
         _comparisons(add, _ablation_arms(s, plan, mode), mode, effects, additive, plan.tested_members, ge.n_docs, fold, chosen)
     if icfg.steering.enabled:
@@ -235,11 +216,11 @@ def group_rows(ge: GroupEval, icfg: InterventionsConfig, rng_boot: np.random.Gen
                 if rand is not None:
                     add(f"steer:{d}", "steer:random", "steer", a, steer_eff, arm, rand)
     rows += task_rows(ge, icfg, rng_boot if rng_task_boot is None else rng_task_boot,
-                      rng_fold if rng_task_fold is None else rng_task_fold, rng_task_draw)
+                      rng_fold if rng_task_fold is None else rng_task_fold)
     rows = finish_rows(rows, icfg.alpha)
     best = {f"{m}/{e}": v for (_, m, e), v in chosen.items()}
     for te in ge.tasks:
-        best.update({f"{m}/{e}": v for (m, e), v in getattr(te, "best_single_effects", {}).items()})
+        best.update({f"{m}/{e}": v for (m, e), v in te.best_single_effects.items()})
     info = {"group_id": gid, "group_size": plan.group.size, "structure": plan.group.structure, "n_docs": ge.n_docs,
             "n_tokens_fires": ge.n_tokens_fires, "n_contexts": ge.n_contexts,
             "best_single_latents": chosen.get(("", icfg.modes[0], icfg.primary_effect), ""), "best_single": best}
@@ -366,7 +347,7 @@ def summarize(verdicts: pd.DataFrame, evals: list[GroupEval], tasks: list, icfg:
                     "doc_ids": e.doc_ids, "context_ids": e.context_ids, "context_lengths": e.context_lengths,
                     "tasks": [{"family": t.family, "n_docs": t.n_docs, "n_windows": t.n_windows, "n_task_tokens": t.n_tokens,
                                "n_task_tokens_fires": t.n_tokens_fires, "doc_ids": t.doc_ids, "best_single": t.best_single,
-                               "amnesic_refit": getattr(t, "amnesic_quality", {})}
+                               "amnesic_refit": t.amnesic_quality}
                               for t in e.tasks]}
                    for e in evals],
     }
@@ -379,7 +360,7 @@ def _evaluate(g: GroupSpec, ordinal: int, model, sae, hook: HookSpec, pool: Pool
     BH adjustment, its verdict inputs, its arms and its :class:`GroupEval` (None when it never fires)."""
     from interventions.tasks import evaluate_task
 
-    r_ctx, r_plan, r_boot, r_fold, r_task, r_tboot, r_tfold, r_arms, r_draw, r_tdraw = _rngs(seed, g.group_id, 10)
+    r_ctx, r_plan, r_boot, r_fold, r_task, r_tboot, r_tfold, r_arms = _rngs(seed, g.group_id, 8)
     contexts = choose_contexts(pool, g, icfg.max_tokens, icfg.tail_tokens, r_ctx, icfg.max_doc_tokens)
     if not contexts:
         log.warning("group %s never fires in the %d pool tokens; no verdict", g.group_id, pool.n_tokens)
@@ -395,7 +376,7 @@ def _evaluate(g: GroupSpec, ordinal: int, model, sae, hook: HookSpec, pool: Pool
             log.info("group %s fires on no %s task token; no task effects", g.group_id, td.family)
         else:
             ge.tasks.append(te)
-    g_rows, info = group_rows(ge, icfg, r_boot, r_fold, r_tboot, r_tfold, r_draw, r_tdraw)
+    g_rows, info = group_rows(ge, icfg, r_boot, r_fold, r_tboot, r_tfold)
     log.info("group %s: %d arms on %d contexts (%d documents, %d tokens where it fires)", g.group_id, len(plan.arms),
              ge.n_contexts, ge.n_docs, ge.n_tokens_fires)
     return {"version": CHECKPOINT_VERSION, "group_id": g.group_id, "rows": g_rows, "info": info, "arms": arms_rows(ge),

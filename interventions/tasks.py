@@ -297,10 +297,14 @@ class Readout:
     clean_loss: np.ndarray
     """Cross-fitted loss of each row on the clean residual the readout was fitted on."""
 
+    def index(self, rows_T: np.ndarray) -> np.ndarray:
+        """Positions in ``self.rows`` (and ``self.y``, ``self.fold``) of the example rows ``rows_T``."""
+        where = {int(r): i for i, r in enumerate(self.rows)}
+        return np.array([where[int(r)] for r in rows_T], dtype=np.int64)
+
     def loss(self, X_TD: np.ndarray, rows_T: np.ndarray) -> np.ndarray:
         """Per-token readout loss of residuals ``X_TD`` at example rows ``rows_T`` (each read by its own fold's model)."""
-        where = {int(r): i for i, r in enumerate(self.rows)}
-        idx = np.array([where[int(r)] for r in rows_T], dtype=np.int64)
+        idx = self.index(rows_T)
         out = np.empty(len(idx))
         X_TD = np.asarray(X_TD, dtype=np.float64)
         for k, m in enumerate(self.models):
@@ -359,8 +363,7 @@ def amnesic_effects(ro: "Readout", X_clean: np.ndarray, rows: np.ndarray, docs: 
     ``edited``: arm key -> edited residuals [T, D] (None: the arm changed nothing, effect 0). The refit's own clean
     loss is under :data:`AMNESIC_BASELINE`. The document bootstrap of these effects does not refit, so their intervals
     leave out the refit's own variability: they are descriptive."""
-    y = ro.y[np.searchsorted(ro.rows, rows)] if np.all(np.diff(ro.rows) >= 0) else \
-        ro.y[np.array([{int(r): i for i, r in enumerate(ro.rows)}[int(r)] for r in rows])]
+    y = ro.y[ro.index(rows)]
     k = min(folds, len(np.unique(docs)))
     if k < 2:  # one document: nothing to cross-fit over
         out = {key: np.full(len(rows), np.nan) for key in edited}
@@ -538,13 +541,10 @@ def evaluate_task(model: LoadedModel, hook: HookSpec, plan: Plan, td: TaskData, 
                             if bool(gf[w_i, p])})
             yield ch
 
-    def forward(ch, deltas):
-        live = [i for i, d in enumerate(deltas) if bool(d.any())]  # an arm that changes nothing reads the clean stream
-        if not live:
-            return {}
-        R = multi_arm_read(model, hook, ch.tokens, [(lambda x, d=deltas[i]: x + d.to(x.dtype)) for i in live], read_layer,
+    def forward(ch, deltas):  # run_arms passes only arms that change something (the others read the clean stream)
+        R = multi_arm_read(model, hook, ch.tokens, [(lambda x, d=d: x + d.to(x.dtype)) for d in deltas], read_layer,
                            x_BLD=ch.x if ev.icfg.start_at_hook else None)
-        return {i: R[j] for j, i in enumerate(live)}
+        return {i: R[i] for i in range(len(deltas))}
 
     def record(ch, i, arm, d, edited):
         tgt = ev.target(arm, ch)
@@ -556,7 +556,7 @@ def evaluate_task(model: LoadedModel, hook: HookSpec, plan: Plan, td: TaskData, 
             r["target"].append(tgt[b_, p_].cpu().numpy())
             r["collateral"].append(coll[b_, p_].cpu().numpy())
             r["norm"].append(norm[b_, p_].cpu().numpy())
-            live = edited is not None and i in edited
+            live = edited is not None
             if live:
                 r["eff"].append(readouts[t].loss(edited[i][b_, p_].cpu().numpy(), r_) - clean)
             else:

@@ -191,7 +191,7 @@ def _additive_group(rng, k: int, interaction: float, n_boot: int) -> GroupEval:
 def _additivity_run(evals, icfg, rng):
     rows, infos = [], []
     for ge in evals:
-        r, info = group_rows(ge, icfg, rng, rng, rng_draw=rng)
+        r, info = group_rows(ge, icfg, rng, rng)
         rows += r
         infos.append(info)
     eff = adjust_run(pd.DataFrame(rows).assign(p_adj=np.nan), "zero", icfg.primary_effect, icfg.additivity_effect)
