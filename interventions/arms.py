@@ -31,14 +31,14 @@ import torch
 from interventions import edits as E
 from interventions.config import InterventionsConfig
 from interventions.effects import DocSums, doc_sums, statistic
-from interventions.forward import (decision_pair, evaluable_positions, logit_diff, margin_drop, multi_arm_logits,
-                                   next_token_logprobs, token_effects)
+from interventions.forward import (decision_pair, evaluable_positions, first_edit, logit_diff, margin_drop,
+                                   multi_arm_logits, next_token_logprobs, pad_front, token_effects)
 from interventions.modes import LATENT_MODES, MODES
 from sources.config import DataSpec, HookSpec, StreamSpec
 from sources.corpora import Context
 from sources.errors import ConfigError
 from sources.models import LoadedModel
-from sources.patching import read_sites
+from sources.patching import Prefix, can_reuse_prefix, read_sites
 from sources.progress import kill_point, progress_bar
 from sources.sae_view import as_view, fires, to_csr
 
@@ -364,6 +364,9 @@ class Chunk:
     depend on how contexts and arms are batched)."""
     extra: dict = field(default_factory=dict)
     """What the pass that built the chunk keeps beside it (scored positions, task-token rows, ...)."""
+    kv: object | None = None
+    """The clean pass's key-value cache (``interventions.reuse_prefix``): arms compute only the positions from their
+    first edit on (:class:`sources.patching.Prefix`)."""
 
 
 class Evaluator:
@@ -376,6 +379,8 @@ class Evaluator:
         self.W = self.sae.decoder_FD().to(model.device)
         self.thr = torch.as_tensor(threshold_F, dtype=torch.float32, device=model.device)
         self.mean_act = torch.as_tensor(pool.mean_act_F, dtype=torch.float32, device=model.device)
+        self.reuse_prefix = icfg.reuse_prefix and can_reuse_prefix(model)
+        """Whether arms take the positions before their first edit from the clean pass (interventions.reuse_prefix)."""
         self.logit_ids: dict[str, tuple[list[int], list[int]]] = {}
         """name -> (target ids, foil ids) of the targeted logit differences (set by run_interventions)."""
 
@@ -390,14 +395,15 @@ class Evaluator:
         if lengths:
             content &= torch.arange(L)[None, :] < torch.as_tensor(lengths)[:, None]
         content = content.to(self.model.device)
-        x, logits, read = clean_pass(self.model, self.hook, tokens, self.icfg.read_layer)
+        x, logits, read, kv = clean_pass(self.model, self.hook, tokens, self.icfg.read_layer, keep_cache=self.reuse_prefix)
         x = x.float()
         f = self.sae.encode(x)
         gi = torch.as_tensor(members, device=f.device)
         gf = fires_any(f[..., gi], self.thr[gi]) & content
         ld = {n: logit_diff(logits, t, fo) for n, (t, fo) in self.logit_ids.items()}
         return Chunk(tokens, x, f, content, gf, next_token_logprobs(logits), read, docs, clean_pair=decision_pair(logits),
-                     clean_ld=ld, doc_index=[c.doc_index for c in contexts], row_keys=[("context", c.index) for c in contexts])
+                     clean_ld=ld, doc_index=[c.doc_index for c in contexts], row_keys=[("context", c.index) for c in contexts],
+                     kv=kv)
 
     def target(self, arm: Arm, ch: Chunk) -> torch.Tensor:
         if arm.own_target:
@@ -442,12 +448,14 @@ class Evaluator:
 
 
 @torch.no_grad()
-def clean_pass(model: LoadedModel, hook: HookSpec, tokens_BL: torch.Tensor, read_layer: int | None = None):
-    """One unedited pass: activations at the hook [B, L, D], logits [B, L, V] (float32) and, with
-    ``read_layer``, the residual (resid_post) there [B, L, D] (float32)."""
+def clean_pass(model: LoadedModel, hook: HookSpec, tokens_BL: torch.Tensor, read_layer: int | None = None,
+               keep_cache: bool = False):
+    """One unedited pass: activations at the hook [B, L, D], logits [B, L, V] (float32), with ``read_layer`` the
+    residual (resid_post) there [B, L, D] (float32), else None, and with ``keep_cache`` the pass's key-value cache
+    (the arms' :class:`sources.patching.Prefix`), else None."""
     reads = [hook] if read_layer is None else [hook, HookSpec(layer=read_layer, site="resid_post")]
-    r = read_sites(model, tokens_BL, reads)
-    return r.acts[0], r.logits, (r.acts[1].float() if read_layer is not None else None)
+    r = read_sites(model, tokens_BL, reads, keep_cache=keep_cache)
+    return r.acts[0], r.logits, (r.acts[1].float() if read_layer is not None else None), r.cache
 
 
 @dataclass
@@ -561,8 +569,10 @@ def run_arms(chunks, arms: list[Arm], ev: "Evaluator", forward, record, bar, kil
     ``ev.icfg.batch_size`` (:func:`arm_batching`), each slice's deltas in one ``forward(ch, deltas)`` pass, and
     ``record(ch, i, arm, delta, out)`` per arm of the slice. An arm whose delta is exactly zero on the whole chunk
     (a latent that never fires there, alpha 0) is not run: it changes nothing, so ``record`` gets ``out=None`` and
-    records exact zeros. ``chunks`` yields the chunks (built lazily, one clean pass each); their delta caches are
-    cleared once all arms have run. ``bar`` counts arm-chunks."""
+    records exact zeros. With a clean key-value cache on the chunk (``ev.reuse_prefix``) the live arms are sliced in
+    order of their first edited position, so that a slice's forward can start at its first arm's (each arm's own
+    records keep their chunk order). ``chunks`` yields the chunks (built lazily, one clean pass each); their delta
+    caches are cleared once all arms have run. ``bar`` counts arm-chunks."""
     per_fwd, _ = arm_batching(len(arms), 1, ev.icfg.batch_size)
     for ch in chunks:
         live = []
@@ -573,6 +583,8 @@ def run_arms(chunks, arms: list[Arm], ev: "Evaluator", forward, record, bar, kil
             else:
                 record(ch, None, a, d, None)
         bar.update(len(arms) - len(live))
+        if ch.kv is not None:
+            live.sort(key=lambda a: first_edit([ev.delta(a, ch)]))
         for a0 in range(0, len(live), per_fwd):
             sub = live[a0:a0 + per_fwd]
             deltas = [ev.delta(a, ch) for a in sub]
@@ -583,6 +595,26 @@ def run_arms(chunks, arms: list[Arm], ev: "Evaluator", forward, record, bar, kil
             if kill_name is not None:
                 kill_point(kill_name)
         ch.cache.clear()
+
+
+@torch.no_grad()
+def arm_effects(ev: Evaluator, ch: Chunk, deltas: list[torch.Tensor], start_at_hook: bool = True) -> dict:
+    """One forward pass of ``len(deltas)`` arms on chunk ``ch`` (each adds its delta at the hook) and their per-token
+    effects ``[A, B, L]``: dce, kl, margin, ld (name -> drop of each targeted logit difference) and read (the
+    residual at the read layer ``[A, B, L, D]``, or None). ``start_at_hook``: skip the blocks before the hook; a
+    chunk with a clean cache (``ch.kv``) computes only the positions from the arms' first edit on (the effects
+    before it are exactly 0 and the read is the clean one)."""
+    p = first_edit(deltas) if ch.kv is not None else 0
+    fns = [(lambda x, d=d[:, p:]: x + d.to(x.dtype)) for d in deltas]
+    logits, read = multi_arm_logits(ev.model, ev.hook, ch.tokens, fns, ev.icfg.read_layer,
+                                    x_BLD=ch.x if start_at_hook else None, prefix=Prefix(ch.kv, p) if p > 0 else None)
+    dce_A, kl_A = token_effects(ch.clean_lp[:, p:], logits, ch.tokens[:, p:])
+    top, m_c = ch.clean_pair
+    return {"dce": pad_front(dce_A, p, -1), "kl": pad_front(kl_A, p, -1),
+            "margin": pad_front(margin_drop((top[:, p:], m_c[:, p:]), logits), p, -1),
+            "read": None if read is None else pad_front(read, p, -2, fill=ch.clean_read),
+            "ld": {n: pad_front(ch.clean_ld[n][:, p:] - logit_diff(logits, t, fo), p, -1)
+                   for n, (t, fo) in ev.logit_ids.items()}}
 
 
 @torch.no_grad()
@@ -619,14 +651,7 @@ def evaluate_group(model: LoadedModel, sae, hook: HookSpec, plan: Plan, contexts
             yield ch
 
     def forward(ch, deltas):
-        fns = [(lambda x, d=d: x + d.to(x.dtype)) for d in deltas]
-        logits, read = multi_arm_logits(model, hook, ch.tokens, fns, icfg.read_layer,
-                                        x_BLD=ch.x if icfg.start_at_hook else None)
-        dce_A, kl_A = token_effects(ch.clean_lp, logits, ch.tokens)
-        out = {"dce": dce_A, "kl": kl_A, "margin": margin_drop(ch.clean_pair, logits), "read": read,
-               "ld": {n: ch.clean_ld[n] - logit_diff(logits, t, fo) for n, (t, fo) in ev.logit_ids.items()}}
-        del logits
-        return out
+        return arm_effects(ev, ch, deltas, icfg.start_at_hook)
 
     def record(ch, i, arm, d, out):
         b_idx, t_idx = ch.extra["at"]

@@ -19,7 +19,7 @@ import torch
 from sources.config import HookSpec
 from sources.errors import ConfigError
 from sources.models import LoadedModel
-from sources.patching import can_start_at, read_sites
+from sources.patching import Prefix, can_start_at, read_sites
 
 EditFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -69,7 +69,8 @@ def _start(model: LoadedModel, hook: HookSpec, x_BLD: torch.Tensor | None, A: in
 
 @torch.no_grad()
 def multi_arm_logits(model: LoadedModel, hook: HookSpec, tokens_BL: torch.Tensor, edits: Sequence[EditFn],
-                     read_layer: int | None = None, x_BLD: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                     read_layer: int | None = None, x_BLD: torch.Tensor | None = None,
+                     prefix: Prefix | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits ``[A, B, L, V]`` (float32) of ``A = len(edits)`` arms in one forward pass.
 
     ``edits[a]`` is an ``EditFn`` (``x [B, L, D] -> x'``) applied at ``hook`` to arm ``a``'s copy of the batch.
@@ -77,41 +78,73 @@ def multi_arm_logits(model: LoadedModel, hook: HookSpec, tokens_BL: torch.Tensor
     ``x_BLD``: the clean value at ``hook`` for these tokens (from a clean pass); the blocks before the hook are then
     skipped (:func:`sources.patching.read_sites` with ``start``), which gives the same result without recomputing
     what every arm shares.
+    ``prefix``: positions before ``prefix.length`` are the clean pass's (:class:`sources.patching.Prefix`, from a clean
+    pass over these B contexts that kept its cache); only the later positions are computed, the edits see those
+    (``x [B, L - p, D]``), and the logits and read come back for them only (``[A, B, L - p, ...]``). Exact when no
+    arm edits a position before ``p``.
     """
     A, B = len(edits), tokens_BL.shape[0]
     if A == 0:
         raise ValueError("multi_arm_logits needs at least one arm")
     check_read_layer(model, hook, read_layer)
     reads = [HookSpec(layer=read_layer, site="resid_post")] if read_layer is not None else []
-    r = read_sites(model, tokens_BL.repeat(A, 1), reads, [(hook, _stack(edits, B))], start=_start(model, hook, x_BLD, A))
+    r = read_sites(model, tokens_BL.repeat(A, 1), reads, [(hook, _stack(edits, B))], start=_start(model, hook, x_BLD, A),
+                   prefix=prefix)
     logits = r.logits.view(A, B, *r.logits.shape[1:])
-    read = r.acts[0].float().view(A, B, *tokens_BL.shape[1:], -1) if reads else None
+    read = r.acts[0].float().view(A, B, *r.logits.shape[1:-1], -1) if reads else None
     return logits, read
 
 
 @torch.no_grad()
 def multi_arm_read(model: LoadedModel, hook: HookSpec, tokens_BL: torch.Tensor, edits: Sequence[EditFn],
-                   read_layer: int, x_BLD: torch.Tensor | None = None) -> torch.Tensor:
+                   read_layer: int, x_BLD: torch.Tensor | None = None, prefix: Prefix | None = None) -> torch.Tensor:
     """The residual stream (resid_post) at ``read_layer`` ``[A, B, L, D]`` (float32) of ``A = len(edits)`` arms in
     one forward pass that stops there (no later layer, no unembedding: the task readouts need nothing more).
-    ``x_BLD`` as in :func:`multi_arm_logits`: the pass then runs only the blocks from the hook to ``read_layer``."""
+    ``x_BLD`` as in :func:`multi_arm_logits`: the pass then runs only the blocks from the hook to ``read_layer``;
+    ``prefix`` too (the read comes back for positions ``prefix.length..`` only)."""
     A, B = len(edits), tokens_BL.shape[0]
     if A == 0:
         raise ValueError("multi_arm_read needs at least one arm")
     check_read_layer(model, hook, read_layer)
     r = read_sites(model, tokens_BL.repeat(A, 1), [HookSpec(layer=read_layer, site="resid_post")], [(hook, _stack(edits, B))],
-                   logits=False, start=_start(model, hook, x_BLD, A))
-    return r.acts[0].float().view(A, B, *tokens_BL.shape[1:], -1)
+                   logits=False, start=_start(model, hook, x_BLD, A), prefix=prefix)
+    return r.acts[0].float().view(A, B, r.acts[0].shape[1], -1)
 
 
 @torch.no_grad()
 def clean_hook_and_read(model: LoadedModel, hook: HookSpec, tokens_BL: torch.Tensor,
-                        read_layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+                        read_layer: int, keep_cache: bool = False):
     """One unedited pass that stops at ``read_layer``: activations at the hook ``[B, L, D]`` (model dtype) and the
-    residual (resid_post) at ``read_layer`` ``[B, L, D]`` (float32)."""
+    residual (resid_post) at ``read_layer`` ``[B, L, D]`` (float32); with ``keep_cache`` also the pass's key-value
+    cache (a :class:`sources.patching.Prefix` source for the arms), else None."""
     check_read_layer(model, hook, read_layer)
-    r = read_sites(model, tokens_BL, [hook, HookSpec(layer=read_layer, site="resid_post")], logits=False)
-    return r.acts[0], r.acts[1].float()
+    r = read_sites(model, tokens_BL, [hook, HookSpec(layer=read_layer, site="resid_post")], logits=False,
+                   keep_cache=keep_cache)
+    return r.acts[0], r.acts[1].float(), r.cache
+
+
+def first_edit(deltas: Sequence[torch.Tensor]) -> int:
+    """The first position at which any of ``deltas`` (``[B, L, D]`` each) is non-zero, over all rows (``L`` if none
+    is): no position before it changes in a causal model, so a pass may take them from the clean pass
+    (:class:`sources.patching.Prefix`)."""
+    L = deltas[0].shape[-2]
+    hit = torch.zeros(L, dtype=torch.bool, device=deltas[0].device)
+    for d in deltas:
+        hit |= (d != 0).any(-1).reshape(-1, L).any(0)
+    return int(hit.float().argmax()) if bool(hit.any()) else L
+
+
+def pad_front(x: torch.Tensor, p: int, dim: int, fill: torch.Tensor | None = None) -> torch.Tensor:
+    """``x`` with ``p`` positions put back in front along ``dim`` (negative: counted from the end, so that ``x`` may
+    carry more leading dimensions than ``fill``): zeros (an effect before the first edit is exactly 0) or the first
+    ``p`` positions of ``fill`` (the clean value there, broadcast over ``x``'s leading dimensions)."""
+    if p == 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = p
+    front = (torch.zeros(shape, dtype=x.dtype, device=x.device) if fill is None
+             else fill.narrow(dim, 0, p).to(device=x.device, dtype=x.dtype).expand(*shape))
+    return torch.cat([front, x], dim=dim)
 
 
 def next_token_logprobs(logits_BLV: torch.Tensor) -> torch.Tensor:

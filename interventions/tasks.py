@@ -40,7 +40,7 @@ import pandas as pd
 import torch
 
 from interventions.arms import Chunk, Evaluator, Plan, arm_batching, documents_first, fires_any, run_arms
-from interventions.forward import clean_hook_and_read, multi_arm_read
+from interventions.forward import clean_hook_and_read, first_edit, multi_arm_read, pad_front
 from interventions.effects import doc_sums
 from probes.dataset import window_tokens
 from probes.documents import iter_probe_documents
@@ -51,6 +51,7 @@ from sources.corpora import pad_batch, special_ids
 from sources.errors import ConfigError
 from sources.models import LoadedModel
 from sources.progress import progress_bar
+from sources.patching import Prefix
 from sources.sae_view import as_view, fires
 
 log = logging.getLogger(__name__)
@@ -407,7 +408,7 @@ def fit_task_readouts(model: LoadedModel, sae, hook: HookSpec, td: TaskData, rea
     view = as_view(sae)
     order = sorted(range(len(td.windows)), key=lambda i: -len(td.windows[i].tokens_L))
     for ws, tokens, _ in _batches(td.windows, order, batch_size, pad):
-        x, read = clean_hook_and_read(model, hook, tokens, read_layer)
+        x, read, _ = clean_hook_and_read(model, hook, tokens, read_layer)
         for i, w in enumerate(ws):
             pos = torch.as_tensor(w.pos)
             r = read[i, pos].cpu().numpy()
@@ -512,13 +513,13 @@ def evaluate_task(model: LoadedModel, hook: HookSpec, plan: Plan, td: TaskData, 
         nonlocal n_tok, n_fires
         for ws, tokens, mask in _batches(td.windows, chosen, cb, pad):
             content = mask.to(model.device)
-            x, read = clean_hook_and_read(model, hook, tokens, read_layer)
+            x, read, kv = clean_hook_and_read(model, hook, tokens, read_layer, keep_cache=ev.reuse_prefix)
             x = x.float()
             f = ev.sae.encode(x)
             gf = fires_any(f[..., gi.to(f.device)], ev.thr[gi.to(ev.thr.device)]) & content
             docs = np.array([doc_of[w.doc_index] for w in ws])
             ch = Chunk(tokens, x, f, content, gf, None, read, docs, doc_index=[w.doc_index for w in ws],
-                       row_keys=[("window", td.family, int(w.rows[0])) for w in ws])
+                       row_keys=[("window", td.family, int(w.rows[0])) for w in ws], kv=kv if ev.reuse_prefix else None)
             # task tokens of each target in this chunk: (batch row, position, example row) and the clean loss
             at = {}
             for t, ro in readouts.items():
@@ -542,8 +543,11 @@ def evaluate_task(model: LoadedModel, hook: HookSpec, plan: Plan, td: TaskData, 
             yield ch
 
     def forward(ch, deltas):  # run_arms passes only arms that change something (the others read the clean stream)
-        R = multi_arm_read(model, hook, ch.tokens, [(lambda x, d=d: x + d.to(x.dtype)) for d in deltas], read_layer,
-                           x_BLD=ch.x if ev.icfg.start_at_hook else None)
+        p = first_edit(deltas) if ch.kv is not None else 0  # positions before it are the clean pass's
+        fns = [(lambda x, d=d[:, p:]: x + d.to(x.dtype)) for d in deltas]
+        R = multi_arm_read(model, hook, ch.tokens, fns, read_layer, x_BLD=ch.x if ev.icfg.start_at_hook else None,
+                           prefix=Prefix(ch.kv, p) if p > 0 else None)
+        R = pad_front(R, p, -2, fill=ch.clean_read)
         return {i: R[i] for i in range(len(deltas))}
 
     def record(ch, i, arm, d, edited):

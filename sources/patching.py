@@ -17,12 +17,16 @@ to the site's dtype and device.
 - :func:`run_with_edits` -- logits with several sites edited in one pass (applied in forward order).
 - :func:`clean_logits_and_site` -- one clean pass: the site's activations and the logits.
 - :func:`replace_site` -- the edit inside an open ``model.lm.trace`` (what :func:`read_sites` calls).
+- :class:`Prefix` -- the keys and values of a clean pass (``read_sites(keep_cache=True)``): a later pass over the same
+  tokens that changes nothing before position ``p`` runs only positions ``p..`` on top of them (transformers'
+  ``DynamicCache``, the model's own attention).
 
 Every function here runs under ``torch.no_grad`` and returns float32 logits ``[B, L, V]``.
 """
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -91,6 +95,61 @@ class Reading:
     """The value at each site read ``[B, L, D]`` (model dtype), in the order the sites were given."""
     logits: torch.Tensor | None
     """Logits ``[B, L, V]`` (float32), or None when the pass stopped after its last site."""
+    cache: object | None = None
+    """With ``keep_cache``: the pass's keys and values (a transformers ``DynamicCache`` over every layer that ran)."""
+
+
+@dataclass
+class Prefix:
+    """Positions ``0..length-1`` of a pass, taken from a clean pass over the same tokens instead of recomputed.
+
+    In a causal model nothing at a position before the first edited one can change, in any layer, so a pass whose
+    edits all come at or after ``length`` needs the clean keys and values of the earlier positions and computes only
+    the later ones (the model's own attention over transformers' cache: nothing of the transformer is re-implemented).
+    ``cache`` is :attr:`Reading.cache` of a clean ``read_sites(..., keep_cache=True)`` over ``R`` rows; the pass that
+    uses it has ``k * R`` rows, row ``i`` continuing clean row ``i % R`` (arms stacked along the batch, arm-major)."""
+
+    cache: object
+    length: int
+
+
+def _cache_kwarg(model: LoadedModel) -> str:
+    """The forward keyword that takes a key-value cache: ``cache`` in recent transformers, ``past_key_values`` before."""
+    params = inspect.signature(model.hf.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def can_reuse_prefix(model: LoadedModel) -> bool:
+    """Whether the model's forward takes a key-value cache (transformers' llama, gemma3, gpt2 and most decoder-only
+    models), so that :class:`Prefix` can be used. The model places the new positions after the cached ones itself
+    (as in generation, with an attention mask over cached and new positions); the tests check the result against
+    the full pass for each family."""
+    params = inspect.signature(model.hf.forward).parameters
+    return "cache" in params or "past_key_values" in params
+
+
+def _prefix_cache(prefix: Prefix, n_rows: int, run: range):
+    """A new cache holding positions ``< prefix.length`` of ``prefix.cache``, tiled to ``n_rows`` rows; every layer
+    in ``run`` (the blocks the pass computes) must be there, the others are kept where present."""
+    from transformers import DynamicCache
+
+    p, layers = prefix.length, prefix.cache.layers
+    data = []
+    for i in range(max(len(layers), run.stop)):
+        layer = layers[i] if i < len(layers) else None
+        keys = getattr(layer, "keys", None)
+        if keys is None or keys.numel() == 0 or keys.shape[-2] < p or getattr(layer, "is_sliding", False):
+            if i in run or i == 0:
+                raise ValueError(f"read_sites: the clean cache lacks positions 0..{p - 1} of layer {i}, which the pass "
+                                 "computes (keep it with read_sites(keep_cache=True) over the same tokens and layers)")
+            data.append((None, None))
+            continue
+        rows = keys.shape[0]
+        if n_rows % rows:
+            raise ValueError(f"read_sites: {n_rows} rows cannot continue a clean cache of {rows} rows")
+        reps = (n_rows // rows, 1, 1, 1)
+        data.append((keys[:, :, :p].repeat(*reps), layer.values[:, :, :p].repeat(*reps)))
+    return DynamicCache(ddp_cache_data=data)
 
 
 _BLOCKS_RETURN_TENSORS: "weakref.WeakKeyDictionary[torch.nn.Module, bool]" = weakref.WeakKeyDictionary()
@@ -123,7 +182,8 @@ def can_start_at(model: LoadedModel, hook: HookSpec) -> bool:
 @torch.no_grad()
 def read_sites(model: LoadedModel, tokens_BL: torch.Tensor, reads: Sequence[HookSpec] = (),
                edits: Sequence[tuple[HookSpec, EditFn]] = (), logits: bool = True,
-               start: tuple[HookSpec, torch.Tensor] | None = None) -> Reading:
+               start: tuple[HookSpec, torch.Tensor] | None = None, prefix: Prefix | None = None,
+               keep_cache: bool = False) -> Reading:
     """One forward pass that reads ``reads``, applies ``edits`` and returns what was read: the project's only trace.
 
     Sites are visited in forward order whatever order they are given in (nnsight 0.8 requires it); several edits of
@@ -136,6 +196,12 @@ def read_sites(model: LoadedModel, tokens_BL: torch.Tensor, reads: Sequence[Hook
     ``Envoy.skip``: their forward does not run) and the site takes ``x_BLD`` (edits at ``hook`` apply to it). Later
     layers run as in the full pass, so the result equals the full pass's up to float rounding (the clean value was
     computed in another batch). Reads and edits must come at or after ``hook``.
+
+    ``prefix`` (a :class:`Prefix` of length ``p`` from a clean pass over the same tokens): only positions ``p..L-1``
+    are computed, on top of the clean keys and values of the earlier ones. ``tokens_BL`` (and ``start``'s value) are
+    still the whole ``[B, L]`` contexts; the edit functions see, and the reads and logits return, positions ``p..``
+    only (``[B, L - p, ...]``). Exact only if the pass changes nothing before ``p`` (the caller's guarantee).
+    ``keep_cache``: keep this pass's keys and values (:attr:`Reading.cache`) for later passes' prefixes.
     """
     if start is not None:
         s_hook, s_x = start
@@ -159,11 +225,28 @@ def read_sites(model: LoadedModel, tokens_BL: torch.Tensor, reads: Sequence[Hook
     if not logits and not keyed:
         raise ValueError("read_sites: nothing to read and no logits asked for")
     saved: dict[tuple[int, int], object] = {}
-    with model.lm.trace(tokens_BL.to(model.device)) as tracer:
+    kwargs, p = {}, 0
+    if prefix is not None and prefix.length > 0:
+        if keep_cache:
+            raise ValueError("read_sites: a pass continuing a prefix cannot keep its cache")
+        p = int(prefix.length)
+        if not 0 < p < tokens_BL.shape[1]:
+            raise ValueError(f"read_sites: a prefix of {p} positions leaves nothing of {tokens_BL.shape[1]} to compute")
+        first = 0 if start is None else (s_hook.layer + 1 if s_hook.site == "resid_post" else s_hook.layer)
+        stop = model.n_layers if logits else max(k[0] + (0 if k[1] == 0 else 1) for k in keyed)
+        kwargs = {_cache_kwarg(model): _prefix_cache(prefix, tokens_BL.shape[0], range(first, stop)), "use_cache": True,
+                  # the mask covers the cached positions too (as in generation); nnsight's own would cover only the new
+                  "attention_mask": torch.ones(tokens_BL.shape, dtype=torch.long, device=model.device)}
+    elif keep_cache:
+        from transformers import DynamicCache
+
+        kept = DynamicCache()  # no config: sliding-window layers keep every position too (the mask applies the window)
+        kwargs = {_cache_kwarg(model): kept, "use_cache": True}
+    with model.lm.trace(tokens_BL[:, p:].to(model.device), **kwargs) as tracer:
         if start is not None:
             root = model.site(0, "resid_post").block.rsplit(".", 1)[0]
             last = s_hook.layer if s_hook.site == "resid_post" else s_hook.layer - 1
-            x0 = s_x.to(device=model.device, dtype=model.dtype)
+            x0 = s_x[:, p:].to(device=model.device, dtype=model.dtype)
             start_fns = keyed.get(s_key, {}).get("fns") if s_hook.site == "resid_post" else None
             for i in range(last + 1):
                 value = x0
@@ -187,7 +270,7 @@ def read_sites(model: LoadedModel, tokens_BL: torch.Tensor, reads: Sequence[Hook
         else:
             tracer.stop()
     acts = [sites.first_tensor(saved[_forward_key(model, h)]) for h in reads]
-    return Reading(acts, _logits_of(out) if logits else None)
+    return Reading(acts, _logits_of(out) if logits else None, kept if keep_cache and p == 0 else None)
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ def _pool(model, sae) -> Pool:
 
 
 def _chunk(model, sae, tokens, members) -> Chunk:
-    x, logits, _ = clean_pass(model, HOOK, tokens)
+    x, logits, _, _ = clean_pass(model, HOOK, tokens)
     x = x.float()
     f = sae.encode(x)
     content = torch.ones(tokens.shape, dtype=torch.bool)
@@ -42,7 +42,7 @@ def _chunk(model, sae, tokens, members) -> Chunk:
 def test_controls_at_the_groups_tokens_equal_a_plain_pytorch_hook(model, sae, mode):
     g = torch.Generator().manual_seed(3)
     tokens = torch.randint(4, len(model.tokenizer), (2, 20), generator=g)
-    x0, _, _ = clean_pass(model, HOOK, tokens)
+    x0, _, _, _ = clean_pass(model, HOOK, tokens)
     f0 = sae.encode(x0.float())
     counts = (f0 > 0).sum((0, 1))
     order = counts.argsort(descending=True).tolist()
@@ -103,7 +103,7 @@ def test_controls_at_the_groups_tokens_equal_a_plain_pytorch_hook(model, sae, mo
 def test_an_arm_that_changes_nothing_is_not_run_and_records_exact_zeros(model, sae):
     g = torch.Generator().manual_seed(4)
     tokens = torch.randint(4, len(model.tokenizer), (1, 16), generator=g)
-    x0, _, _ = clean_pass(model, HOOK, tokens)
+    x0, _, _, _ = clean_pass(model, HOOK, tokens)
     f0 = sae.encode(x0.float())
     never = int(((f0 > 0).sum((0, 1)) == 0).nonzero()[0])
     fired = int((f0 > 0).sum((0, 1)).argmax())
@@ -256,6 +256,50 @@ def test_arms_started_at_the_hook_give_the_full_forwards_logits_and_reads(family
     assert (wrong[0] - full[0]).abs().max() > 1e-2
 
 
+@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2"])
+@pytest.mark.parametrize("site", ["resid_post", "resid_pre"])
+def test_arms_that_reuse_the_clean_prefix_give_the_full_forwards_logits_and_reads(family, site):
+    """Positions before the first edit taken from the clean pass's key-value cache: the logits and reads from there
+    on equal the full forward's (gemma3's sliding window, 16, is shorter than the 40-token contexts)."""
+    from interventions.arms import clean_pass
+    from interventions.forward import clean_hook_and_read, first_edit, multi_arm_read
+    from sources.patching import Prefix
+
+    m = tiny_model(family, n_layers=4)  # the read layer (2) is not the last: a pass stopped there lacks layer 3
+    hook = HookSpec(layer=1, site=site)
+    g = torch.Generator().manual_seed(7)
+    B, L = 2, 40
+    tokens = torch.randint(4, len(m.tokenizer), (B, L), generator=g)
+    x, clean, _, kv = clean_pass(m, hook, tokens, keep_cache=True)
+    deltas = []
+    for first in (23, 30, 31):
+        d = torch.zeros(x.shape)
+        d[1, first:] = torch.randn(L - first, x.shape[-1], generator=g)
+        d[0, first + 3:] = torch.randn(L - first - 3, x.shape[-1], generator=g)
+        deltas.append(d)
+    p = first_edit(deltas)
+    assert p == 23
+    full, read_full = multi_arm_logits(m, hook, tokens, [E.as_edit_fn(lambda v, d=d: d) for d in deltas], read_layer=2)
+    for x_start in (None, x):
+        fns = [E.as_edit_fn(lambda v, d=d[:, p:]: d) for d in deltas]
+        fast, read_fast = multi_arm_logits(m, hook, tokens, fns, read_layer=2, x_BLD=x_start, prefix=Prefix(kv, p))
+        assert fast.shape == (3, B, L - p, full.shape[-1])
+        torch.testing.assert_close(fast, full[:, :, p:], atol=1e-5, rtol=0)
+        torch.testing.assert_close(read_fast, read_full[:, :, p:], atol=1e-5, rtol=0)
+    assert (full[0, :, p:] - clean[:, p:]).abs().max() > 1e-2  # the edits change the logits: the comparison can fail
+    torch.testing.assert_close(full[:, :, :p], clean[None, :, :p].expand(3, -1, -1, -1), atol=1e-5, rtol=0)
+    # the task path's cache (a pass stopped at the read layer) serves passes that stop there too
+    _, _, kv_read = clean_hook_and_read(m, hook, tokens, 2, keep_cache=True)
+    read_only = multi_arm_read(m, hook, tokens, fns, 2, x_BLD=x, prefix=Prefix(kv_read, p))
+    torch.testing.assert_close(read_only, read_full[:, :, p:], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="lacks positions"):  # ... but not passes that need later layers
+        multi_arm_logits(m, hook, tokens, fns, x_BLD=x, prefix=Prefix(kv_read, p))
+    # the cache really is used: the clean cache of other tokens gives other logits
+    _, _, _, kv_other = clean_pass(m, hook, torch.randint(4, len(m.tokenizer), (B, L), generator=g), keep_cache=True)
+    wrong, _ = multi_arm_logits(m, hook, tokens, fns, x_BLD=x, prefix=Prefix(kv_other, p))
+    assert (wrong - full[:, :, p:]).abs().max() > 1e-2
+
+
 # ----------------------------------------------------------------------------------- the amnesic readout
 
 def test_the_amnesic_readout_tells_information_removed_from_information_moved():
@@ -336,7 +380,7 @@ def test_a_control_whose_draws_differ_is_a_distribution_and_the_test_keeps_its_l
     assert (np.array(p_planted) < 0.05).mean() >= 0.5  # an offset of 3 draw SDs is found
 
 
-def test_the_stage_gives_the_same_effects_with_arms_started_at_the_hook_and_with_full_forwards(model, sae, tmp_path):
+def test_the_stage_gives_the_same_effects_with_arms_started_at_the_hook_from_the_clean_prefix_and_with_full_forwards(model, sae, tmp_path, monkeypatch):
     from interventions.pipeline import run_interventions
     from sources.config import DataSpec, StreamSpec
     from sources.session import Session
@@ -347,13 +391,23 @@ def test_the_stage_gives_the_same_effects_with_arms_started_at_the_hook_and_with
     stream = StreamSpec(batch_size=8, progress=False)
     group = GroupSpec("gtest", (0, 1, 2), "clique")
     thr = np.zeros(sae.cfg.d_sae, dtype=np.float32)
+    import sources.patching as patching
+
+    made = []  # the prefix path really runs: every cache it builds is counted
+    build = patching._prefix_cache
+    monkeypatch.setattr(patching, "_prefix_cache", lambda *a: made.append(a[0].length) or build(*a))
     out = {}
-    for start in (True, False):
+    for start, prefix in ((True, True), (True, False), (False, False)):
         icfg = InterventionsConfig(modes=["zero", "project_out"], n_controls=2, max_tokens=192, pool_tokens=1500, n_boot=100,
-                                   min_docs=3, start_at_hook=start, steering={"alphas": [2.0], "n_random": 1})
+                                   min_docs=3, start_at_hook=start, reuse_prefix=prefix, steering={"alphas": [2.0], "n_random": 1})
         res = run_interventions(Session(model, sae, HOOK, data, stream), [group], icfg, thr, seed=0, progress=False)
-        out[start] = res.effects.sort_values(["arm", "comparator", "mode", "alpha", "effect", "scope"]).reset_index(drop=True)
-    a, b = out[True], out[False]
-    assert len(a) == len(b) > 100
-    np.testing.assert_allclose(a["estimate"].to_numpy(), b["estimate"].to_numpy(), rtol=1e-4, atol=1e-6, equal_nan=True)
-    assert np.isfinite(a["estimate"]).sum() > 100
+        out[start, prefix] = res.effects.sort_values(["arm", "comparator", "mode", "alpha", "effect", "scope"]).reset_index(drop=True)
+        if (start, prefix) == (True, True):
+            assert len(made) > 10 and max(made) > 0, made
+            n_made = len(made)
+    assert len(made) == n_made  # ... and only when asked for
+    b = out[False, False]  # every arm's whole forward: the reference
+    for a in (out[True, True], out[True, False]):
+        assert len(a) == len(b) > 100
+        np.testing.assert_allclose(a["estimate"].to_numpy(), b["estimate"].to_numpy(), rtol=1e-4, atol=1e-6, equal_nan=True)
+        assert np.isfinite(a["estimate"]).sum() > 100

@@ -54,7 +54,7 @@ def _group(model, sae, corpus):
 
     data, _ = _data(corpus)
     tokens = torch.from_numpy(np.stack([c.tokens_L for c in iter_contexts(data, model.tokenizer)][:8]))
-    x, _ = clean_hook_and_read(model, HOOK, tokens, READ)
+    x, _, _ = clean_hook_and_read(model, HOOK, tokens, READ)
     counts = (sae.encode(x.float()) > 0).sum((0, 1))
     return tuple(sorted(counts.argsort(descending=True)[:4].tolist()))
 
@@ -76,7 +76,7 @@ def _planted_task(model, sae, corpus, members, kind="regression", n_windows=14):
     for c in ctxs:
         toks, mask = c.tokens_L[:24], c.mask_L[:24]
         with torch.no_grad():
-            x, _ = clean_hook_and_read(model, HOOK, torch.from_numpy(toks)[None], READ)
+            x, _, _ = clean_hook_and_read(model, HOOK, torch.from_numpy(toks)[None], READ)
             a = sae.encode(x.float())[0][:, list(members)].sum(-1).numpy()
         pos = np.flatnonzero(mask)
         start = len(rows)
