@@ -597,6 +597,16 @@ def run_arms(chunks, arms: list[Arm], ev: "Evaluator", forward, record, bar, kil
         ch.cache.clear()
 
 
+def suffix_edits(ch: Chunk, deltas: list[torch.Tensor]):
+    """``(p, edit functions, prefix)`` of one forward of ``deltas`` on ``ch``: with a clean cache on the chunk,
+    ``p`` is the arms' first edited position and the edits add the deltas from there on over the clean prefix
+    (:class:`sources.patching.Prefix`, None when ``p`` is 0); without one, ``p`` is 0 and the edits cover every
+    position."""
+    p = first_edit(deltas) if ch.kv is not None else 0
+    fns = [(lambda x, d=d[:, p:]: x + d.to(x.dtype)) for d in deltas]
+    return p, fns, (Prefix(ch.kv, p) if p > 0 else None)
+
+
 @torch.no_grad()
 def arm_effects(ev: Evaluator, ch: Chunk, deltas: list[torch.Tensor], start_at_hook: bool = True) -> dict:
     """One forward pass of ``len(deltas)`` arms on chunk ``ch`` (each adds its delta at the hook) and their per-token
@@ -604,10 +614,9 @@ def arm_effects(ev: Evaluator, ch: Chunk, deltas: list[torch.Tensor], start_at_h
     residual at the read layer ``[A, B, L, D]``, or None). ``start_at_hook``: skip the blocks before the hook; a
     chunk with a clean cache (``ch.kv``) computes only the positions from the arms' first edit on (the effects
     before it are exactly 0 and the read is the clean one)."""
-    p = first_edit(deltas) if ch.kv is not None else 0
-    fns = [(lambda x, d=d[:, p:]: x + d.to(x.dtype)) for d in deltas]
+    p, fns, prefix = suffix_edits(ch, deltas)
     logits, read = multi_arm_logits(ev.model, ev.hook, ch.tokens, fns, ev.icfg.read_layer,
-                                    x_BLD=ch.x if start_at_hook else None, prefix=Prefix(ch.kv, p) if p > 0 else None)
+                                    x_BLD=ch.x if start_at_hook else None, prefix=prefix)
     dce_A, kl_A = token_effects(ch.clean_lp[:, p:], logits, ch.tokens[:, p:])
     top, m_c = ch.clean_pair
     return {"dce": pad_front(dce_A, p, -1), "kl": pad_front(kl_A, p, -1),

@@ -39,8 +39,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from interventions.arms import Chunk, Evaluator, Plan, arm_batching, documents_first, fires_any, run_arms
-from interventions.forward import clean_hook_and_read, first_edit, multi_arm_read, pad_front
+from interventions.arms import (Chunk, Evaluator, Plan, arm_batching, documents_first, fires_any, run_arms,
+                              suffix_edits)
+from interventions.forward import clean_hook_and_read, multi_arm_read, pad_front
 from interventions.effects import doc_sums
 from probes.dataset import window_tokens
 from probes.documents import iter_probe_documents
@@ -51,7 +52,6 @@ from sources.corpora import pad_batch, special_ids
 from sources.errors import ConfigError
 from sources.models import LoadedModel
 from sources.progress import progress_bar
-from sources.patching import Prefix
 from sources.sae_view import as_view, fires
 
 log = logging.getLogger(__name__)
@@ -519,7 +519,7 @@ def evaluate_task(model: LoadedModel, hook: HookSpec, plan: Plan, td: TaskData, 
             gf = fires_any(f[..., gi.to(f.device)], ev.thr[gi.to(ev.thr.device)]) & content
             docs = np.array([doc_of[w.doc_index] for w in ws])
             ch = Chunk(tokens, x, f, content, gf, None, read, docs, doc_index=[w.doc_index for w in ws],
-                       row_keys=[("window", td.family, int(w.rows[0])) for w in ws], kv=kv if ev.reuse_prefix else None)
+                       row_keys=[("window", td.family, int(w.rows[0])) for w in ws], kv=kv)
             # task tokens of each target in this chunk: (batch row, position, example row) and the clean loss
             at = {}
             for t, ro in readouts.items():
@@ -543,10 +543,9 @@ def evaluate_task(model: LoadedModel, hook: HookSpec, plan: Plan, td: TaskData, 
             yield ch
 
     def forward(ch, deltas):  # run_arms passes only arms that change something (the others read the clean stream)
-        p = first_edit(deltas) if ch.kv is not None else 0  # positions before it are the clean pass's
-        fns = [(lambda x, d=d[:, p:]: x + d.to(x.dtype)) for d in deltas]
+        p, fns, prefix = suffix_edits(ch, deltas)  # positions before p are the clean pass's
         R = multi_arm_read(model, hook, ch.tokens, fns, read_layer, x_BLD=ch.x if ev.icfg.start_at_hook else None,
-                           prefix=Prefix(ch.kv, p) if p > 0 else None)
+                           prefix=prefix)
         R = pad_front(R, p, -2, fill=ch.clean_read)
         return {i: R[i] for i in range(len(deltas))}
 

@@ -226,13 +226,15 @@ def read_sites(model: LoadedModel, tokens_BL: torch.Tensor, reads: Sequence[Hook
         raise ValueError("read_sites: nothing to read and no logits asked for")
     saved: dict[tuple[int, int], object] = {}
     kwargs, p = {}, 0
+    if start is not None:  # the last block skipped (its output is the start value)
+        last = s_hook.layer if s_hook.site == "resid_post" else s_hook.layer - 1
     if prefix is not None and prefix.length > 0:
         if keep_cache:
             raise ValueError("read_sites: a pass continuing a prefix cannot keep its cache")
         p = int(prefix.length)
         if not 0 < p < tokens_BL.shape[1]:
             raise ValueError(f"read_sites: a prefix of {p} positions leaves nothing of {tokens_BL.shape[1]} to compute")
-        first = 0 if start is None else (s_hook.layer + 1 if s_hook.site == "resid_post" else s_hook.layer)
+        first = 0 if start is None else last + 1
         stop = model.n_layers if logits else max(k[0] + (0 if k[1] == 0 else 1) for k in keyed)
         kwargs = {_cache_kwarg(model): _prefix_cache(prefix, tokens_BL.shape[0], range(first, stop)), "use_cache": True,
                   # the mask covers the cached positions too (as in generation); nnsight's own would cover only the new
@@ -245,7 +247,6 @@ def read_sites(model: LoadedModel, tokens_BL: torch.Tensor, reads: Sequence[Hook
     with model.lm.trace(tokens_BL[:, p:].to(model.device), **kwargs) as tracer:
         if start is not None:
             root = model.site(0, "resid_post").block.rsplit(".", 1)[0]
-            last = s_hook.layer if s_hook.site == "resid_post" else s_hook.layer - 1
             x0 = s_x[:, p:].to(device=model.device, dtype=model.dtype)
             start_fns = keyed.get(s_key, {}).get("fns") if s_hook.site == "resid_post" else None
             for i in range(last + 1):
