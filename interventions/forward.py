@@ -167,11 +167,28 @@ def token_effects(clean_logprobs_BLV: torch.Tensor, logits_BLV: torch.Tensor,
     ce_c = -lp_c[:, :-1].gather(-1, tgt).squeeze(-1)
     ce_e = -lp_e[..., :-1, :].gather(-1, tgt.expand(*lead, *tgt.shape)).squeeze(-1)
     p_c = lp_c.exp()
-    kl = ((p_c * lp_c).sum(-1) - (p_c * lp_e).sum(-1)).clamp_min(0.0)
+    kl = _kl_small_safe(p_c, lp_c, lp_e)
     dce = torch.zeros((*lead, *tokens_BL.shape), dtype=torch.float32, device=lp_c.device)
     dce[..., :-1] = ce_e - ce_c
     kl[..., -1] = 0.0
     return dce, kl
+
+
+def _kl_small_safe(p_V: torch.Tensor, lp_V: torch.Tensor, lq_V: torch.Tensor) -> torch.Tensor:
+    """``KL(p || q)`` from log-probabilities, summed so that float32 keeps near-zero edits above its rounding.
+
+    ``sum p*log p - sum p*log q`` cancels two numbers near the entropy (~10 nats) and leaves a floor near 1e-7; so does
+    ``sum p*d`` for ``d = log p - log q`` itself, through the rounding of the log-normalisers inside ``d``. Since
+    ``KL = sum p*d + log sum p*exp(-d)`` for any constant shift of ``d``, ``d`` is centred on its mean under ``p`` and
+    both terms, now of the order of the edit, are summed with ``expm1``/``log1p``. Where the centred ``d`` goes below
+    -20 anywhere (an edit far from small, whose KL is far above the floor) the plain ``sum p*d`` is kept.
+    """
+    d = lp_V - lq_V
+    plain = (p_V * d).sum(-1)
+    d = d - plain.unsqueeze(-1)
+    small = d.amin(-1) > -20.0
+    fine = (p_V * d).sum(-1) + (p_V * torch.expm1(-d.clamp_min(-20.0))).sum(-1).log1p()
+    return torch.where(small, fine, plain).clamp_min(0.0)
 
 
 @torch.no_grad()

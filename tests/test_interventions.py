@@ -156,6 +156,21 @@ def test_per_token_ce_and_kl_match_a_direct_computation():
     assert (dce[:, -1] == 0).all() and (kl[:, -1] == 0).all()
 
 
+def test_kl_of_near_zero_and_of_large_edits_matches_float64_at_a_real_vocabulary_size():
+    # separate sums of p*log p and p*log q cancel in float32 (a ~1e-7 floor); the KL of a tiny edit must not sit on it,
+    # and an edit that moves all mass to one token (exp(-d) far beyond float32) must stay finite and right
+    g = torch.Generator().manual_seed(1)
+    clean = 3 * torch.randn(3, 4, 49152, generator=g)
+    edited = clean + torch.tensor([1e-4, 1e-3, 1.0]).view(3, 1, 1) * torch.randn(3, 4, 49152, generator=g)
+    edited[2, 1, 7] += 200.0
+    toks = torch.randint(0, 49152, (3, 4), generator=g)
+    _, kl = token_effects(torch.log_softmax(clean, -1), edited, toks)
+    lp, lq = torch.log_softmax(clean.double(), -1), torch.log_softmax(edited.double(), -1)
+    ref = (lp.exp() * (lp - lq)).sum(-1)
+    assert ref[0, :3].max() < 1e-7 and ref[2, 1] > 100
+    torch.testing.assert_close(kl[:, :3].double(), ref[:, :3], rtol=0.01, atol=0)
+
+
 # ----------------------------------------------------------------------------------- end to end
 
 def _small_cfg(**kw) -> InterventionsConfig:
