@@ -56,20 +56,26 @@ def apply_override(data: dict, assignment: str) -> None:
     if "=" not in assignment:
         raise ConfigError("--set", f"{assignment!r} is not of the form key.path=value")
     key, raw = assignment.split("=", 1)
-    parts = [p for p in key.strip().split(".")]
-    if not all(parts):
-        raise ConfigError("--set", f"{key!r} is not a dotted key path like cooc.threshold")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
+    set_key(data, key, value, "--set")
+
+
+def set_key(data: dict, key: str, value: Any, field: str = "--set") -> None:
+    """Set the dotted ``key`` (``a.b.c``) of a nested dict to ``value`` in place, creating missing sections;
+    ConfigError under ``field`` for a malformed key or one that runs through a value."""
+    parts = [p for p in str(key).strip().split(".")]
+    if not all(parts):
+        raise ConfigError(field, f"{key!r} is not a dotted key path like cooc.threshold")
     node = data
     for i, part in enumerate(parts[:-1]):
         nxt = node.get(part)
         if nxt is None:
             nxt = node[part] = {}
         if not isinstance(nxt, dict):
-            raise ConfigError("--set", f"{'.'.join(parts[:i + 1])} is a value, not a section; cannot set {key}")
+            raise ConfigError(field, f"{'.'.join(parts[:i + 1])} is a value, not a section; cannot set {key}")
         node = nxt
     node[parts[-1]] = value
 

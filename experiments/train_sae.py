@@ -35,7 +35,7 @@ def build_parser():
                    help="model dtype the held-out quality is measured with (default: %(default)s, the framework's "
                         "default; 'same': the training model's dtype)")
     p.add_argument("--eval-tokens", type=int, default=None,
-                   help="held-out positions to measure quality on (default: sources.sae_training.DEFAULT_EVAL_TOKENS)")
+                   help="held-out positions to measure quality on (default: the config's sae.train.eval_tokens)")
     return p
 
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     from transformers.utils import logging as hf_logging
 
     from sources.models import load_model
-    from sources.sae_training import DEFAULT_EVAL_TOKENS, train_sae
+    from sources.sae_training import train_sae
 
     hf_logging.disable_progress_bar()  # weight-loading bars: noise, and bad input must end in one line
 
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg.sae.train, model, cfg.hook, cfg.data, cfg.stream, out, progress=not args.quiet,
         config=recorded,
         eval_model=eval_model,
-        eval_tokens=args.eval_tokens or DEFAULT_EVAL_TOKENS,
+        eval_tokens=args.eval_tokens or cfg.sae.train.eval_tokens,
     )
     print(f"SAE written to {out} ({time.time() - t0:.0f} s)")
     print(quality.table())

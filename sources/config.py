@@ -104,6 +104,9 @@ class TrainSpec(Section):
     batch_size: int = Field(4096, ge=1)
     lr: float = Field(4e-4, gt=0)
     seed: Seed = 0
+    eval_tokens: int = Field(16_384, ge=1)
+    """Held-out positions the quality after training (quality.json) is measured on, three forward passes each; not
+    part of the trained SAE's cache key."""
 
 
 class SAESpec(Section):

@@ -82,7 +82,7 @@ def load_pretrained(release: str, sae_id: str, device: torch.device | str = "cpu
 
 
 def trained_sae_dir(spec: SAESpec, model: LoadedModel, hook: HookSpec, data: DataSpec) -> Path:
-    key = stable_hash({"train": spec.train.model_dump(), "model": model.identity, "hook": hook.model_dump(),
+    key = stable_hash({"train": spec.train.model_dump(exclude={"eval_tokens"}), "model": model.identity, "hook": hook.model_dump(),
                        "data": data.model_dump(exclude={"max_tokens"})})
     return cache_root() / "saes" / key
 

@@ -102,6 +102,7 @@ def open_session(model: ModelSpec | dict | None = None, sae: SAESpec | dict | No
             folder = trained_sae_dir(sae_spec, loaded, hook, data)
             if not (folder / "cfg.json").exists():
                 log.info("training an SAE (cached afterwards in %s)", folder)
-                train_sae(sae_spec.train, loaded, hook, data, stream, folder, progress=progress)
+                train_sae(sae_spec.train, loaded, hook, data, stream, folder, progress=progress,
+                          eval_tokens=sae_spec.train.eval_tokens)
         _CACHE[key] = load_sae(sae_spec, loaded, hook, data)
     return Session(_MODELS[json.dumps(model_spec.model_dump(), sort_keys=True)], _CACHE[key], hook, data, stream)
