@@ -50,6 +50,8 @@ class Population:
     l0: float
     """Mean number of latents firing per counted token."""
     groups: tuple[Group, ...] = field(repr=False)
+    n_tested: int | None = None
+    """Latents the pair test covered (firing at least cooc.min_occurrences times): the latents ``ours`` can group."""
     replication: float | None = None
     """Mean replication rate of the groups' internal edges on held-out documents (ours only; None without it)."""
     cut: float | None = None
@@ -82,7 +84,8 @@ class Population:
         structures = Counter(g.structure.structure for g in self.groups)
         return {"method": self.method, "d_sae": self.d_sae, "n_alive": self.n_alive, "l0": self.l0,
                 "n_groups": self.n_groups, "latents_in_groups": self.n_grouped, "fraction_in_groups": self.fraction,
-                "fraction_of_alive_in_groups": self.fraction_alive,
+                "fraction_of_alive_in_groups": self.fraction_alive, "n_tested": self.n_tested,
+                "fraction_of_tested_in_groups": self.n_grouped / self.n_tested if self.n_tested else None,
                 "median_group_size": float(np.median(sizes)) if sizes else float("nan"),
                 "largest_group": max(sizes) if sizes else 0, "replication_rate": self.replication,
                 "jaccard_cut": self.cut, "cut_converged": self.converged,
@@ -120,7 +123,9 @@ def ours(result: CoocResult) -> Population:
     if "replication_rate" in t:
         r = t.drop_duplicates("group_id")["replication_rate"].dropna()
         rates = float(r.mean()) if len(r) else None
-    return Population("ours", d_sae, alive, l0, tuple(result.groups), replication=rates)
+    tested = result.manifest.get("n_tested_latents")
+    return Population("ours", d_sae, alive, l0, tuple(result.groups), replication=rates,
+                      n_tested=int(tested) if tested is not None else None)
 
 
 def size_capped(result: CoocResult, min_size: int = 150, max_size: int = 200, iterations: int = 40) -> Population:

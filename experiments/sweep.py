@@ -118,7 +118,10 @@ class Point:
         self.name, self.values, self.cfg = name, values, cfg
 
     def series(self, key: str | None) -> str:
-        """The point's values on every grid key but ``key`` (its series label; '' when it has no other)."""
+        """The point's values on every grid key but ``key`` (its series label; '' when it has no other, and for
+        every point when no series key is given)."""
+        if key is None:
+            return ""
         return ", ".join(f"{k}={v}" for k, v in self.values.items() if k != key)
 
 
@@ -150,6 +153,10 @@ def expand(sweep: SweepConfig, folder: Path, overrides: list[str] | None = None,
     from experiments.cli import apply_override
 
     base = _base_data(sweep, folder)
+    for where, keys_ in (("set", list(sweep.set)), ("grid", sweep.keys())):
+        if "out" in keys_:
+            raise ConfigError(f"{where}.out", "each point's folder is OUT/points/<name>; set the sweep's own out: "
+                                              "(or --out) instead")
     for key, value in sweep.set.items():
         set_key(base, key, value, f"set.{key}")
     for assignment in overrides or []:
@@ -160,24 +167,24 @@ def expand(sweep: SweepConfig, folder: Path, overrides: list[str] | None = None,
     for g in sweep.grids():
         for combo in itertools.product(*g.values()):
             values = dict(zip(g.keys(), combo))
-            ident = stable_hash(sorted(values.items(), key=lambda kv: kv[0]))
-            if ident in seen:
-                continue
-            seen.add(ident)
             data = copy.deepcopy(base)
             for key, value in values.items():
                 set_key(data, key, value, f"grid.{key}")
             name = point_name(values, keys)
-            if name in names:
-                name = f"{name}__{ident[:6]}"
-            names.add(name)
-            data["out"] = str(out / "points" / name)
             try:
                 cfg = ExperimentConfig.model_validate(data)
             except ValidationError as exc:
                 err = format_validation_error(exc)
                 raise ConfigError(f"point {name}: {err.field}",
                                   f"{err.message}; fix the sweep's base, set or grid values") from None
+            ident = stable_hash(cfg.model_dump(mode="json", exclude={"out"}))
+            if ident in seen:  # the same config reached twice (two mappings, or a grid value equal to the base's)
+                continue
+            seen.add(ident)
+            if name in names:
+                name = f"{name}__{ident[:6]}"
+            names.add(name)
+            cfg.out = str(out / "points" / name)
             points.append(Point(name, values, cfg))
     if sweep.match is not None and sweep.match.series not in keys:
         raise ConfigError("match.series", f"{sweep.match.series} is not a grid key; choose one of {', '.join(keys)}")
@@ -185,6 +192,34 @@ def expand(sweep: SweepConfig, folder: Path, overrides: list[str] | None = None,
 
 
 # ------------------------------------------------------------------------------------------------ running
+
+def preflight(points: list[Point], progress: bool = True) -> None:
+    """Open every input the points name before any point runs (what ``experiments.preflight.check_inputs`` checks
+    per run): each distinct corpus, model and hook, and each SAE (a ``sae.train`` spec is checked, not trained)."""
+    from sources.corpora import check_corpus
+    from sources.sae_training import check_train_spec
+    from sources.session import shared_model
+
+    seen: set[str] = set()
+    for p in points:
+        cfg = p.cfg
+        checks = [("data", cfg.data.model_dump(), lambda: check_corpus(cfg.data) if cfg.activations.source == "stream" else None)]
+        if cfg.sae.train is not None:
+            checks.append(("model", [cfg.model.model_dump(), cfg.hook.model_dump()],
+                           lambda: shared_model(cfg.model, progress).site(cfg.hook.layer, cfg.hook.site)))
+            checks.append(("train", cfg.sae.train.model_dump(), lambda: check_train_spec(cfg.sae.train)))
+        else:
+            checks.append(("session", [cfg.model.model_dump(), cfg.sae.model_dump(), cfg.hook.model_dump()],
+                           lambda: cfg.session(progress)))
+        for kind, spec, check in checks:
+            key = stable_hash([kind, spec])
+            if key not in seen:
+                try:
+                    check()
+                except ConfigError as exc:
+                    raise ConfigError(f"point {p.name}: {exc.field}", exc.message) from None
+                seen.add(key)
+
 
 def run_point(point: Point, fresh: bool, until: str, progress: bool) -> dict:
     """Run (or reuse) one point's stages up to ``until`` in its own run folder; returns its stage wall times."""
@@ -218,6 +253,7 @@ def run_sweep(sweep: SweepConfig, points: list[Point], out: Path, fresh: bool = 
     """Run every point (reusing finished stages), then write the comparison tables and report into ``out``.
     Returns the sweep record (also ``out/sweep.json``)."""
     out = Path(out)
+    preflight(points, progress)  # nothing is written before every point's inputs open
     took = lock_folder(out)
     try:
         record = {"format_version": FORMAT_VERSION, "sweep": sweep.model_dump(mode="json"), "versions": package_versions(),
@@ -236,6 +272,8 @@ def run_sweep(sweep: SweepConfig, points: list[Point], out: Path, fresh: bool = 
 
         notes = [f"{len(points)} points, each a run folder under {out / 'points'}; stages per point: up to "
                  f"{sweep.until}. Base config: {sweep.base if isinstance(sweep.base, str) else 'inline'}."]
+        notes += [f"Not matched: {r.point_a} and {r.point_b} ({r.reason})."
+                  for r in tables["skipped_matches"].itertuples(index=False)]
         write_sweep_report(out, tables["points"], tables["group_sizes"], tables["fate_counts"],
                            sweep.title or f"Sweep over {', '.join(sweep.keys())}", notes)
         record.update({"summary_wall_s": round(time.perf_counter() - t0, 2),
@@ -275,48 +313,57 @@ def summarise(sweep: SweepConfig, points: list[Point]) -> dict[str, pd.DataFrame
         pops[p.name] = populations(result, sweep.size_capped.min_size, sweep.size_capped.max_size)
         decoders[p.name] = s.sae.W_dec.detach()
         arch = p.cfg.sae.train.architecture if p.cfg.sae.train is not None else type(s.sae).__name__
+        d_in = int(s.sae.W_dec.shape[1])
         meta = {"point": p.name, **{k: p.values.get(k) for k in sweep.keys()}, "series": p.series(series_key),
-                "architecture": arch, "d_model": s.model.d_model, "expansion": s.d_sae / s.model.d_model,
+                "architecture": arch, "d_in": d_in, "expansion": s.d_sae / d_in,
                 "n_tokens": result.n_tokens, **_quality(p)}
         for method, pop in pops[p.name].items():
             rows.append({**meta, **pop.row()})
             sizes.append(pop.size_distribution().assign(point=p.name))
-    links, fates = _follow(sweep, points, pops, decoders)
+    links, fates, skipped = _follow(sweep, points, pops, decoders)
     counts = (fates.groupby(["method", "point_a", "point_b", "fate"], sort=False).size().rename("n_groups").reset_index()
               if not fates.empty else pd.DataFrame(columns=["method", "point_a", "point_b", "fate", "n_groups"]))
     sizes_df = pd.concat(sizes, ignore_index=True)[["point", "method", "size_bin", "n_groups", "n_latents"]]
     return {"points": pd.DataFrame(rows), "group_sizes": sizes_df, "matches": links, "fates": fates,
-            "fate_counts": counts[counts["method"] == "ours"].drop(columns="method") if not counts.empty else counts}
+            "fate_counts": counts, "skipped_matches": skipped}
 
 
-def _follow(sweep: SweepConfig, points: list[Point], pops, decoders) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Groups matched from each point to the next wider one of its series, for both mining methods."""
-    from subspaces.matching import match_groups
+def _follow(sweep: SweepConfig, points: list[Point], pops, decoders) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Groups matched from each point to the next wider one of its series (ordered by the SAEs' widths), for both
+    mining methods; plus the consecutive pairs that could not be matched (same width, or decoders of other
+    widths d_in) and why."""
+    from subspaces.matching import FATE_COLUMNS, LINK_COLUMNS, match_groups
 
-    link_cols = ["method", "point_a", "point_b", "group_a", "group_b", "size_a", "size_b", "share", "mean_cosine"]
-    fate_cols = ["method", "point_a", "point_b", "side", "group", "size", "fate", "n_descendants", "descendants"]
-    if sweep.match is None:
-        return pd.DataFrame(columns=link_cols), pd.DataFrame(columns=fate_cols)
-    key = sweep.match.series
-    series: dict[str, list[Point]] = {}
-    for p in points:
-        if key in p.values:
-            series.setdefault(p.series(key), []).append(p)
+    tag_cols = ["method", "point_a", "point_b"]
+    link_cols, fate_cols = tag_cols + LINK_COLUMNS, tag_cols + FATE_COLUMNS
+    skipped = []
     links, fates = [], []
-    for members in series.values():
-        ordered = sorted(members, key=lambda p: p.values[key])
-        for a, b in zip(ordered, ordered[1:]):
-            for method in pops[a.name]:
-                ga = {g.group_id: g.members for g in pops[a.name][method].groups}
-                gb = {g.group_id: g.members for g in pops[b.name][method].groups}
-                lk, ft = match_groups(decoders[a.name], ga, decoders[b.name], gb, sweep.match.min_cosine,
-                                      sweep.match.min_share)
-                tag = {"method": method, "point_a": a.name, "point_b": b.name}
-                links.append(lk.assign(**tag))
-                fates.append(ft.assign(**tag))
+    if sweep.match is not None:
+        key = sweep.match.series
+        series: dict[str, list[Point]] = {}
+        for p in points:
+            if key in p.values:
+                series.setdefault(p.series(key), []).append(p)
+        for members in series.values():
+            ordered = sorted(members, key=lambda p: (decoders[p.name].shape[0], p.name))
+            for a, b in zip(ordered, ordered[1:]):
+                da, db = decoders[a.name], decoders[b.name]
+                why = ("the same width" if da.shape[0] >= db.shape[0] else
+                       "decoders of different widths d_in" if da.shape[1] != db.shape[1] else None)
+                if why is not None:
+                    skipped.append({"point_a": a.name, "point_b": b.name, "reason": why})
+                    log.warning("sweep: %s and %s not matched: %s", a.name, b.name, why)
+                    continue
+                for method in pops[a.name]:
+                    ga = {g.group_id: g.members for g in pops[a.name][method].groups}
+                    gb = {g.group_id: g.members for g in pops[b.name][method].groups}
+                    lk, ft = match_groups(da, ga, db, gb, sweep.match.min_cosine, sweep.match.min_share)
+                    tag = {"method": method, "point_a": a.name, "point_b": b.name}
+                    links.append(lk.assign(**tag))
+                    fates.append(ft.assign(**tag))
     link_df = pd.concat(links, ignore_index=True)[link_cols] if links else pd.DataFrame(columns=link_cols)
     fate_df = pd.concat(fates, ignore_index=True)[fate_cols] if fates else pd.DataFrame(columns=fate_cols)
-    return link_df, fate_df
+    return link_df, fate_df, pd.DataFrame(skipped, columns=["point_a", "point_b", "reason"])
 
 
 # ------------------------------------------------------------------------------------------------ CLI

@@ -6,7 +6,8 @@ self-contained ``out/report.html``. Its inputs are the tidy tables the sweep wri
 ``points``  one row per (point, mining method): the grid values, d_sae, d_model, L0, fraction of latents in groups,
             structure counts, replication, SAE quality
 ``sizes``   one row per (point, method, size bin): groups and latents in that bin
-``fates``   one row per (narrower point, wider point, fate): how many groups persist, split, vanish or are new
+``fates``   one row per (method, narrower point, wider point, fate): how many groups persist, split, dissolve, vanish
+            or are new
 
 The reference work's published fractions (:data:`REFERENCE`) are overlaid on the width and L0 plots, by expansion
 factor (d_sae / d_model) so that models of other widths share an axis.
@@ -50,7 +51,7 @@ REFERENCE = pd.DataFrame(
 150-200 latents). ``approximate``: read off their figure rather than stated in the text."""
 REFERENCE = REFERENCE.assign(expansion=REFERENCE["d_sae"] / REFERENCE["d_model"])
 
-METHOD_LABEL = {"ours": "ours (significant edges)", "size_capped": "size-capped cut (reference method)"}
+METHOD_LABEL = {"ours": "ours (the stage's groups)", "size_capped": "size-capped cut (reference method)"}
 STRUCTURES = ("pair", "clique", "chain", "hub_spoke", "mixed")
 
 
@@ -76,8 +77,12 @@ def _curve(points: pd.DataFrame, x: str, path: Path, reference: pd.DataFrame, re
     for (series, method), sub in points.groupby(["series", "method"], sort=True):
         sub = sub.dropna(subset=[x]).sort_values(x)
         label = METHOD_LABEL.get(method, method) + (f" [{series}]" if series else "")
-        ax.plot(sub[x], 100 * sub["fraction_in_groups"], marker=markers.get(series, "o"), color=colours.get(method), label=label,
-                linestyle="-" if len(sub) > 1 else "none", alpha=0.9)
+        ax.plot(sub[x], 100 * sub["fraction_in_groups"], marker=markers.get(series, "o"), color=colours.get(method),
+                label=label, linestyle="-" if len(sub) > 1 else "none", alpha=0.9)
+        if "cut_converged" in sub:  # a size-capped cut that missed its target size: drawn hollow
+            off = sub[sub["cut_converged"].astype(str).str.lower() == "false"]
+            ax.plot(off[x], 100 * off["fraction_in_groups"], marker=markers.get(series, "o"), linestyle="none",
+                    color="white", markeredgecolor=colours.get(method), markersize=5)
     greys = ["0.2", "0.45", "0.65"]
     for k, (series, sub) in enumerate(reference.dropna(subset=[ref_x]).groupby("series", sort=True)):
         sub = sub.sort_values(ref_x)
@@ -114,28 +119,35 @@ def _stacked(frame: pd.DataFrame, index: str, columns: str, values: str, path: P
 def figures(out: Path, points: pd.DataFrame, sizes: pd.DataFrame, fates: pd.DataFrame) -> dict[str, Path]:
     """Every figure of the sweep report (name -> PNG path); figures with nothing to draw are left out."""
     fig_dir = Path(out) / "figures"
+    # the reference's curves are drawn where the grid is a curve of the same kind: several widths, or several
+    # SAEs of one width (an L0 series)
+    widths = points["expansion"].nunique() >= 2 if "expansion" in points else False
+    l0_series = bool(points.drop_duplicates("point").groupby("d_sae").size().max() >= 2) if "d_sae" in points else False
     made = {
-        "width": _curve(points, "expansion", fig_dir / "fraction_by_width.png", REFERENCE[REFERENCE["l0"].isna()],
-                        "expansion",
-                        "SAE width / d_model (expansion factor)", "Latents in groups against SAE width"),
-        "l0": _curve(points, "l0", fig_dir / "fraction_by_l0.png", REFERENCE[REFERENCE["l0"].notna()], "l0",
+        "width": _curve(points, "expansion", fig_dir / "fraction_by_width.png",
+                        REFERENCE[REFERENCE["l0"].isna()] if widths else REFERENCE.iloc[:0], "expansion",
+                        "SAE width / d_in (expansion factor)", "Latents in groups against SAE width"),
+        "l0": _curve(points, "l0", fig_dir / "fraction_by_l0.png",
+                     REFERENCE[REFERENCE["l0"].notna()] if l0_series else REFERENCE.iloc[:0], "l0",
                      "L0 (latents firing per token)", "Latents in groups against L0", by="d_sae"),
     }
     for method in ("ours", "size_capped"):
         made[f"sizes_{method}"] = _stacked(sizes[sizes["method"] == method], "point", "size_bin", "n_latents",
                                            fig_dir / f"group_sizes_{method}.png",
                                            f"Latents by group size: {METHOD_LABEL[method]}", "latents")
-    structure = points[points["method"] == "ours"].melt(
-        id_vars=["point"], value_vars=[f"structure_{s}" for s in STRUCTURES if f"structure_{s}" in points],
-        var_name="structure", value_name="groups")
-    structure["structure"] = structure["structure"].str.removeprefix("structure_")
-    made["structures"] = _stacked(structure.fillna(0), "point", "structure", "groups",
-                                  fig_dir / "structures.png", "Structure of our groups", "groups", STRUCTURES)
-    if not fates.empty:
-        f = fates.assign(step=fates["point_a"] + " → " + fates["point_b"])
-        made["fates"] = _stacked(f, "step", "fate", "n_groups", fig_dir / "fates.png",
-                                 "Groups followed to the next wider SAE (decoder cosine)", "groups",
-                                 ("persists", "splits", "vanishes", "new"))
+        structure = points[points["method"] == method].melt(
+            id_vars=["point"], value_vars=[f"structure_{s}" for s in STRUCTURES if f"structure_{s}" in points],
+            var_name="structure", value_name="groups")
+        structure["structure"] = structure["structure"].str.removeprefix("structure_")
+        made[f"structures_{method}"] = _stacked(structure.fillna(0), "point", "structure", "groups",
+                                                fig_dir / f"structures_{method}.png",
+                                                f"Structure labels: {METHOD_LABEL[method]}", "groups", STRUCTURES)
+        f = fates[fates["method"] == method] if "method" in fates else fates.iloc[:0]
+        if not f.empty:
+            f = f.assign(step=f["point_a"] + " → " + f["point_b"])
+            made[f"fates_{method}"] = _stacked(f, "step", "fate", "n_groups", fig_dir / f"fates_{method}.png",
+                                               f"Groups followed to the next wider SAE: {METHOD_LABEL[method]}",
+                                               "groups", ("persists", "splits", "dissolves", "vanishes", "new"))
     return {k: v for k, v in made.items() if v is not None}
 
 
@@ -154,9 +166,10 @@ def _table(df: pd.DataFrame, digits: int = 3) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-POINT_COLUMNS = ["point", "method", "d_sae", "l0", "n_alive", "n_groups", "latents_in_groups", "fraction_in_groups",
-                 "fraction_of_alive_in_groups", "median_group_size", "largest_group", "replication_rate", "jaccard_cut",
-                 "explained_variance", "dead_fraction", "ce_loss_recovered"]
+POINT_COLUMNS = ["point", "method", "d_sae", "l0", "n_alive", "n_tested", "n_groups", "latents_in_groups",
+                 "fraction_in_groups", "fraction_of_alive_in_groups", "fraction_of_tested_in_groups",
+                 "median_group_size", "largest_group", "replication_rate", "jaccard_cut", "cut_converged",
+                 "largest_component", "explained_variance", "dead_fraction", "ce_loss_recovered"]
 
 
 def write_sweep_report(out: Path, points: pd.DataFrame, sizes: pd.DataFrame, fates: pd.DataFrame, title: str,
@@ -168,28 +181,38 @@ def write_sweep_report(out: Path, points: pd.DataFrame, sizes: pd.DataFrame, fat
     for note in notes or []:
         parts.append(f"<p>{html.escape(note)}</p>")
     parts.append("<h2>Latents in groups</h2>")
-    parts.append("<p>Fraction of latents in groups of size &gt; 1, over all d_sae latents (the reference's convention) "
-                 "and over the latents that fired at least once on the counted tokens. <i>ours</i>: the stage's groups "
-                 "(FDR-controlled edges with effect floors); <i>size_capped</i>: the reference method's single global "
-                 "Jaccard cut, largest component 150-200 latents, re-mined from the same counts. Reference points "
-                 "(dashed, grey) come from other models and SAEs; they are shown for shape, not as a target.</p>")
+    parts.append("<p>Fraction of latents in groups of size &gt; 1, over all d_sae latents and over the latents that "
+                 "fired at least once on the counted tokens. <i>ours</i>: the stage's groups (cooc.method of the "
+                 "point; by default FDR-controlled edges with effect floors); <i>size_capped</i>: the reference "
+                 "method's single global Jaccard cut with the largest component in the target size range, re-mined "
+                 "from the same counts (hollow markers: the bisection found no cut inside the range). Reference "
+                 "points (dashed, grey) come from other models, SAEs, corpora and L0 scales; they are shown for "
+                 "shape, not as a target.</p><p>Read the width curve with two mechanical effects in mind. The "
+                 "size-capped cut puts at least min_size latents in its largest component, a floor of min_size / d_sae "
+                 "that falls with width (the largest_component column). Our groups come from a pair test whose family "
+                 "grows with d_sae squared while each latent fires less often, so power falls with width at a fixed "
+                 "token count (n_tested: the latents the test could group).</p>")
     for key in ("width", "l0"):
         if key in made:
             parts.append(f'<img src="{_img(made[key])}" alt="{key}">')
     cols = [c for c in POINT_COLUMNS if c in points.columns]
     parts.append(_table(points[cols]))
     parts.append("<h2>Group sizes, structure and replication</h2>")
-    for key in ("sizes_ours", "sizes_size_capped", "structures"):
+    for key in ("sizes_ours", "sizes_size_capped", "structures_ours", "structures_size_capped"):
         if key in made:
             parts.append(f'<img src="{_img(made[key])}" alt="{key}">')
+    parts.append("<p>Replication (ours only): the mean share of a group's internal edges that are significant again "
+                 "on the held-out documents; the size-capped cut has no test to repeat.</p>")
     if not fates.empty:
         parts.append("<h2>Groups across widths</h2><p>Each member of a wider SAE's group is given the narrower SAE's "
                      "latent with the most similar decoder direction (cosine &ge; the sweep's min_cosine); a group "
-                     "descends from the narrower group holding at least half of its members' parents. A group "
-                     "persists (one descendant), splits (several) or vanishes (none); groups without an ancestor "
-                     "are new.</p>")
-        if "fates" in made:
-            parts.append(f'<img src="{_img(made["fates"])}" alt="fates">')
+                     "descends from the one narrower group holding the largest share (at least min_share) of its "
+                     "members' parents. A narrower group persists (one descendant), splits (several), dissolves (no "
+                     "descendant group, but some of its members are parents of wider latents) or vanishes (none of "
+                     "its members is a parent); groups without an ancestor are new.</p>")
+        for key in ("fates_ours", "fates_size_capped"):
+            if key in made:
+                parts.append(f'<img src="{_img(made[key])}" alt="{key}">')
         parts.append(_table(fates))
     parts.append("<h2>Reference numbers</h2>")
     parts.append(_table(REFERENCE.drop(columns=["expansion"])))

@@ -124,7 +124,8 @@ def _training_sae(train: TrainSpec, d_in: int, device: str, metadata):
     raise ConfigError("sae.train.architecture", f"unknown architecture {train.architecture!r}")  # pragma: no cover
 
 
-def _check_spec(train: TrainSpec) -> None:
+def check_train_spec(train: TrainSpec) -> None:
+    """ConfigError for a training spec that cannot train (k above d_sae, fewer tokens than one batch)."""
     if train.architecture in ("topk", "batchtopk") and train.k > train.d_sae:
         raise ConfigError("sae.train.k", f"k={train.k} is larger than d_sae={train.d_sae}; choose k <= d_sae")
     if train.training_tokens < train.batch_size:
@@ -167,7 +168,7 @@ def train_sae(train: TrainSpec, model: LoadedModel, hook: HookSpec, data: DataSp
     from sae_lens.training import activation_scaler as scaler_module
     from sae_lens.training import sae_trainer as trainer_module
 
-    _check_spec(train)
+    check_train_spec(train)
     where = model.site(hook.layer, hook.site)  # ConfigError for a bad hook before any work
     out_dir = Path(out_dir)
     t0 = time.time()

@@ -81,6 +81,14 @@ def _spec(cls, value, field: str):
     raise ConfigError(field, f"give a {cls.__name__} or a dict of its fields, got {type(value).__name__}")
 
 
+def shared_model(spec: ModelSpec, progress: bool = True) -> LoadedModel:
+    """The model of ``spec``, loaded once per process (sessions share it)."""
+    key = json.dumps(spec.model_dump(), sort_keys=True)
+    if key not in _MODELS:
+        _MODELS[key] = load_model(spec, progress)
+    return _MODELS[key]
+
+
 def open_session(model: ModelSpec | dict | None = None, sae: SAESpec | dict | None = None, hook: HookSpec | dict | None = None,
                  data: DataSpec | dict | None = None, stream: StreamSpec | dict | None = None, *, progress: bool = True) -> Session:
     """Load (or reuse) a model and its SAE, checked against each other at ``hook``.
@@ -94,10 +102,7 @@ def open_session(model: ModelSpec | dict | None = None, sae: SAESpec | dict | No
     data, stream = _spec(DataSpec, data, "data"), _spec(StreamSpec, stream, "stream")
     key = json.dumps({"model": model_spec.model_dump(), "sae": sae_spec.model_dump(), "hook": hook.model_dump()}, sort_keys=True)
     if key not in _CACHE:
-        model_key = json.dumps(model_spec.model_dump(), sort_keys=True)
-        if model_key not in _MODELS:
-            _MODELS[model_key] = load_model(model_spec, progress)
-        loaded = _MODELS[model_key]
+        loaded = shared_model(model_spec, progress)
         if sae_spec.train is not None:
             folder = trained_sae_dir(sae_spec, loaded, hook, data)
             if not (folder / "cfg.json").exists():

@@ -1,16 +1,18 @@
-"""Groups of two SAEs of one model and hook matched by decoder direction: which persist, split or vanish.
+"""Groups of two SAEs of one model and hook matched by decoder direction: which persist, split, dissolve or vanish.
 
 Feature splitting (Bricken et al.; Clarke, Bhatnagar & Bloom for groups): as an SAE grows, a latent's direction is
 shared out among several narrower latents. To follow a group from a narrower SAE A to a wider SAE B:
 
-1. every member ``b`` of a group of B gets a *parent*: the latent of A (any latent, not only group members) with the
-   largest cosine between unit decoder rows, kept when that cosine is >= ``min_cosine``;
-2. a group G_B *descends* from a group G_A when at least ``min_share`` of G_B's members have their parent in G_A;
-3. a group of A then **persists** (one descendant group in B), **splits** (two or more) or **vanishes** (none);
-   a group of B with no ancestor is **new**.
+1. every latent ``b`` of B gets a *parent*: the latent of A (any latent, not only group members) with the largest
+   cosine between unit decoder rows, kept when that cosine is >= ``min_cosine``;
+2. a group G_B has at most one *ancestor*: the group G_A holding the largest share of G_B's members' parents, when
+   that share is >= ``min_share`` (ties go to the larger count, then the smaller group id);
+3. a group of A then **persists** (one descendant group in B), **splits** (two or more), **dissolves** (none, but
+   some of its members are parents of latents of B: its directions survive outside any group) or **vanishes**
+   (none of its members is anyone's parent); a group of B without an ancestor is **new**.
 
-The decoder rows are the directions a latent writes; two SAEs trained on the same activations are compared in the
-same space, so no alignment is needed.
+The decoder rows are the directions a latent writes; two SAEs trained at the same site decode into the same space, so
+no alignment is needed (:func:`match_groups` refuses decoders of different widths d_in).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-FATES = ("persists", "splits", "vanishes")
+FATES = ("persists", "splits", "dissolves", "vanishes", "new")
+LINK_COLUMNS = ["group_a", "group_b", "size_a", "size_b", "share", "coverage", "mean_cosine"]
+FATE_COLUMNS = ["side", "group", "size", "fate", "n_descendants", "descendants"]
 
 
 def unit_rows(W_FD) -> torch.Tensor:
@@ -27,16 +31,17 @@ def unit_rows(W_FD) -> torch.Tensor:
     return W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def parents(dec_a_FD, dec_b_FD, latents_b, min_cosine: float = 0.7, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """For each latent of B in ``latents_b``: its nearest latent of A by decoder cosine (-1 where the cosine is below
-    ``min_cosine``) and that cosine."""
+def parents(dec_a_FD, dec_b_FD, latents_b=None, min_cosine: float = 0.7, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """For each latent of B in ``latents_b`` (default: all): its nearest latent of A by decoder cosine (-1 where the
+    cosine is below ``min_cosine``) and that cosine."""
     A, B = unit_rows(dec_a_FD), unit_rows(dec_b_FD)
-    idx = torch.as_tensor(np.asarray(latents_b, dtype=np.int64))
+    if A.shape[1] != B.shape[1]:
+        raise ValueError(f"decoders of width {A.shape[1]} and {B.shape[1]} do not share a space")
+    idx = torch.arange(B.shape[0]) if latents_b is None else torch.as_tensor(np.asarray(latents_b, dtype=np.int64))
     best = np.empty(idx.shape[0], dtype=np.int64)
     cos = np.empty(idx.shape[0], dtype=np.float64)
     for s in range(0, idx.shape[0], chunk):
-        sims = B[idx[s:s + chunk]] @ A.T
-        c, a = sims.max(dim=1)
+        c, a = (B[idx[s:s + chunk]] @ A.T).max(dim=1)
         best[s:s + chunk], cos[s:s + chunk] = a.numpy(), c.double().numpy()
     return np.where(cos >= min_cosine, best, -1), cos
 
@@ -45,30 +50,39 @@ def match_groups(dec_a_FD, groups_a: dict[str, tuple[int, ...]], dec_b_FD, group
                  min_cosine: float = 0.7, min_share: float = 0.5) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(links, fates) from the groups of SAE A to those of SAE B (see the module doc).
 
-    ``links``: one row per (group of A, group of B) pair where B's group descends from A's: ``group_a``,
-    ``group_b``, ``share`` (of B's members whose parent is in A's group), ``mean_cosine`` (of those members to
-    their parents). ``fates``: one row per group of A (``side`` "a": fate persists/splits/vanishes, with
-    ``n_descendants`` and the descendants' ids) and per group of B without an ancestor (``side`` "b", fate "new").
+    ``links``: one row per group of B that has an ancestor: ``group_a``, ``group_b``, ``share`` (of B's members whose
+    parent is in A's group), ``coverage`` (of A's members that are the parent of a member of B's group),
+    ``mean_cosine`` (of those members of B to their parents). ``fates``: one row per group of A (``side`` "a": persists,
+    splits, dissolves or vanishes, with ``n_descendants`` and the descendants' ids) and per group of B without an
+    ancestor (``side`` "b", fate "new").
     """
     group_of_a = {int(m): g for g, members in groups_a.items() for m in members}
-    members_b = sorted({int(m) for ms in groups_b.values() for m in ms})
-    parent, cos = parents(dec_a_FD, dec_b_FD, members_b, min_cosine)
-    parent_of = dict(zip(members_b, parent.tolist()))
-    cos_of = dict(zip(members_b, cos.tolist()))
+    parent, cos = parents(dec_a_FD, dec_b_FD, None, min_cosine)
     links = []
     for gb, ms in groups_b.items():
-        owners = pd.Series([group_of_a.get(parent_of[int(m)]) for m in ms], dtype=object)
-        for ga, n in owners.dropna().value_counts().items():
-            share = n / len(ms)
-            if share >= min_share:
-                inside = [cos_of[int(m)] for m in ms if group_of_a.get(parent_of[int(m)]) == ga]
-                links.append({"group_a": ga, "group_b": gb, "size_a": len(groups_a[ga]), "size_b": len(ms),
-                              "share": share, "mean_cosine": float(np.mean(inside))})
-    links = pd.DataFrame(links, columns=["group_a", "group_b", "size_a", "size_b", "share", "mean_cosine"])
+        ms = [int(m) for m in ms]
+        owners = pd.Series([group_of_a.get(int(parent[m])) for m in ms], dtype=object).dropna()
+        if owners.empty:
+            continue
+        counts = owners.value_counts()
+        top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+        ga, n = top
+        if n / len(ms) < min_share:
+            continue
+        inside = [m for m in ms if group_of_a.get(int(parent[m])) == ga]
+        covered = {int(parent[m]) for m in inside}
+        links.append({"group_a": ga, "group_b": gb, "size_a": len(groups_a[ga]), "size_b": len(ms),
+                      "share": n / len(ms), "coverage": len(covered) / len(groups_a[ga]),
+                      "mean_cosine": float(np.mean([cos[m] for m in inside]))})
+    links = pd.DataFrame(links, columns=LINK_COLUMNS)
+    is_parent = set(parent[parent >= 0].tolist())
     rows = []
     for ga, ms in groups_a.items():
         kids = sorted(links.loc[links["group_a"] == ga, "group_b"])
-        fate = "vanishes" if not kids else ("persists" if len(kids) == 1 else "splits")
+        if kids:
+            fate = "persists" if len(kids) == 1 else "splits"
+        else:
+            fate = "dissolves" if any(int(m) in is_parent for m in ms) else "vanishes"
         rows.append({"side": "a", "group": ga, "size": len(ms), "fate": fate, "n_descendants": len(kids),
                      "descendants": " ".join(kids)})
     descended = set(links["group_b"])
@@ -76,4 +90,4 @@ def match_groups(dec_a_FD, groups_a: dict[str, tuple[int, ...]], dec_b_FD, group
         if gb not in descended:
             rows.append({"side": "b", "group": gb, "size": len(ms), "fate": "new", "n_descendants": 0,
                          "descendants": ""})
-    return links, pd.DataFrame(rows, columns=["side", "group", "size", "fate", "n_descendants", "descendants"])
+    return links, pd.DataFrame(rows, columns=FATE_COLUMNS)

@@ -84,8 +84,8 @@ def commands(page: Path) -> list[str]:
 
 
 ALL = [(p.name, c) for p in PAGES for c in commands(p)]
-STAGES = {"steer", "cooc", "probe", "interventions", "report", "train_sae"}
-PLACEHOLDERS = {"CONFIG.yaml", "my.yaml"}
+STAGES = {"steer", "cooc", "probe", "interventions", "report", "train_sae", "sweep"}
+PLACEHOLDERS = {"CONFIG.yaml", "my.yaml", "SWEEP.yaml"}
 
 
 def _stage_args(cmd: str) -> tuple[str, list[str]] | None:
@@ -118,6 +118,13 @@ def test_stage_commands_parse_and_their_overrides_are_valid(page, cmd):
     if not hasattr(ns, "config"):  # experiments.report: a run folder only
         return
     config = ns.config
+    if stage == "sweep":  # a sweep file: every point's config validated with the command's overrides
+        from experiments.sweep import expand, load_sweep
+
+        path = ROOT / ("experiments/configs/sweep_widths.yaml" if config in PLACEHOLDERS else config)
+        assert path.exists(), f"{page}: {config} does not exist"
+        assert expand(load_sweep(path), path.parent, ns.overrides)
+        return
     if config in PLACEHOLDERS:  # a placeholder for the reader's own config: check the flags on the default config
         config = str(DEFAULT_CONFIG)
     assert (ROOT / config).exists(), f"{page}: {config} does not exist"

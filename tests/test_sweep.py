@@ -41,7 +41,7 @@ match: {{series: sae.train.d_sae, min_cosine: 0.3}}
 size_capped: {{min_size: 3, max_size: 8}}
 out: {root}/{out}
 """
-FULL = "  - {sae.train.d_sae: [32, 64]}\n  - {sae.train.d_sae: [64], sae.train.l1_coefficient: [2.0]}"
+FULL = "  - {sae.train.d_sae: [64, 32]}\n  - {sae.train.d_sae: [64], sae.train.l1_coefficient: [2.0]}"  # listed wide first
 
 
 @pytest.fixture(scope="module")
@@ -107,10 +107,15 @@ def test_every_point_is_an_ordinary_run_folder_and_the_sweep_writes_its_comparis
     assert {"fraction_in_groups", "l0", "explained_variance", "ce_loss_recovered", "replication_rate"} <= set(points)
     sizes = pd.read_csv(out / "group_sizes.csv")
     assert set(sizes["point"]) == set(names)
-    # the width series 32 -> 64 is matched; the L0 point forms a series of its own
+    # the width series is matched narrow to wide (32 -> 64, although the grid lists 64 first); the L0 point forms a
+    # series of its own
     fates = pd.read_csv(out / "fates.csv")
     assert set(zip(fates["point_a"], fates["point_b"])) == {("d_sae=32", "d_sae=64")}
-    assert set(fates["fate"]) <= {"persists", "splits", "vanishes", "new"}
+    assert set(fates["method"]) == {"ours", "size_capped"}
+    assert set(fates["fate"]) <= {"persists", "splits", "dissolves", "vanishes", "new"}
+    narrow = CoocResult.load(out / "points" / "d_sae=32" / "cooc")
+    ours_a = fates[(fates["method"] == "ours") & (fates["side"] == "a")]
+    assert set(ours_a["group"]) == set(narrow.members())  # every group of the narrower SAE is followed
     page = (out / "report.html").read_text()
     assert "Latents in groups" in page and "GPT-2 L8 feature splitting" in page and "data:image/png" in page
 
@@ -125,15 +130,19 @@ def test_the_sweep_tables_agree_with_each_points_own_cooc_result(swept):
     out, _, _ = swept
     points = pd.read_csv(out / "points.csv").set_index(["point", "method"])
     for name in ("d_sae=32", "d_sae=64"):
-        result = CoocResult.load(out / "points" / name / "cooc")
+        result = CoocResult.load(out / "points" / name / "cooc", counts=True)
         grouped = result.groups_table["latent"].nunique()
         row = points.loc[(name, "ours")]
         assert row["latents_in_groups"] == grouped
         assert row["fraction_in_groups"] == pytest.approx(grouped / result.d_sae)
         assert row["l0"] == pytest.approx(result.occ_F.sum() / result.n_tokens)
+        cut = size_capped(result, min_size=3, max_size=8)
+        row = points.loc[(name, "size_capped")]
+        assert row["latents_in_groups"] == cut.n_grouped and row["n_groups"] == cut.n_groups
+        assert row["jaccard_cut"] == pytest.approx(cut.cut)
 
 
-def test_a_killed_sweep_resumes_point_by_point(world, monkeypatch):
+def test_a_killed_sweep_resumes_point_by_point(world, swept, monkeypatch):
     path = write_sweep(world, FULL, "killed")
     real, calls = sweep_mod.run_point, []
 
@@ -149,7 +158,9 @@ def test_a_killed_sweep_resumes_point_by_point(world, monkeypatch):
     computed = counting(monkeypatch, cooc.run, "run_cooc")
     assert sweep_mod.main([str(path), "--quiet"]) == 0
     assert len(computed) == 2  # the first point's cooc stage was reused, the other two computed
-    assert (world / "killed" / "points.csv").exists()
+    # the resumed sweep's comparison is the uninterrupted one's
+    for name in ("points.csv", "group_sizes.csv", "fates.csv", "matches.csv"):
+        assert (world / "killed" / name).read_bytes() == (world / "full" / name).read_bytes(), name
 
 
 @pytest.mark.parametrize("grid, fragment", [
@@ -158,6 +169,7 @@ def test_a_killed_sweep_resumes_point_by_point(world, monkeypatch):
     ("  sae.train.d_sae: []", "grid: Value error, sae.train.d_sae has no values"),
     ("  sae.train.d_sae: 32", "grid"),
     ("  sae.train.l1_coefficient: [1.0]", "match.series: sae.train.d_sae is not a grid key"),
+    ("  out: [a, b]", "grid.out: each point's folder is OUT/points/<name>"),
 ])
 def test_a_bad_grid_exits_2_with_one_line_and_writes_nothing(world, capsys, grid, fragment):
     path = write_sweep(world, grid, "bad", name="bad.yaml")
@@ -226,43 +238,77 @@ def test_the_size_capped_cut_matches_components_of_a_dense_jaccard_graph():
     assert max(len(c) for c in comps) == pop.largest_component
 
 
-def test_groups_are_followed_to_a_wider_sae_persisting_splitting_vanishing_or_new():
-    from subspaces.matching import match_groups
+def test_groups_are_followed_to_a_wider_sae_persisting_splitting_dissolving_vanishing_or_new():
+    from subspaces.matching import match_groups, parents
 
     rng = np.random.default_rng(2)
     D = 64
-    A = rng.standard_normal((8, D))
+    A = rng.standard_normal((10, D))
     A /= np.linalg.norm(A, axis=1, keepdims=True)
 
     def near(v, eps=0.1):
         w = v + eps * rng.standard_normal(D) / np.sqrt(D)
         return w / np.linalg.norm(w)
-    # B: latents 0-1 near A0, A1 (group persists), 2-3 near A2, 4-5 near A3 (A's group {2,3} splits into {2,3}'s
-    # descendants in two groups), 6-7 random (a new group); A's group {4,5} has no descendant (vanishes)
-    B = np.stack([near(A[0]), near(A[1]), near(A[2]), near(A[2]), near(A[3]), near(A[3]),
-                  rng.standard_normal(D), rng.standard_normal(D)])
-    links, fates = match_groups(A, {"a01": (0, 1), "a23": (2, 3), "a45": (4, 5)}, B,
-                                {"b01": (0, 1), "b23": (2, 3), "b45": (4, 5), "b67": (6, 7)}, min_cosine=0.8)
+    # B's latents: 0-1 near A0, A1; 2-3 near A2 and 4-5 near A3 (A's group {2, 3} shared out over two groups); 6 near
+    # A4 but in no group (A's {4, 5} dissolves); nothing near A6, A7 (A's {6, 7} vanishes); 7-8 random (a new group);
+    # 9 near A1 and 10 near A2: a group whose parents tie between two of A's groups, so it gets one ancestor only
+    B = np.stack([near(A[0]), near(A[1]), near(A[2]), near(A[2]), near(A[3]), near(A[3]), near(A[4]),
+                  rng.standard_normal(D), rng.standard_normal(D), near(A[1]), near(A[2])])
+    groups_a = {"a01": (0, 1), "a23": (2, 3), "a45": (4, 5), "a67": (6, 7)}
+    groups_b = {"b01": (0, 1), "b23": (2, 3), "b45": (4, 5), "b78": (7, 8), "b910": (9, 10)}
+    links, fates = match_groups(A, groups_a, B, groups_b, min_cosine=0.8)
     fate = dict(zip(fates["group"], fates["fate"]))
-    assert fate == {"a01": "persists", "a23": "splits", "a45": "vanishes", "b67": "new"}
-    assert set(zip(links["group_a"], links["group_b"])) == {("a01", "b01"), ("a23", "b23"), ("a23", "b45")}
-    assert (links["share"] == 1.0).all() and (links["mean_cosine"] > 0.8).all()
+    assert fate == {"a01": "splits", "a23": "splits", "a45": "dissolves", "a67": "vanishes", "b78": "new"}
+    assert sorted(zip(links["group_a"], links["group_b"])) == [("a01", "b01"), ("a01", "b910"), ("a23", "b23"),
+                                                               ("a23", "b45")]
+    row = links.set_index("group_b").loc["b910"]
+    assert row["share"] == 0.5 and row["coverage"] == 0.5
+    assert links.set_index("group_b").loc["b23", "coverage"] == 0.5  # only A2 of {2, 3} is a parent there
+    # a stricter share leaves the tied group without an ancestor
+    links, fates = match_groups(A, groups_a, B, groups_b, min_cosine=0.8, min_share=0.6)
+    assert dict(zip(fates["group"], fates["fate"]))["a01"] == "persists" and "b910" not in set(links["group_b"])
     # an independent parent computation: argmax of the dense cosine matrix
-    from subspaces.matching import parents
-
-    par, cos = parents(A, B, list(range(8)), min_cosine=0.8)
+    par, cos = parents(A, B, None, min_cosine=0.8)
     C = B @ A.T / np.linalg.norm(B, axis=1, keepdims=True) / np.linalg.norm(A, axis=1)
     expect = np.where(C.max(1) >= 0.8, C.argmax(1), -1)
     assert (par == expect).all() and np.allclose(cos, C.max(1), atol=1e-6)
+    with pytest.raises(ValueError, match="do not share a space"):
+        parents(A, B[:, :32])
 
 
-def test_reference_numbers_are_the_published_ones():
+def test_the_reference_numbers_in_the_code_are_the_ones_the_docs_cite():
+    import re
+    from pathlib import Path
+
     from reports.sweep import REFERENCE
 
-    gpt2 = REFERENCE[REFERENCE["series"].str.startswith("GPT-2")].set_index("d_sae")["percent_in_groups"]
-    assert gpt2[768] == 45.6 and gpt2[1536] == 41.0 and gpt2[3072] == 36.1
-    l0 = REFERENCE[REFERENCE["l0"].notna()].set_index("l0")["percent_in_groups"]
-    assert list(l0.round(1)) == [21.6, 14.6, 11.8, 15.8, 15.2]
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "sweeps.md").read_text()
+    cited = doc[doc.index("**The reference's numbers**"):]
+    for r in REFERENCE.itertuples(index=False):
+        x = f"{r.l0:g}" if r.l0 == r.l0 and r.l0 is not None else f"{r.d_sae:,}"
+        y = f"{r.percent_in_groups:g}"
+        assert re.search(rf"{re.escape(x)}[^,;]*?→ (about )?{re.escape(y)}\b", cited), (x, y)
+        assert ("about" in re.search(rf"{re.escape(x)}[^,;]*?→ (about )?{re.escape(y)}", cited).group(0)) == r.approximate
+
+
+def test_a_point_reached_twice_runs_once(world):
+    from pathlib import Path
+
+    path = write_sweep(world, "  - {sae.train.d_sae: [32]}\n  - {sae.train.d_sae: [32], sae.train.l1_coefficient: [0.5]}",
+                       "dup", name="dup.yaml")
+    points = sweep_mod.expand(sweep_mod.load_sweep(path), Path(path).parent)
+    assert [p.name for p in points] == ["d_sae=32"]  # the base's l1 is 0.5: the second mapping adds nothing
+
+
+def test_an_input_that_does_not_open_stops_the_sweep_before_any_point_runs(world, capsys):
+    path = world / "badpath.yaml"
+    path.write_text(f"base: base.yaml\ngrid:\n  data.path: [{world}/corpus.jsonl, {world}/missing.jsonl]\n"
+                    f"out: {world}/badpath\n")
+    capsys.readouterr()
+    assert sweep_mod.main([str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: point path=") and "missing.jsonl" in err[0], err
+    assert not (world / "badpath").exists()
 
 
 def test_the_shipped_sweep_expands_to_the_width_and_l0_series():
