@@ -59,6 +59,8 @@ class Population:
     converged: bool | None = None
     """size_capped: whether the largest component landed inside [min_size, max_size]."""
     largest_component: int | None = None
+    freq_F: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """Firing rate of every latent on the counted tokens (for the largest group's median rate)."""
 
     @property
     def n_groups(self) -> int:
@@ -87,10 +89,19 @@ class Population:
                 "fraction_of_alive_in_groups": self.fraction_alive, "n_tested": self.n_tested,
                 "fraction_of_tested_in_groups": self.n_grouped / self.n_tested if self.n_tested else None,
                 "median_group_size": float(np.median(sizes)) if sizes else float("nan"),
-                "largest_group": max(sizes) if sizes else 0, "replication_rate": self.replication,
+                "largest_group": max(sizes) if sizes else 0,
+                "largest_group_median_rate": self._largest_rate(), "replication_rate": self.replication,
                 "jaccard_cut": self.cut, "cut_converged": self.converged,
                 "largest_component": self.largest_component,
                 **{f"structure_{k}": int(structures.get(k, 0)) for k in LABELS}}
+
+    def _largest_rate(self) -> float | None:
+        """Median firing rate (per counted token) of the largest group's members: a near-clique of rare latents that
+        all fire on the same few tokens looks very different from one of common latents."""
+        if self.freq_F is None or not self.groups:
+            return None
+        biggest = max(self.groups, key=lambda g: (g.size, g.group_id))
+        return float(np.median(self.freq_F[list(biggest.members)]))
 
     def size_distribution(self) -> pd.DataFrame:
         """Groups and latents per size bin (every bin listed, zeros included)."""
@@ -105,19 +116,21 @@ class Population:
     def to_dict(self) -> dict:
         out = asdict(self)
         out.pop("groups")
+        out.pop("freq_F")
         return {**out, "n_groups": self.n_groups, "latents_in_groups": self.n_grouped, "fraction": self.fraction,
                 "fraction_alive": self.fraction_alive}
 
 
-def _basics(result: CoocResult) -> tuple[int, int, float]:
+def _basics(result: CoocResult) -> tuple[int, int, float, np.ndarray | None]:
     occ = np.asarray(result.occ_F)
     n = result.n_tokens or 0
-    return result.d_sae, int((occ > 0).sum()), float(occ.sum() / n) if n else float("nan")
+    return (result.d_sae, int((occ > 0).sum()), float(occ.sum() / n) if n else float("nan"),
+            occ / n if n else None)
 
 
 def ours(result: CoocResult) -> Population:
     """The stage's own groups (groups.csv) as a :class:`Population`."""
-    d_sae, alive, l0 = _basics(result)
+    d_sae, alive, l0, freq = _basics(result)
     rates = None
     t = result.groups_table
     if "replication_rate" in t:
@@ -125,7 +138,7 @@ def ours(result: CoocResult) -> Population:
         rates = float(r.mean()) if len(r) else None
     tested = result.manifest.get("n_tested_latents")
     return Population("ours", d_sae, alive, l0, tuple(result.groups), replication=rates,
-                      n_tested=int(tested) if tested is not None else None)
+                      n_tested=int(tested) if tested is not None else None, freq_F=freq)
 
 
 def size_capped(result: CoocResult, min_size: int = 150, max_size: int = 200, iterations: int = 40) -> Population:
@@ -138,9 +151,10 @@ def size_capped(result: CoocResult, min_size: int = 150, max_size: int = 200, it
     upper = sp.triu(jaccard_matrix(counts), k=1).tocoo()
     pairs = pd.DataFrame({"i": upper.row.astype(np.int64), "j": upper.col.astype(np.int64), "jaccard": upper.data})
     finder = GroupFinder("size_target", min_size=min_size, max_size=max_size, iterations=iterations).fit(pairs)
-    d_sae, alive, l0 = _basics(result)
+    d_sae, alive, l0, freq = _basics(result)
     return Population("size_capped", d_sae, alive, l0, tuple(finder.groups_), cut=float(finder.cut_),
-                      converged=bool(finder.converged_), largest_component=int(finder.largest_component_))
+                      converged=bool(finder.converged_), largest_component=int(finder.largest_component_),
+                      freq_F=freq)
 
 
 def populations(result: CoocResult, min_size: int = 150, max_size: int = 200) -> dict[str, Population]:

@@ -168,7 +168,7 @@ def _table(df: pd.DataFrame, digits: int = 3) -> str:
 
 POINT_COLUMNS = ["point", "method", "d_sae", "l0", "n_alive", "n_tested", "n_groups", "latents_in_groups",
                  "fraction_in_groups", "fraction_of_alive_in_groups", "fraction_of_tested_in_groups",
-                 "median_group_size", "largest_group", "replication_rate", "jaccard_cut", "cut_converged",
+                 "median_group_size", "largest_group", "largest_group_median_rate", "replication_rate", "jaccard_cut", "cut_converged",
                  "largest_component", "explained_variance", "dead_fraction", "ce_loss_recovered"]
 
 

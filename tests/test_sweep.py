@@ -320,3 +320,10 @@ def test_the_shipped_sweep_expands_to_the_width_and_l0_series():
     assert widths == [576, 1152, 2304, 4608, 9216]
     assert all(p.cfg.sae.train.architecture == "relu" for p in points)
     assert sorted(p.cfg.sae.train.l1_coefficient for p in points if p.cfg.sae.train.d_sae == 2304) == [1.5, 3.0, 5.0, 10.0, 20.0]
+
+
+def test_the_largest_groups_median_firing_rate_is_its_members_median():
+    rng = np.random.default_rng(3)
+    B = rng.random((500, 12)) < np.linspace(0.01, 0.3, 12)
+    r = _result_from_binary(B, {"big": [1, 4, 9], "small": [2, 3]})
+    assert ours(r).row()["largest_group_median_rate"] == pytest.approx(np.median(B[:, [1, 4, 9]].mean(0)))
