@@ -157,6 +157,6 @@ def size_capped(result: CoocResult, min_size: int = 150, max_size: int = 200, it
                       freq_F=freq)
 
 
-def populations(result: CoocResult, min_size: int = 150, max_size: int = 200) -> dict[str, Population]:
+def populations(result: CoocResult, min_size: int = 150, max_size: int = 200, iterations: int = 40) -> dict[str, Population]:
     """Both mining methods' populations of one result (``METHODS`` order)."""
-    return {"ours": ours(result), "size_capped": size_capped(result, min_size, max_size)}
+    return {"ours": ours(result), "size_capped": size_capped(result, min_size, max_size, iterations)}

@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator
 
 from experiments.cli import CONFIG_DIR, build_config, entry_point, exit_process, parser, read_yaml, set_key
+from cooc.config import SizeTargetSpec
 from experiments.config import ExperimentConfig
 from experiments.run import lock_folder, release_locks
 from sources.config import Section
@@ -62,19 +63,6 @@ class MatchSpec(Section):
     """A group descends from a narrower group that holds at least this share of its members' parents."""
 
 
-class SizeCapSpec(Section):
-    """The reference method's size-capped cut, mined per point beside the configured method."""
-
-    min_size: int = Field(150, ge=2)
-    max_size: int = Field(200, ge=2)
-
-    @model_validator(mode="after")
-    def _ordered(self):
-        if self.min_size > self.max_size:
-            raise ValueError(f"min_size ({self.min_size}) must be <= max_size ({self.max_size})")
-        return self
-
-
 class SweepConfig(Section):
     base: str | dict = "default.yaml"
     """The experiment config every point starts from: a YAML file (relative to the sweep file, else in
@@ -86,7 +74,8 @@ class SweepConfig(Section):
     until: Literal["cooc", "probes", "interventions", "all"] = "cooc"
     """The last stage each point runs (all: the whole pipeline and the point's own report)."""
     match: MatchSpec | None = None
-    size_capped: SizeCapSpec = SizeCapSpec()
+    size_capped: SizeTargetSpec = SizeTargetSpec()
+    """The reference method's size-capped cut, mined per point beside the configured method."""
     out: str = "runs/sweep"
     title: str | None = None
 
@@ -310,7 +299,8 @@ def summarise(sweep: SweepConfig, points: list[Point]) -> dict[str, pd.DataFrame
     for p in points:
         s = p.cfg.session(progress=False)
         result = CoocResult.load(Path(p.cfg.out) / "cooc", counts=True)
-        pops[p.name] = populations(result, sweep.size_capped.min_size, sweep.size_capped.max_size)
+        cap = sweep.size_capped
+        pops[p.name] = populations(result, cap.min_size, cap.max_size, cap.iterations)
         decoders[p.name] = s.sae.W_dec.detach()
         arch = p.cfg.sae.train.architecture if p.cfg.sae.train is not None else type(s.sae).__name__
         d_in = int(s.sae.W_dec.shape[1])

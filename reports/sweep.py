@@ -26,7 +26,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from sources.files import atomic_path, write_text  # noqa: E402
+from reports.figures import _save  # noqa: E402
+from sources.files import write_text  # noqa: E402
 
 REFERENCE = pd.DataFrame(
     [  # series, model, d_model, architecture, d_sae, l0, percent in subgraphs of size > 1, read off a figure ("about")
@@ -53,14 +54,6 @@ REFERENCE = REFERENCE.assign(expansion=REFERENCE["d_sae"] / REFERENCE["d_model"]
 
 METHOD_LABEL = {"ours": "ours (the stage's groups)", "size_capped": "size-capped cut (reference method)"}
 STRUCTURES = ("pair", "clique", "chain", "hub_spoke", "mixed")
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, "out") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
 
 
 def _curve(points: pd.DataFrame, x: str, path: Path, reference: pd.DataFrame, ref_x: str, xlabel: str,
@@ -151,8 +144,10 @@ def figures(out: Path, points: pd.DataFrame, sizes: pd.DataFrame, fates: pd.Data
     return {k: v for k, v in made.items() if v is not None}
 
 
-def _img(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+def _images(made: dict[str, Path], keys) -> list[str]:
+    """``<img>`` tags (PNG inlined as data URIs) of the figures in ``made`` named by ``keys``, in that order."""
+    return [f'<img src="data:image/png;base64,{base64.b64encode(Path(made[k]).read_bytes()).decode("ascii")}" '
+            f'alt="{k}">' for k in keys if k in made]
 
 
 def _table(df: pd.DataFrame, digits: int = 3) -> str:
@@ -192,15 +187,11 @@ def write_sweep_report(out: Path, points: pd.DataFrame, sizes: pd.DataFrame, fat
                  "that falls with width (the largest_component column). Our groups come from a pair test whose family "
                  "grows with d_sae squared while each latent fires less often, so power falls with width at a fixed "
                  "token count (n_tested: the latents the test could group).</p>")
-    for key in ("width", "l0"):
-        if key in made:
-            parts.append(f'<img src="{_img(made[key])}" alt="{key}">')
+    parts += _images(made, ("width", "l0"))
     cols = [c for c in POINT_COLUMNS if c in points.columns]
     parts.append(_table(points[cols]))
     parts.append("<h2>Group sizes, structure and replication</h2>")
-    for key in ("sizes_ours", "sizes_size_capped", "structures_ours", "structures_size_capped"):
-        if key in made:
-            parts.append(f'<img src="{_img(made[key])}" alt="{key}">')
+    parts += _images(made, ("sizes_ours", "sizes_size_capped", "structures_ours", "structures_size_capped"))
     parts.append("<p>Replication (ours only): the mean share of a group's internal edges that are significant again "
                  "on the held-out documents; the size-capped cut has no test to repeat.</p>")
     if not fates.empty:
@@ -210,9 +201,7 @@ def write_sweep_report(out: Path, points: pd.DataFrame, sizes: pd.DataFrame, fat
                      "members' parents. A narrower group persists (one descendant), splits (several), dissolves (no "
                      "descendant group, but some of its members are parents of wider latents) or vanishes (none of "
                      "its members is a parent); groups without an ancestor are new.</p>")
-        for key in ("fates_ours", "fates_size_capped"):
-            if key in made:
-                parts.append(f'<img src="{_img(made[key])}" alt="{key}">')
+        parts += _images(made, ("fates_ours", "fates_size_capped"))
         parts.append(_table(fates))
     parts.append("<h2>Reference numbers</h2>")
     parts.append(_table(REFERENCE.drop(columns=["expansion"])))
