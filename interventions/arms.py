@@ -742,12 +742,11 @@ def best_single(sums: dict, members: tuple[int, ...], mode: str, effect: str, n_
             chosen.append(cand[k][0])
             part = cand[k][1].subset(half)
             out = part if out is None else out + part
-        if ok:
-            total = out if total is None else total + out
+        if ok:  # a running mean over the splits: splits that give the same sums leave it exactly unchanged
             used += 1
+            total = out if total is None else total + (out.scaled(1.0 / used) + total.scaled(-1.0 / used))
     if total is None:
         return None, ""
-    total = total.scaled(1.0 / used)
     counts = {m: chosen.count(m) for m in dict.fromkeys(chosen)}
     top = sorted(counts, key=lambda m: -counts[m])[:2]
     label = "|".join(f"{m} ({counts[m]}/{len(chosen)})" if len(chosen) > 2 else str(m) for m in top)

@@ -174,21 +174,41 @@ def token_effects(clean_logprobs_BLV: torch.Tensor, logits_BLV: torch.Tensor,
     return dce, kl
 
 
+KL_CHUNK_ELEMENTS = 1 << 22
+"""Vocabulary entries per float64 chunk of the KL sum (32 MB per temporary)."""
+
+
 def _kl_small_safe(p_V: torch.Tensor, lp_V: torch.Tensor, lq_V: torch.Tensor) -> torch.Tensor:
-    """``KL(p || q)`` from log-probabilities, summed so that float32 keeps near-zero edits above its rounding.
+    """``KL(p || q)`` from log-probabilities ``[..., V]`` (``lq`` may carry extra leading arm dimensions), summed so
+    that near-zero edits stay above float32's rounding, and row by row identically wherever a row sits in the batch.
 
     ``sum p*log p - sum p*log q`` cancels two numbers near the entropy (~10 nats) and leaves a floor near 1e-7; so does
     ``sum p*d`` for ``d = log p - log q`` itself, through the rounding of the log-normalisers inside ``d``. Since
     ``KL = sum p*d + log sum p*exp(-d)`` for any constant shift of ``d``, ``d`` is centred on its mean under ``p`` and
     both terms, now of the order of the edit, are summed with ``expm1``/``log1p``. Where the centred ``d`` goes below
     -20 anywhere (an edit far from small, whose KL is far above the floor) the plain ``sum p*d`` is kept.
+
+    The sums run in float64 over chunks of whole rows and are rounded to float32 at the end. In float32, two identical
+    arms computed in different places of the stage's batches got KLs one float32 bit apart (seen with two threads;
+    tests/test_reliability.py's group of one latent then differed from its own best single latent); in float64 that
+    bit is rounded away.
     """
-    d = lp_V - lq_V
-    plain = (p_V * d).sum(-1)
-    d = d - plain.unsqueeze(-1)
-    small = d.amin(-1) > -20.0
-    fine = (p_V * d).sum(-1) + (p_V * torch.expm1(-d.clamp_min(-20.0))).sum(-1).log1p()
-    return torch.where(small, fine, plain).clamp_min(0.0)
+    V = lq_V.shape[-1]
+    p_RV, lp_RV = p_V.reshape(-1, V), lp_V.reshape(-1, V)
+    R = p_RV.shape[0]
+    lq_ARV = lq_V.reshape(-1, R, V)
+    out = torch.empty(lq_ARV.shape[:2], dtype=torch.float32, device=lq_V.device)
+    step = max(1, KL_CHUNK_ELEMENTS // V)
+    for a in range(lq_ARV.shape[0]):
+        for r in range(0, R, step):
+            p = p_RV[r:r + step].double()
+            d = lp_RV[r:r + step].double() - lq_ARV[a, r:r + step].double()
+            plain = (p * d).sum(-1)
+            d = d - plain.unsqueeze(-1)
+            small = d.amin(-1) > -20.0
+            fine = (p * d).sum(-1) + (p * torch.expm1(-d.clamp_min(-20.0))).sum(-1).log1p()
+            out[a, r:r + step] = torch.where(small, fine, plain).clamp_min(0.0).float()
+    return out.reshape(lq_V.shape[:-1])
 
 
 @torch.no_grad()
