@@ -57,18 +57,20 @@ STRUCTURES = ("pair", "clique", "chain", "hub_spoke", "mixed")
 
 
 def _curve(points: pd.DataFrame, x: str, path: Path, reference: pd.DataFrame, ref_x: str, xlabel: str,
-           title: str, by: str = "series") -> Path | None:
+           title: str, by: str = "series", min_points: int = 1) -> Path | None:
     """Percent of latents in groups against ``x``, one line per value of ``by`` and method, the reference's points
     overlaid."""
     if points.empty or points[x].isna().all():
         return None
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    fig, ax = plt.subplots(figsize=(8.8, 3.8))
     colours = {"ours": "tab:blue", "size_capped": "tab:orange"}
     points = points.assign(series=points["series"].fillna("").astype(str) if by == "series"
                            else by + "=" + points[by].astype(str))
     markers = {s: m for s, m in zip(sorted(points["series"].unique()), "o^vD<>ph*")}
     for (series, method), sub in points.groupby(["series", "method"], sort=True):
         sub = sub.dropna(subset=[x]).sort_values(x)
+        if sub[x].nunique() < min_points:  # e.g. one SAE of an L0 series on the width plot: the L0 plot shows it
+            continue
         label = METHOD_LABEL.get(method, method) + (f" [{series}]" if series else "")
         ax.plot(sub[x], 100 * sub["fraction_in_groups"], marker=markers.get(series, "o"), color=colours.get(method),
                 label=label, linestyle="-" if len(sub) > 1 else "none", alpha=0.9)
@@ -86,7 +88,7 @@ def _curve(points: pd.DataFrame, x: str, path: Path, reference: pd.DataFrame, re
     ax.set_ylabel("% of latents in groups (size > 1)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6.5, loc="best")
+    ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return _save(fig, path)
 
@@ -119,7 +121,7 @@ def figures(out: Path, points: pd.DataFrame, sizes: pd.DataFrame, fates: pd.Data
     made = {
         "width": _curve(points, "expansion", fig_dir / "fraction_by_width.png",
                         REFERENCE[REFERENCE["l0"].isna()] if widths else REFERENCE.iloc[:0], "expansion",
-                        "SAE width / d_in (expansion factor)", "Latents in groups against SAE width"),
+                        "SAE width / d_in (expansion factor)", "Latents in groups against SAE width", min_points=2),
         "l0": _curve(points, "l0", fig_dir / "fraction_by_l0.png",
                      REFERENCE[REFERENCE["l0"].notna()] if l0_series else REFERENCE.iloc[:0], "l0",
                      "L0 (latents firing per token)", "Latents in groups against L0", by="d_sae"),
