@@ -88,7 +88,8 @@ def _curve(points: pd.DataFrame, x: str, path: Path, reference: pd.DataFrame, re
     ax.set_ylabel("% of latents in groups (size > 1)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return _save(fig, path)
 
@@ -100,12 +101,12 @@ def _stacked(frame: pd.DataFrame, index: str, columns: str, values: str, path: P
     table = frame.pivot_table(index=index, columns=columns, values=values, aggfunc="sum", fill_value=0, sort=False)
     if order is not None:
         table = table[[c for c in order if c in table.columns]]
-    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    fig, ax = plt.subplots(figsize=(8.8, 5.0))
     table.plot(kind="bar", stacked=True, ax=ax, colormap="Set2", width=0.8)
     ax.set_xlabel("")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, ncol=3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right", fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
