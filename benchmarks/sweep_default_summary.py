@@ -2,8 +2,7 @@
 
     .venv/bin/python benchmarks/sweep_default_summary.py [SWEEP_OUT]
 
-Reads only the sweep's CSV files (points.csv, fate_counts.csv) and each point's manifest and trained SAE record, so it
-runs in seconds after ``python -m experiments.sweep experiments/configs/sweep_widths.yaml``.
+Reads only the sweep's own files (points.csv, fate_counts.csv, sweep.json), so it runs in seconds after ``python -m experiments.sweep experiments/configs/sweep_widths.yaml``.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ def main() -> None:
     rec = json.loads((out / "sweep.json").read_text())
     ref = REFERENCE[REFERENCE["series"].str.startswith("GPT-2")].set_index("expansion")["percent_in_groups"]
     l1 = "sae.train.l1_coefficient"
-    pts[l1] = pts[l1].fillna(5.0)
+    pts[l1] = pts[l1].fillna(rec["sweep"]["set"][l1])  # points outside the L1 grid keep the sweep's set: value
     print("| SAE (ReLU) | L1 | EV | L0 (held-out) | dead | CE loss recovered | firing / tested | ours: in groups "
           "(of d_sae; of firing) | groups | size-capped: in groups | cut, largest component | largest group's median "
           "firing rate (ours; size-capped) | GPT-2 FS (reference) |")

@@ -9,14 +9,14 @@ replicate on held-out documents. Two mining methods are summarised from one coun
                   in the reference); groups are the components of size >= 2. Re-mined here from the saved pair
                   counts, with no significance test and no floors, as the reference does.
 
-The fraction of latents in groups is given over all ``d_sae`` latents (the reference's convention: its node
-tables list every latent) and over the latents that fired at least once on the counted tokens.
+The fraction of latents in groups is given over all ``d_sae`` latents, over the latents that fired at least once on
+the counted tokens and (ours) over the latents the pair test covered.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -27,7 +27,6 @@ from cooc.result import CoocResult, jaccard_matrix
 from cooc.structure import LABELS
 from sources.errors import ConfigError
 
-METHODS = ("ours", "size_capped")
 SIZE_BINS = ((2, 2), (3, 4), (5, 8), (9, 16), (17, 64), (65, None))
 """Group-size bins of the size distribution (inclusive; None: no upper bound)."""
 
@@ -113,13 +112,6 @@ class Population:
         return pd.DataFrame({"method": self.method, "size_bin": labels, "n_groups": [n_groups[b] for b in labels],
                              "n_latents": [n_latents[b] for b in labels]})
 
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out.pop("groups")
-        out.pop("freq_F")
-        return {**out, "n_groups": self.n_groups, "latents_in_groups": self.n_grouped, "fraction": self.fraction,
-                "fraction_alive": self.fraction_alive}
-
 
 def _basics(result: CoocResult) -> tuple[int, int, float, np.ndarray | None]:
     occ = np.asarray(result.occ_F)
@@ -158,5 +150,5 @@ def size_capped(result: CoocResult, min_size: int = 150, max_size: int = 200, it
 
 
 def populations(result: CoocResult, min_size: int = 150, max_size: int = 200, iterations: int = 40) -> dict[str, Population]:
-    """Both mining methods' populations of one result (``METHODS`` order)."""
+    """Both mining methods' populations of one result: ``ours`` and ``size_capped``."""
     return {"ours": ours(result), "size_capped": size_capped(result, min_size, max_size, iterations)}

@@ -278,11 +278,11 @@ def run_sweep(sweep: SweepConfig, points: list[Point], out: Path, fresh: bool = 
 
 # ------------------------------------------------------------------------------------------------ summary
 
-def _quality(point: Point) -> dict:
+def _quality(point: Point, s) -> dict:
+    """The held-out quality recorded with the point's SAE (``s``: the point's open session), or empty values."""
     from reports.explore import read_quality
     from sources.saes import sae_folder
 
-    s = point.cfg.session(progress=False)
     q = read_quality(sae_folder(point.cfg.sae, s.model, point.cfg.hook, point.cfg.data)) or {}
     keep = ("explained_variance", "l0", "dead_fraction", "ce_loss_recovered")
     return {f"sae_{k}" if k == "l0" else k: q.get(k) for k in keep}
@@ -306,7 +306,7 @@ def summarise(sweep: SweepConfig, points: list[Point]) -> dict[str, pd.DataFrame
         d_in = int(s.sae.W_dec.shape[1])
         meta = {"point": p.name, **{k: p.values.get(k) for k in sweep.keys()}, "series": p.series(series_key),
                 "architecture": arch, "d_in": d_in, "expansion": s.d_sae / d_in,
-                "n_tokens": result.n_tokens, **_quality(p)}
+                "n_tokens": result.n_tokens, **_quality(p, s)}
         for method, pop in pops[p.name].items():
             rows.append({**meta, **pop.row()})
             sizes.append(pop.size_distribution().assign(point=p.name))
