@@ -328,3 +328,11 @@ def test_the_largest_groups_median_firing_rate_is_its_members_median():
     B = rng.random((500, 12)) < np.linspace(0.01, 0.3, 12)
     r = _result_from_binary(B, {"big": [1, 4, 9], "small": [2, 3]})
     assert ours(r).row()["largest_group_median_rate"] == pytest.approx(np.median(B[:, [1, 4, 9]].mean(0)))
+
+
+def test_the_size_capped_cut_without_pair_counts_names_the_fix():
+    from sources.errors import ConfigError
+
+    r = CoocResult(np.ones(4, dtype=np.int64), pd.DataFrame({"latent": [], "group_id": []}), {"n_tokens": 10})
+    with pytest.raises(ConfigError, match="has no pair counts .*rerun the co-occurrence stage"):
+        size_capped(r)
