@@ -66,6 +66,21 @@ for r in task.itertuples():
           f"{r.best_single_estimate:.3g} | {r.beats_best_single}: {r.diff_vs_best_single:+.3g} "
           f"[{r.ci_low_vs_best_single:+.3g}, {r.ci_high_vs_best_single:+.3g}], p_adj {p(r.p_adj_vs_best_single)} | "
           + " | ".join(vs(r, c) for c in CONTROLS[:3]) + " |")
+print("\nLogit-level task effects (zero ablation; drop of the logit difference between the continuations that go with "
+      "the token's own target and the others, signed by the target):")
+for fam, info in summary.get("tasks", {}).items():
+    for name, q in (info.get("readouts") or {}).items():
+        if "clean_logit_corr" in q:
+            first = (q.get("logit_continuations") or [{}])[0]
+            print(f"  {name}: clean out-of-fold r {q['clean_logit_corr']:.3f}; fold 0 up {first.get('up')}, down {first.get('down')}")
+print("| group | task | docs | tokens | group | best single | group − best single [CI], p_adj | vs co-firing latents | "
+      "vs random spans | vs random directions |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for r in ev[(ev["mode"] == "zero") & ev["effect"].str.startswith("probe_logit:")].itertuples():
+    print(f"| {r.group_id} | {r.effect.split(':', 1)[1]} | {r.n_docs} | {r.n_tokens} | {r.group_estimate:.3g} | "
+          f"{r.best_single_estimate:.3g} | {r.beats_best_single}: {r.diff_vs_best_single:+.3g} "
+          f"[{r.ci_low_vs_best_single:+.3g}, {r.ci_high_vs_best_single:+.3g}], p_adj {p(r.p_adj_vs_best_single)} | "
+          + " | ".join(vs(r, c) for c in CONTROLS[:3]) + " |")
 print("\nBetter-unit effect verdicts (group beats its best single latent and every control at its tokens):")
 for r in ev[ev["better_unit"].astype(bool)].itertuples():
     print(f"  {r.group_id} {r.mode}/{r.effect}: {r.diff_vs_best_single:+.3g} [{r.ci_low_vs_best_single:+.3g}, "

@@ -86,6 +86,14 @@ class TaskEffectsConfig(Section):
     residuals (cross-fitted by document over the evaluated windows) minus the same refit on the clean residuals: is
     the information gone, or only moved away from where the fixed clean readout looks?"""
 
+    logit: bool = True
+    """Also the logit-level task effect (effect probe_logit:<target>): at each task token, the drop of the logit
+    difference between the continuations whose clean logit covaries most and least with the target (chosen on the
+    readout's other folds), signed by the token's own target value (interventions.tasks.LogitContrast). The task
+    windows' arms then run to the logits instead of stopping at read_layer."""
+    logit_tokens: int = Field(8, ge=1)
+    """Continuations on each side of the logit-level contrast."""
+
     @field_validator("l2", mode="before")
     @classmethod
     def _l2(cls, v):

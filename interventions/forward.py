@@ -117,10 +117,21 @@ def clean_hook_and_read(model: LoadedModel, hook: HookSpec, tokens_BL: torch.Ten
     """One unedited pass that stops at ``read_layer``: activations at the hook ``[B, L, D]`` (model dtype) and the
     residual (resid_post) at ``read_layer`` ``[B, L, D]`` (float32); with ``keep_cache`` also the pass's key-value
     cache (a :class:`sources.patching.Prefix` source for the arms), else None."""
+    x, read, _, cache = clean_pass(model, hook, tokens_BL, read_layer, logits=False, keep_cache=keep_cache)
+    return x, read, cache
+
+
+@torch.no_grad()
+def clean_pass(model: LoadedModel, hook: HookSpec, tokens_BL: torch.Tensor, read_layer: int, logits: bool = True,
+               keep_cache: bool = False):
+    """One unedited pass: activations at the hook ``[B, L, D]`` (model dtype), the residual (resid_post) at
+    ``read_layer`` ``[B, L, D]`` (float32), the logits ``[B, L, V]`` (None without ``logits``: the pass then stops at
+    ``read_layer``) and, with ``keep_cache``, the pass's key-value cache (else None; it covers the layers the pass
+    ran, so arms that go on to the logits need a pass with ``logits``)."""
     check_read_layer(model, hook, read_layer)
-    r = read_sites(model, tokens_BL, [hook, HookSpec(layer=read_layer, site="resid_post")], logits=False,
+    r = read_sites(model, tokens_BL, [hook, HookSpec(layer=read_layer, site="resid_post")], logits=logits,
                    keep_cache=keep_cache)
-    return r.acts[0], r.acts[1].float(), r.cache
+    return r.acts[0], r.acts[1].float(), (r.logits if logits else None), r.cache
 
 
 def first_edit(deltas: Sequence[torch.Tensor]) -> int:

@@ -157,13 +157,15 @@ def _task_section(ev: pd.DataFrame | None, summary: dict, v: pd.DataFrame, alpha
     lines = []
     tasks = summary.get("tasks") or {}
     layer = summary.get("read_layer")
-    task = ev[(ev["mode"] == mode) & ev["effect"].astype(str).str.match(r"probe(_amnesic)?:")]
+    task = ev[(ev["mode"] == mode) & ev["effect"].astype(str).str.match(r"probe(_amnesic|_logit)?:")]
     if tasks:
         quality = []
         for fam, info in tasks.items():
             for name, q in (info.get("readouts") or {}).items():
                 what = (f"R^2 {_g(q.get('clean_r2'))}" if "clean_r2" in q else f"accuracy {_g(q.get('clean_accuracy'))}, "
                         f"log loss {_g(q.get('clean_loss'))}")
+                if "clean_logit_corr" in q:
+                    what += f"; logit-level contrast r {_g(q.get('clean_logit_corr'))}"
                 quality.append(f"{name} ({what}, {q.get('n')} tokens, {q.get('n_docs')} documents)")
         lines += ["", f"### Task effects at layer {layer}", "",
                   "A linear readout of each probe task, fitted on the clean residual stream at the read layer and "
@@ -171,7 +173,11 @@ def _task_section(ev: pd.DataFrame | None, summary: dict, v: pd.DataFrame, alpha
                   "of its loss per task token, paired with the clean run (regression: squared error / Var(y), i.e. the "
                   "R^2 drop; classification: -log p(correct sense)); the *amnesic* rows refit the readout on the edited "
                   "residuals (cross-fitted by document) and subtract the same refit on the clean ones, so they say "
-                  "whether the information is gone rather than moved. Clean cross-fitted readouts: "
+                  "whether the information is gone rather than moved. The *logit* rows are logit-level: at each task "
+                  "token, the drop of the logit difference between the continuations that go with a high and a low "
+                  "target (one sense and the other), chosen on the other folds' documents, signed by the token's own "
+                  "target (positive: the model's prediction moves away from the continuations of its own target). "
+                  "Clean cross-fitted readouts: "
                   + ("; ".join(quality) if quality else "none") + "."]
         if task.empty:
             lines += ["", "None of the evaluated groups fires on a task token, so there are no task effects."]
@@ -180,7 +186,8 @@ def _task_section(ev: pd.DataFrame | None, summary: dict, v: pd.DataFrame, alpha
                       "| group | task | docs | tokens | group | best single | group - best single [CI], p_adj | "
                       "vs co-firing latents | vs random spans | vs random directions |", "|---|---|---|---|---|---|---|---|---|---|"]
             for r in task.itertuples():
-                what = str(r.effect).split(':', 1)[1] + (" (amnesic)" if str(r.effect).startswith("probe_amnesic") else "")
+                kind = str(r.effect).split(':', 1)[0].removeprefix("probe").removeprefix("_")
+                what = str(r.effect).split(':', 1)[1] + (f" ({kind})" if kind else "")
                 lines.append(f"| {r.group_id} | {what} | {r.n_docs} | {r.n_tokens} | "
                              f"{_g(r.group_estimate)} | {_g(r.best_single_estimate)} | {r.beats_best_single}: "
                              f"{_g(r.diff_vs_best_single)} [{_g(r.ci_low_vs_best_single)}, {_g(r.ci_high_vs_best_single)}], "

@@ -162,6 +162,8 @@ def task_rows(ge: GroupEval, icfg: InterventionsConfig, rng_boot: np.random.Gene
             task_effects = [eff, eff_pn]
             if any(v.has(effect_name(target, amnesic=True)) for v in s.values()):
                 task_effects += [effect_name(target, amnesic=True), effect_name(target, per_norm=True, amnesic=True)]
+            if any(v.has(effect_name(target, logit=True)) for v in s.values()):
+                task_effects += [effect_name(target, logit=True), effect_name(target, per_norm=True, logit=True)]
             for mode in icfg.modes:
                 arms = _ablation_arms(s, plan, mode)
                 arms.pop("sum_of_members", None), arms.pop("halves", None)  # a readout loss does not add
@@ -295,7 +297,8 @@ def run_interventions(session: Session, groups: list[GroupSpec], icfg: Intervent
     ev = Evaluator(model, sae, hook, pool, threshold_F, icfg)
     ev.logit_ids = logit_ids
     for td in tasks:
-        fit_task_readouts(model, sae, hook, td, read_layer, threshold_F, icfg.tasks.folds, icfg.tasks.l2, icfg.batch_size, seed)
+        fit_task_readouts(model, sae, hook, td, read_layer, threshold_F, icfg.tasks.folds, icfg.tasks.l2, icfg.batch_size, seed,
+                          logit_tokens=icfg.tasks.logit_tokens if icfg.tasks.logit else None)
         for name, q in td.quality.items():
             log.info("task %s: clean cross-fitted readout at layer %d: %s", name, read_layer,
                      ", ".join(f"{k} {v:.3g}" for k, v in q.items() if k.startswith("clean")))
@@ -385,7 +388,8 @@ def _evaluate(g: GroupSpec, ordinal: int, model, sae, hook: HookSpec, pool: Pool
 
 # ----------------------------------------------------------------------------------- checkpoints
 
-CHECKPOINT_VERSION = 3  # 2: the pool may hold the latents of its tokens (resample), arms carry a seed; 3: co-firing counts, halves
+CHECKPOINT_VERSION = 4  # 2: the pool may hold the latents of its tokens (resample), arms carry a seed; 3: co-firing counts,
+# halves; 4: logit-level task effects
 POOL_FILE = "pool.pkl"
 
 

@@ -41,7 +41,7 @@ import torch
 
 from interventions.arms import (Chunk, Evaluator, Plan, arm_batching, documents_first, fires_any, run_arms,
                               suffix_edits)
-from interventions.forward import clean_hook_and_read, multi_arm_read, pad_front
+from interventions.forward import clean_pass, multi_arm_logits, multi_arm_read, pad_front
 from interventions.effects import doc_sums
 from probes.dataset import window_tokens
 from probes.documents import iter_probe_documents
@@ -60,10 +60,12 @@ FAMILIES = tuple(TASKS)
 INNER_FOLDS = 3
 
 
-def effect_name(target: str, per_norm: bool = False, amnesic: bool = False) -> str:
+def effect_name(target: str, per_norm: bool = False, amnesic: bool = False, logit: bool = False) -> str:
     """The ``effect`` column of a task effect: ``probe:<target>`` or ``probe_per_norm:<target>`` (the fixed clean
-    readout), ``probe_amnesic:<target>`` or ``probe_amnesic_per_norm:<target>`` (a readout refitted after the edit)."""
-    return f"probe{'_amnesic' if amnesic else ''}{'_per_norm' if per_norm else ''}:{target}"
+    readout), ``probe_amnesic:<target>`` or ``probe_amnesic_per_norm:<target>`` (a readout refitted after the edit),
+    ``probe_logit:<target>`` or ``probe_logit_per_norm:<target>`` (the logit-level contrast, :class:`LogitContrast`)."""
+    kind = "_amnesic" if amnesic else "_logit" if logit else ""
+    return f"probe{kind}{'_per_norm' if per_norm else ''}:{target}"
 
 
 # ----------------------------------------------------------------------------------- data
@@ -105,6 +107,8 @@ class TaskData:
     """Which latents fire at each example's token (clean), bool [n_examples, d_sae]."""
     quality: dict = field(default_factory=dict)
     """target name -> clean cross-fitted readout quality."""
+    contrasts: dict = field(default_factory=dict)
+    """target name -> :class:`LogitContrast` (the logit-level task effect), once chosen."""
 
     @property
     def doc_N(self) -> np.ndarray:
@@ -315,6 +319,20 @@ class Readout:
         return out
 
 
+def readout_folds(target: TaskTarget, doc_N: np.ndarray, folds: int, seed: int = 0) -> np.ndarray | None:
+    """The fold of each of ``target``'s rows: ``folds`` document-grouped folds (``stats.grouped_folds``, the probes
+    stage's fold rule: shuffled with ``seed``, stratified by class for a classification; fewer when the target has
+    fewer documents); None when it has fewer than 2 documents."""
+    docs = np.asarray(doc_N)
+    k = min(folds, len(np.unique(docs)))
+    if k < 2:
+        return None
+    fold = np.empty(len(target.y), dtype=np.int64)
+    for f, (_, te) in enumerate(grouped_folds(docs, k, seed, target.y if target.kind == "classification" else None)):
+        fold[te] = f
+    return fold
+
+
 def fit_readout(target: TaskTarget, X_ND: np.ndarray, doc_N: np.ndarray, folds: int, l2: list[float],
                 seed: int = 0) -> Readout | None:
     """Cross-fit a readout of ``target`` on ``X_ND`` (the clean residual at the example rows ``target.rows``, in that
@@ -324,15 +342,14 @@ def fit_readout(target: TaskTarget, X_ND: np.ndarray, doc_N: np.ndarray, folds: 
     X = np.asarray(X_ND, dtype=np.float64)
     y = target.y
     docs = np.asarray(doc_N)
-    k = min(folds, len(np.unique(docs)))
-    if k < 2:
+    fold = readout_folds(target, docs, folds, seed)
+    if fold is None:
         return None
     scale = float(np.var(y)) if target.kind == "regression" else 1.0
     scale = scale if scale > 0 else 1.0
-    fold = np.empty(len(y), dtype=np.int64)
     models, chosen = [], []
-    for f, (tr, te) in enumerate(grouped_folds(docs, k, seed, y if target.kind == "classification" else None)):
-        fold[te] = f
+    for f in range(int(fold.max()) + 1):
+        tr = np.flatnonzero(fold != f)
         m, a = _fit_one(target.kind, X[tr], y[tr], docs[tr], l2, scale, seed)
         models.append(m)
         chosen.append(a)
@@ -387,6 +404,85 @@ AMNESIC_BASELINE = "__clean_refit__"
 the evaluated windows: 1 - mean is the refit's R^2 for a regression)."""
 
 
+def signed_target(kind: str, y: np.ndarray) -> np.ndarray:
+    """The sign the logit-level effect gives each task token: +1 / -1 for the classes of a classification, the
+    standardised target ``(y - mean) / sd`` for a regression (0 for a constant target)."""
+    y = np.asarray(y, dtype=np.float64)
+    if kind == "classification":
+        return np.where(y == 1, 1.0, -1.0)
+    sd = float(np.std(y))
+    return (y - float(np.mean(y))) / sd if sd > 0 else np.zeros(len(y))
+
+
+@dataclass
+class LogitContrast:
+    """The logit-level readout of one target: which continuations does the model predict at a task token?
+
+    For each fold ``k`` of the target's readout, ``ids_K2m[k]`` holds the ``m`` vocabulary tokens whose clean
+    next-token logit at the task tokens covaries most with the signed target (:func:`signed_target`) over the
+    *other* folds' documents, then the ``m`` that covary least (for a word sense: the continuations favoured by one
+    sense, then those of the other; for a URL position: those that come more, then less, likely deeper into the
+    URL). A position's score is ``mean logit(first m) - mean logit(last m)``: a logit difference between two sets of
+    continuations of the same size, equal to the difference of their mean log-probabilities. A task token is scored
+    with its own fold's sets, so no token helped choose the tokens that score it. The effect of an edit at a task
+    token is ``z * (score_clean - score_edit)``: positive when the edit moves the model's prediction away from the
+    continuations that go with the token's own target value (its mean over tokens is the drop of the covariance
+    between the target and the score)."""
+
+    name: str
+    ids_K2m: np.ndarray
+    rows: np.ndarray
+    """The readout's example rows (:attr:`Readout.rows`)."""
+    z: np.ndarray
+    """Signed target of each row."""
+    fold: np.ndarray
+    """Fold of each row (the readout's)."""
+    clean_corr: float = float("nan")
+    """Correlation between the clean score (each token's own fold) and ``z`` over every task token: how much of the
+    target the model's next-token prediction carries, measured out of fold."""
+
+    @property
+    def m(self) -> int:
+        return self.ids_K2m.shape[1] // 2
+
+    def scores(self, logits_V: torch.Tensor) -> torch.Tensor:
+        """Every fold's score ``[..., K]`` at every position of ``logits_V`` (``[..., V]``)."""
+        K, m = self.ids_K2m.shape[0], self.m
+        ids = torch.as_tensor(self.ids_K2m.reshape(-1), device=logits_V.device)
+        lg = logits_V.index_select(-1, ids).float().reshape(*logits_V.shape[:-1], K, 2 * m)
+        return lg[..., :m].mean(-1) - lg[..., m:].mean(-1)
+
+    def index(self, rows_T: np.ndarray) -> np.ndarray:
+        where = {int(r): i for i, r in enumerate(self.rows)}
+        return np.array([where[int(r)] for r in rows_T], dtype=np.int64)
+
+
+def choose_contrast(name: str, rows: np.ndarray, z: np.ndarray, fold: np.ndarray, sum_l_KV: np.ndarray,
+                    sum_zl_KV: np.ndarray, n_K: np.ndarray, sum_z_K: np.ndarray, m: int,
+                    exclude: set[int] = frozenset()) -> LogitContrast:
+    """:class:`LogitContrast` from per-fold sums over the task tokens of each fold: of the clean logits
+    (``sum_l_KV``), of ``z`` times them (``sum_zl_KV``), the token counts and the sums of ``z``. Fold ``k``'s sets
+    are the ``m`` largest and ``m`` smallest covariances ``mean(z*l) - mean(z)*mean(l)`` over the other folds (ties
+    broken by token id; the ids in ``exclude``, e.g. the special tokens, never chosen)."""
+    K, V = sum_l_KV.shape
+    m = max(1, min(m, (V - len(exclude)) // 2))
+    keep = np.ones(V, dtype=bool)
+    keep[[i for i in exclude if 0 <= i < V]] = False
+    ids = np.zeros((K, 2 * m), dtype=np.int64)
+    for k in range(K):
+        n = n_K.sum() - n_K[k]
+        if n <= 0:
+            raise ValueError(f"{name}: fold {k} holds every task token; nothing to choose its continuations on")
+        cov = ((sum_zl_KV.sum(0) - sum_zl_KV[k]) / n
+               - (sum_z_K.sum() - sum_z_K[k]) / n * (sum_l_KV.sum(0) - sum_l_KV[k]) / n)
+        cand = np.flatnonzero(keep)
+        c = cov[cand]
+        hi = cand[np.lexsort((cand, -c))[:m]]
+        lo = cand[np.lexsort((cand, c))[:m]]
+        ids[k] = np.concatenate([hi, lo])
+    return LogitContrast(name, ids, np.asarray(rows), np.asarray(z, dtype=np.float64), np.asarray(fold))
+
+
 @torch.no_grad()
 def _batches(windows: list[TaskWindow], idx: list[int], size: int, pad: int):
     for b0 in range(0, len(idx), size):
@@ -397,18 +493,36 @@ def _batches(windows: list[TaskWindow], idx: list[int], size: int, pad: int):
 
 @torch.no_grad()
 def fit_task_readouts(model: LoadedModel, sae, hook: HookSpec, td: TaskData, read_layer: int, threshold_F: np.ndarray,
-                      folds: int, l2: list[float], batch_size: int = 16, seed: int = 0) -> TaskData:
-    """One clean pass over every window of ``td`` (stopping at ``read_layer``): the firing latents at each task
-    token and the cross-fitted readout of every target."""
-    _, pad, _ = special_ids(model.tokenizer)
+                      folds: int, l2: list[float], batch_size: int = 16, seed: int = 0,
+                      logit_tokens: int | None = None) -> TaskData:
+    """One clean pass over every window of ``td``: the firing latents at each task token and the cross-fitted
+    readout of every target. With ``logit_tokens`` the pass goes on to the logits and also chooses every target's
+    :class:`LogitContrast` (``logit_tokens`` continuations per side, on the readout's folds), and a second clean
+    pass measures the contrast's out-of-fold correlation with the target (``clean_logit_corr`` in the quality);
+    without it the pass stops at ``read_layer``."""
+    _, pad, special = special_ids(model.tokenizer)
     n = len(td.examples)
     X = None
     fired_NF = None
     thr = torch.as_tensor(threshold_F, dtype=torch.float32)
     view = as_view(sae)
+    doc = td.doc_N
     order = sorted(range(len(td.windows)), key=lambda i: -len(td.windows[i].tokens_L))
+    logit = logit_tokens is not None
+    fold_of = {t.name: readout_folds(t, doc[t.rows], folds, seed) for t in td.targets}
+    live = [t for t in td.targets if fold_of[t.name] is not None] if logit else []
+    z_of = {t.name: signed_target(t.kind, t.y) for t in live}
+    at_of = {t.name: {int(r): i for i, r in enumerate(t.rows)} for t in live}
+    sums: dict[str, list] = {}
+
+    def hits(t, w):
+        """(window positions, indices into t.rows) of the task tokens of target ``t`` in window ``w``."""
+        idx = at_of[t.name]
+        sel = [j for j, r in enumerate(w.rows.tolist()) if r in idx]
+        return w.pos[sel], np.array([idx[int(w.rows[j])] for j in sel], dtype=np.int64)
+
     for ws, tokens, _ in _batches(td.windows, order, batch_size, pad):
-        x, read, _ = clean_hook_and_read(model, hook, tokens, read_layer)
+        x, read, logits, _ = clean_pass(model, hook, tokens, read_layer, logits=logit)
         for i, w in enumerate(ws):
             pos = torch.as_tensor(w.pos)
             r = read[i, pos].cpu().numpy()
@@ -418,8 +532,20 @@ def fit_task_readouts(model: LoadedModel, sae, hook: HookSpec, td: TaskData, rea
                 fired_NF = np.zeros((n, f.shape[1]), dtype=bool)
             X[w.rows] = r
             fired_NF[w.rows] = fires(f, thr).numpy()
+            for t in live:
+                p_, j_ = hits(t, w)
+                if not len(j_):
+                    continue
+                lg = logits[i, torch.as_tensor(p_)].double().cpu().numpy()
+                K = int(fold_of[t.name].max()) + 1
+                acc = sums.setdefault(t.name, [np.zeros((K, lg.shape[1])), np.zeros((K, lg.shape[1])), np.zeros(K), np.zeros(K)])
+                z, k_ = z_of[t.name][j_], fold_of[t.name][j_]
+                np.add.at(acc[0], k_, lg)
+                np.add.at(acc[1], k_, z[:, None] * lg)
+                np.add.at(acc[2], k_, 1.0)
+                np.add.at(acc[3], k_, z)
+        del logits
     td.fires_NF = fired_NF
-    doc = td.doc_N
     for t in td.targets:
         ro = fit_readout(t, X[t.rows], doc[t.rows], folds, l2, seed)
         if ro is None:
@@ -433,6 +559,28 @@ def fit_task_readouts(model: LoadedModel, sae, hook: HookSpec, td: TaskData, rea
         else:
             q["clean_accuracy"] = float(np.mean(np.exp(-ro.clean_loss) > 0.5))
         td.quality[t.name] = q
+        if t.name in sums:
+            td.contrasts[t.name] = choose_contrast(t.name, t.rows, z_of[t.name], ro.fold, *sums[t.name], m=logit_tokens,
+                                                   exclude=special)
+    if td.contrasts:
+        score = {name: np.full(len(c.rows), np.nan) for name, c in td.contrasts.items()}
+        for ws, tokens, _ in _batches(td.windows, order, batch_size, pad):
+            _, _, logits, _ = clean_pass(model, hook, tokens, read_layer, logits=True)
+            for name, c in td.contrasts.items():
+                t = next(t for t in live if t.name == name)
+                for i, w in enumerate(ws):
+                    p_, j_ = hits(t, w)
+                    if len(j_):
+                        S = c.scores(logits[i, torch.as_tensor(p_)]).cpu().numpy()
+                        score[name][j_] = S[np.arange(len(j_)), c.fold[j_]]
+        for name, c in td.contrasts.items():
+            ok = np.isfinite(score[name])
+            sd = np.std(score[name][ok]) * np.std(c.z[ok]) if ok.sum() > 1 else 0.0
+            c.clean_corr = float(np.corrcoef(score[name][ok], c.z[ok])[0, 1]) if sd > 0 else float("nan")
+            td.quality[name]["clean_logit_corr"] = c.clean_corr
+            td.quality[name]["logit_continuations"] = [
+                {"up": model.tokenizer.convert_ids_to_tokens([int(v) for v in row[:c.m]]),
+                 "down": model.tokenizer.convert_ids_to_tokens([int(v) for v in row[c.m:]])} for row in c.ids_K2m]
     return td
 
 
@@ -500,6 +648,7 @@ def evaluate_task(model: LoadedModel, hook: HookSpec, plan: Plan, td: TaskData, 
     readouts = td.readouts
     rec = {t: {(a.name, a.mode, a.alpha): {"doc": [], "target": [], "collateral": [], "eff": [], "norm": []} for a in arms} for t in readouts}
     amnesic = ev.icfg.tasks.amnesic
+    contrasts = {t: c for t, c in td.contrasts.items() if t in readouts} if ev.icfg.tasks.logit else {}
     amn_arms = {(a.name, a.mode, a.alpha) for a in arms if a.kind not in ("steer", "steer_random")}
     clean_X = {t: [] for t in readouts}
     """target -> per chunk: clean residuals, example rows and documents of its task tokens (the amnesic refit)."""
@@ -513,13 +662,16 @@ def evaluate_task(model: LoadedModel, hook: HookSpec, plan: Plan, td: TaskData, 
         nonlocal n_tok, n_fires
         for ws, tokens, mask in _batches(td.windows, chosen, cb, pad):
             content = mask.to(model.device)
-            x, read, kv = clean_hook_and_read(model, hook, tokens, read_layer, keep_cache=ev.reuse_prefix)
+            x, read, logits, kv = clean_pass(model, hook, tokens, read_layer, logits=bool(contrasts),
+                                             keep_cache=ev.reuse_prefix)
             x = x.float()
             f = ev.sae.encode(x)
             gf = fires_any(f[..., gi.to(f.device)], ev.thr[gi.to(ev.thr.device)]) & content
             docs = np.array([doc_of[w.doc_index] for w in ws])
             ch = Chunk(tokens, x, f, content, gf, None, read, docs, doc_index=[w.doc_index for w in ws],
                        row_keys=[("window", td.family, int(w.rows[0])) for w in ws], kv=kv)
+            ch.extra["S"] = {t: c.scores(logits) for t, c in contrasts.items()}  # clean scores [B, L, K]
+            del logits
             # task tokens of each target in this chunk: (batch row, position, example row) and the clean loss
             at = {}
             for t, ro in readouts.items():
@@ -533,6 +685,10 @@ def evaluate_task(model: LoadedModel, hook: HookSpec, plan: Plan, td: TaskData, 
                     continue
                 b_, p_, r_ = (torch.as_tensor(v) for v in (b_, p_, r_))
                 at[t] = (b_, p_, r_.numpy(), ro.loss(read[b_, p_].cpu().numpy(), r_.numpy()))
+                if t in contrasts:
+                    j_ = contrasts[t].index(r_.numpy())
+                    k_ = torch.as_tensor(contrasts[t].fold[j_])
+                    ch.extra.setdefault("logit_at", {})[t] = (k_, contrasts[t].z[j_], ch.extra["S"][t][b_, p_, k_].cpu().numpy())
                 if amnesic:
                     clean_X[t].append((read[b_, p_].cpu().numpy(), r_.numpy(), docs[b_.numpy()]))
             ch.extra["at"] = at
@@ -544,10 +700,14 @@ def evaluate_task(model: LoadedModel, hook: HookSpec, plan: Plan, td: TaskData, 
 
     def forward(ch, deltas):  # run_arms passes only arms that change something (the others read the clean stream)
         p, fns, prefix = suffix_edits(ch, deltas)  # positions before p are the clean pass's
-        R = multi_arm_read(model, hook, ch.tokens, fns, read_layer, x_BLD=ch.x if ev.icfg.start_at_hook else None,
-                           prefix=prefix)
-        R = pad_front(R, p, -2, fill=ch.clean_read)
-        return {i: R[i] for i in range(len(deltas))}
+        x0 = ch.x if ev.icfg.start_at_hook else None
+        if contrasts:
+            logits, R = multi_arm_logits(model, hook, ch.tokens, fns, read_layer, x_BLD=x0, prefix=prefix)
+            S = {t: pad_front(c.scores(logits), p, -2, fill=ch.extra["S"][t]) for t, c in contrasts.items()}
+            del logits
+        else:
+            R, S = multi_arm_read(model, hook, ch.tokens, fns, read_layer, x_BLD=x0, prefix=prefix), {}
+        return {"read": pad_front(R, p, -2, fill=ch.clean_read), "logit": S}
 
     def record(ch, i, arm, d, edited):
         tgt = ev.target(arm, ch)
@@ -561,12 +721,16 @@ def evaluate_task(model: LoadedModel, hook: HookSpec, plan: Plan, td: TaskData, 
             r["norm"].append(norm[b_, p_].cpu().numpy())
             live = edited is not None
             if live:
-                r["eff"].append(readouts[t].loss(edited[i][b_, p_].cpu().numpy(), r_) - clean)
+                r["eff"].append(readouts[t].loss(edited["read"][i][b_, p_].cpu().numpy(), r_) - clean)
             else:
                 r["eff"].append(np.zeros(len(r_)))
+            if t in contrasts:
+                k_, z, s_clean = ch.extra["logit_at"][t]
+                r.setdefault("logit", []).append(
+                    z * (s_clean - edited["logit"][t][i][b_, p_, k_].cpu().numpy()) if live else np.zeros(len(r_)))
             key = (arm.name, arm.mode, arm.alpha)
             if amnesic and key in amn_arms:
-                edit_X[t][key].append(edited[i][b_, p_].cpu().numpy() if live else None)
+                edit_X[t][key].append(edited["read"][i][b_, p_].cpu().numpy() if live else None)
 
     run_arms(chunks(), arms, ev, forward, record, bar)
     bar.close()
@@ -595,6 +759,8 @@ def evaluate_task(model: LoadedModel, hook: HookSpec, plan: Plan, td: TaskData, 
         sums[t] = {}
         for k, v in per_arm.items():
             eff = {effect_name(t): cat(v["eff"])}
+            if "logit" in v:
+                eff[effect_name(t, logit=True)] = cat(v["logit"]).astype(np.float64)
             if k in amn:
                 eff[effect_name(t, amnesic=True)] = amn[k]
             sums[t][k] = doc_sums(cat(v["doc"]).astype(np.int64), n_docs, cat(v["target"]).astype(bool), eff,

@@ -251,6 +251,113 @@ def test_the_task_effect_equals_an_independent_recomputation_with_a_plain_pytorc
     assert row["estimate"] == pytest.approx(delta[sel].mean(), rel=1e-3, abs=1e-5)
 
 
+def test_the_logit_level_task_effect_equals_an_independent_recomputation_with_a_plain_pytorch_hook(planted, model, sae):
+    """The continuations chosen per fold on the other folds' clean logits (numpy, from plain forward passes), and each
+    task token's ``z * (score_clean - score_edit)`` with the group ablated by a plain forward hook."""
+    from stats import grouped_folds
+    from interventions.tasks import signed_target
+
+    members, td, res = planted
+    te = res.evals[0].tasks[0]
+    t = td.targets[0]
+    block = model.hf.model.layers[HOOK.layer]
+    m = _cfg().tasks.logit_tokens
+
+    def logits(tokens, mask, ablate):
+        def edit(_m, _i, out):
+            h = out[0] if isinstance(out, tuple) else out
+            f = sae.encode(h)
+            fires = (f[..., list(members)] > 0).any(-1) & torch.from_numpy(mask)[None]
+            new = h - (f[..., list(members)] * fires[..., None]) @ sae.W_dec[list(members)]
+            return (new, *out[1:]) if isinstance(out, tuple) else new
+
+        hs = [block.register_forward_hook(edit)] if ablate else []
+        try:
+            with torch.no_grad():
+                return model.hf(torch.from_numpy(tokens)[None]).logits[0].double().numpy()
+        finally:
+            for h in hs:
+                h.remove()
+
+    n = len(td.examples)
+    L_clean = None
+    for w in td.windows:
+        lg = logits(w.tokens_L, w.mask_L, False)
+        if L_clean is None:
+            L_clean = np.zeros((n, lg.shape[1]))
+        L_clean[w.rows] = lg[w.pos]
+    z = signed_target(t.kind, t.y)
+    assert abs(z.mean()) < 1e-9 and abs(z.std() - 1) < 1e-9
+    fold = np.empty(n, dtype=np.int64)
+    for k, (_, tst) in enumerate(grouped_folds(td.doc_N, 3, 0)):
+        fold[tst] = k
+    special = {model.tokenizer.bos_token_id, model.tokenizer.eos_token_id, model.tokenizer.pad_token_id} - {None}
+    ids = []
+    for k in range(3):
+        tr = fold != k
+        cov = ((z[tr, None] - z[tr].mean()) * (L_clean[tr] - L_clean[tr].mean(0))).mean(0)
+        cov[list(special)] = np.nan
+        order = [i for i in np.argsort(-cov, kind="stable") if np.isfinite(cov[i])]
+        ids.append((order[:m], [i for i in np.argsort(cov, kind="stable") if np.isfinite(cov[i])][:m]))
+    c = td.contrasts[t.name]
+    for k, (up, down) in enumerate(ids):  # the same continuations (as sets: ties may order them differently)
+        assert set(c.ids_K2m[k, :m]) == set(up) and set(c.ids_K2m[k, m:]) == set(down)
+    score = lambda L: np.array([L[i, ids[fold[i]][0]].mean() - L[i, ids[fold[i]][1]].mean() for i in range(n)])  # noqa: E731
+    s_clean = score(L_clean)
+    assert np.corrcoef(s_clean, z)[0, 1] == pytest.approx(td.quality[t.name]["clean_logit_corr"], abs=1e-4)
+
+    L_edit, fires, used = np.zeros_like(L_clean), np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    for w_i in te.windows:
+        w = td.windows[w_i]
+        L_edit[w.rows] = logits(w.tokens_L, w.mask_L, True)[w.pos]
+        with torch.no_grad():
+            x, _, _ = clean_hook_and_read(model, HOOK, torch.from_numpy(w.tokens_L)[None], READ)
+            f = sae.encode(x.float())[0]
+        fires[w.rows] = ((f[:, list(members)] > 0).any(-1).numpy() & w.mask_L)[w.pos]
+        used[w.rows] = True
+    want = z * (s_clean - score(L_edit))
+    sel = used & fires
+    eff = res.effects
+    row = eff[(eff["arm"] == "group") & (eff["comparator"] == "clean") & (eff["scope"] == "fires")
+              & (eff["effect"] == effect_name(t.name, logit=True))].iloc[0]
+    assert int(row["n"]) == int(sel.sum()) and sel.sum() > 20
+    assert row["estimate"] == pytest.approx(want[sel].mean(), rel=1e-3, abs=1e-5)
+    assert row["estimate"] != pytest.approx(0.0, abs=1e-4)  # the edit moves the contrast: the test can fail
+    per_norm = eff[(eff["arm"] == "group") & (eff["comparator"] == "best_single")
+                   & (eff["effect"] == effect_name(t.name, per_norm=True, logit=True))]
+    assert len(per_norm) and per_norm["p_adj"].notna().all()
+
+
+def test_the_logit_contrast_chooses_each_folds_continuations_on_the_other_folds_only():
+    """A token whose logit tracks the target only inside fold 0 is chosen for folds 1 and 2, never for fold 0 (whose
+    tokens it would score); special tokens are never chosen; and the score is a plain logit difference."""
+    from interventions.tasks import choose_contrast
+
+    rng = np.random.default_rng(0)
+    n, V, K = 300, 40, 3
+    fold = np.repeat(np.arange(K), n // K)
+    z = rng.normal(size=n)
+    L = rng.normal(size=(n, V))
+    L[:, 5] += 3 * z  # tracks the target everywhere
+    L[:, 9] -= 3 * z  # against it everywhere
+    L[fold == 0, 17] += 6 * z[fold == 0]  # tracks it in fold 0 only
+    L[:, 2] += 9 * z  # a special token
+    sums = [np.zeros((K, V)), np.zeros((K, V)), np.zeros(K), np.zeros(K)]
+    for k in range(K):
+        sel = fold == k
+        sums[0][k], sums[1][k], sums[2][k], sums[3][k] = L[sel].sum(0), (z[sel, None] * L[sel]).sum(0), sel.sum(), z[sel].sum()
+    c = choose_contrast("t", np.arange(n), z, fold, *sums, m=2, exclude={2})
+    assert c.ids_K2m.shape == (K, 4) and 2 not in c.ids_K2m
+    assert 17 not in c.ids_K2m[0, :2] and all(17 in c.ids_K2m[k, :2] for k in (1, 2))
+    assert all(5 in c.ids_K2m[k, :2] and 9 in c.ids_K2m[k, 2:] for k in range(K))
+    S = c.scores(torch.as_tensor(L)).numpy()
+    k0 = c.ids_K2m[0]
+    np.testing.assert_allclose(S[:, 0], L[:, k0[:2]].mean(1) - L[:, k0[2:]].mean(1), rtol=1e-5, atol=1e-6)  # float32 scores
+    with pytest.raises(ValueError, match="fold 0 holds every task token"):
+        choose_contrast("t", np.arange(n), z, np.zeros(n, dtype=np.int64), sums[0][:1] * 0 + L.sum(0),
+                        (z[:, None] * L).sum(0)[None], np.array([n]), np.array([z.sum()]), m=2)
+
+
 def test_ablating_nothing_gives_task_and_margin_effects_of_exactly_zero(model, corpus):
     sae = TinyTopKSAE(seed=3).eval().requires_grad_(False)
     members = _group(model, sae, corpus)
