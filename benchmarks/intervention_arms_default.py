@@ -84,7 +84,8 @@ def main() -> None:
         model.hf(torch.zeros((1, 8), dtype=torch.long, device=model.device))  # warm-up
         for g in groups:
             r_ctx, r_plan, *_, r_arms = _rngs(seed, g.group_id, 8)
-            contexts = choose_contexts(pool, g, icfg.max_tokens, icfg.tail_tokens, r_ctx, icfg.max_doc_tokens)
+            contexts = choose_contexts(pool, g, icfg.max_tokens, icfg.tail_tokens, r_ctx, icfg.max_doc_tokens,
+                                       icfg.span_tokens)
             plan = plan_arms(g, pool, W_eff, pool.count_F if cooc.occ_F is None else cooc.occ_F, icfg, r_plan,
                              arm_seed=int(r_arms.integers(2**32)), linked=cooc.linked_pairs())
             per_fwd, _ = arm_batching(len(plan.arms), 1, icfg.batch_size)

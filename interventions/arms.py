@@ -74,6 +74,8 @@ class Pool:
     contexts: dict[int, Context] = field(default_factory=dict)
     group_contexts: dict[str, dict[int, int]] = field(default_factory=dict)
     """group id -> {context index: position of the group's last firing token in that context}."""
+    group_first: dict[str, dict[int, int]] = field(default_factory=dict)
+    """group id -> {context index: position of the group's first firing token in that context} (missing: 0)."""
     group_acts: dict[str, list[np.ndarray]] = field(default_factory=dict)
     """Members' activations [n, k] at tokens where the group fires (at most ``max_rows`` rows)."""
     group_cofire: dict[str, np.ndarray] = field(default_factory=dict)
@@ -138,10 +140,13 @@ def scan_pool(model: LoadedModel, sae, data: DataSpec, hook: HookSpec, stream: S
             pool.group_cofire[g.group_id] += fire[fg].sum(0).double().numpy()
             last = torch.full((len(contexts),), -1, dtype=torch.long)
             last.scatter_reduce_(0, b_idx[fg], pos[fg], reduce="amax")
+            first = torch.full((len(contexts),), batch.tokens_BL.shape[1], dtype=torch.long)
+            first.scatter_reduce_(0, b_idx[fg], pos[fg], reduce="amin")
             for b in torch.nonzero(last >= 0).flatten().tolist():
                 ctx = contexts[b]
                 pool.contexts[ctx.index] = ctx
                 pool.group_contexts[g.group_id][ctx.index] = int(last[b])
+                pool.group_first.setdefault(g.group_id, {})[ctx.index] = int(first[b])
             room = max_rows - rows_kept[g.group_id]
             if room > 0:
                 acts = f[fg][:, gi][:room].numpy()
@@ -529,32 +534,43 @@ def documents_first(ids: np.ndarray, doc_of, rng: np.random.Generator) -> np.nda
 
 
 def choose_contexts(pool: Pool, group: GroupSpec, max_tokens: int, tail_tokens: int | None,
-                    rng: np.random.Generator, max_doc_tokens: int | None = None) -> list[tuple[Context, int]]:
-    """A seeded sample of the pool's contexts in which the group fires: ``(context, length)`` pairs whose
-    lengths sum to about ``max_tokens``.
+                    rng: np.random.Generator, max_doc_tokens: int | None = None,
+                    span_tokens: int | None = None) -> list[tuple[Context, int]]:
+    """A seeded sample of the pool's contexts in which the group fires: ``(context, length)`` pairs whose evaluated
+    positions sum to about ``max_tokens``.
 
     Documents are the unit of the statistics, so contexts are drawn one per document first (in random
     order), then second contexts of documents, and so on. Each context is cut ``tail_tokens`` tokens after
     the group's last firing token (None: kept whole): later tokens cannot change what happens at the group's
-    tokens and only add tokens to the collateral (``other``) scope. ``max_doc_tokens`` caps the tokens one document
-    contributes (its further contexts are skipped), so no document dominates a group's evaluation.
+    tokens and only add tokens to the collateral (``other``) scope; and at most ``span_tokens`` tokens after its
+    first firing token (None: no such cut), so that a context where the group fires early and again late costs no
+    more than one where it fires once. A context's cost is its **evaluated positions**, from the group's first
+    firing token to the cut: the positions before it are the clean pass's in every arm at the group's tokens
+    (``interventions.reuse_prefix``). ``max_tokens`` caps their sum and ``max_doc_tokens`` one document's share
+    (its further contexts are skipped), so no document dominates a group's evaluation.
     """
     last = pool.group_contexts.get(group.group_id, {})
     if not last:
         return []
+    first_of = pool.group_first.get(group.group_id, {})
     order = documents_first(np.array(sorted(last)), lambda i: pool.contexts[i].doc_index, rng)
     chosen, total, per_doc = [], 0, {}
     for i in order.tolist():
         ctx = pool.contexts[i]
+        first = min(first_of.get(i, 0), last[i])
         n = len(ctx.tokens_L) if tail_tokens is None else min(len(ctx.tokens_L), last[i] + 1 + tail_tokens)
-        if max_doc_tokens is not None and per_doc.get(ctx.doc_index, 0) > 0 and per_doc[ctx.doc_index] + n > max_doc_tokens:
+        if span_tokens is not None:
+            n = min(n, first + span_tokens)
+        cost = n - first
+        if max_doc_tokens is not None and per_doc.get(ctx.doc_index, 0) > 0 and per_doc[ctx.doc_index] + cost > max_doc_tokens:
             continue
-        per_doc[ctx.doc_index] = per_doc.get(ctx.doc_index, 0) + n
-        chosen.append((ctx, n))
-        total += n
+        per_doc[ctx.doc_index] = per_doc.get(ctx.doc_index, 0) + cost
+        chosen.append((ctx, n, first))
+        total += cost
         if total >= max_tokens:
             break
-    return sorted(chosen, key=lambda cn: (cn[1], cn[0].index))
+    # contexts whose first firing tokens are close share a chunk, so a chunk's arms start near all of them
+    return [(c, n) for c, n, _ in sorted(chosen, key=lambda cnf: (cnf[2], cnf[1], cnf[0].index))]
 
 
 def arm_batching(n_arms: int, n_items: int, batch_size: int) -> tuple[int, int]:

@@ -1,7 +1,7 @@
 """Configuration of the interventions stage (the ``interventions:`` section of an experiment config).
 
 Every field is documented in docs/interventions.md. Defaults are sized for the CPU default run
-(SmolLM2-135M, a few groups, about a thousand evaluation tokens per group); raise ``max_tokens``,
+(SmolLM2-135M, a few groups, 1,536 evaluated positions over 65-91 documents per group); raise ``max_tokens``,
 ``top_n``, ``n_controls`` and ``max_members`` on a GPU.
 """
 
@@ -174,12 +174,17 @@ class InterventionsConfig(Section):
     pool_tokens: int = Field(40_000, ge=1)
     """Tokens of the (cached) activation stream of the evaluate_on documents scanned for contexts where each group
     fires, firing rates and mean activations."""
-    max_tokens: int = Field(1024, ge=1)
-    """Evaluation tokens per group: contexts in which the group fires, one per document first, cut after
-    the group's last firing token (see tail_tokens)."""
+    max_tokens: int = Field(1536, ge=1)
+    """Evaluated positions per group: contexts in which the group fires, one per document first, each counted from
+    the group's first firing token in it (the earlier positions are the clean pass's in every arm at the group's
+    tokens) to its cut (span_tokens, tail_tokens). On the default this reaches 65-91 documents per group."""
     max_doc_tokens: int | None = Field(256, ge=1)
-    """At most this many evaluation tokens per document and group (a document's first context is always kept, then
-    further contexts while they fit), so that no document dominates a group's evaluation; None: no cap."""
+    """At most this many evaluated positions per document and group (a document's first context is always kept,
+    then further contexts while they fit), so that no document dominates a group's evaluation; None: no cap."""
+    span_tokens: int | None = Field(24, ge=1)
+    """Each evaluation context is cut at most this many tokens after the group's first firing token in it (None:
+    no such cut): a context where the group fires early and again late then costs no more than others, and the
+    budget spreads over more documents."""
     tail_tokens: int | None = Field(16, ge=1)
     """Each evaluation context is cut this many tokens after the group's last firing token (None: whole
     contexts). Later tokens cannot change the effect at the group's tokens; they only add collateral tokens."""

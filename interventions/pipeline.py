@@ -364,7 +364,7 @@ def _evaluate(g: GroupSpec, ordinal: int, model, sae, hook: HookSpec, pool: Pool
     from interventions.tasks import evaluate_task
 
     r_ctx, r_plan, r_boot, r_fold, r_task, r_tboot, r_tfold, r_arms = _rngs(seed, g.group_id, 8)
-    contexts = choose_contexts(pool, g, icfg.max_tokens, icfg.tail_tokens, r_ctx, icfg.max_doc_tokens)
+    contexts = choose_contexts(pool, g, icfg.max_tokens, icfg.tail_tokens, r_ctx, icfg.max_doc_tokens, icfg.span_tokens)
     if not contexts:
         log.warning("group %s never fires in the %d pool tokens; no verdict", g.group_id, pool.n_tokens)
         info = {"group_id": g.group_id, "group_size": g.size, "structure": g.structure, "n_docs": 0,

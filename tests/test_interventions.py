@@ -218,7 +218,9 @@ def test_effects_match_an_independent_pytorch_computation_and_outputs_are_tidy(m
     contexts = [c for c in iter_contexts(data.reading(icfg.evaluate_on), model.tokenizer) if c.index in set(ge.context_ids)]
     assert len(contexts) == ge.n_contexts
     tokens = torch.from_numpy(np.stack([c.tokens_L for c in contexts]))
-    mask = torch.from_numpy(np.stack([c.mask_L for c in contexts]))
+    length = dict(zip(ge.context_ids, ge.context_lengths))  # the stage cuts each context (tail_tokens, span_tokens)
+    cut = torch.arange(tokens.shape[1])[None] < torch.tensor([length[c.index] for c in contexts])[:, None]
+    mask = torch.from_numpy(np.stack([c.mask_L for c in contexts])) & cut
     members = list(group.members)
     block = model.hf.model.layers[HOOK.layer]
 
