@@ -557,9 +557,10 @@ def choose_contexts(pool: Pool, group: GroupSpec, max_tokens: int, tail_tokens: 
     chosen, total, per_doc = [], 0, {}
     for i in order.tolist():
         ctx = pool.contexts[i]
-        first = min(first_of.get(i, 0), last[i])
+        known = i in first_of  # a pool without first firing positions (made before them): no span cut, cost from 0
+        first = min(first_of[i], last[i]) if known else 0
         n = len(ctx.tokens_L) if tail_tokens is None else min(len(ctx.tokens_L), last[i] + 1 + tail_tokens)
-        if span_tokens is not None:
+        if span_tokens is not None and known:
             n = min(n, first + span_tokens)
         cost = n - first
         if max_doc_tokens is not None and per_doc.get(ctx.doc_index, 0) > 0 and per_doc[ctx.doc_index] + cost > max_doc_tokens:

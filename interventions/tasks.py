@@ -419,15 +419,20 @@ class LogitContrast:
     """The logit-level readout of one target: which continuations does the model predict at a task token?
 
     For each fold ``k`` of the target's readout, ``ids_K2m[k]`` holds the ``m`` vocabulary tokens whose clean
-    next-token logit at the task tokens covaries most with the signed target (:func:`signed_target`) over the
-    *other* folds' documents, then the ``m`` that covary least (for a word sense: the continuations favoured by one
-    sense, then those of the other; for a URL position: those that come more, then less, likely deeper into the
+    next-token logit at the task tokens correlates most with the signed target (:func:`signed_target`) over the
+    *other* folds' documents, then the ``m`` that correlate least (for a word sense: the continuations favoured by
+    one sense, then those of the other; for a URL position: those that come more, then less, likely deeper into the
     URL). A position's score is ``mean logit(first m) - mean logit(last m)``: a logit difference between two sets of
     continuations of the same size, equal to the difference of their mean log-probabilities. A task token is scored
     with its own fold's sets, so no token helped choose the tokens that score it. The effect of an edit at a task
-    token is ``z * (score_clean - score_edit)``: positive when the edit moves the model's prediction away from the
-    continuations that go with the token's own target value (its mean over tokens is the drop of the covariance
-    between the target and the score)."""
+    token is ``z * (score_clean - score_edit)``, the drop of the signed margin ``z * score``: for a word sense, of the
+    logit difference between the continuations of the token's own sense and those of the other (the logit-difference
+    metric of circuit analyses, with continuation sets instead of one token each); for a URL position, the same
+    weighted by how far the token's position is from the mean. Its mean over a set of tokens is the mean drop of
+    that margin there: where the tokens' targets are unbalanced (a group firing mostly on one sense), a shift of
+    the score that is the same at every token counts too, as it does for the readout's loss, since it does lower
+    those tokens' margins; the controls at the same tokens are what separate a group-specific shift from a generic
+    one."""
 
     name: str
     ids_K2m: np.ndarray
@@ -458,25 +463,33 @@ class LogitContrast:
 
 
 def choose_contrast(name: str, rows: np.ndarray, z: np.ndarray, fold: np.ndarray, sum_l_KV: np.ndarray,
-                    sum_zl_KV: np.ndarray, n_K: np.ndarray, sum_z_K: np.ndarray, m: int,
-                    exclude: set[int] = frozenset()) -> LogitContrast:
+                    sum_zl_KV: np.ndarray, sum_ll_KV: np.ndarray, n_K: np.ndarray, sum_z_K: np.ndarray, m: int,
+                    exclude: set[int] = frozenset(), n_vocab: int | None = None) -> LogitContrast:
     """:class:`LogitContrast` from per-fold sums over the task tokens of each fold: of the clean logits
-    (``sum_l_KV``), of ``z`` times them (``sum_zl_KV``), the token counts and the sums of ``z``. Fold ``k``'s sets
-    are the ``m`` largest and ``m`` smallest covariances ``mean(z*l) - mean(z)*mean(l)`` over the other folds (ties
-    broken by token id; the ids in ``exclude``, e.g. the special tokens, never chosen)."""
+    (``sum_l_KV``), of ``z`` times them (``sum_zl_KV``), of their squares (``sum_ll_KV``), the token counts and the
+    sums of ``z``. Fold ``k``'s sets are the ``m`` largest and ``m`` smallest correlations with ``z`` over the other
+    folds, ranked by ``cov(z, l) / sd(l)`` (the correlation up to the constant ``sd(z)``; a logit that never varies
+    is never chosen; ties broken by token id). The ids in ``exclude`` (e.g. the special tokens) and those from
+    ``n_vocab`` on (logits of padded vocabulary rows the tokenizer has no token for) are never chosen."""
     K, V = sum_l_KV.shape
-    m = max(1, min(m, (V - len(exclude)) // 2))
     keep = np.ones(V, dtype=bool)
     keep[[i for i in exclude if 0 <= i < V]] = False
+    if n_vocab is not None:
+        keep[n_vocab:] = False
+    m = max(1, min(m, int(keep.sum()) // 2))
     ids = np.zeros((K, 2 * m), dtype=np.int64)
     for k in range(K):
         n = n_K.sum() - n_K[k]
         if n <= 0:
             raise ValueError(f"{name}: fold {k} holds every task token; nothing to choose its continuations on")
-        cov = ((sum_zl_KV.sum(0) - sum_zl_KV[k]) / n
-               - (sum_z_K.sum() - sum_z_K[k]) / n * (sum_l_KV.sum(0) - sum_l_KV[k]) / n)
-        cand = np.flatnonzero(keep)
-        c = cov[cand]
+        mean_l = (sum_l_KV.sum(0) - sum_l_KV[k]) / n
+        cov = (sum_zl_KV.sum(0) - sum_zl_KV[k]) / n - (sum_z_K.sum() - sum_z_K[k]) / n * mean_l
+        var = np.maximum((sum_ll_KV.sum(0) - sum_ll_KV[k]) / n - mean_l ** 2, 0.0)
+        ok = keep & (var > 1e-12 * max(1.0, float(np.max(var))))
+        cand = np.flatnonzero(ok)
+        if len(cand) < 2 * m:
+            raise ValueError(f"{name}: fewer than {2 * m} vocabulary logits vary over the task tokens outside fold {k}")
+        c = cov[cand] / np.sqrt(var[cand])
         hi = cand[np.lexsort((cand, -c))[:m]]
         lo = cand[np.lexsort((cand, c))[:m]]
         ids[k] = np.concatenate([hi, lo])
@@ -538,12 +551,13 @@ def fit_task_readouts(model: LoadedModel, sae, hook: HookSpec, td: TaskData, rea
                     continue
                 lg = logits[i, torch.as_tensor(p_)].double().cpu().numpy()
                 K = int(fold_of[t.name].max()) + 1
-                acc = sums.setdefault(t.name, [np.zeros((K, lg.shape[1])), np.zeros((K, lg.shape[1])), np.zeros(K), np.zeros(K)])
+                acc = sums.setdefault(t.name, [np.zeros((K, lg.shape[1])) for _ in range(3)] + [np.zeros(K), np.zeros(K)])
                 z, k_ = z_of[t.name][j_], fold_of[t.name][j_]
                 np.add.at(acc[0], k_, lg)
                 np.add.at(acc[1], k_, z[:, None] * lg)
-                np.add.at(acc[2], k_, 1.0)
-                np.add.at(acc[3], k_, z)
+                np.add.at(acc[2], k_, lg * lg)
+                np.add.at(acc[3], k_, 1.0)
+                np.add.at(acc[4], k_, z)
         del logits
     td.fires_NF = fired_NF
     for t in td.targets:
@@ -561,7 +575,7 @@ def fit_task_readouts(model: LoadedModel, sae, hook: HookSpec, td: TaskData, rea
         td.quality[t.name] = q
         if t.name in sums:
             td.contrasts[t.name] = choose_contrast(t.name, t.rows, z_of[t.name], ro.fold, *sums[t.name], m=logit_tokens,
-                                                   exclude=special)
+                                                   exclude=special, n_vocab=len(model.tokenizer))
     if td.contrasts:
         score = {name: np.full(len(c.rows), np.nan) for name, c in td.contrasts.items()}
         for ws, tokens, _ in _batches(td.windows, order, batch_size, pad):

@@ -295,8 +295,9 @@ def test_the_logit_level_task_effect_equals_an_independent_recomputation_with_a_
     ids = []
     for k in range(3):
         tr = fold != k
-        cov = ((z[tr, None] - z[tr].mean()) * (L_clean[tr] - L_clean[tr].mean(0))).mean(0)
-        cov[list(special)] = np.nan
+        cov = ((z[tr, None] - z[tr].mean()) * (L_clean[tr] - L_clean[tr].mean(0))).mean(0) / L_clean[tr].std(0)
+        cov[list(special)] = np.nan  # (a correlation up to sd(z))
+        cov[len(model.tokenizer):] = np.nan
         order = [i for i in np.argsort(-cov, kind="stable") if np.isfinite(cov[i])]
         ids.append((order[:m], [i for i in np.argsort(cov, kind="stable") if np.isfinite(cov[i])][:m]))
     c = td.contrasts[t.name]
@@ -342,20 +343,27 @@ def test_the_logit_contrast_chooses_each_folds_continuations_on_the_other_folds_
     L[:, 9] -= 3 * z  # against it everywhere
     L[fold == 0, 17] += 6 * z[fold == 0]  # tracks it in fold 0 only
     L[:, 2] += 9 * z  # a special token
-    sums = [np.zeros((K, V)), np.zeros((K, V)), np.zeros(K), np.zeros(K)]
-    for k in range(K):
-        sel = fold == k
-        sums[0][k], sums[1][k], sums[2][k], sums[3][k] = L[sel].sum(0), (z[sel, None] * L[sel]).sum(0), sel.sum(), z[sel].sum()
-    c = choose_contrast("t", np.arange(n), z, fold, *sums, m=2, exclude={2})
-    assert c.ids_K2m.shape == (K, 4) and 2 not in c.ids_K2m
-    assert 17 not in c.ids_K2m[0, :2] and all(17 in c.ids_K2m[k, :2] for k in (1, 2))
+    L[:, 30] = 50 * rng.normal(size=n) + 4 * z  # covaries more than tokens 5 and 17 but correlates far less
+    L[:, 39] += 9 * z  # beyond the tokenizer's vocabulary (a padded logit row)
+
+    def sums_of(fold):
+        out = [np.zeros((K, V)) for _ in range(3)] + [np.zeros(K), np.zeros(K)]
+        for k in range(K):
+            sel = fold == k
+            out[0][k], out[1][k], out[2][k] = L[sel].sum(0), (z[sel, None] * L[sel]).sum(0), (L[sel] ** 2).sum(0)
+            out[3][k], out[4][k] = sel.sum(), z[sel].sum()
+        return out
+
+    c = choose_contrast("t", np.arange(n), z, fold, *sums_of(fold), m=2, exclude={2}, n_vocab=39)
+    assert c.ids_K2m.shape == (K, 4) and 2 not in c.ids_K2m and 39 not in c.ids_K2m
+    assert 17 not in c.ids_K2m[0, :2] and all(set(c.ids_K2m[k, :2]) == {5, 17} for k in (1, 2))  # not 30
     assert all(5 in c.ids_K2m[k, :2] and 9 in c.ids_K2m[k, 2:] for k in range(K))
     S = c.scores(torch.as_tensor(L)).numpy()
     k0 = c.ids_K2m[0]
     np.testing.assert_allclose(S[:, 0], L[:, k0[:2]].mean(1) - L[:, k0[2:]].mean(1), rtol=1e-5, atol=1e-6)  # float32 scores
+    one = np.zeros(n, dtype=np.int64)
     with pytest.raises(ValueError, match="fold 0 holds every task token"):
-        choose_contrast("t", np.arange(n), z, np.zeros(n, dtype=np.int64), sums[0][:1] * 0 + L.sum(0),
-                        (z[:, None] * L).sum(0)[None], np.array([n]), np.array([z.sum()]), m=2)
+        choose_contrast("t", np.arange(n), z, one, *[x[:1] for x in sums_of(one)], m=2)
 
 
 def test_ablating_nothing_gives_task_and_margin_effects_of_exactly_zero(model, corpus):
