@@ -1,7 +1,7 @@
 """Configuration of the interventions stage (the ``interventions:`` section of an experiment config).
 
 Every field is documented in docs/interventions.md. Defaults are sized for the CPU default run
-(SmolLM2-135M, a few groups, 1,536 evaluated positions over 65-91 documents per group); raise ``max_tokens``,
+(SmolLM2-135M, a few groups, 1,536 evaluated positions over 65-78 documents per group); raise ``max_tokens``,
 ``top_n``, ``n_controls`` and ``max_members`` on a GPU.
 """
 
@@ -177,7 +177,7 @@ class InterventionsConfig(Section):
     max_tokens: int = Field(1536, ge=1)
     """Evaluated positions per group: contexts in which the group fires, one per document first, each counted from
     the group's first firing token in it (the earlier positions are the clean pass's in every arm at the group's
-    tokens) to its cut (span_tokens, tail_tokens). On the default this reaches 65-91 documents per group."""
+    tokens) to its cut (span_tokens, tail_tokens). On the default this reaches 65-78 documents per group."""
     max_doc_tokens: int | None = Field(256, ge=1)
     """At most this many evaluated positions per document and group (a document's first context is always kept,
     then further contexts while they fit), so that no document dominates a group's evaluation; None: no cap."""
