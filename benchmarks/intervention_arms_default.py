@@ -5,7 +5,8 @@ pass that also takes the positions before the first edit from the clean cache, b
 
 Needs a finished default run (``python -m experiments.steer``): its verdicts.csv names the evaluated groups and its
 cooc folder their members. For each group this builds what the interventions stage builds (the pool scan, the plan of
-arms, the chosen contexts, one clean chunk per context with its key-value cache) and, for every slice of up to
+arms, the chosen contexts, one clean chunk per context with its key-value cache; ``--contexts`` of them, evenly spaced
+over the stage's order) and, for every slice of up to
 ``batch_size`` live arms the stage would run (sorted by first edited position, as the stage does), times side by side
 and in alternating order:
 
@@ -49,7 +50,9 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", nargs="?", default="runs/default")
-    ap.add_argument("--contexts", type=int, default=4, help="contexts per group (the stage's first ones)")
+    ap.add_argument("--contexts", type=int, default=4,
+                    help="contexts per group, evenly spaced over the stage's order (which sorts them by the group's "
+                         "first firing position, so the first ones are those where it fires earliest)")
     ap.add_argument("--groups", type=int, default=0, help="groups (0: every group of the run)")
     args = ap.parse_args()
     run = Path(args.run)
@@ -92,7 +95,8 @@ def main() -> None:
             t = {k: 0.0 for k in total}
             rows = slices = 0
             lens, computed = [], []
-            for ctx, n in contexts[:args.contexts]:
+            step = max(1, len(contexts) // max(args.contexts, 1))
+            for ctx, n in contexts[::step][:args.contexts]:
                 ch = ev.clean_chunk([ctx], np.zeros(1, dtype=int), g.members, [n])
                 kv = ch.kv
                 live = [a for a in plan.arms if bool(ev.delta(a, ch).any())]
