@@ -75,7 +75,8 @@ class Pool:
     group_contexts: dict[str, dict[int, int]] = field(default_factory=dict)
     """group id -> {context index: position of the group's last firing token in that context}."""
     group_first: dict[str, dict[int, int]] = field(default_factory=dict)
-    """group id -> {context index: position of the group's first firing token in that context} (missing: 0)."""
+    """group id -> {context index: position of the group's first firing token in that context} (a pool made without
+    them: choose_contexts then makes no span cut)."""
     group_acts: dict[str, list[np.ndarray]] = field(default_factory=dict)
     """Members' activations [n, k] at tokens where the group fires (at most ``max_rows`` rows)."""
     group_cofire: dict[str, np.ndarray] = field(default_factory=dict)
@@ -110,6 +111,7 @@ def scan_pool(model: LoadedModel, sae, data: DataSpec, hook: HookSpec, stream: S
     idx = {g.group_id: torch.as_tensor(g.members, dtype=torch.long) for g in groups}
     for g in groups:
         pool.group_contexts[g.group_id] = {}
+        pool.group_first[g.group_id] = {}
         pool.group_acts[g.group_id] = []
         pool.group_cofire[g.group_id] = np.zeros(F)
     rows_kept = {g.group_id: 0 for g in groups}
@@ -146,7 +148,7 @@ def scan_pool(model: LoadedModel, sae, data: DataSpec, hook: HookSpec, stream: S
                 ctx = contexts[b]
                 pool.contexts[ctx.index] = ctx
                 pool.group_contexts[g.group_id][ctx.index] = int(last[b])
-                pool.group_first.setdefault(g.group_id, {})[ctx.index] = int(first[b])
+                pool.group_first[g.group_id][ctx.index] = int(first[b])
             room = max_rows - rows_kept[g.group_id]
             if room > 0:
                 acts = f[fg][:, gi][:room].numpy()

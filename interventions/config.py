@@ -88,7 +88,7 @@ class TaskEffectsConfig(Section):
 
     logit: bool = True
     """Also the logit-level task effect (effect probe_logit:<target>): at each task token, the drop of the logit
-    difference between the continuations whose clean logit covaries most and least with the target (chosen on the
+    difference between the continuations whose clean logit correlates most and least with the target (chosen on the
     readout's other folds), signed by the token's own target value (interventions.tasks.LogitContrast). The task
     windows' arms then run to the logits instead of stopping at read_layer."""
     logit_tokens: int = Field(8, ge=1)

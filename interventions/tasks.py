@@ -234,6 +234,12 @@ def load_task_data(examples: pd.DataFrame, data: DataSpec, tokenizer, probes_cfg
 
 # ----------------------------------------------------------------------------------- readouts
 
+def row_positions(rows: np.ndarray, rows_T: np.ndarray) -> np.ndarray:
+    """Positions in ``rows`` (a target's example rows) of the example rows ``rows_T``."""
+    where = {int(r): i for i, r in enumerate(rows)}
+    return np.array([where[int(r)] for r in rows_T], dtype=np.int64)
+
+
 class _Prior:
     """A readout for a training fold holding one class only: predicts that class's frequency."""
 
@@ -304,8 +310,7 @@ class Readout:
 
     def index(self, rows_T: np.ndarray) -> np.ndarray:
         """Positions in ``self.rows`` (and ``self.y``, ``self.fold``) of the example rows ``rows_T``."""
-        where = {int(r): i for i, r in enumerate(self.rows)}
-        return np.array([where[int(r)] for r in rows_T], dtype=np.int64)
+        return row_positions(self.rows, rows_T)
 
     def loss(self, X_TD: np.ndarray, rows_T: np.ndarray) -> np.ndarray:
         """Per-token readout loss of residuals ``X_TD`` at example rows ``rows_T`` (each read by its own fold's model)."""
@@ -458,8 +463,8 @@ class LogitContrast:
         return lg[..., :m].mean(-1) - lg[..., m:].mean(-1)
 
     def index(self, rows_T: np.ndarray) -> np.ndarray:
-        where = {int(r): i for i, r in enumerate(self.rows)}
-        return np.array([where[int(r)] for r in rows_T], dtype=np.int64)
+        """Positions in ``self.rows`` (and ``self.z``, ``self.fold``) of the example rows ``rows_T``."""
+        return row_positions(self.rows, rows_T)
 
 
 def choose_contrast(name: str, rows: np.ndarray, z: np.ndarray, fold: np.ndarray, sum_l_KV: np.ndarray,
@@ -577,11 +582,12 @@ def fit_task_readouts(model: LoadedModel, sae, hook: HookSpec, td: TaskData, rea
             td.contrasts[t.name] = choose_contrast(t.name, t.rows, z_of[t.name], ro.fold, *sums[t.name], m=logit_tokens,
                                                    exclude=special, n_vocab=len(model.tokenizer))
     if td.contrasts:
+        target_of = {t.name: t for t in live}
         score = {name: np.full(len(c.rows), np.nan) for name, c in td.contrasts.items()}
         for ws, tokens, _ in _batches(td.windows, order, batch_size, pad):
             _, _, logits, _ = clean_pass(model, hook, tokens, read_layer, logits=True)
             for name, c in td.contrasts.items():
-                t = next(t for t in live if t.name == name)
+                t = target_of[name]
                 for i, w in enumerate(ws):
                     p_, j_ = hits(t, w)
                     if len(j_):
