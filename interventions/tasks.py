@@ -493,7 +493,9 @@ def choose_contrast(name: str, rows: np.ndarray, z: np.ndarray, fold: np.ndarray
         ok = keep & (var > 1e-12 * max(1.0, float(np.max(var))))
         cand = np.flatnonzero(ok)
         if len(cand) < 2 * m:
-            raise ValueError(f"{name}: fewer than {2 * m} vocabulary logits vary over the task tokens outside fold {k}")
+            raise ConfigError("interventions.tasks.logit_tokens",
+                              f"{name}: only {len(cand)} vocabulary logits vary over the task tokens outside fold {k}, "
+                              f"fewer than {2 * m} ({m} per side); lower logit_tokens or set interventions.tasks.logit: false")
         c = cov[cand] / np.sqrt(var[cand])
         hi = cand[np.lexsort((cand, -c))[:m]]
         lo = cand[np.lexsort((cand, c))[:m]]

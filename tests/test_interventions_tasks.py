@@ -346,7 +346,7 @@ def test_the_logit_contrast_chooses_each_folds_continuations_on_the_other_folds_
     L[:, 30] = 50 * rng.normal(size=n) + 4 * z  # covaries more than tokens 5 and 17 but correlates far less
     L[:, 39] += 9 * z  # beyond the tokenizer's vocabulary (a padded logit row)
 
-    def sums_of(fold):
+    def sums_of(fold, L=L):
         out = [np.zeros((K, V)) for _ in range(3)] + [np.zeros(K), np.zeros(K)]
         for k in range(K):
             sel = fold == k
@@ -361,6 +361,11 @@ def test_the_logit_contrast_chooses_each_folds_continuations_on_the_other_folds_
     S = c.scores(torch.as_tensor(L)).numpy()
     k0 = c.ids_K2m[0]
     np.testing.assert_allclose(S[:, 0], L[:, k0[:2]].mean(1) - L[:, k0[2:]].mean(1), rtol=1e-5, atol=1e-6)  # float32 scores
+    with pytest.raises(ConfigError) as exc:  # more continuations asked for than logits that vary
+        flat = L.copy()
+        flat[:, 20:30] = 1.5  # ten logits that never vary: 28 of the 38 usable ones are left
+        choose_contrast("t", np.arange(n), z, fold, *sums_of(fold, flat), m=15, exclude={2}, n_vocab=39)
+    assert exc.value.field == "interventions.tasks.logit_tokens" and "lower logit_tokens" in exc.value.message
     one = np.zeros(n, dtype=np.int64)
     with pytest.raises(ValueError, match="fold 0 holds every task token"):
         choose_contrast("t", np.arange(n), z, one, *[x[:1] for x in sums_of(one)], m=2)
