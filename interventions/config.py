@@ -70,9 +70,10 @@ class TaskEffectsConfig(Section):
     """Probe task families to use (registered in probes.tasks: url_position, word_sense, quotation); None: every
     family the probes stage built.
     A family listed here must have examples in OUT/probes/examples.csv."""
-    max_tokens: int = Field(768, ge=1)
-    """Probe-window tokens per group and task family (windows where the group fires on a task token, one
-    per document first)."""
+    max_docs: int = Field(50, ge=1)
+    """Documents per group and task family: one probe window from each (a seeded random one of the document's windows
+    where the group fires on a task token), documents in seeded random order. One window per document caps what any
+    document contributes; the task effects' intervals resample these documents."""
     folds: int = Field(5, ge=2)
     """Document-grouped folds of the cross-fitted readout: each task token is read by a readout fitted on the
     other folds' documents (fewer when a task has fewer documents)."""
@@ -93,6 +94,14 @@ class TaskEffectsConfig(Section):
     windows' arms then run to the logits instead of stopping at read_layer."""
     logit_tokens: int = Field(8, ge=1)
     """Continuations on each side of the logit-level contrast."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_budget(cls, v):
+        if isinstance(v, dict) and "max_tokens" in v:
+            raise ValueError("max_tokens (window tokens per group) was replaced by max_docs (documents per group, one "
+                             "window each); write max_docs: 50 instead")
+        return v
 
     @field_validator("l2", mode="before")
     @classmethod

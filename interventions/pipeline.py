@@ -373,7 +373,7 @@ def _evaluate(g: GroupSpec, ordinal: int, model, sae, hook: HookSpec, pool: Pool
     plan = plan_arms(g, pool, W_eff, occ, icfg, r_plan, arm_seed=int(r_arms.integers(2**32)), linked=linked)
     ge = evaluate_group(model, sae, hook, plan, contexts, ev, progress=progress, kill_name=f"group {ordinal} forward")
     for td in tasks:
-        te = evaluate_task(model, hook, plan, td, ev, read_layer, icfg.tasks.max_tokens, r_task,
+        te = evaluate_task(model, hook, plan, td, ev, read_layer, icfg.tasks.max_docs, r_task,
                            icfg.tasks.steering and icfg.steering.enabled, progress)
         if te is None:
             log.info("group %s fires on no %s task token; no task effects", g.group_id, td.family)
@@ -388,8 +388,8 @@ def _evaluate(g: GroupSpec, ordinal: int, model, sae, hook: HookSpec, pool: Pool
 
 # ----------------------------------------------------------------------------------- checkpoints
 
-CHECKPOINT_VERSION = 4  # 2: the pool may hold the latents of its tokens (resample), arms carry a seed; 3: co-firing counts,
-# halves; 4: logit-level task effects
+CHECKPOINT_VERSION = 5  # 2: the pool may hold the latents of its tokens (resample), arms carry a seed; 3: co-firing counts,
+# halves; 4: logit-level task effects; 5: task windows one per document (tasks.max_docs)
 POOL_FILE = "pool.pkl"
 
 

@@ -18,7 +18,7 @@ For every target this module
    (:func:`fit_readout`; standardised features, ``Ridge`` / ``LogisticRegression`` with the L2 strength chosen
    per fold by an inner document-grouped CV);
 3. for each evaluated group, runs every arm of the group's plan on the windows where the group fires on a
-   task token (one window per document first, up to ``tasks.max_tokens`` window tokens), reads the edited
+   task token (one window per document, up to ``tasks.max_docs`` documents), reads the edited
    residual at ``read_layer`` with the same fold readouts, and records per task token the **readout loss
    increase** ``loss(edited) - loss(clean)`` (paired per token) with the arm's edit norm there
    (:func:`evaluate_task`).
@@ -631,9 +631,9 @@ class TaskEval:
     """``(mode, effect)`` -> the best single member(s) chosen for that task effect (filled by task_rows)."""
 
 
-def choose_windows(td: TaskData, members: tuple[int, ...], max_tokens: int, rng: np.random.Generator) -> list[int]:
-    """Windows where the group fires on a task token of a target with a readout: one per document first, in
-    random order, until about ``max_tokens`` window tokens."""
+def choose_windows(td: TaskData, members: tuple[int, ...], max_docs: int, rng: np.random.Generator) -> list[int]:
+    """Windows where the group fires on a task token of a target with a readout: one per document (a seeded random one
+    of the document's such windows), for at most ``max_docs`` documents in seeded random order; longest first."""
     if td.fires_NF is None:
         return []
     rows_ok = np.zeros(len(td.examples), dtype=bool)
@@ -644,21 +644,24 @@ def choose_windows(td: TaskData, members: tuple[int, ...], max_tokens: int, rng:
     if not cand:
         return []
     order = documents_first(np.array(cand), lambda i: td.windows[i].doc_index, rng)
-    chosen, total = [], 0
+    chosen, seen = [], set()
     for i in order.tolist():
+        d = td.windows[i].doc_index
+        if d in seen:
+            break  # documents_first puts every document's first window before any second one
+        seen.add(d)
         chosen.append(i)
-        total += len(td.windows[i].tokens_L)
-        if total >= max_tokens:
+        if len(chosen) >= max_docs:
             break
     return sorted(chosen, key=lambda i: (-len(td.windows[i].tokens_L), i))
 
 
 @torch.no_grad()
 def evaluate_task(model: LoadedModel, hook: HookSpec, plan: Plan, td: TaskData, ev: Evaluator, read_layer: int,
-                  max_tokens: int, rng: np.random.Generator, steering: bool = True, progress: bool = True) -> TaskEval | None:
+                  max_docs: int, rng: np.random.Generator, steering: bool = True, progress: bool = True) -> TaskEval | None:
     """Run the plan's arms on the task windows where the group fires and record the per-token readout loss
     increase of every target (None when the group fires on no task token)."""
-    chosen = choose_windows(td, plan.group.members, max_tokens, rng)
+    chosen = choose_windows(td, plan.group.members, max_docs, rng)
     if not chosen:
         return None
     _, pad, _ = special_ids(model.tokenizer)

@@ -44,6 +44,8 @@ def format_validation_error(exc) -> ConfigError:
         shown = repr(value)
         if len(shown) > 80:
             shown = shown[:77] + "..."
-        msg = f"{first.get('msg', 'invalid value')} (got {shown})"
+        text = first.get("msg", "invalid value")
+        text = text.removeprefix("Value error, ")  # pydantic's prefix for a validator's ValueError
+        msg = f"{text} (got {shown})"
     more = f" [and {len(errors) - 1} more problem(s)]" if len(errors) > 1 else ""
     return ConfigError(loc, msg + more)

@@ -17,7 +17,8 @@ from interventions.config import InterventionsConfig
 from interventions.arms import GroupSpec
 from interventions.forward import clean_hook_and_read, margin_effect, resolve_read_layer
 from interventions.pipeline import run_interventions
-from interventions.tasks import TaskData, TaskTarget, TaskWindow, effect_name, fit_readout, load_task_data
+from interventions.tasks import (TaskData, TaskTarget, TaskWindow, choose_windows, effect_name, fit_readout,
+                                 load_task_data)
 from sources.config import DataSpec, HookSpec, StreamSpec
 from sources.errors import ConfigError
 from sources.session import Session
@@ -94,7 +95,7 @@ def _planted_task(model, sae, corpus, members, kind="regression", n_windows=14):
 def _cfg(**kw):
     base = dict(modes=["zero"], max_members=2, n_controls=2, max_tokens=128, pool_tokens=2000, n_boot=200, batch_size=16,
                 min_docs=3, read_layer=READ, steering={"alphas": [0.0, 2.0], "n_random": 1},
-                tasks={"max_tokens": 10_000, "folds": 3, "l2": [1.0]})
+                tasks={"max_docs": 1000, "folds": 3, "l2": [1.0]})
     base.update(kw)
     return InterventionsConfig(**base)
 
@@ -438,10 +439,42 @@ def test_a_task_the_probes_stage_did_not_build_is_a_clear_error(corpus, model):
         load_task_data(bad, data, model.tokenizer, None)
 
 
+def test_task_windows_are_one_per_document_where_the_group_fires_up_to_max_docs():
+    """Documents, not window tokens, are the budget: each chosen window is from a different document, holds a task
+    token where a member fires, and the number of documents is min(max_docs, documents where it fires)."""
+    rng = np.random.default_rng(1)
+    windows, rows, n = [], [], 0
+    for d in range(40):
+        for _ in range(3):  # three windows per document, of unequal length
+            L = int(rng.integers(4, 60))
+            windows.append(TaskWindow(d, f"d{d}", np.zeros(L, np.int64), np.ones(L, bool), np.array([L - 2, L - 1]),
+                                      np.array([n, n + 1])))
+            rows += [{"doc_index": d}, {"doc_index": d}]
+            n += 2
+    fires = np.zeros((n, 8), bool)
+    fires[rng.random(n) < 0.2, 3] = True
+    ro = type("R", (), {"rows": np.arange(n)})()
+    td = TaskData("t", pd.DataFrame(rows), windows, [], readouts={"t/x": ro}, fires_NF=fires)
+    firing_docs = {w.doc_index for w in windows if fires[w.rows, 3].any()}
+    assert 10 < len(firing_docs) < 40
+    for max_docs in (5, len(firing_docs), 1000):
+        got = choose_windows(td, (3, 5), max_docs, np.random.default_rng(0))
+        docs = [windows[i].doc_index for i in got]
+        assert len(docs) == len(set(docs)) == min(max_docs, len(firing_docs))
+        assert all(fires[windows[i].rows, 3].any() for i in got)
+    a = choose_windows(td, (3,), 1000, np.random.default_rng(0))
+    b = choose_windows(td, (3,), 1000, np.random.default_rng(7))
+    assert a == choose_windows(td, (3,), 1000, np.random.default_rng(0))
+    assert a != b  # the window of a document with several is a seeded random one
+    assert choose_windows(td, (5,), 1000, np.random.default_rng(0)) == []  # a member that never fires
+
+
 @pytest.mark.parametrize("override, start", [
     ("interventions.tasks.tasks=[bogus]", "error: interventions.tasks.tasks.0:"),
     ("interventions.read_layer=-3", "error: interventions.read_layer:"),
     ("interventions.tasks.l2=[]", "error: interventions.tasks.l2:"),
+    ("interventions.tasks.max_tokens=768", "error: interventions.tasks: max_tokens (window tokens per group) was replaced by max_docs"),
+    ("interventions.tasks.max_docs=0", "error: interventions.tasks.max_docs:"),
 ])
 def test_bad_task_settings_exit_2_with_one_line(tmp_path, override, start):
     res = subprocess.run([sys.executable, "-m", "experiments.interventions", "--set", override, "--out", str(tmp_path / "o")],

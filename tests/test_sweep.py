@@ -166,7 +166,7 @@ def test_a_killed_sweep_resumes_point_by_point(world, swept, monkeypatch):
 @pytest.mark.parametrize("grid, fragment", [
     ("  sae.train.dsae: [32]", "point dsae=32: sae.train.dsae: unknown key"),
     ("  sae.train.d_sae: [0]", "point d_sae=0: sae.train.d_sae: Input should be greater than or equal to 1"),
-    ("  sae.train.d_sae: []", "grid: Value error, sae.train.d_sae has no values"),
+    ("  sae.train.d_sae: []", "grid: sae.train.d_sae has no values"),
     ("  sae.train.d_sae: 32", "grid"),
     ("  sae.train.l1_coefficient: [1.0]", "match.series: sae.train.d_sae is not a grid key"),
     ("  out: [a, b]", "grid.out: each point's folder is OUT/points/<name>"),
