@@ -33,8 +33,10 @@ class ExperimentConfig(Section):
     report: ReportConfig = Field(default_factory=ReportConfig)
 
 
-    def session(self, progress: bool = True):
-        """The :class:`sources.session.Session` of this experiment's model, SAE, hook, corpus and stream."""
-        from sources.session import open_session
+    def session(self, progress: bool = True, dtype: str | None = None):
+        """The :class:`sources.session.Session` of this experiment's model, SAE, hook, corpus and stream; with
+        ``dtype`` (other than model.dtype), the same SAE with the model computing in that dtype."""
+        from sources.session import open_session, with_dtype
 
-        return open_session(self.model, self.sae, self.hook, self.data, self.stream, progress=progress)
+        session = open_session(self.model, self.sae, self.hook, self.data, self.stream, progress=progress)
+        return session if dtype in (None, self.model.dtype) else with_dtype(session, self.model, dtype, progress)

@@ -88,7 +88,7 @@ def interventions_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, 
 
     from interventions.pipeline import run_interventions
 
-    session = cfg.session(progress)
+    session = cfg.session(progress, dtype=icfg.dtype)
     d_sae = session.d_sae
     groups = select_groups(cooc, icfg, d_sae=d_sae, probe_groups=probe_groups)
     if cooc.d_sae != d_sae:

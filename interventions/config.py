@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from sources.config import Section, Seed, group_ids_or_auto, positive_numbers
+from sources.config import DType, Section, Seed, group_ids_or_auto, positive_numbers
 
 from interventions.modes import MODES
 from probes.tasks import TASKS
@@ -211,6 +211,10 @@ class InterventionsConfig(Section):
     recomputed (the reference path)."""
     batch_size: int = Field(16, ge=1)
     """Sequences per forward pass (arms x contexts stacked along the batch dimension)."""
+    dtype: DType | None = None
+    """Computation dtype of this stage's forward passes (the pool's stream, the clean passes, every arm); None: the
+    experiment's model.dtype. Edits, SAE encodings, readouts and effects stay float32; bfloat16 only changes what the
+    model computes in. Its agreement with float32 on the default is measured in docs/interventions.md."""
     seed: Seed | None = None
     """Seed for context sampling, controls and the bootstrap; None uses the experiment's seed."""
     alpha: float = Field(0.05, gt=0, lt=1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
 import numpy as np
@@ -87,6 +87,12 @@ def shared_model(spec: ModelSpec, progress: bool = True) -> LoadedModel:
     if key not in _MODELS:
         _MODELS[key] = load_model(spec, progress)
     return _MODELS[key]
+
+
+def with_dtype(session: Session, spec: ModelSpec, dtype: str, progress: bool = True) -> Session:
+    """``session`` with its model computing in ``dtype`` (loaded once per process, like every model): the SAE, hook,
+    corpus and stream stay the session's, so only the model's arithmetic changes (e.g. interventions.dtype)."""
+    return replace(session, model=shared_model(spec.model_copy(update={"dtype": dtype}), progress))
 
 
 def open_session(model: ModelSpec | dict | None = None, sae: SAESpec | dict | None = None, hook: HookSpec | dict | None = None,
