@@ -84,13 +84,22 @@ def interventions_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, 
     if not force and run.is_done(STAGE, key):
         log.info("interventions: up to date in %s (use --fresh to recompute)", folder)
         return folder
-    select_groups(cooc, icfg, probe_groups=probe_groups)  # bad ids fail early
+    select_groups(cooc, icfg, probe_groups=probe_groups, seed=cfg.seed)  # bad ids fail early
 
     from interventions.pipeline import run_interventions
 
     session = cfg.session(progress, dtype=icfg.dtype)
     d_sae = session.d_sae
-    groups = select_groups(cooc, icfg, d_sae=d_sae, probe_groups=probe_groups)
+    groups = select_groups(cooc, icfg, d_sae=d_sae, probe_groups=probe_groups, seed=cfg.seed)
+    population = None
+    if icfg.groups == "sample":
+        from interventions.pipeline import population_design
+
+        population = population_design(cooc, icfg, cfg.seed)
+        log.info("interventions: a sample of %d of %d groups, stratified by structure and size (%s)", len(population),
+                 int(population.drop_duplicates("stratum")["stratum_groups"].sum()),
+                 ", ".join(f"{h} {n}/{N}" for h, n, N in population.drop_duplicates("stratum")[
+                     ["stratum", "stratum_sampled", "stratum_groups"]].itertuples(index=False)))
     if cooc.d_sae != d_sae:
         raise ConfigError("interventions", f"{cooc_dir / 'occurrences.npy'} has {cooc.d_sae} latents but the SAE has "
                                            f"{d_sae}; {COOC_HINT}")
@@ -107,7 +116,8 @@ def interventions_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, 
         checkpoints = _checkpoint_folder(folder, key, fresh=force)
         result = run_interventions(session, groups, icfg, session.view(cfg.cooc.threshold, cfg.cooc.use_sae_threshold).threshold_F,
                                    occ_F=cooc.occ_F, linked=cooc.linked_pairs(),
-                                   seed=cfg.seed, progress=progress, task_data=task_data, checkpoints=checkpoints)
+                                   seed=cfg.seed, progress=progress, task_data=task_data, checkpoints=checkpoints,
+                                   population=population)
         result.save(folder)
     return run.out / STAGE
 

@@ -133,14 +133,37 @@ class LogitDiffSpec(Section):
         return v
 
 
+class PopulationConfig(Section):
+    """The pre-registered sample of groups evaluated with groups: sample (interventions.population)."""
+
+    n_groups: int | None = Field(30, ge=1)
+    """Groups drawn, allocated to the strata (structure label x size bin) in proportion to their sizes, at least one
+    per stratum when there are enough; None: every group (a census)."""
+    size_bins: list[int] = Field(default_factory=lambda: [2, 3, 6, 11, 21])
+    """Lower edges of the size strata (2, 3-5, 6-10, 11-20, 21+ by default)."""
+    n_boot: int = Field(2000, ge=100)
+    """Stratified bootstrap replicates of the design-weighted fractions' intervals."""
+
+    @field_validator("size_bins")
+    @classmethod
+    def _bins(cls, v):
+        if not v or any(int(b) < 1 for b in v) or len(set(v)) != len(v):
+            raise ValueError("give distinct group sizes >= 1, e.g. [2, 3, 6, 11, 21]")
+        return sorted(int(b) for b in v)
+
+
 class InterventionsConfig(Section):
     """Ablation and steering of co-occurrence groups vs single latents vs matched controls."""
 
     enabled: bool = True
     """Run the stage in python -m experiments.steer."""
-    groups: Literal["auto"] | list[str] = "auto"
+    groups: Literal["auto", "sample"] | list[str] = "auto"
     """auto: the top_n groups of OUT/cooc/groups.csv ranked by rank_by, then the probes stage's most enriched
-    groups per task (probe_groups); or explicit group ids (e.g. [g1a2b3c4d5e])."""
+    groups per task (probe_groups); sample: a seeded sample of groups stratified by structure label and size
+    (population; the stage then also reports the fractions of groups that are better units, OUT/interventions/
+    population.csv); or explicit group ids (e.g. [g1a2b3c4d5e])."""
+    population: PopulationConfig = Field(default_factory=PopulationConfig)
+    """With groups: sample, how many groups and how they are stratified."""
     top_n: int = Field(3, ge=1)
     """How many groups with groups: auto."""
     rank_by: str = "group_size"

@@ -99,6 +99,7 @@ def render_report(result) -> str:
     ]
     if insufficient:
         lines.append(f"- {insufficient} had too few evaluation documents for a verdict.")
+    lines += _population_section(getattr(result, "population", None), summary.get("population"), alpha)
     lines += ["", "| group | size | structure | docs | verdict | group / best single | group - best single [CI] | "
               "vs co-firing latents | vs random spans | vs random directions | vs random groups (own tokens) | "
               "group / sum of members | collateral KL |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -129,6 +130,25 @@ def render_report(result) -> str:
               "dose-response over the alpha grid are in `interventions/effects.csv`; what each arm edited (including the "
               "random control latents) in `interventions/arms.csv`. Definitions: docs/interventions.md.", ""]
     return "\n".join(lines)
+
+
+def _population_section(pop: pd.DataFrame | None, design: dict | None, alpha: float) -> list[str]:
+    """The population fractions (population.csv) over every sampled group: the answer to 'what fraction of groups'."""
+    if pop is None or pop.empty or not design:
+        return []
+    strata = "; ".join(f"{s['stratum']} {s['sampled']}/{s['groups']}" for s in design.get("strata", []))
+    lines = ["", "### The population of groups", "",
+             f"A pre-registered sample of **{design['n_sampled']} of {design['n_population']} groups**, stratified by "
+             f"structure label and size (drawn/in stratum: {strata}). k/n counts the tested groups whose own verdict says "
+             f"yes (interval: exact Clopper-Pearson, {100 * (1 - alpha):.0f}%); the weighted fraction weights each stratum "
+             "by its share of all groups (interval: stratified bootstrap over groups). A 'no' includes groups whose "
+             "documents cannot resolve a small advantage.", "",
+             "| question | k / n tested | fraction [CI] | weighted [CI] |", "|---|---|---|---|"]
+    for r in pop[pop["groups"] == "all"].itertuples():
+        lines.append(f"| {r.question} | {r.k} / {r.n_tested} | {_g(r.fraction)} [{_g(r.ci_low)}, {_g(r.ci_high)}] | "
+                     f"{_g(r.weighted_fraction)} [{_g(r.weighted_ci_low)}, {_g(r.weighted_ci_high)}] |")
+    lines += ["", "Per structure label: `interventions/population.csv`."]
+    return lines
 
 
 def _additivity_section(add: pd.DataFrame | None) -> list[str]:

@@ -33,16 +33,30 @@ ARMS_COLUMNS = ["group_id", "arm", "kind", "mode", "alpha", "alpha_scale", "late
 
 # ----------------------------------------------------------------------------------- groups
 
+def population_design(cooc: CoocResult, icfg: InterventionsConfig, seed: int) -> pd.DataFrame:
+    """The pre-registered sample of groups of ``groups: sample`` (:func:`interventions.population.sample_groups` over
+    the groups with at least ``min_size`` members; seeded by ``interventions.seed``, else the experiment's)."""
+    from interventions.population import sample_groups
+
+    df = cooc.groups_table
+    per = df.groupby("group_id", sort=True).agg(structure=("structure", "first"), group_size=("latent", "size")).reset_index()
+    per = per[per["group_size"] >= icfg.min_size]
+    s = icfg.seed if icfg.seed is not None else seed
+    return sample_groups(per, icfg.population.n_groups, icfg.population.size_bins, s)
+
+
 def select_groups(cooc: CoocResult, icfg: InterventionsConfig, d_sae: int | None = None,
-                  probe_groups: pd.DataFrame | None = None) -> list[GroupSpec]:
-    """The groups of ``cooc`` to evaluate: explicit ids (each must exist), or the top_n by ``rank_by`` followed by
-    the ``icfg.probe_groups`` most enriched groups per task among those the probes stage selected
-    (``probe_groups``: :meth:`probes.result.ProbesResult.selected_groups`, with columns task, group_id, enrichment,
-    selected)."""
+                  probe_groups: pd.DataFrame | None = None, seed: int = 0) -> list[GroupSpec]:
+    """The groups of ``cooc`` to evaluate: explicit ids (each must exist); with ``sample``, the stratified sample of
+    :func:`population_design`; or the top_n by ``rank_by`` followed by the ``icfg.probe_groups`` most enriched groups
+    per task among those the probes stage selected (``probe_groups``: :meth:`probes.result.ProbesResult.selected_groups`,
+    with columns task, group_id, enrichment, selected)."""
     df, source = cooc.groups_table, cooc.groups_csv
     members = cooc.members()
     structure = cooc.structure()
-    if isinstance(icfg.groups, list):
+    if icfg.groups == "sample":
+        ids = population_design(cooc, icfg, seed)["group_id"].tolist()
+    elif isinstance(icfg.groups, list):
         require_known_groups("interventions.groups", icfg.groups, members, source)
         ids = list(dict.fromkeys(icfg.groups))
     else:
@@ -242,14 +256,16 @@ def arms_rows(ge: GroupEval) -> list[dict]:
 
 def run_interventions(session: Session, groups: list[GroupSpec], icfg: InterventionsConfig, threshold_F: np.ndarray, *,
                       occ_F: np.ndarray | None = None, seed: int = 0, progress: bool = True, task_data: list | None = None,
-                      checkpoints: str | Path | None = None, linked: set | None = None) -> InterventionsResult:
+                      checkpoints: str | Path | None = None, linked: set | None = None,
+                      population: pd.DataFrame | None = None) -> InterventionsResult:
     """Evaluate ``groups`` on the session's model, SAE, hook and corpus (``sources.session.Session``; built by
     ``open_session`` or directly as ``Session(model, sae, hook, data, stream)``): the whole stage without a run folder.
 
     ``threshold_F`` is the per-latent firing threshold of the cooc stage; ``occ_F`` the firing counts used
     to match control groups on frequency (default: the counts of the pool scan); ``linked`` the latent pairs that
     co-occur (``CoocResult.linked_pairs()``), never both in one co-firing control draw. ``task_data``
-    (:func:`interventions.tasks.load_task_data`) adds the task effects at ``read_layer``.
+    (:func:`interventions.tasks.load_task_data`) adds the task effects at ``read_layer``. ``population``: the sample
+    design ``groups`` were drawn by (:func:`population_design`); the result then holds the population fractions.
 
     ``checkpoints``: a folder for per-group checkpoints (the caller keys it by everything the results depend
     on). The pool scan and every finished group (its effect rows before the run-wide BH adjustment, its
@@ -320,10 +336,20 @@ def run_interventions(session: Session, groups: list[GroupSpec], icfg: Intervent
     verdicts = verdicts_frame(effects, infos, icfg.modes[0], icfg.primary_effect, icfg.alpha, icfg.min_docs,
                               icfg.additivity_effect)
     best = {(i["group_id"], *k.split("/", 1)): v for i in infos for k, v in i.get("best_single", {}).items()}
-    return InterventionsResult(effects, verdicts, pd.DataFrame(arms, columns=ARMS_COLUMNS),
-                               effect_verdicts_frame(effects, icfg.alpha, icfg.min_docs, best),
-                               summarize(verdicts, evals, tasks, icfg, read_layer, data.part), evals, tasks,
-                               additivity=additivity_frame(effects, infos, icfg.alpha, icfg.min_docs))
+    effect_verdicts = effect_verdicts_frame(effects, icfg.alpha, icfg.min_docs, best)
+    additivity = additivity_frame(effects, infos, icfg.alpha, icfg.min_docs)
+    summary = summarize(verdicts, evals, tasks, icfg, read_layer, data.part)
+    pop = None
+    if population is not None:
+        from interventions.population import design_summary, population_table
+
+        pop = population_table(population, verdicts, effect_verdicts, additivity, icfg.modes[0], icfg.primary_effect,
+                               icfg.additivity_effect, icfg.alpha, icfg.population.n_boot, seed)
+        n_all = int(population["stratum_groups"].groupby(population["stratum"]).first().sum())
+        summary["population"] = design_summary(population, n_all, icfg.population.n_groups,
+                                               icfg.population.size_bins, seed)
+    return InterventionsResult(effects, verdicts, pd.DataFrame(arms, columns=ARMS_COLUMNS), effect_verdicts, summary,
+                               evals, tasks, additivity=additivity, population=pop)
 
 
 def summarize(verdicts: pd.DataFrame, evals: list[GroupEval], tasks: list, icfg: InterventionsConfig,

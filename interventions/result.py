@@ -7,6 +7,7 @@ Files (each written atomically, ``summary.json`` last; see docs/interventions.md
 ``effect_verdicts.csv``  one row per (group, mode, effect): the group against its best single latent and controls
 ``additivity.csv``       non-additivity: per (group, mode, signed effect) the group vs the sum of its members' effects
 ``arms.csv``             what every arm edits, including the drawn control latents
+``population.csv``       with groups: sample, the fractions of the sampled groups answering each question
 ``summary.json``         the primary comparison, tasks, per-group token counts and documents, ``format_version``
 ``steering.png``         dose-response of the steering arms (when steering ran)
 ``verdicts.csv``         one row per group (the stage copies it to ``OUT/verdicts.csv``)
@@ -53,6 +54,8 @@ class InterventionsResult(SavedResult):
     folder: Path | None = None
     additivity: pd.DataFrame | None = None
     """The non-additivity table (interventions.effects.ADDITIVITY_COLUMNS)."""
+    population: pd.DataFrame | None = None
+    """With groups: sample, the population fractions (interventions.population.POPULATION_COLUMNS)."""
 
     @property
     def read_layer(self) -> int | None:
@@ -79,6 +82,10 @@ class InterventionsResult(SavedResult):
         if self.additivity is not None:
             with atomic_path(out / "additivity.csv") as tmp:
                 self.additivity.to_csv(tmp, index=False)
+        (out / "population.csv").unlink(missing_ok=True)
+        if self.population is not None:
+            with atomic_path(out / "population.csv") as tmp:
+                self.population.to_csv(tmp, index=False)
         with atomic_path(out / "verdicts.csv") as tmp:
             self.verdicts.to_csv(tmp, index=False)
         write_json(out / "summary.json", {**self.summary, "format_version": FORMAT_VERSION})
@@ -88,11 +95,11 @@ class InterventionsResult(SavedResult):
         """Read a finished interventions stage folder; ConfigError naming the file and the fix otherwise."""
         folder = Path(folder)
         summary = read_versioned(folder / "summary.json", "interventions", "interventions", FORMAT_VERSION, HINT)
-        tables = read_tables(folder, (*TABLES, "effect_verdicts.csv", "additivity.csv"), "interventions", HINT,
-                             optional=("effect_verdicts.csv", "additivity.csv"),
+        tables = read_tables(folder, (*TABLES, "effect_verdicts.csv", "additivity.csv", "population.csv"), "interventions",
+                             HINT, optional=("effect_verdicts.csv", "additivity.csv", "population.csv"),
                              dtype={"group_id": str, "best_single_latents": str, "latents": str})
         arms = tables["arms.csv"]
         if "latents" in arms:
             arms["latents"] = arms["latents"].fillna("")  # arms that edit no latent (directions, steering)
         return cls(tables["effects.csv"], tables["verdicts.csv"], arms, tables["effect_verdicts.csv"],
-                   summary, folder=folder, additivity=tables["additivity.csv"])
+                   summary, folder=folder, additivity=tables["additivity.csv"], population=tables["population.csv"])
