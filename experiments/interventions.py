@@ -96,10 +96,11 @@ def interventions_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, 
         from interventions.pipeline import population_design
 
         population = population_design(cooc, icfg, cfg.seed)
-        log.info("interventions: a sample of %d of %d groups, stratified by structure and size (%s)", len(population),
-                 int(population.drop_duplicates("stratum")["stratum_groups"].sum()),
+        log.info("interventions: a sample of %d of %d groups, stratified by structure and size (%s): %s", len(population),
+                 int(population["population_groups"].iloc[0]) if len(population) else 0,
                  ", ".join(f"{h} {n}/{N}" for h, n, N in population.drop_duplicates("stratum")[
-                     ["stratum", "stratum_sampled", "stratum_groups"]].itertuples(index=False)))
+                     ["stratum", "stratum_sampled", "stratum_groups"]].itertuples(index=False)),
+                 " ".join(population["group_id"]))
     if cooc.d_sae != d_sae:
         raise ConfigError("interventions", f"{cooc_dir / 'occurrences.npy'} has {cooc.d_sae} latents but the SAE has "
                                            f"{d_sae}; {COOC_HINT}")

@@ -141,9 +141,6 @@ class PopulationConfig(Section):
     per stratum when there are enough; None: every group (a census)."""
     size_bins: list[int] = Field(default_factory=lambda: [2, 3, 6, 11, 21])
     """Lower edges of the size strata (2, 3-5, 6-10, 11-20, 21+ by default)."""
-    n_boot: int = Field(2000, ge=100)
-    """Stratified bootstrap replicates of the design-weighted fractions' intervals."""
-
     @field_validator("size_bins")
     @classmethod
     def _bins(cls, v):

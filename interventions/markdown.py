@@ -139,14 +139,15 @@ def _population_section(pop: pd.DataFrame | None, design: dict | None, alpha: fl
     strata = "; ".join(f"{s['stratum']} {s['sampled']}/{s['groups']}" for s in design.get("strata", []))
     lines = ["", "### The population of groups", "",
              f"A pre-registered sample of **{design['n_sampled']} of {design['n_population']} groups**, stratified by "
-             f"structure label and size (drawn/in stratum: {strata}). k/n counts the tested groups whose own verdict says "
-             f"yes (interval: exact Clopper-Pearson, {100 * (1 - alpha):.0f}%); the weighted fraction weights each stratum "
-             "by its share of all groups (interval: stratified bootstrap over groups). A 'no' includes groups whose "
-             "documents cannot resolve a small advantage.", "",
-             "| question | k / n tested | fraction [CI] | weighted [CI] |", "|---|---|---|---|"]
+             f"structure label and size (drawn/in stratum: {strata}). A group answers yes when its own test at level "
+             f"{alpha} (unadjusted, the interval on that side of 0) finds the difference; with no such group, about the "
+             "null rate of groups would answer yes by chance. The fraction weights each stratum by its share of all "
+             f"groups ({100 * (1 - alpha):.0f}% Korn-Graubard interval); it is among testable groups, and the untested "
+             "share says how much of the population that leaves out.", "",
+             "| question | effect | yes / tested | fraction [CI] | null rate | untested share |", "|---|---|---|---|---|---|"]
     for r in pop[pop["groups"] == "all"].itertuples():
-        lines.append(f"| {r.question} | {r.k} / {r.n_tested} | {_g(r.fraction)} [{_g(r.ci_low)}, {_g(r.ci_high)}] | "
-                     f"{_g(r.weighted_fraction)} [{_g(r.weighted_ci_low)}, {_g(r.weighted_ci_high)}] |")
+        lines.append(f"| {r.question} | `{r.effect}` | {r.k} / {r.n_tested} | {_g(r.fraction)} [{_g(r.ci_low)}, "
+                     f"{_g(r.ci_high)}] | {_g(r.null_rate)} | {_g(r.untested_share)} |")
     lines += ["", "Per structure label: `interventions/population.csv`."]
     return lines
 

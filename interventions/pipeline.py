@@ -343,11 +343,10 @@ def run_interventions(session: Session, groups: list[GroupSpec], icfg: Intervent
     if population is not None:
         from interventions.population import design_summary, population_table
 
-        pop = population_table(population, verdicts, effect_verdicts, additivity, icfg.modes[0], icfg.primary_effect,
-                               icfg.additivity_effect, icfg.alpha, icfg.population.n_boot, seed)
-        n_all = int(population["stratum_groups"].groupby(population["stratum"]).first().sum())
-        summary["population"] = design_summary(population, n_all, icfg.population.n_groups,
-                                               icfg.population.size_bins, seed)
+        pop = population_table(population, effects, icfg.modes[0], icfg.primary_effect, icfg.additivity_effect,
+                               icfg.alpha, icfg.min_docs)
+        summary["population"] = design_summary(population, icfg.population.n_groups, icfg.population.size_bins,
+                                               icfg.seed if icfg.seed is not None else seed)
     return InterventionsResult(effects, verdicts, pd.DataFrame(arms, columns=ARMS_COLUMNS), effect_verdicts, summary,
                                evals, tasks, additivity=additivity, population=pop)
 

@@ -7,20 +7,20 @@ cannot answer them, so with ``interventions.groups: sample`` the stage evaluates
 1. :func:`sample_groups` stratifies the groups of OUT/cooc/groups.csv by structure label x size bin
    (``population.size_bins``) and allocates ``population.n_groups`` proportionally to the strata's sizes, every
    non-empty stratum getting at least one when there are enough draws (largest remainders), drawn without replacement
-   with a generator seeded only by the seed. The design (every stratum's size N_h, draws n_h, the drawn ids) depends on
-   nothing the evaluation computes, is written before it, and is in ``population.csv``'s companion
-   ``summary.json["population"]``.
-2. :func:`population_table` turns the per-group verdicts into fractions. Each row is one question (a per-group yes/no
-   from verdicts.csv, effect_verdicts.csv or additivity.csv) over a set of groups (all, or one structure label):
-   ``k`` of ``n`` tested groups answered yes (groups with fewer than min_docs documents are untested, and counted);
-   the design-weighted fraction sum_h (N_h / N) k_h / n_h over the strata with a tested group, with a percentile
-   interval from a stratified bootstrap (groups resampled within each stratum); and the plain fraction k / n with its
-   exact Clopper-Pearson interval (statsmodels). A stratum with one tested group adds no bootstrap variance, so the
-   exact interval is the one to read when strata are thin.
-
-A "yes" is a group's own verdict (a BH-adjusted test at alpha over the run's families), so the fractions count groups
-where the data *show* the property; a group with a real but small advantage that its documents cannot resolve counts
-as a "no". The fractions are lower bounds in that sense, not estimates of the true share.
+   with a generator seeded only by the seed. The design is a function of the seed, the config and groups.csv alone,
+   fixed before any evaluation (the stage logs it when it starts and records it in ``summary.json["population"]``).
+2. :func:`population_table` turns each sampled group's own tests into fractions. A question is one pre-specified
+   comparison in the primary mode (the group vs its best single latent on the primary effect, on kl, margin and each
+   task's logit-level effect per norm; vs the sum of its members for non-additivity). A group answers yes when *its
+   own* test at level alpha finds the difference on that side of 0 (unadjusted p < alpha and the interval on that
+   side): unlike the run's BH-adjusted verdicts, a group's answer then does not depend on which other groups were
+   drawn. Under "no group has the property" a group answers yes at most at ``null_rate`` (alpha / 2 for a one-sided
+   question), which each row states, so a fraction near it reads as "no".
+   Groups with fewer than min_docs documents (or without an estimate) are untested: the fraction is among testable
+   groups, and ``untested_share`` says how much of the population that leaves out.
+   The fraction is the stratified estimator sum_h (N_h / N) ybar_h with its without-replacement variance and a
+   Korn-Graubard interval (:func:`stratified_fraction`); ``sample_fraction`` k / n is the plain share in the sample,
+   which over-represents the small strata and is not an estimate for the population.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-SAMPLE_COLUMNS = ["group_id", "structure", "group_size", "size_bin", "stratum", "stratum_groups", "stratum_sampled"]
-POPULATION_COLUMNS = ["question", "groups", "effects", "n_sampled", "n_tested", "k", "fraction", "ci_low", "ci_high",
-                      "weighted_fraction", "weighted_ci_low", "weighted_ci_high"]
+SAMPLE_COLUMNS = ["group_id", "structure", "group_size", "size_bin", "stratum", "stratum_groups", "stratum_sampled",
+                  "population_groups"]
+POPULATION_COLUMNS = ["question", "groups", "effect", "n_sampled", "n_tested", "k", "sample_fraction", "fraction", "se",
+                      "ci_low", "ci_high", "untested_share", "null_rate"]
 
 
 def size_bin_labels(size_bins: list[int]) -> list[str]:
@@ -92,106 +93,124 @@ def sample_groups(groups: pd.DataFrame, n_groups: int | None, size_bins: list[in
             out.append(pick.assign(stratum_groups=sizes[stratum], stratum_sampled=take[stratum]))
         else:
             rng.random()  # keep later strata's draws independent of whether this one was drawn from
-    return pd.concat(out, ignore_index=True)[SAMPLE_COLUMNS] if out else pd.DataFrame(columns=SAMPLE_COLUMNS)
+    if not out:
+        return pd.DataFrame(columns=SAMPLE_COLUMNS)
+    return pd.concat(out, ignore_index=True).assign(population_groups=len(g))[SAMPLE_COLUMNS]
 
 
-def _effect_family(effect: str) -> str | None:
-    """The family of an effect_verdicts row's effect for the population questions: model or task, raw or per_norm."""
-    kind = "task" if effect.startswith("probe") else None if effect.startswith("logit") else "model"
-    if kind is None:
-        return None
-    per_norm = "per_norm" in effect
-    return f"{kind} effects, {'per unit edit norm' if per_norm else 'raw'}"
+def _one(e: pd.DataFrame, comparator: str, effect: str) -> pd.DataFrame:
+    """Per group: the group-vs-``comparator`` row of ``effect`` at the group's tokens (index group_id)."""
+    r = e[(e["arm"] == "group") & (e["comparator"] == comparator) & (e["effect"] == effect)]
+    return r.drop_duplicates("group_id").set_index("group_id")
 
 
-def group_answers(design: pd.DataFrame, verdicts: pd.DataFrame, effect_verdicts: pd.DataFrame | None,
-                  additivity: pd.DataFrame | None, primary_mode: str, primary_effect: str,
-                  additivity_effect: str) -> tuple[pd.DataFrame, dict]:
-    """Per sampled group, one column per question: 1.0 (yes), 0.0 (no) or NaN (untested); and each question's
-    description (which effects it reads)."""
+def _detect(r: pd.DataFrame, sign: int, alpha: float, min_docs: int) -> pd.Series:
+    """1.0 where the group's own test at level alpha (unadjusted p, and the interval on that side of 0) finds the
+    difference on the ``sign`` side of 0, 0.0 where it does not, NaN where it is not testable (fewer than min_docs
+    documents, or no estimate)."""
+    ok = r["estimate"].notna() & r["p_value"].notna() & (r["n_docs"] >= min_docs)
+    side = (r["ci_low"] > 0) if sign > 0 else (r["ci_high"] < 0)
+    return ((r["p_value"] < alpha) & side & (np.sign(r["estimate"]) == sign)).astype(float).where(ok)
+
+
+def group_answers(design: pd.DataFrame, effects: pd.DataFrame, mode: str, primary_effect: str, additivity_effect: str,
+                  alpha: float, min_docs: int, controls: tuple[str, ...]) -> tuple[pd.DataFrame, dict]:
+    """Per sampled group, one column per question: 1.0 (yes), 0.0 (no) or NaN (not testable); and each question's
+    (effect, rate of 'yes' per group when the group has no such property)."""
     ans = design[["group_id", "structure", "stratum"]].copy().set_index("group_id")
-    what: dict[str, str] = {}
-    v = verdicts[(verdicts["mode"] == primary_mode) & (verdicts["effect"] == primary_effect)].set_index("group_id")
-    tested = v["beats_best_single"].isin(["beats", "loses", "tie"]) & ~v["verdict"].astype(str).str.startswith("insufficient")
+    what: dict[str, tuple[str, float]] = {}
+    e = effects[(effects["mode"] == mode) & (effects["scope"] == "fires")].assign(group_id=lambda d: d["group_id"].astype(str))
 
-    def col(name, series, desc):
+    def col(name, series, effect, null_rate):
         ans[name] = series.reindex(ans.index).astype(float)
-        what[name] = desc
+        what[name] = (effect, null_rate)
 
-    prim = f"{primary_mode}/{primary_effect}"
-    col("beats its best single latent (primary)", (v["beats_best_single"] == "beats").where(tested), prim)
-    col("loses to its best single latent (primary)", (v["beats_best_single"] == "loses").where(tested), prim)
-    col("better unit (primary verdict)", v["verdict"].astype(str).str.startswith("better unit").where(tested), prim)
-    if additivity is not None and not additivity.empty:
-        a = additivity[(additivity["mode"] == primary_mode) & (additivity["effect"] == additivity_effect)]
-        a = a.set_index("group_id")["additivity"].astype(str)
-        ok = a.isin(["superadditive", "subadditive", "additive"])
-        desc = f"{primary_mode}/{additivity_effect}: group vs the sum of its members"
-        col("non-additive", a.isin(["superadditive", "subadditive"]).where(ok), desc)
-        col("superadditive", (a == "superadditive").where(ok), desc)
-        col("subadditive", (a == "subadditive").where(ok), desc)
-    if effect_verdicts is not None and not effect_verdicts.empty:
-        ev = effect_verdicts.assign(fam=effect_verdicts["effect"].astype(str).map(_effect_family)).dropna(subset=["fam"])
-        ev = ev[ev["beats_best_single"].isin(["beats", "loses", "tie"])]
-        for fam, sub in ev.groupby("fam", sort=True):
-            better = sub.groupby("group_id")["better_unit"].apply(lambda s: bool(s.astype(bool).any()))
-            col(f"better unit on any {fam}", better, "any mode; " + ", ".join(sorted(sub["effect"].astype(str)
-                                                                                       .str.split(":").str[0].unique())))
+    best = _one(e, "best_single", primary_effect)
+    col("beats its best single latent", _detect(best, 1, alpha, min_docs), primary_effect, alpha / 2)
+    col("loses to its best single latent", _detect(best, -1, alpha, min_docs), primary_effect, alpha / 2)
+    parts = [_detect(best, 1, alpha, min_docs)] + [_detect(_one(e, c, primary_effect), 1, alpha, min_docs)
+                                                   for c in controls]
+    unit = pd.concat(parts, axis=1)
+    col("better unit: beats its best single latent and every control at its tokens",
+        unit.min(axis=1, skipna=False), primary_effect, alpha / 2)
+    add = _one(e, "sum_of_members", additivity_effect)
+    if not add.empty:
+        sup, sub = _detect(add, 1, alpha, min_docs), _detect(add, -1, alpha, min_docs)
+        col("non-additive (group vs the sum of its members)", (sup + sub).clip(upper=1), additivity_effect, alpha)
+        col("superadditive", sup, additivity_effect, alpha / 2)
+        col("subadditive", sub, additivity_effect, alpha / 2)
+    secondary = [x for x in ("kl", "margin") if x != primary_effect]
+    tasks = sorted({str(x) for x in e["effect"].unique() if str(x).startswith("probe_logit_per_norm:")})
+    for effect in secondary + tasks:
+        r = _one(e, "best_single", effect)
+        if not r.empty:
+            col(f"beats its best single latent on {effect}", _detect(r, 1, alpha, min_docs), effect, alpha / 2)
     return ans, what
 
 
-def _fractions(ans: pd.Series, strata: pd.Series, weights: dict[str, float], n_boot: int,
-               rng: np.random.Generator, alpha: float) -> dict:
-    from statsmodels.stats.proportion import proportion_confint
+def stratified_fraction(y: np.ndarray, strata: np.ndarray, N_h: dict[str, float], alpha: float) -> dict:
+    """The design-weighted fraction of yes among tested groups, its variance and a Korn-Graubard interval.
 
-    ok = ans.notna()
-    y, s = ans[ok].to_numpy(dtype=float), strata[ok].to_numpy()
-    n, k = len(y), int(y.sum())
-    row = {"n_tested": n, "k": k, "fraction": k / n if n else np.nan, "ci_low": np.nan, "ci_high": np.nan,
-           "weighted_fraction": np.nan, "weighted_ci_low": np.nan, "weighted_ci_high": np.nan}
+    ``y``: 0/1 of the tested groups; ``strata``: their strata; ``N_h``: every stratum's number of groups in the
+    population. The estimate is sum_h W_h ybar_h with W_h = N_h / N over the strata holding a tested group; its
+    variance sum_h W_h^2 (1 - n_h / N_h) s_h^2 / n_h (without-replacement sampling), with s_h^2 the sample variance,
+    or the Bernoulli maximum 0.25 for a stratum with a single tested group out of several (whose variance the sample
+    cannot show). The interval is Clopper-Pearson's at the effective sample size p(1 - p) / var (Korn & Graubard
+    1998), capped at the number of tested groups."""
+    from scipy.stats import beta
+
+    hs = sorted(set(strata.tolist()))
+    n = len(y)
     if n == 0:
-        return row
-    row["ci_low"], row["ci_high"] = (float(x) for x in proportion_confint(k, n, alpha=alpha, method="beta"))
-    hs = sorted(set(s))
-    w = np.array([weights[h] for h in hs])
-    w = w / w.sum()
-    idx = [np.flatnonzero(s == h) for h in hs]
-    row["weighted_fraction"] = float(sum(wi * y[i].mean() for wi, i in zip(w, idx)))
-    boot = np.zeros(n_boot)
-    for wi, i in zip(w, idx):  # groups resampled with replacement within each stratum
-        boot += wi * y[i][rng.integers(0, len(i), size=(n_boot, len(i)))].mean(1)
-    row["weighted_ci_low"], row["weighted_ci_high"] = (float(x) for x in np.quantile(boot, [alpha / 2, 1 - alpha / 2]))
-    return row
+        return {"fraction": np.nan, "se": np.nan, "ci_low": np.nan, "ci_high": np.nan}
+    W = np.array([N_h[h] for h in hs], dtype=float)
+    W = W / W.sum()
+    p, var = 0.0, 0.0
+    for w, h in zip(W, hs):
+        yh = y[strata == h]
+        nh, Nh = len(yh), float(N_h[h])
+        p += w * yh.mean()
+        s2 = yh.var(ddof=1) if nh > 1 else (0.0 if Nh <= 1 else 0.25)
+        var += w * w * max(0.0, 1 - nh / Nh) * s2 / nh
+    n_eff = min(float(n), p * (1 - p) / var) if var > 0 and 0 < p < 1 else float(n)
+    x = n_eff * p
+    lo = 0.0 if x <= 0 else float(beta.ppf(alpha / 2, x, n_eff - x + 1))
+    hi = 1.0 if x >= n_eff else float(beta.ppf(1 - alpha / 2, x + 1, n_eff - x))
+    return {"fraction": float(p), "se": float(np.sqrt(var)), "ci_low": lo, "ci_high": hi}
 
 
-def population_table(design: pd.DataFrame, verdicts: pd.DataFrame, effect_verdicts: pd.DataFrame | None,
-                     additivity: pd.DataFrame | None, primary_mode: str, primary_effect: str, additivity_effect: str,
-                     alpha: float = 0.05, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+def population_table(design: pd.DataFrame, effects: pd.DataFrame, mode: str, primary_effect: str,
+                     additivity_effect: str, alpha: float = 0.05, min_docs: int = 5,
+                     controls: tuple[str, ...] = ("cofiring_latents", "random_spans", "random_directions")) -> pd.DataFrame:
     """POPULATION_COLUMNS: every question over all sampled groups and over each structure label's groups."""
     if design.empty:
         return pd.DataFrame(columns=POPULATION_COLUMNS)
-    ans, what = group_answers(design, verdicts, effect_verdicts, additivity, primary_mode, primary_effect,
-                              additivity_effect)
-    N = design.drop_duplicates("stratum").set_index("stratum")["stratum_groups"].astype(float)
-    total = float(N.sum())
-    weights = (N / total).to_dict()
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x9092]))
+    ans, what = group_answers(design, effects, mode, primary_effect, additivity_effect, alpha, min_docs, controls)
+    N_h = design.drop_duplicates("stratum").set_index("stratum")["stratum_groups"].astype(float).to_dict()
     rows = []
     labels = [("all", ans.index)] + [(f"structure {s}", ans.index[ans["structure"] == s])
                                      for s in sorted(ans["structure"].astype(str).unique())]
-    for q in what:
+    for q, (effect, null_rate) in what.items():
         for label, ids in labels:
             sub = ans.loc[ids]
-            r = _fractions(sub[q], sub["stratum"], weights, n_boot, rng, alpha)
-            rows.append({"question": q, "groups": label, "effects": what[q], "n_sampled": len(sub), **r})
+            ok = sub[q].notna()
+            y, st = sub.loc[ok, q].to_numpy(dtype=float), sub.loc[ok, "stratum"].to_numpy()
+            frac = stratified_fraction(y, st, N_h, alpha)
+            hs = sorted(set(sub["stratum"]))
+            W = np.array([N_h[h] for h in hs]) / sum(N_h[h] for h in hs)
+            untested = float(sum(w * (1 - sub.loc[sub["stratum"] == h, q].notna().mean()) for w, h in zip(W, hs)))
+            rows.append({"question": q, "groups": label, "effect": effect, "n_sampled": len(sub), "n_tested": int(ok.sum()),
+                         "k": int(y.sum()), "sample_fraction": y.mean() if len(y) else np.nan, **frac,
+                         "untested_share": untested, "null_rate": null_rate})
     return pd.DataFrame(rows, columns=POPULATION_COLUMNS)
 
 
-def design_summary(design: pd.DataFrame, n_population: int, n_groups: int | None, size_bins: list[int], seed: int) -> dict:
+def design_summary(design: pd.DataFrame, n_groups: int | None, size_bins: list[int], seed: int) -> dict:
     """The sample's design for summary.json: how it was drawn and what it drew, per stratum."""
     strata = (design.groupby("stratum", sort=True)
               .agg(groups=("stratum_groups", "first"), sampled=("stratum_sampled", "first"),
                    ids=("group_id", list)).reset_index())
-    return {"n_population": int(n_population), "n_groups": None if n_groups is None else int(n_groups),
+    n_population = int(design["population_groups"].iloc[0]) if len(design) else 0
+    return {"n_population": n_population, "n_groups": None if n_groups is None else int(n_groups),
             "n_sampled": int(len(design)), "size_bins": size_bin_labels(size_bins), "seed": int(seed),
             "strata": strata.to_dict("records")}

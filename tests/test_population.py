@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import binomtest
 
-from interventions.population import allocate, population_table, sample_groups, size_bin, size_bin_labels
+from interventions.population import (allocate, group_answers, population_table, sample_groups, size_bin, size_bin_labels,
+                                      stratified_fraction)
 
 
 def _groups(seed=0) -> pd.DataFrame:
@@ -57,80 +57,116 @@ def test_the_sample_is_seeded_stratified_and_a_census_without_n_groups():
     assert set(census["group_id"]) == set(g["group_id"]) and (census["stratum_groups"] == census["stratum_sampled"]).all()
 
 
-def _frames(design: pd.DataFrame, yes: dict[str, bool], untested: set[str] = frozenset()):
-    """verdicts / effect_verdicts / additivity frames answering ``yes`` per group."""
-    v, ev, add = [], [], []
+CMP = ("best_single", "cofiring_latents", "random_spans", "random_directions", "sum_of_members")
+CONTROLS = ("cofiring_latents", "random_spans", "random_directions")
+UNIT = "better unit: beats its best single latent and every control at its tokens"
+
+
+def _effects(design: pd.DataFrame, yes: dict[str, bool], untested: set[str] = frozenset()) -> pd.DataFrame:
+    """effects.csv rows (group vs each comparator at its tokens, zero mode) whose tests say ``yes`` per group: a yes
+    group beats every comparator (p 0.001, interval above 0), a no group ties (p 0.4, interval across 0); an untested
+    group has 2 documents."""
+    rows = []
     for gid in design["group_id"]:
-        t = gid not in untested
         y = bool(yes[gid])
-        v.append({"group_id": gid, "mode": "zero", "effect": "sqrt_kl_per_norm",
-                  "beats_best_single": ("beats" if y else "tie") if t else "untested",
-                  "verdict": ("better unit: ..." if y else "no better than its best single latent") if t else
-                  "insufficient data (1 documents < min_docs 5)"})
-        ev.append({"group_id": gid, "mode": "zero", "effect": "kl", "beats_best_single": "beats" if y else "tie",
-                   "better_unit": y})
-        ev.append({"group_id": gid, "mode": "zero", "effect": "probe_per_norm:t", "beats_best_single": "tie",
-                   "better_unit": False})
-        add.append({"group_id": gid, "mode": "zero", "effect": "margin",
-                    "additivity": ("superadditive" if y else "additive") if t else "untested"})
-    return pd.DataFrame(v), pd.DataFrame(ev), pd.DataFrame(add)
+        for comparator in CMP:
+            for effect in ("sqrt_kl_per_norm", "kl", "margin", "probe_logit_per_norm:t"):
+                if comparator == "sum_of_members" and effect != "margin":
+                    continue
+                rows.append({"group_id": gid, "arm": "group", "comparator": comparator, "mode": "zero", "effect": effect,
+                             "scope": "fires", "estimate": 0.02 if y else 0.001, "ci_low": 0.01 if y else -0.01,
+                             "ci_high": 0.03 if y else 0.012, "p_value": 0.001 if y else 0.4,
+                             "n_docs": 2 if gid in untested else 60})
+    return pd.DataFrame(rows)
 
 
-def test_counts_exact_intervals_and_weights_match_an_independent_computation():
+def _table(design, yes, untested=frozenset(), alpha=0.05):
+    return population_table(design, _effects(design, yes, untested), "zero", "sqrt_kl_per_norm", "margin", alpha=alpha)
+
+
+def test_a_group_answers_yes_only_when_its_own_test_finds_the_difference_on_that_side():
+    design = sample_groups(_groups(), 30, [2, 3, 6, 11, 21], 0).head(4)
+    e = _effects(design, dict.fromkeys(design["group_id"], True))
+    g = design["group_id"].tolist()
+    sel = (e["comparator"] == "best_single") & (e["effect"] == "sqrt_kl_per_norm")
+    e.loc[sel & (e["group_id"] == g[1]), "p_value"] = 0.2  # p above alpha: no
+    e.loc[sel & (e["group_id"] == g[2]), "ci_low"] = -0.001  # interval across 0: no
+    e.loc[sel & (e["group_id"] == g[3]), ["estimate", "ci_low", "ci_high"]] = [-0.02, -0.03, -0.01]  # the other side
+    ans, _ = group_answers(design, e, "zero", "sqrt_kl_per_norm", "margin", 0.05, 5, CONTROLS)
+    assert ans["beats its best single latent"].tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert ans["loses to its best single latent"].tolist() == [0.0, 0.0, 0.0, 1.0]
+    assert ans[UNIT].tolist() == [1.0, 0.0, 0.0, 0.0]
+    e2 = e[~((e["group_id"] == g[0]) & (e["comparator"] == "random_spans"))]  # a control missing: untested, not no
+    ans2, _ = group_answers(design, e2, "zero", "sqrt_kl_per_norm", "margin", 0.05, 5, CONTROLS)
+    assert np.isnan(ans2[UNIT].iloc[0]) and ans2["beats its best single latent"].iloc[0] == 1.0
+
+
+def test_counts_and_the_weighted_fraction_match_an_independent_computation():
     g = _groups()
     design = sample_groups(g, 30, [2, 3, 6, 11, 21], 3)
     rng = np.random.default_rng(0)
     yes = {gid: bool(rng.random() < 0.4) for gid in design["group_id"]}
     untested = set(design["group_id"].iloc[:2])
-    v, ev, add = _frames(design, yes, untested)
-    pop = population_table(design, v, ev, add, "zero", "sqrt_kl_per_norm", "margin", n_boot=500, seed=0)
-    row = pop[(pop["question"] == "beats its best single latent (primary)") & (pop["groups"] == "all")].iloc[0]
+    pop = _table(design, yes, untested)
+    row = pop[(pop["question"] == "beats its best single latent") & (pop["groups"] == "all")].iloc[0]
     tested = design[~design["group_id"].isin(untested)]
     k = sum(yes[i] for i in tested["group_id"])
     assert (row["n_sampled"], row["n_tested"], row["k"]) == (30, 28, k)
-    ci = binomtest(k, 28).proportion_ci(confidence_level=0.95, method="exact")
-    assert row["ci_low"] == pytest.approx(ci.low) and row["ci_high"] == pytest.approx(ci.high)
-    # the design weight of a stratum is its share of all groups; a stratum's fraction is over its tested groups
-    t = tested.assign(y=[yes[i] for i in tested["group_id"]])
+    assert row["sample_fraction"] == pytest.approx(k / 28)
+    t = tested.assign(y=[float(yes[i]) for i in tested["group_id"]])
     per = t.groupby("stratum").agg(p=("y", "mean"), N=("stratum_groups", "first"))
-    assert row["weighted_fraction"] == pytest.approx((per["p"] * per["N"]).sum() / per["N"].sum())
-    assert row["weighted_ci_low"] <= row["weighted_fraction"] <= row["weighted_ci_high"]
-    nonadd = pop[(pop["question"] == "non-additive") & (pop["groups"] == "all")].iloc[0]
-    assert nonadd["k"] == k and nonadd["n_tested"] == 28
-    fam = pop[pop["question"].str.startswith("better unit on any model effects, raw") & (pop["groups"] == "all")].iloc[0]
-    assert fam["k"] == sum(yes.values()) and fam["n_tested"] == 30  # effect verdicts of every group
-    task = pop[pop["question"].str.startswith("better unit on any task effects, per unit") & (pop["groups"] == "all")].iloc[0]
-    assert task["k"] == 0
-    by_label = pop[(pop["question"] == "beats its best single latent (primary)") & (pop["groups"] == "structure pair")].iloc[0]
+    assert row["fraction"] == pytest.approx((per["p"] * per["N"]).sum() / per["N"].sum())
+    assert row["ci_low"] <= row["fraction"] <= row["ci_high"] and row["null_rate"] == 0.025
+    allN = design.groupby("stratum").agg(N=("stratum_groups", "first"), n=("group_id", "size"))
+    u = design[design["group_id"].isin(untested)].groupby("stratum").size().reindex(allN.index, fill_value=0)
+    assert row["untested_share"] == pytest.approx(((u / allN["n"]) * allN["N"]).sum() / allN["N"].sum())
+    nonadd = pop[pop["question"].str.startswith("non-additive") & (pop["groups"] == "all")].iloc[0]
+    assert nonadd["k"] == k and nonadd["null_rate"] == 0.05
+    task = pop[(pop["effect"] == "probe_logit_per_norm:t") & (pop["groups"] == "all")].iloc[0]
+    assert task["k"] == k
+    by_label = pop[(pop["question"] == "beats its best single latent") & (pop["groups"] == "structure pair")].iloc[0]
     pairs = tested[tested["structure"] == "pair"]["group_id"]
     assert by_label["n_tested"] == len(pairs) and by_label["k"] == sum(yes[i] for i in pairs)
 
 
-def test_the_weighted_fraction_is_unbiased_for_the_population_where_the_plain_one_is_not():
+def test_a_census_has_no_sampling_variance_and_no_yes_gives_an_interval_from_zero():
+    g = _groups()
+    census = sample_groups(g, None, [2, 3, 6, 11, 21], 0)
+    rng = np.random.default_rng(1)
+    yes = {gid: bool(rng.random() < 0.3) for gid in census["group_id"]}
+    row = _table(census, yes).iloc[0]
+    assert row["se"] == 0 and row["fraction"] == pytest.approx(np.mean(list(yes.values())))
+    design = sample_groups(g, 30, [2, 3, 6, 11, 21], 0)
+    none = _table(design, dict.fromkeys(design["group_id"], False)).iloc[0]
+    assert none["k"] == 0 and none["ci_low"] == 0 and 0.05 < none["ci_high"] < 0.2
+
+
+def test_the_weighted_fraction_is_unbiased_and_its_interval_covers_where_the_plain_fraction_is_biased():
     """A population whose small strata answer yes far more often than its large ones: the sample gives each small
-    stratum at least one draw, so the plain fraction over-represents them. Over many seeded samples the design-weighted
-    fraction is centred on the true population fraction and its interval covers it near the nominal rate; the plain
-    fraction is biased. (Swapping the weights for equal ones makes this test fail.)"""
+    stratum at least one draw, so the plain fraction over-represents them. Over many seeded samples of 30 of 140 groups
+    the weighted fraction is centred on the true population fraction, its standard error is not below its spread,
+    and its interval covers the truth at the nominal rate or above; the plain fraction is biased. (Equal stratum
+    weights make this test fail.)"""
     g = _groups(1)
     bins = [2, 3, 6, 11, 21]
     g["stratum"] = g["structure"] + "/" + size_bin(g["group_size"].to_numpy(), bins)
     N = g.groupby("stratum").size()
     rng = np.random.default_rng(5)
-    rate = {h: (0.9 if N[h] <= 6 else 0.1) for h in N.index}
+    rate = {h: (0.9 if N[h] <= 6 else 0.2) for h in N.index}
     truth = {gid: bool(rng.random() < rate[h]) for gid, h in zip(g["group_id"], g["stratum"])}
     true_fraction = np.mean(list(truth.values()))
-    w, plain, cover = [], [], []
-    for s in range(150):
+    w, se, plain, cover = [], [], [], []
+    for s in range(400):
         design = sample_groups(g, 30, bins, s)
-        v, ev, add = _frames(design, truth)
-        row = population_table(design, v, None, None, "zero", "sqrt_kl_per_norm", "margin", n_boot=200, seed=s)
-        row = row[(row["question"] == "beats its best single latent (primary)") & (row["groups"] == "all")].iloc[0]
-        w.append(row["weighted_fraction"])
-        plain.append(row["fraction"])
-        cover.append(row["weighted_ci_low"] <= true_fraction <= row["weighted_ci_high"])
-    assert abs(np.mean(w) - true_fraction) < 0.02, (np.mean(w), true_fraction)
+        y = np.array([float(truth[i]) for i in design["group_id"]])
+        N_h = design.drop_duplicates("stratum").set_index("stratum")["stratum_groups"].to_dict()
+        r = stratified_fraction(y, design["stratum"].to_numpy(), N_h, 0.05)
+        w.append(r["fraction"]), se.append(r["se"]), plain.append(y.mean())
+        cover.append(r["ci_low"] <= true_fraction <= r["ci_high"])
+    assert abs(np.mean(w) - true_fraction) < 0.01, (np.mean(w), true_fraction)
     assert np.mean(plain) - true_fraction > 0.05, (np.mean(plain), true_fraction)
-    assert np.mean(cover) > 0.85, np.mean(cover)
+    assert 0.9 < np.mean(se) / np.std(w) < 1.6, (np.mean(se), np.std(w))
+    assert np.mean(cover) >= 0.93, np.mean(cover)
 
 
 def test_a_stage_run_with_groups_sample_writes_the_design_and_the_fractions(tmp_path):
@@ -140,7 +176,7 @@ def test_a_stage_run_with_groups_sample_writes_the_design_and_the_fractions(tmp_
     from tiny_pipeline import run_in_process, write_pipeline
 
     config = write_pipeline(tmp_path / "inputs")
-    text = config.read_text().replace("  top_n: 1\n", "  groups: sample\n  population: {n_groups: 4, n_boot: 200}\n")
+    text = config.read_text().replace("  top_n: 1\n", "  groups: sample\n  population: {n_groups: 4}\n")
     config.write_text(text)
     out = tmp_path / "run"
     run_in_process(config, out, tmp_path / "cache")
@@ -156,7 +192,7 @@ def test_a_stage_run_with_groups_sample_writes_the_design_and_the_fractions(tmp_
     again = population_design(CoocResult.load(out / "cooc"), cfg.interventions, cfg.seed)
     assert sorted(again["group_id"]) == sorted(ids)  # the design depends on the seed and groups.csv only
     pop = res.population
-    assert {"beats its best single latent (primary)", "non-additive"} <= set(pop["question"])
+    assert {"beats its best single latent", "non-additive (group vs the sum of its members)"} <= set(pop["question"])
     assert (pop.loc[pop["groups"] == "all", "n_sampled"] == 4).all()
     from interventions.markdown import render_report
 
