@@ -388,7 +388,9 @@ def amnesic_effects(ro: "Readout", X_clean: np.ndarray, rows: np.ndarray, docs: 
     leave out the refit's own variability: they are descriptive."""
     y = ro.y[ro.index(rows)]
     k = min(folds, len(np.unique(docs)))
-    if k < 2:  # one document: nothing to cross-fit over
+    if ro.kind == "classification":  # stratified folds need each class at least k times (sklearn's rule)
+        k = min(k, int(np.bincount(y.astype(np.int64), minlength=2).min()))
+    if k < 2:  # one document, or a class seen once or never: nothing to cross-fit over
         out = {key: np.full(len(rows), np.nan) for key in edited}
         out[AMNESIC_BASELINE] = np.full(len(rows), np.nan)
         return out

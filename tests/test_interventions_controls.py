@@ -327,6 +327,24 @@ def test_the_amnesic_readout_tells_information_removed_from_information_moved():
     assert np.isnan(one_doc["x"]).all() and "__clean_refit__" in one_doc
 
 
+def test_the_amnesic_readout_of_a_class_seen_on_fewer_tokens_than_folds_uses_fewer_folds_or_none():
+    """Fifty documents of a word-sense-like target whose minority class is on 3 (then 1) tokens: stratified folds
+    cannot give each of 5 folds one of them (sklearn refuses), so the refit uses 3 folds (then none: NaN effects)."""
+    from interventions.tasks import TaskTarget, amnesic_effects, fit_readout
+
+    rng = np.random.default_rng(0)
+    n, D = 200, 6
+    docs = np.repeat(np.arange(50), 4)
+    X = rng.normal(size=(n, D))
+    y = (X[:, 0] > 0).astype(float)
+    rows = np.arange(n)
+    ro = fit_readout(TaskTarget("t", "classification", rows, y), X, docs, 5, [1.0])
+    for minority, finite in ((3, True), (1, False)):
+        keep = np.r_[np.flatnonzero(y == 1)[:minority], np.flatnonzero(y == 0)]
+        amn = amnesic_effects(ro, X[keep], rows[keep], docs[keep], {"x": X[keep] + 0.5}, 5)
+        assert np.isfinite(amn["x"]).all() == finite and len(amn["x"]) == len(keep)
+
+
 def test_no_document_contributes_more_than_max_doc_tokens_and_documents_come_first():
     from interventions.arms import choose_contexts
     from sources.corpora import Context
