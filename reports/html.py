@@ -270,9 +270,26 @@ def _verdicts_section(run: _RunFiles, figdir: Path) -> dict:
     better_any = int(v["better_unit_on"].fillna("").astype(str).str.strip().ne("").sum()) if "better_unit_on" in v else 0
     effect = ", ".join(sorted({f"{m} / {e}" for m, e in zip(v.get("mode", []), v.get("effect", []))}))
     return {"ran": True, "header": [h for _, h in VERDICT_COLUMNS], "rows": rows, "figure": _png(png), "n": n, "wins": wins,
-            "effect": effect,
+            "effect": effect, "population": _population(run),
             "better_any": better_any,
             "counts": v["verdict"].value_counts().to_dict() if "verdict" in v else {}}
+
+
+def _population(run: _RunFiles) -> dict | None:
+    """The population fractions (groups: sample) over all sampled groups, or None."""
+    pop = run.table("interventions", "population")
+    res = run.interventions()
+    design = (res.summary or {}).get("population") if res is not None else None
+    if pop.empty or not design:
+        return None
+    rows = [[r.question, r.effect, f"{r.k} / {r.n_tested}", f"{_fmt(r.fraction)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]",
+             _fmt(r.null_rate), _fmt(r.untested_share)] for r in pop[pop["groups"] == "all"].itertuples()]
+    text = (f"A pre-registered sample of {design['n_sampled']} of {design['n_population']} groups, stratified by structure "
+            "label and size. A group answers yes when its own test (unadjusted, at the run's alpha) finds the difference; "
+            "the null rate is the share of groups that would answer yes by chance if none had the property. Fractions "
+            "weight each stratum by its share of all groups (Korn-Graubard intervals). Per structure label: "
+            "interventions/population.csv.")
+    return {"rows": rows, "text": text}
 
 
 def _probes_section(run: _RunFiles, figdir: Path) -> dict:

@@ -199,3 +199,7 @@ def test_a_stage_run_with_groups_sample_writes_the_design_and_the_fractions(tmp_
     text = render_report(res)
     assert "### The population of groups" in text and "sample of **4 of" in text
     assert json.loads((out / "interventions" / "summary.json").read_text())["population"]["seed"] == 0
+    from reports.html import write_report
+
+    html = write_report(out).read_text()
+    assert 'id="population-table"' in html and "A pre-registered sample of 4 of" in html
