@@ -86,3 +86,21 @@ for r in ev[ev["better_unit"].astype(bool)].itertuples():
     print(f"  {r.group_id} {r.mode}/{r.effect}: {r.diff_vs_best_single:+.3g} [{r.ci_low_vs_best_single:+.3g}, "
           f"{r.ci_high_vs_best_single:+.3g}], p_adj {p(r.p_adj_vs_best_single)}; "
           + ", ".join(f"vs {c} {p(getattr(r, 'p_adj_vs_' + c))}" for c in CONTROLS[:3]))
+
+print("\nTask windows per group (documents, one window each; task tokens; of which the group fires on):")
+for g in summary.get("groups", []):
+    print(f"  {g['group_id']}: " + "; ".join(f"{t['family']} {t['n_docs']} docs, {t['n_task_tokens']} tokens, "
+                                             f"{t['n_task_tokens_fires']} firing" for t in g.get("tasks", [])))
+print(f"\ninterventions stage wall time: {json.loads((out / 'manifest.json').read_text())['stages']['interventions']['wall_s']:.0f} s")
+
+pop_file = out / "interventions" / "population.csv"
+if pop_file.exists():
+    pop = pd.read_csv(pop_file)
+    design = summary.get("population", {})
+    print(f"\nPopulation: a sample of {design.get('n_sampled')} of {design.get('n_population')} groups; strata "
+          + "; ".join(f"{s['stratum']} {s['sampled']}/{s['groups']}" for s in design.get("strata", [])))
+    print("| groups | question | effect | yes / tested | fraction [95 % CI] | sample fraction | null rate | untested share |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in pop.itertuples():
+        print(f"| {r.groups} | {r.question} | `{r.effect}` | {r.k} / {r.n_tested} | {r.fraction:.2f} [{r.ci_low:.2f}, "
+              f"{r.ci_high:.2f}] | {r.sample_fraction:.2f} | {r.null_rate:.3f} | {r.untested_share:.2f} |")

@@ -45,7 +45,7 @@ print("|---|---|---|---|---|---|---|")
 
 
 def line(label: str, sub: pd.DataFrame) -> None:
-    sub = sub.dropna(subset=["estimate_a", "estimate_b"])
+    sub = sub[np.isfinite(sub["estimate_a"]) & np.isfinite(sub["estimate_b"])]
     if len(sub) < 3:
         return
     a, b = sub["estimate_a"].to_numpy(), sub["estimate_b"].to_numpy()
@@ -64,6 +64,10 @@ line("... model effects (ce, kl, margin, read)", vs_clean[(vs_clean["scope"] == 
 line("... task effects (probe*)", vs_clean[(vs_clean["scope"] == "fires") & vs_clean["effect"].str.startswith("probe")])
 line("group vs comparators", m[(m["comparator"] != "clean") & (m["scope"] == "fires")])
 primary = json.loads((a_dir / "interventions" / "summary.json").read_text()).get("primary")
+primary = primary.get("effect") if isinstance(primary, dict) else primary
+same_n = m[m["n_a"] == m["n_b"]]
+line("every arm vs clean, group's tokens, same token count", same_n[(same_n["comparator"] == "clean")
+                                                                    & (same_n["scope"] == "fires")])
 if primary:
     line(f"group vs comparators, primary ({primary})", m[(m["comparator"] != "clean") & (m["scope"] == "fires")
                                                         & (m["effect"] == primary)])
