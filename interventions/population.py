@@ -28,6 +28,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from interventions.effects import TOKEN_CONTROLS
+
 SAMPLE_COLUMNS = ["group_id", "structure", "group_size", "size_bin", "stratum", "stratum_groups", "stratum_sampled",
                   "population_groups"]
 POPULATION_COLUMNS = ["question", "groups", "effect", "n_sampled", "n_tested", "k", "sample_fraction", "fraction", "se",
@@ -181,8 +183,9 @@ def stratified_fraction(y: np.ndarray, strata: np.ndarray, N_h: dict[str, float]
 
 def population_table(design: pd.DataFrame, effects: pd.DataFrame, mode: str, primary_effect: str,
                      additivity_effect: str, alpha: float = 0.05, min_docs: int = 5,
-                     controls: tuple[str, ...] = ("cofiring_latents", "random_spans", "random_directions")) -> pd.DataFrame:
-    """POPULATION_COLUMNS: every question over all sampled groups and over each structure label's groups."""
+                     controls: tuple[str, ...] = TOKEN_CONTROLS) -> pd.DataFrame:
+    """POPULATION_COLUMNS: every question over all sampled groups and over each structure label's groups (``controls``:
+    the controls at the group's tokens a better unit must beat, the verdict rule's)."""
     if design.empty:
         return pd.DataFrame(columns=POPULATION_COLUMNS)
     ans, what = group_answers(design, effects, mode, primary_effect, additivity_effect, alpha, min_docs, controls)
