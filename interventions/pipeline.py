@@ -345,8 +345,7 @@ def run_interventions(session: Session, groups: list[GroupSpec], icfg: Intervent
 
         pop = population_table(population, effects, icfg.modes[0], icfg.primary_effect, icfg.additivity_effect,
                                icfg.alpha, icfg.min_docs)
-        summary["population"] = design_summary(population, icfg.population.n_groups, icfg.population.size_bins,
-                                               icfg.seed if icfg.seed is not None else seed)
+        summary["population"] = design_summary(population, icfg.population.n_groups, icfg.population.size_bins, seed)
     return InterventionsResult(effects, verdicts, pd.DataFrame(arms, columns=ARMS_COLUMNS), effect_verdicts, summary,
                                evals, tasks, additivity=additivity, population=pop)
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from interventions.effects import TOKEN_CONTROLS
+from interventions.effects import TOKEN_CONTROLS, outcome
 
 SAMPLE_COLUMNS = ["group_id", "structure", "group_size", "size_bin", "stratum", "stratum_groups", "stratum_sampled",
                   "population_groups"]
@@ -107,12 +107,14 @@ def _one(e: pd.DataFrame, comparator: str, effect: str) -> pd.DataFrame:
 
 
 def _detect(r: pd.DataFrame, sign: int, alpha: float, min_docs: int) -> pd.Series:
-    """1.0 where the group's own test at level alpha (unadjusted p, and the interval on that side of 0) finds the
-    difference on the ``sign`` side of 0, 0.0 where it does not, NaN where it is not testable (fewer than min_docs
-    documents, or no estimate)."""
-    ok = r["estimate"].notna() & r["p_value"].notna() & (r["n_docs"] >= min_docs)
-    side = (r["ci_low"] > 0) if sign > 0 else (r["ci_high"] < 0)
-    return ((r["p_value"] < alpha) & side & (np.sign(r["estimate"]) == sign)).astype(float).where(ok)
+    """1.0 where the group's own test at level alpha finds the difference on the ``sign`` side of 0 (the verdict rule,
+    :func:`interventions.effects.outcome`, on the unadjusted p), 0.0 where it does not, NaN where it is not testable
+    (fewer than min_docs documents, or no estimate)."""
+    want = "beats" if sign > 0 else "loses"
+    said = pd.Series([outcome({**row, "p_adj": row["p_value"]}, alpha) for row in r.to_dict("records")], index=r.index,
+                     dtype=object)
+    ok = (said != "untested") & (r["n_docs"] >= min_docs)
+    return (said == want).astype(float).where(ok)
 
 
 def group_answers(design: pd.DataFrame, effects: pd.DataFrame, mode: str, primary_effect: str, additivity_effect: str,

@@ -388,7 +388,9 @@ def amnesic_effects(ro: "Readout", X_clean: np.ndarray, rows: np.ndarray, docs: 
     leave out the refit's own variability: they are descriptive."""
     y = ro.y[ro.index(rows)]
     k = min(folds, len(np.unique(docs)))
-    if ro.kind == "classification":  # stratified folds need each class at least k times (sklearn's rule)
+    if ro.kind == "classification":
+        # no more folds than the rarer class has tokens, so every fold can hold both classes (sklearn's
+        # StratifiedGroupKFold raises when every class has fewer tokens than folds, and warns when one has)
         k = min(k, int(np.bincount(y.astype(np.int64), minlength=2).min()))
     if k < 2:  # one document, or a class seen once or never: nothing to cross-fit over
         out = {key: np.full(len(rows), np.nan) for key in edited}

@@ -328,8 +328,9 @@ def test_the_amnesic_readout_tells_information_removed_from_information_moved():
 
 
 def test_the_amnesic_readout_of_a_class_seen_on_fewer_tokens_than_folds_uses_fewer_folds_or_none():
-    """Fifty documents of a word-sense-like target whose minority class is on 3 (then 1) tokens: stratified folds
-    cannot give each of 5 folds one of them (sklearn refuses), so the refit uses 3 folds (then none: NaN effects)."""
+    """Fifty documents of a word-sense-like target whose minority class is on 3 (then 1) tokens: 5 stratified folds
+    cannot each hold one of them, so the refit uses 3 folds (then none: NaN effects). And the case sklearn refuses
+    outright (every class on fewer tokens than folds), which the default's 50-document task windows hit."""
     from interventions.tasks import TaskTarget, amnesic_effects, fit_readout
 
     rng = np.random.default_rng(0)
@@ -343,6 +344,12 @@ def test_the_amnesic_readout_of_a_class_seen_on_fewer_tokens_than_folds_uses_few
         keep = np.r_[np.flatnonzero(y == 1)[:minority], np.flatnonzero(y == 0)]
         amn = amnesic_effects(ro, X[keep], rows[keep], docs[keep], {"x": X[keep] + 0.5}, 5)
         assert np.isfinite(amn["x"]).all() == finite and len(amn["x"]) == len(keep)
+    # what the default hit: 4 documents, 2 tokens of each class, so every class has fewer tokens than the 4 folds the
+    # documents allow, which sklearn refuses; the refit uses 2 folds
+    keep = np.r_[np.flatnonzero(y == 1)[:2], np.flatnonzero(y == 0)[:2]]
+    d4 = np.arange(4)
+    amn = amnesic_effects(ro, X[keep], rows[keep], d4, {"x": X[keep] + 0.5}, 5)
+    assert np.isfinite(amn["x"]).all()
 
 
 def test_no_document_contributes_more_than_max_doc_tokens_and_documents_come_first():
