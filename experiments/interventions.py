@@ -76,7 +76,7 @@ def interventions_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, 
                                                        f"examples in {run.out / 'probes'}; run python -m experiments.probe "
                                                        "(or python -m experiments.steer) with the same --out first, or set "
                                                        "interventions.tasks.tasks: null")
-    probe_groups = probes.selected_groups() if icfg.groups == "auto" and icfg.probe_groups and probes is not None else None
+    probe_groups = probes.selected_groups() if icfg.groups in ("auto", "sample") and icfg.probe_groups and probes is not None else None
     probes_key = probes_rec.get("key") if (use_tasks and have_examples) or probe_groups is not None else None
     key = stable_hash({"sections": run.stage_key(*SECTIONS), "cooc": cooc_key, "probes": probes_key,
                        "format": FORMAT_VERSION})
@@ -101,6 +101,9 @@ def interventions_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, 
                  ", ".join(f"{h} {n}/{N}" for h, n, N in population.drop_duplicates("stratum")[
                      ["stratum", "stratum_sampled", "stratum_groups"]].itertuples(index=False)),
                  " ".join(population["group_id"]))
+        extra = [g.group_id for g in groups if g.group_id not in set(population["group_id"])]
+        if extra:
+            log.info("interventions: also the probe groups %s, outside the sample (not in its fractions)", " ".join(extra))
     if cooc.d_sae != d_sae:
         raise ConfigError("interventions", f"{cooc_dir / 'occurrences.npy'} has {cooc.d_sae} latents but the SAE has "
                                            f"{d_sae}; {COOC_HINT}")

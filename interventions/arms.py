@@ -50,6 +50,8 @@ class GroupSpec:
     group_id: str
     members: tuple[int, ...]
     structure: str = ""
+    probe_tasks: tuple[str, ...] = ()
+    """The probe tasks for which the stage chose this group as one of the most task-enriched (``probe_groups``)."""
 
     @property
     def size(self) -> int:

@@ -70,6 +70,10 @@ class TaskEffectsConfig(Section):
     """Probe task families to use (registered in probes.tasks: url_position, word_sense, quotation); None: every
     family the probes stage built.
     A family listed here must have examples in OUT/probes/examples.csv."""
+    groups: Literal["all", "probe"] = "all"
+    """Which evaluated groups get task effects: all of them, or only the groups chosen for a probe task
+    (probe_groups: the most task-enriched ones), whose task effects say the most; probe keeps a population sample's
+    cost to its model effects."""
     max_docs: int = Field(50, ge=1)
     """Documents per group and task family: one probe window from each (a seeded random one of the document's windows
     where the group fires on a task token), documents in seeded random order. One window per document caps what any
@@ -168,9 +172,10 @@ class InterventionsConfig(Section):
     min_size: int = Field(2, ge=2)
     """With groups: auto, only groups with at least this many members."""
     probe_groups: int = Field(1, ge=0)
-    """With groups: auto, also the probe_groups most task-enriched groups the probes stage selected for
-    each task (OUT/probes/groups.csv), after the top_n; 0: none. These are the groups whose task effects
-    say the most (e.g. the URL group)."""
+    """With groups: auto or sample, also the probe_groups most task-enriched groups the probes stage selected for
+    each task (OUT/probes/groups.csv), after the top_n or the sample; 0: none. These are the groups whose task effects
+    say the most (e.g. the URL group). A probe group outside a sample is evaluated but not counted in the population's
+    fractions (it was chosen, not drawn)."""
     modes: list[Mode] = Field(default_factory=lambda: ["zero", "project_out"])
     """Ablation modes to run (zero, mean, clamp, resample, project_out, mean_project); the first is the verdict's
     primary mode."""

@@ -48,12 +48,16 @@ def population_design(cooc: CoocResult, icfg: InterventionsConfig, seed: int) ->
 def select_groups(cooc: CoocResult, icfg: InterventionsConfig, d_sae: int | None = None,
                   probe_groups: pd.DataFrame | None = None, seed: int = 0) -> list[GroupSpec]:
     """The groups of ``cooc`` to evaluate: explicit ids (each must exist); with ``sample``, the stratified sample of
-    :func:`population_design`; or the top_n by ``rank_by`` followed by the ``icfg.probe_groups`` most enriched groups
-    per task among those the probes stage selected (``probe_groups``: :meth:`probes.result.ProbesResult.selected_groups`,
-    with columns task, group_id, enrichment, selected)."""
+    :func:`population_design`; or the top_n by ``rank_by``. With ``auto`` and ``sample`` they are followed by the
+    ``icfg.probe_groups`` most enriched groups per task among those the probes stage selected (``probe_groups``:
+    :meth:`probes.result.ProbesResult.selected_groups`, with columns task, group_id, enrichment, selected) that are not
+    already chosen; each group records the tasks it was chosen for (``GroupSpec.probe_tasks``). A probe group added to a
+    sample is evaluated like the others but is not part of the population's fractions (it was not drawn)."""
     df, source = cooc.groups_table, cooc.groups_csv
     members = cooc.members()
     structure = cooc.structure()
+    per = df.groupby("group_id", sort=False).agg(size=("latent", "size"))
+    eligible = set(per.index[per["size"] >= icfg.min_size].astype(str))
     if icfg.groups == "sample":
         ids = population_design(cooc, icfg, seed)["group_id"].tolist()
     elif isinstance(icfg.groups, list):
@@ -64,17 +68,21 @@ def select_groups(cooc: CoocResult, icfg: InterventionsConfig, d_sae: int | None
         if icfg.rank_by not in numeric:
             raise ConfigError("interventions.rank_by", f"{icfg.rank_by!r} is not a numeric column of {source}; "
                                                        f"choose one of {', '.join(numeric) or '(none)'}")
-        per = df.groupby("group_id", sort=False).agg(rank=(icfg.rank_by, "first"), size=("latent", "size"))
-        per = per[per["size"] >= icfg.min_size].reset_index()
-        per = per.sort_values(["rank", "group_id"], ascending=[False, True], kind="stable")
-        ids = per["group_id"].head(icfg.top_n).tolist()
-        if icfg.probe_groups and probe_groups is not None and not probe_groups.empty:
-            pg = probe_groups.assign(group_id=probe_groups["group_id"].astype(str))
-            sel = pg[pg["selected"].astype(bool) & pg["group_id"].isin(per["group_id"])].sort_values(
-                ["task", "enrichment", "group_id"], ascending=[True, False, True], kind="stable")
-            for _, sub in sel.groupby("task", sort=True):
-                ids += [g for g in sub["group_id"].head(icfg.probe_groups) if g not in ids]
-    out = [GroupSpec(g, members[g], structure[g]) for g in ids]
+        ranked = df.groupby("group_id", sort=False).agg(rank=(icfg.rank_by, "first"), size=("latent", "size"))
+        ranked = ranked[ranked["size"] >= icfg.min_size].reset_index()
+        ranked = ranked.sort_values(["rank", "group_id"], ascending=[False, True], kind="stable")
+        ids = ranked["group_id"].head(icfg.top_n).tolist()
+    probe_tasks: dict[str, list[str]] = {}
+    if icfg.groups in ("auto", "sample") and icfg.probe_groups and probe_groups is not None and not probe_groups.empty:
+        pg = probe_groups.assign(group_id=probe_groups["group_id"].astype(str))
+        sel = pg[pg["selected"].astype(bool) & pg["group_id"].isin(eligible)].sort_values(
+            ["task", "enrichment", "group_id"], ascending=[True, False, True], kind="stable")
+        for task, sub in sel.groupby("task", sort=True):
+            for g in sub["group_id"].head(icfg.probe_groups):
+                probe_tasks.setdefault(g, []).append(str(task))
+                if g not in ids:
+                    ids.append(g)
+    out = [GroupSpec(g, members[g], structure[g], tuple(probe_tasks.get(g, ()))) for g in ids]
     if d_sae is not None:
         for g in out:
             bad = [m for m in g.members if not 0 <= m < d_sae]
@@ -365,7 +373,7 @@ def summarize(verdicts: pd.DataFrame, evals: list[GroupEval], tasks: list, icfg:
                               "n_documents": int(td.examples["doc_index"].nunique()) if len(td.examples) else 0,
                               "readouts": td.quality}
                   for td in tasks},
-        "groups": [{"group_id": e.plan.group.group_id, "n_docs": e.n_docs, "n_contexts": e.n_contexts,
+        "groups": [{"group_id": e.plan.group.group_id, "probe_tasks": list(e.plan.group.probe_tasks), "n_docs": e.n_docs, "n_contexts": e.n_contexts,
                     "n_tokens_fires": e.n_tokens_fires, "n_arms": len(e.plan.arms),
                     "group_norm": e.plan.group_norm, "tested_members": list(e.plan.tested_members),
                     "random_groups": [list(r) for r in e.plan.random_groups], "control_frequency_bins": e.plan.control_bins,
@@ -396,7 +404,7 @@ def _evaluate(g: GroupSpec, ordinal: int, model, sae, hook: HookSpec, pool: Pool
         return {"version": CHECKPOINT_VERSION, "group_id": g.group_id, "rows": [], "info": info, "arms": [], "eval": None}
     plan = plan_arms(g, pool, W_eff, occ, icfg, r_plan, arm_seed=int(r_arms.integers(2**32)), linked=linked)
     ge = evaluate_group(model, sae, hook, plan, contexts, ev, progress=progress, kill_name=f"group {ordinal} forward")
-    for td in tasks:
+    for td in (tasks if icfg.tasks.groups == "all" or g.probe_tasks else []):
         te = evaluate_task(model, hook, plan, td, ev, read_layer, icfg.tasks.max_docs, r_task,
                            icfg.tasks.steering and icfg.steering.enabled, progress)
         if te is None:

@@ -516,7 +516,7 @@ def test_auto_groups_add_the_probe_stages_most_enriched_group_per_task():
 
     groups = CoocResult(np.ones(12, dtype=np.int64), pd.DataFrame({
         "latent": range(12), "group_id": ["ga"] * 5 + ["gb"] * 4 + ["gc"] * 2 + ["gd"],
-        "group_size": [5] * 5 + [4] * 4 + [2] * 2 + [1]}))
+        "group_size": [5] * 5 + [4] * 4 + [2] * 2 + [1], "structure": ["clique"] * 12}))
     probes = pd.DataFrame({"task": ["url_position", "url_position", "word_sense", "word_sense", "url_position"],
                            "group_id": ["gc", "gb", "gc", "ga", "gd"], "enrichment": [9.0, 3.0, 5.0, 8.0, 99.0],
                            "selected": [True, True, True, False, True]})
@@ -527,6 +527,16 @@ def test_auto_groups_add_the_probe_stages_most_enriched_group_per_task():
     assert ids(top_n=1, probe_groups=2) == ["ga", "gc", "gb"]
     assert ids(top_n=1, probe_groups=0) == ["ga"]
     assert [g.group_id for g in select_groups(groups, InterventionsConfig(top_n=1))] == ["ga"]  # no probes stage
+    tasks = {g.group_id: g.probe_tasks for g in select_groups(groups, InterventionsConfig(top_n=1), probe_groups=probes)}
+    assert tasks == {"ga": (), "gc": ("url_position", "word_sense")}
+    # a sample is followed by the probe groups it did not draw; a drawn probe group is not repeated
+    sample = InterventionsConfig(groups="sample", population={"n_groups": 1})
+    drawn = [g.group_id for g in select_groups(groups, sample, seed=0)]
+    both = select_groups(groups, sample, probe_groups=probes, seed=0)
+    assert [g.group_id for g in both] == drawn + [g for g in ["gc"] if g not in drawn]
+    assert {g.group_id: g.probe_tasks for g in both}["gc"] == ("url_position", "word_sense")
+    assert [g.group_id for g in select_groups(groups, sample.model_copy(update={"probe_groups": 0}), probe_groups=probes,
+                                              seed=0)] == drawn
 
 
 def test_documents_first_orders_one_item_per_document_before_any_second():

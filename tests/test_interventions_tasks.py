@@ -397,6 +397,20 @@ def test_a_group_that_fires_on_no_task_token_has_no_task_rows(model, sae, corpus
     assert (res.effects["effect"] == "margin").any()
 
 
+def test_tasks_groups_probe_gives_task_effects_only_to_groups_chosen_for_a_probe_task(model, sae, corpus):
+    members = _group(model, sae, corpus)
+    td = _planted_task(model, sae, corpus, members)
+    data, stream = _data(corpus)
+    cfg = _cfg(steering={"enabled": False}, tasks={"max_docs": 1000, "folds": 3, "l2": [1.0], "groups": "probe"})
+    specs = [GroupSpec("gsampled", members, "clique"), GroupSpec("gprobe", members, "clique", ("planted",))]
+    res = run_interventions(Session(model, sae, HOOK, data, stream), specs, cfg, np.zeros(sae.cfg.d_sae, dtype=np.float32),
+                            seed=0, progress=False, task_data=[td])
+    task = res.effects[res.effects["effect"].str.startswith("probe")]
+    assert set(task["group_id"]) == {"gprobe"}  # the same latents, but only the probe group gets task rows
+    assert set(res.effects.loc[res.effects["effect"] == "margin", "group_id"]) == {"gsampled", "gprobe"}
+    assert [g["probe_tasks"] for g in res.summary["groups"]] == [[], ["planted"]]
+
+
 def test_the_margin_effect_is_the_drop_of_the_clean_top1_minus_top2_logit_difference():
     g = torch.Generator().manual_seed(0)
     clean, edited = torch.randn(2, 5, 11, generator=g), torch.randn(3, 2, 5, 11, generator=g)

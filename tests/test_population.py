@@ -184,7 +184,10 @@ def test_a_stage_run_with_groups_sample_writes_the_design_and_the_fractions(tmp_
     design = res.summary["population"]
     assert design["n_sampled"] == 4 and sum(s["sampled"] for s in design["strata"]) == 4
     ids = [i for s in design["strata"] for i in s["ids"]]
-    assert sorted(ids) == sorted(res.verdicts["group_id"].astype(str))
+    evaluated = res.verdicts["group_id"].astype(str).tolist()
+    assert evaluated[:4] == ids  # the sample first, then the probe groups it did not draw (probe_groups: 1 per task)
+    extra = {g["group_id"]: g["probe_tasks"] for g in res.summary["groups"] if g["group_id"] not in ids}
+    assert extra and set(extra) == set(evaluated[4:]) and all(extra.values())
     cfg = build_config(ExperimentConfig, config)
     from cooc.result import CoocResult
     from interventions.pipeline import population_design
