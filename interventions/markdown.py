@@ -99,7 +99,8 @@ def render_report(result) -> str:
     ]
     if insufficient:
         lines.append(f"- {insufficient} had too few evaluation documents for a verdict.")
-    lines += _population_section(getattr(result, "population", None), summary.get("population"), alpha)
+    lines += _population_section(getattr(result, "population", None), summary.get("population"), alpha,
+                                 outside_sample(summary))
     lines += ["", "| group | size | structure | docs | verdict | group / best single | group - best single [CI] | "
               "vs co-firing latents | vs random spans | vs random directions | vs random groups (own tokens) | "
               "group / sum of members | collateral KL |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -132,7 +133,18 @@ def render_report(result) -> str:
     return "\n".join(lines)
 
 
-def _population_section(pop: pd.DataFrame | None, design: dict | None, alpha: float) -> list[str]:
+def outside_sample(summary: dict) -> list[str]:
+    """The evaluated groups a sample did not draw (probe groups added to it), as ``group_id (probe tasks)``."""
+    design = summary.get("population") or {}
+    drawn = {i for s in design.get("strata", []) for i in s.get("ids", [])}
+    if not design:
+        return []
+    return [f"{g['group_id']} ({', '.join(g.get('probe_tasks') or []) or 'listed'})"
+            for g in summary.get("groups", []) if g["group_id"] not in drawn]
+
+
+def _population_section(pop: pd.DataFrame | None, design: dict | None, alpha: float,
+                        extra: list[str] | None = None) -> list[str]:
     """The population fractions (population.csv) over every sampled group: the answer to 'what fraction of groups'."""
     if pop is None or pop.empty or not design:
         return []
@@ -149,6 +161,9 @@ def _population_section(pop: pd.DataFrame | None, design: dict | None, alpha: fl
         lines.append(f"| {r.question} | `{r.effect}` | {r.k} / {r.n_tested} | {_g(r.fraction)} [{_g(r.ci_low)}, "
                      f"{_g(r.ci_high)}] | {_g(r.null_rate)} | {_g(r.untested_share)} |")
     lines += ["", "Per structure label: `interventions/population.csv`."]
+    if extra:
+        lines.append(f"Also evaluated, outside the sample and its fractions (chosen for a probe task, not drawn): "
+                     f"{', '.join(extra)}.")
     return lines
 
 

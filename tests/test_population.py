@@ -201,8 +201,48 @@ def test_a_stage_run_with_groups_sample_writes_the_design_and_the_fractions(tmp_
 
     text = render_report(res)
     assert "### The population of groups" in text and "sample of **4 of" in text
+    assert f"outside the sample and its fractions (chosen for a probe task, not drawn): {evaluated[4]} (" in text
     assert json.loads((out / "interventions" / "summary.json").read_text())["population"]["seed"] == 0
     from reports.html import write_report
 
     html = write_report(out).read_text()
     assert 'id="population-table"' in html and "A pre-registered sample of 4 of" in html
+    assert f"not drawn): {evaluated[4]} (" in html
+
+
+def test_on_document_clustered_null_groups_the_population_says_yes_at_most_at_the_null_rate():
+    """End to end on synthetic groups whose tokens are clustered by document (tests/test_interventions.py's
+    ``_synthetic_group``: per-document offsets shared by every arm's tokens, heavy-tailed noise, 6-24 documents): each
+    group's effects go through the stage's own reduction and tests (``group_rows``, with the cross-fitted best single
+    latent), then through the population table. Null groups (drawn like their members and controls) answer yes at
+    about the null rate; groups with a real effect answer yes, so the question can tell them apart."""
+    from test_interventions import _run_of_groups, _synthetic_group
+
+    from interventions.config import InterventionsConfig
+
+    rng = np.random.default_rng(7)
+    icfg = InterventionsConfig(modes=["zero"], n_controls=2, n_boot=200, steering={"enabled": False}, min_docs=5)
+    boosts = [0.0] * 120 + [1.0] * 30
+    evals = [_synthetic_group(rng, b, icfg.n_boot) for b in boosts]
+    eff, _ = _run_of_groups(evals, icfg, rng)
+    ids = [e.plan.group.group_id for e in evals]
+    design = pd.DataFrame({"group_id": ids, "structure": ["clique"] * 60 + ["chain"] * 60 + ["pair"] * 30,
+                           "group_size": 3, "size_bin": "3-5"})
+    design["stratum"] = design["structure"] + "/3-5"
+    design["stratum_groups"] = design["stratum"].map({"clique/3-5": 400, "chain/3-5": 200, "pair/3-5": 100})
+    design["stratum_sampled"] = design["stratum"].map(design["stratum"].value_counts())
+    null, real = design.iloc[:120].assign(population_groups=600), design.iloc[120:].assign(population_groups=100)
+
+    def row(d, q):
+        pop = population_table(d, eff, "zero", icfg.primary_effect, "margin", icfg.alpha, icfg.min_docs)
+        return pop[(pop["question"] == q) & (pop["groups"] == "all")].iloc[0]
+
+    for q in ("beats its best single latent", "loses to its best single latent",
+              "better unit: beats its best single latent and every control at its tokens"):
+        r = row(null, q)
+        assert r["n_tested"] == 120 and r["null_rate"] == 0.025
+        # the binomial sd of a rate of 0.025 over 120 groups is 0.014: at most 0.025 + 2.5 sd
+        assert r["fraction"] <= 0.061, f"{q}: {r['k']} of {r['n_tested']} null groups said yes"
+        assert r["ci_low"] <= 0.025 <= r["ci_high"] or r["k"] == 0
+    assert row(real, "beats its best single latent")["fraction"] >= 0.8  # the real effects are found
+    assert row(real, "loses to its best single latent")["k"] == 0
