@@ -25,6 +25,7 @@ float rounding. Every forward of a slice is timed once; the sums over all slices
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -59,7 +60,8 @@ def main() -> None:
     ids = pd.read_csv(run / "verdicts.csv", dtype={"group_id": str})["group_id"].tolist()
     if args.groups:
         ids = ids[:args.groups]
-    cfg = build_config(ExperimentConfig, DEFAULT_CONFIG, [])
+    recorded = json.loads((run / "manifest.json").read_text()).get("config")  # the run's own config, else the default's
+    cfg = ExperimentConfig.model_validate(recorded) if recorded else build_config(ExperimentConfig, DEFAULT_CONFIG, [])
     s = cfg.session(progress=False)
     model, sae, hook = s.model, s.sae, cfg.hook
     icfg = cfg.interventions.model_copy(update={"groups": ids})

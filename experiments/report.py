@@ -25,8 +25,9 @@ SECTIONS = ("seed", "model", "hook", "sae", "data", "cooc", "report")
 
 
 def report_groups(out: Path, rcfg, cooc) -> dict[str, tuple[int, ...]]:
-    """The groups of ``cooc`` (a CoocResult) that get a card: explicit ids, or the evaluated groups first, then
-    the probed ones, then the largest ones."""
+    """The groups of ``cooc`` (a CoocResult) that get a card: explicit ids, or the evaluated groups first (those chosen
+    for a probe task before the others, which a population sample would otherwise crowd out), then the probed ones,
+    then the largest ones."""
     from interventions.result import InterventionsResult
     from probes.result import ProbesResult
 
@@ -37,6 +38,7 @@ def report_groups(out: Path, rcfg, cooc) -> dict[str, tuple[int, ...]]:
     chosen: list[str] = []
     interventions = InterventionsResult.load_if_current(out / "interventions")
     if interventions is not None:
+        chosen += [str(g["group_id"]) for g in (interventions.summary or {}).get("groups", []) if g.get("probe_tasks")]
         chosen += [str(g) for g in interventions.verdicts["group_id"]]
     probes = ProbesResult.load_if_current(out / "probes")
     if probes is not None:

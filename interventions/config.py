@@ -71,9 +71,10 @@ class TaskEffectsConfig(Section):
     family the probes stage built.
     A family listed here must have examples in OUT/probes/examples.csv."""
     groups: Literal["all", "probe"] = "all"
-    """Which evaluated groups get task effects: all of them, or only the groups chosen for a probe task
-    (probe_groups: the most task-enriched ones), whose task effects say the most; probe keeps a population sample's
-    cost to its model effects."""
+    """Which evaluated groups get task effects: all, or probe: only the groups chosen as most enriched for a probe task
+    (probe_groups, with groups: auto or sample), each read on every task family (the other families show how specific
+    its effect is). With probe, a sample's groups cost only their model effects, the population table has no task
+    questions, and there are no task effects at all when no group was chosen for a task."""
     max_docs: int = Field(50, ge=1)
     """Documents per group and task family: one probe window from each (a seeded random one of the document's windows
     where the group fires on a task token), documents in seeded random order. One window per document caps what any
@@ -159,10 +160,10 @@ class InterventionsConfig(Section):
     enabled: bool = True
     """Run the stage in python -m experiments.steer."""
     groups: Literal["auto", "sample"] | list[str] = "auto"
-    """auto: the top_n groups of OUT/cooc/groups.csv ranked by rank_by, then the probes stage's most enriched
-    groups per task (probe_groups); sample: a seeded sample of groups stratified by structure label and size
-    (population; the stage then also reports the fractions of groups that are better units, OUT/interventions/
-    population.csv); or explicit group ids (e.g. [g1a2b3c4d5e])."""
+    """auto: the top_n groups of OUT/cooc/groups.csv ranked by rank_by; sample: a seeded sample of groups stratified by
+    structure label and size (population; the stage then also reports the fractions of groups that are better units,
+    OUT/interventions/population.csv); either followed by the probes stage's most enriched groups per task
+    (probe_groups); or explicit group ids (e.g. [g1a2b3c4d5e])."""
     population: PopulationConfig = Field(default_factory=PopulationConfig)
     """With groups: sample, how many groups and how they are stratified."""
     top_n: int = Field(3, ge=1)
@@ -170,7 +171,7 @@ class InterventionsConfig(Section):
     rank_by: str = "group_size"
     """Numeric column of groups.csv to rank groups by (descending) with groups: auto."""
     min_size: int = Field(2, ge=2)
-    """With groups: auto, only groups with at least this many members."""
+    """With groups: auto or sample, only groups with at least this many members (also for the probe groups)."""
     probe_groups: int = Field(1, ge=0)
     """With groups: auto or sample, also the probe_groups most task-enriched groups the probes stage selected for
     each task (OUT/probes/groups.csv), after the top_n or the sample; 0: none. These are the groups whose task effects

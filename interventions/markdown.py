@@ -76,7 +76,7 @@ def render_report(result) -> str:
     better = int(v["verdict"].astype(str).str.startswith("better unit").sum())
     insufficient = int(v["verdict"].astype(str).str.startswith("insufficient").sum())
     lines += [
-        f"{n} group(s) evaluated. Verdicts use the **{mode}** ablation and the {EFFECT_WORDS.get(effect, effect)} "
+        f"{n} group(s) evaluated{_outside_words(summary)}. Verdicts use the **{mode}** ablation and the {EFFECT_WORDS.get(effect, effect)} "
         f"(`{effect}`), at the tokens where the group fires. \"Beats\" means the group's effect is larger, "
         f"with a Benjamini-Hochberg adjusted p < {alpha} (within the pre-specified primary family: per group, vs its "
         f"best single latent and each control at its tokens; {n_cmp} comparisons in the run in all) and a "
@@ -104,9 +104,10 @@ def render_report(result) -> str:
     lines += ["", "| group | size | structure | docs | verdict | group / best single | group - best single [CI] | "
               "vs co-firing latents | vs random spans | vs random directions | vs random groups (own tokens) | "
               "group / sum of members | collateral KL |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    chosen = {x.split(" ", 1)[0] for x in outside_sample(summary)}
     for r in v.itertuples():
         lines.append(
-            f"| {r.group_id} | {r.group_size} | {r.structure if isinstance(r.structure, str) else ''} | {r.n_docs} | {r.verdict} | "
+            f"| {r.group_id}{' (chosen, not drawn)' if str(r.group_id) in chosen else ''} | {r.group_size} | {r.structure if isinstance(r.structure, str) else ''} | {r.n_docs} | {r.verdict} | "
             f"{_g(r.ratio_vs_best_single)}x | {_g(r.diff_vs_best_single)} [{_g(r.ci_low_vs_best_single)}, "
             f"{_g(r.ci_high_vs_best_single)}], p_adj {_p(r.p_adj_vs_best_single)} | "
             + " | ".join(f"{getattr(r, 'beats_' + c)} (p_adj {_p(getattr(r, 'p_adj_vs_' + c))})"
@@ -131,6 +132,14 @@ def render_report(result) -> str:
               "dose-response over the alpha grid are in `interventions/effects.csv`; what each arm edited (including the "
               "random control latents) in `interventions/arms.csv`. Definitions: docs/interventions.md.", ""]
     return "\n".join(lines)
+
+
+def _outside_words(summary: dict) -> str:
+    extra = outside_sample(summary)
+    if not extra:
+        return ""
+    return (f" ({len(extra)} of them outside the population sample, chosen for a probe task: the run-wide counts and BH "
+            "families below include them, the population fractions do not)")
 
 
 def outside_sample(summary: dict) -> list[str]:

@@ -293,6 +293,10 @@ def run_interventions(session: Session, groups: list[GroupSpec], icfg: Intervent
                  for n, spec in icfg.logit_diffs.items()}
     icfg = icfg.model_copy(update={"read_layer": read_layer})
     tasks = list(task_data or []) if icfg.tasks.enabled else []
+    if tasks and icfg.tasks.groups == "probe" and not any(g.probe_tasks for g in groups):
+        log.warning("interventions: tasks.groups is probe but no evaluated group was chosen for a probe task "
+                    "(probe_groups, with groups: auto or sample), so no task effects")
+        tasks = []
     if tasks and read_layer is None:
         log.warning("interventions: no read_layer after the hook, so no task effects")
         tasks = []
@@ -352,7 +356,7 @@ def run_interventions(session: Session, groups: list[GroupSpec], icfg: Intervent
         from interventions.population import design_summary, population_table
 
         pop = population_table(population, effects, icfg.modes[0], icfg.primary_effect, icfg.additivity_effect,
-                               icfg.alpha, icfg.min_docs)
+                               icfg.alpha, icfg.min_docs, task_questions=icfg.tasks.groups == "all")
         summary["population"] = design_summary(population, icfg.population.n_groups, icfg.population.size_bins, seed)
     return InterventionsResult(effects, verdicts, pd.DataFrame(arms, columns=ARMS_COLUMNS), effect_verdicts, summary,
                                evals, tasks, additivity=additivity, population=pop)

@@ -118,9 +118,12 @@ def _detect(r: pd.DataFrame, sign: int, alpha: float, min_docs: int) -> pd.Serie
 
 
 def group_answers(design: pd.DataFrame, effects: pd.DataFrame, mode: str, primary_effect: str, additivity_effect: str,
-                  alpha: float, min_docs: int, controls: tuple[str, ...]) -> tuple[pd.DataFrame, dict]:
+                  alpha: float, min_docs: int, controls: tuple[str, ...],
+                  task_questions: bool = True) -> tuple[pd.DataFrame, dict]:
     """Per sampled group, one column per question: 1.0 (yes), 0.0 (no) or NaN (not testable); and each question's
-    (effect, rate of 'yes' per group when the group has no such property)."""
+    (effect, rate of 'yes' per group when the group has no such property). ``task_questions``: also the task effects'
+    questions (only when every sampled group was read on the tasks: with ``tasks.groups: probe`` the groups that were
+    are the ones chosen for a task, not a sample)."""
     ans = design[["group_id", "structure", "stratum"]].copy().set_index("group_id")
     what: dict[str, tuple[str, float]] = {}
     e = effects[(effects["mode"] == mode) & (effects["scope"] == "fires")].assign(group_id=lambda d: d["group_id"].astype(str))
@@ -144,7 +147,7 @@ def group_answers(design: pd.DataFrame, effects: pd.DataFrame, mode: str, primar
         col("superadditive", sup, additivity_effect, alpha / 2)
         col("subadditive", sub, additivity_effect, alpha / 2)
     secondary = [x for x in ("kl", "margin") if x != primary_effect]
-    tasks = sorted({str(x) for x in e["effect"].unique() if str(x).startswith("probe_logit_per_norm:")})
+    tasks = sorted({str(x) for x in e["effect"].unique() if str(x).startswith("probe_logit_per_norm:")}) if task_questions else []
     for effect in secondary + tasks:
         r = _one(e, "best_single", effect)
         if not r.empty:
@@ -185,12 +188,14 @@ def stratified_fraction(y: np.ndarray, strata: np.ndarray, N_h: dict[str, float]
 
 def population_table(design: pd.DataFrame, effects: pd.DataFrame, mode: str, primary_effect: str,
                      additivity_effect: str, alpha: float = 0.05, min_docs: int = 5,
-                     controls: tuple[str, ...] = TOKEN_CONTROLS) -> pd.DataFrame:
+                     controls: tuple[str, ...] = TOKEN_CONTROLS, task_questions: bool = True) -> pd.DataFrame:
     """POPULATION_COLUMNS: every question over all sampled groups and over each structure label's groups (``controls``:
-    the controls at the group's tokens a better unit must beat, the verdict rule's)."""
+    the controls at the group's tokens a better unit must beat, the verdict rule's; ``task_questions``: as in
+    :func:`group_answers`)."""
     if design.empty:
         return pd.DataFrame(columns=POPULATION_COLUMNS)
-    ans, what = group_answers(design, effects, mode, primary_effect, additivity_effect, alpha, min_docs, controls)
+    ans, what = group_answers(design, effects, mode, primary_effect, additivity_effect, alpha, min_docs, controls,
+                              task_questions)
     N_h = design.drop_duplicates("stratum").set_index("stratum")["stratum_groups"].astype(float).to_dict()
     rows = []
     labels = [("all", ans.index)] + [(f"structure {s}", ans.index[ans["structure"] == s])

@@ -296,10 +296,11 @@ def test_a_group_whose_decoder_rows_are_zero_never_beats_anything(model, corpus)
 
 # ----------------------------------------------------------------------------------- null calibration
 
-def _synthetic_group(rng, effect_boost: float, n_boot: int) -> GroupEval:
+def _synthetic_group(rng, effect_boost: float, n_boot: int, arm_doc_sd: float = 0.0) -> GroupEval:
     """Per-token effects for a group, 3 members and 2 draws of each control (co-firing latents, random spans, random
     directions, random groups) drawn from the same distribution (plus ``effect_boost`` for the group), reduced
-    through the same code path as real runs."""
+    through the same code path as real runs. Tokens share their document's offset in every arm; ``arm_doc_sd`` adds
+    each arm's own document offsets, so that the differences between arms are clustered by document too."""
     n_docs = int(rng.integers(6, 25))
     sizes = rng.integers(5, 40, n_docs)
     doc_T = np.repeat(np.arange(n_docs), sizes)
@@ -308,8 +309,9 @@ def _synthetic_group(rng, effect_boost: float, n_boot: int) -> GroupEval:
     def arm(boost=0.0):
         n = doc_T.shape[0]
         target = rng.random(n) < 0.4
-        kl = np.abs(1.0 + doc_level[doc_T] + rng.standard_t(4, n) * 0.5) + boost * target
-        ce = rng.normal(0.2, 1.0, n) + doc_level[doc_T] + boost * target
+        own = rng.normal(0, arm_doc_sd, n_docs)[doc_T] if arm_doc_sd else 0.0  # this arm's own document offsets
+        kl = np.abs(1.0 + doc_level[doc_T] + own + rng.standard_t(4, n) * 0.5) + boost * target
+        ce = rng.normal(0.2, 1.0, n) + doc_level[doc_T] + own + boost * target
         norm = np.abs(rng.normal(2.0, 0.5, n)) * target
         return doc_sums(doc_T, n_docs, target, {"ce": ce, "kl": kl}, norm)
 
@@ -537,6 +539,10 @@ def test_auto_groups_add_the_probe_stages_most_enriched_group_per_task():
     assert {g.group_id: g.probe_tasks for g in both}["gc"] == ("url_position", "word_sense")
     assert [g.group_id for g in select_groups(groups, sample.model_copy(update={"probe_groups": 0}), probe_groups=probes,
                                               seed=0)] == drawn
+    census = select_groups(groups, InterventionsConfig(groups="sample", population={"n_groups": None}), probe_groups=probes,
+                           seed=0)  # every group of >= 2 members is drawn, gc among them: it is not added again
+    assert sorted(g.group_id for g in census) == ["ga", "gb", "gc"]
+    assert {g.group_id: g.probe_tasks for g in census} == {"ga": (), "gb": (), "gc": ("url_position", "word_sense")}
 
 
 def test_documents_first_orders_one_item_per_document_before_any_second():

@@ -409,6 +409,9 @@ def test_tasks_groups_probe_gives_task_effects_only_to_groups_chosen_for_a_probe
     assert set(task["group_id"]) == {"gprobe"}  # the same latents, but only the probe group gets task rows
     assert set(res.effects.loc[res.effects["effect"] == "margin", "group_id"]) == {"gsampled", "gprobe"}
     assert [g["probe_tasks"] for g in res.summary["groups"]] == [[], ["planted"]]
+    alone = run_interventions(Session(model, sae, HOOK, data, stream), specs[:1], cfg,
+                              np.zeros(sae.cfg.d_sae, dtype=np.float32), seed=0, progress=False, task_data=[td])
+    assert not alone.effects["effect"].str.startswith("probe").any() and alone.summary["tasks"] == {}  # none chosen
 
 
 def test_the_margin_effect_is_the_drop_of_the_clean_top1_minus_top2_logit_difference():
