@@ -142,7 +142,12 @@ def group_answers(design: pd.DataFrame, effects: pd.DataFrame, mode: str, primar
         unit.min(axis=1, skipna=False), primary_effect, alpha / 2)
     add = _one(e, "sum_of_members", additivity_effect)
     if not add.empty:
-        sup, sub = _detect(add, 1, alpha, min_docs), _detect(add, -1, alpha, min_docs)
+        # larger or smaller in magnitude than the sum, in the sum's direction (effects.additivity_label's rule): where
+        # the sum of the members' effects is negative, group - sum < 0 means a larger effect
+        summed = e[(e["arm"] == "sum_of_members") & (e["comparator"] == "clean") & (e["effect"] == additivity_effect)]
+        flip = (summed.drop_duplicates("group_id").set_index("group_id")["estimate"].reindex(add.index) < 0).to_numpy()
+        up, down = _detect(add, 1, alpha, min_docs), _detect(add, -1, alpha, min_docs)
+        sup, sub = up.where(~flip, down), down.where(~flip, up)
         col("non-additive (group vs the sum of its members)", (sup + sub).clip(upper=1), additivity_effect, alpha)
         col("superadditive", sup, additivity_effect, alpha / 2)
         col("subadditive", sub, additivity_effect, alpha / 2)

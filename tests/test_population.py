@@ -101,6 +101,29 @@ def test_a_group_answers_yes_only_when_its_own_test_finds_the_difference_on_that
     assert np.isnan(ans2[UNIT].iloc[0]) and ans2["beats its best single latent"].iloc[0] == 1.0
 
 
+def test_super_and_subadditive_follow_the_verdict_rule_in_the_sums_direction():
+    from interventions.effects import additivity_label
+
+    design = sample_groups(_groups(), 30, [2, 3, 6, 11, 21], 0).head(4)
+    g = design["group_id"].tolist()
+    e = _effects(design, dict.fromkeys(g, True))
+    vs_sum = (e["comparator"] == "sum_of_members") & (e["effect"] == "margin")
+    # groups 0, 1: group - sum > 0; groups 2, 3: group - sum < 0; the sums of groups 1 and 3 are negative
+    e.loc[vs_sum & e["group_id"].isin(g[2:]), ["estimate", "ci_low", "ci_high"]] = [-0.02, -0.03, -0.01]
+    sums = pd.DataFrame({"group_id": g, "arm": "sum_of_members", "comparator": "clean", "mode": "zero", "effect": "margin",
+                         "scope": "fires", "estimate": [0.05, -0.05, 0.05, -0.05], "ci_low": np.nan, "ci_high": np.nan,
+                         "p_value": np.nan, "n_docs": 60})
+    e = pd.concat([e, sums], ignore_index=True)
+    ans, _ = group_answers(design, e, "zero", "sqrt_kl_per_norm", "margin", 0.05, 5, CONTROLS)
+    assert ans["superadditive"].tolist() == [1.0, 0.0, 0.0, 1.0]  # larger in magnitude, in the sum's direction
+    assert ans["subadditive"].tolist() == [0.0, 1.0, 1.0, 0.0]
+    assert ans["non-additive (group vs the sum of its members)"].tolist() == [1.0] * 4
+    rows = e[(e["comparator"] == "sum_of_members") & (e["effect"] == "margin")].set_index("group_id")
+    labels = [additivity_label({**rows.loc[i].to_dict(), "p_adj": rows.loc[i, "p_value"]}, 0.05, True, s)
+              for i, s in zip(g, sums["estimate"])]
+    assert labels == ["superadditive", "subadditive", "subadditive", "superadditive"]  # the verdicts' own rule agrees
+
+
 def test_counts_and_the_weighted_fraction_match_an_independent_computation():
     g = _groups()
     design = sample_groups(g, 30, [2, 3, 6, 11, 21], 3)
