@@ -101,7 +101,8 @@ def interventions_stage(cfg: ExperimentConfig, run: Run, progress: bool = True, 
                  ", ".join(f"{h} {n}/{N}" for h, n, N in population.drop_duplicates("stratum")[
                      ["stratum", "stratum_sampled", "stratum_groups"]].itertuples(index=False)),
                  " ".join(population["group_id"]))
-        extra = [g.group_id for g in groups if g.group_id not in set(population["group_id"])]
+        drawn = set(population["group_id"])
+        extra = [g.group_id for g in groups if g.group_id not in drawn]
         if extra:
             log.info("interventions: also the probe groups %s, outside the sample (not in its fractions)", " ".join(extra))
     if cooc.d_sae != d_sae:

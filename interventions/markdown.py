@@ -71,12 +71,13 @@ def render_report(result) -> str:
         return "\n".join(lines)
     mode, effect = str(v["mode"].iloc[0]), str(v["effect"].iloc[0])
     alpha = summary.get("alpha", 0.05)
+    extra = outside_sample(summary)
     n_cmp = int((eff["comparator"] != "clean").sum()) if not eff.empty else 0
     n = len(v)
     better = int(v["verdict"].astype(str).str.startswith("better unit").sum())
     insufficient = int(v["verdict"].astype(str).str.startswith("insufficient").sum())
     lines += [
-        f"{n} group(s) evaluated{_outside_words(summary)}. Verdicts use the **{mode}** ablation and the {EFFECT_WORDS.get(effect, effect)} "
+        f"{n} group(s) evaluated{_outside_words(extra)}. Verdicts use the **{mode}** ablation and the {EFFECT_WORDS.get(effect, effect)} "
         f"(`{effect}`), at the tokens where the group fires. \"Beats\" means the group's effect is larger, "
         f"with a Benjamini-Hochberg adjusted p < {alpha} (within the pre-specified primary family: per group, vs its "
         f"best single latent and each control at its tokens; {n_cmp} comparisons in the run in all) and a "
@@ -99,15 +100,13 @@ def render_report(result) -> str:
     ]
     if insufficient:
         lines.append(f"- {insufficient} had too few evaluation documents for a verdict.")
-    lines += _population_section(getattr(result, "population", None), summary.get("population"), alpha,
-                                 outside_sample(summary))
+    lines += _population_section(getattr(result, "population", None), summary.get("population"), alpha, extra)
     lines += ["", "| group | size | structure | docs | verdict | group / best single | group - best single [CI] | "
               "vs co-firing latents | vs random spans | vs random directions | vs random groups (own tokens) | "
               "group / sum of members | collateral KL |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    chosen = {x.split(" ", 1)[0] for x in outside_sample(summary)}
     for r in v.itertuples():
         lines.append(
-            f"| {r.group_id}{' (chosen, not drawn)' if str(r.group_id) in chosen else ''} | {r.group_size} | {r.structure if isinstance(r.structure, str) else ''} | {r.n_docs} | {r.verdict} | "
+            f"| {r.group_id}{' (chosen, not drawn)' if str(r.group_id) in extra else ''} | {r.group_size} | {r.structure if isinstance(r.structure, str) else ''} | {r.n_docs} | {r.verdict} | "
             f"{_g(r.ratio_vs_best_single)}x | {_g(r.diff_vs_best_single)} [{_g(r.ci_low_vs_best_single)}, "
             f"{_g(r.ci_high_vs_best_single)}], p_adj {_p(r.p_adj_vs_best_single)} | "
             + " | ".join(f"{getattr(r, 'beats_' + c)} (p_adj {_p(getattr(r, 'p_adj_vs_' + c))})"
@@ -134,26 +133,30 @@ def render_report(result) -> str:
     return "\n".join(lines)
 
 
-def _outside_words(summary: dict) -> str:
-    extra = outside_sample(summary)
+def _outside_words(extra: dict[str, str]) -> str:
     if not extra:
         return ""
     return (f" ({len(extra)} of them outside the population sample, chosen for a probe task: the run-wide counts and BH "
             "families below include them, the population fractions do not)")
 
 
-def outside_sample(summary: dict) -> list[str]:
-    """The evaluated groups a sample did not draw (probe groups added to it), as ``group_id (probe tasks)``."""
+def outside_sample(summary: dict) -> dict[str, str]:
+    """The evaluated groups a sample did not draw (probe groups added to it): group_id -> its probe tasks, in order."""
     design = summary.get("population") or {}
-    drawn = {i for s in design.get("strata", []) for i in s.get("ids", [])}
     if not design:
-        return []
-    return [f"{g['group_id']} ({', '.join(g.get('probe_tasks') or []) or 'listed'})"
-            for g in summary.get("groups", []) if g["group_id"] not in drawn]
+        return {}
+    drawn = {i for s in design.get("strata", []) for i in s.get("ids", [])}
+    return {g["group_id"]: ", ".join(g.get("probe_tasks") or []) or "listed"
+            for g in summary.get("groups", []) if g["group_id"] not in drawn}
+
+
+def named_with_tasks(extra: dict[str, str]) -> str:
+    """``g1 (task, task), g2 (task)``: the groups of :func:`outside_sample` with their probe tasks."""
+    return ", ".join(f"{g} ({t})" for g, t in extra.items())
 
 
 def _population_section(pop: pd.DataFrame | None, design: dict | None, alpha: float,
-                        extra: list[str] | None = None) -> list[str]:
+                        extra: dict[str, str] | None = None) -> list[str]:
     """The population fractions (population.csv) over every sampled group: the answer to 'what fraction of groups'."""
     if pop is None or pop.empty or not design:
         return []
@@ -172,7 +175,7 @@ def _population_section(pop: pd.DataFrame | None, design: dict | None, alpha: fl
     lines += ["", "Per structure label: `interventions/population.csv`."]
     if extra:
         lines.append(f"Also evaluated, outside the sample and its fractions (chosen for a probe task, not drawn): "
-                     f"{', '.join(extra)}.")
+                     f"{named_with_tasks(extra)}.")
     return lines
 
 

@@ -68,8 +68,8 @@ def select_groups(cooc: CoocResult, icfg: InterventionsConfig, d_sae: int | None
         if icfg.rank_by not in numeric:
             raise ConfigError("interventions.rank_by", f"{icfg.rank_by!r} is not a numeric column of {source}; "
                                                        f"choose one of {', '.join(numeric) or '(none)'}")
-        ranked = df.groupby("group_id", sort=False).agg(rank=(icfg.rank_by, "first"), size=("latent", "size"))
-        ranked = ranked[ranked["size"] >= icfg.min_size].reset_index()
+        ranked = df.groupby("group_id", sort=False).agg(rank=(icfg.rank_by, "first"))
+        ranked = ranked[ranked.index.astype(str).isin(eligible)].reset_index()
         ranked = ranked.sort_values(["rank", "group_id"], ascending=[False, True], kind="stable")
         ids = ranked["group_id"].head(icfg.top_n).tolist()
     probe_tasks: dict[str, list[str]] = {}

@@ -289,12 +289,12 @@ def _population(run: _RunFiles) -> dict | None:
             "the null rate is the share of groups that would answer yes by chance if none had the property. Fractions "
             "weight each stratum by its share of all groups (Korn-Graubard intervals). Per structure label: "
             "interventions/population.csv.")
-    from interventions.markdown import outside_sample
+    from interventions.markdown import named_with_tasks, outside_sample
 
     extra = outside_sample(res.summary or {})
     if extra:
         text += (f" Also evaluated, outside the sample and its fractions (chosen for a probe task, not drawn): "
-                 f"{', '.join(extra)}.")
+                 f"{named_with_tasks(extra)}.")
     return {"rows": rows, "text": text}
 
 
