@@ -494,6 +494,7 @@ def test_task_windows_are_one_per_document_where_the_group_fires_up_to_max_docs(
     ("interventions.tasks.max_docs=0", "error: interventions.tasks.max_docs:"),
     ("interventions.population.size_bins=[2,2]", "error: interventions.population.size_bins: give distinct group sizes"),
     ("interventions.dtype=float16", "error: interventions.dtype:"),
+    ("interventions.tasks.groups=some", "error: interventions.tasks.groups:"),
 ])
 def test_bad_task_settings_exit_2_with_one_line(tmp_path, override, start):
     res = subprocess.run([sys.executable, "-m", "experiments.interventions", "--set", override, "--out", str(tmp_path / "o")],
